@@ -1,9 +1,24 @@
 //! The qmp-shell library: everything behind the `qmp-shell` and
 //! `qmp-shell-wrap` binaries.
 //!
-//! The ground floor is pure: [`shorthand`] turns a command line into a QMP
-//! command and [`render`] prints JSON exactly as Python's `json.dumps` does.
-//! Above it sit the interactive pieces (line editing, HMP, the wrap launcher).
+//! Layers, data flowing downward only:
+//!
+//! * ground floor, pure: [`shorthand`] turns a command line into a QMP
+//!   command; [`render`] prints JSON exactly as Python's `json.dumps` does;
+//!   [`hmp`] builds and prints human-monitor commands; [`cli`] defines the
+//!   arguments.
+//! * [`session`]: lines in, commands out, replies printed in input order.
+//! * [`complete`] and [`repl`]: the terminal (line editing, completion,
+//!   history) and the pipelined script mode.
+//! * [`app`] and [`wrap`]: the two programs.
 
+pub mod app;
+pub mod cli;
+pub mod complete;
+pub mod hmp;
 pub mod render;
+pub mod repl;
+pub mod schema;
+pub mod session;
 pub mod shorthand;
+pub mod wrap;

@@ -1,1 +1,52 @@
-//! placeholder
+//! QEMU Machine Protocol (QMP): message types, framing without I/O, and a
+//! blocking client.
+//!
+//! * [`message`]: [`Greeting`], [`Reply`], [`Event`], [`Message::classify`] and
+//!   [`command`], pure data.
+//! * [`framing`]: [`Decoder`] splits a byte stream into JSON objects
+//!   incrementally, with a size limit and no recursion; [`encode`] writes one.
+//! * [`address`]: [`Address`], a UNIX socket path or `HOST:PORT`, parsed like
+//!   the reference `qmp-shell`.
+//! * [`client`]: [`Client`], a thread-safe blocking client with a reader
+//!   thread, pipelining ([`Client::send`] returns a [`Pending`]) and an event
+//!   queue ([`Client::drain_incoming`]).
+//! * [`server`]: [`Listener`], for letting QEMU connect to us
+//!   (`-qmp unix:PATH`).
+//!
+//! # Example
+//!
+//! See also `examples/query_status.rs`
+//! (`cargo run -p qmp --example query_status -- /path/to/qmp.sock`).
+//!
+//! ```no_run
+//! use qmp::{Address, Client, ClientOptions};
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let addr: Address = "/tmp/qmp.sock".parse()?;
+//! let client = Client::connect(&addr, ClientOptions::default())?;
+//! if let Some((major, minor, micro)) = client.greeting().and_then(|g| g.version()) {
+//!     println!("QEMU {major}.{minor}.{micro}");
+//! }
+//! let reply = client.execute("query-status", None, Some(Duration::from_secs(5)))?;
+//! println!("{}", serde_json::to_string(&reply.display_body())?);
+//! for item in client.drain_incoming() {
+//!     println!("{item:?}");
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod address;
+pub mod client;
+pub mod framing;
+pub mod message;
+pub mod server;
+
+pub use address::{Address, AddressError};
+pub use client::{Client, ClientOptions, Error, Incoming, Pending};
+pub use framing::{encode, Decoder, FrameError};
+pub use message::{command, Event, Greeting, Message, Object, Reply};
+pub use server::Listener;

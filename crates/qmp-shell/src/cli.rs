@@ -1,0 +1,210 @@
+//! Command-line arguments of `qmp-shell` and `qmp-shell-wrap`.
+//!
+//! The options are those of the reference (`-H -v -p -l -N`, same letters,
+//! same long names) plus the scripting and robustness options this
+//! implementation adds. Address parsing lives in [`qmp::Address`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+/// Exit statuses, shared by both binaries and documented in `--help`.
+pub mod exit {
+    /// End of input reached, every command was sent and answered.
+    pub const OK: i32 = 0;
+    /// Could not connect, lost the connection, or the server broke the protocol.
+    pub const FATAL: i32 = 1;
+    /// Bad command-line usage (unknown option, bad port, missing address).
+    pub const USAGE: i32 = 2;
+    /// With `-c` or `--exit-status`: at least one command failed (an error
+    /// reply, or a line that could not be parsed).
+    pub const COMMAND_FAILED: i32 = 3;
+}
+
+const EXIT_HELP: &str = "\
+Exit status:
+  0  end of input; every command was sent and answered
+  1  could not connect, the server went away, no reply within --timeout,
+     or the server broke the protocol
+  2  command-line usage error
+  3  with -c or --exit-status: at least one command got an error reply
+     or could not be parsed
+
+Commands:  <command-name> [arg-name1=arg1] ... [arg-nameN=argN]
+  device_add driver=e1000 id=net1
+  blockdev-add driver=null-co node-name=n0 size=1048576
+  transaction( block-dirty-bitmap-add node=n0 name=b0 )
+Values: integers, true/false, JSON or Python literals ({...} or [...]),
+\"quoted strings\" (sent without the quotes), anything else as a string.
+Dotted keys build nested objects: file.driver=file file.filename=a.img";
+
+/// When to colour JSON output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// Colour when standard output is a terminal and `NO_COLOR` is unset.
+    #[default]
+    Auto,
+    /// Always colour.
+    Always,
+    /// Never colour.
+    Never,
+}
+
+/// Options shared by `qmp-shell` and `qmp-shell-wrap`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Common {
+    /// Use HMP interface (commands go through human-monitor-command)
+    #[arg(short = 'H', long = "hmp")]
+    pub hmp: bool,
+
+    /// Verbose (echo commands sent and received)
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// Pretty-print JSON
+    #[arg(short, long)]
+    pub pretty: bool,
+
+    /// Save log of all QMP messages to PATH (JSON lines, mode 0600)
+    #[arg(short = 'l', long = "logfile", value_name = "LOGFILE")]
+    pub logfile: Option<PathBuf>,
+
+    /// Print every reply as exactly one JSON line; no banner, no prompt;
+    /// events go to standard error as JSON lines
+    #[arg(long)]
+    pub json: bool,
+
+    /// Exit with status 3 when any command got an error reply or could not be parsed
+    #[arg(long)]
+    pub exit_status: bool,
+
+    /// Give up waiting for a reply after SECONDS (default: wait forever;
+    /// the greeting is always bounded, by this or 10 s)
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub timeout: Option<Duration>,
+
+    /// Colour JSON output
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+/// `qmp-shell`: a low-level shell on top of QMP.
+#[derive(Parser, Debug)]
+#[command(
+    name = "qmp-shell",
+    version,
+    about = "Low-level QEMU shell on top of QMP.",
+    long_about = "Low-level QEMU shell on top of QMP.\n\n\
+        Start QEMU with:  qemu-system-x86_64 [...] -qmp unix:./qmp-sock,server=on,wait=off\n\
+        Run the shell:    qmp-shell ./qmp-sock",
+    override_usage = "qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] [OPTIONS] [qmp_server]",
+    after_help = EXIT_HELP
+)]
+pub struct ShellArgs {
+    #[command(flatten)]
+    pub common: Common,
+
+    /// Skip negotiate (for qemu-ga)
+    #[arg(short = 'N', long = "skip-negotiation")]
+    pub skip_negotiation: bool,
+
+    /// Run this command and exit (repeatable); no banner or prompt
+    #[arg(short = 'c', long = "command", value_name = "CMD")]
+    pub commands: Vec<String>,
+
+    /// Wait for the server: retry connecting N times
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retry: u32,
+
+    /// Seconds between connection attempts with --retry
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, default_value = "1")]
+    pub retry_delay: Duration,
+
+    /// < UNIX socket path | TCP address:port | [IPv6]:port > (default: $QMP_SOCKET)
+    #[arg(value_name = "qmp_server", env = "QMP_SOCKET", hide_env_values = true)]
+    pub qmp_server: Option<String>,
+}
+
+/// `qmp-shell-wrap`: launch QEMU and attach the shell to it.
+#[derive(Parser, Debug)]
+#[command(
+    name = "qmp-shell-wrap",
+    version,
+    about = "Launch QEMU and connect to it with qmp-shell in a single command.",
+    long_about = "Launch QEMU and connect to it with qmp-shell in a single command.\n\n\
+        The QEMU command line (default: qemu-system-x86_64) gets `-qmp unix:SOCKET` \
+        appended, where SOCKET lives in a private temporary directory. When the shell \
+        ends, QEMU is stopped and the directory removed.",
+    override_usage = "qmp-shell-wrap [-h] [-H] [-v] [-p] [-l LOGFILE] [OPTIONS] [--] [QEMU ARGV...]",
+    after_help = EXIT_HELP
+)]
+pub struct WrapArgs {
+    #[command(flatten)]
+    pub common: Common,
+
+    /// QEMU command line to invoke
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "QEMU ARGV"
+    )]
+    pub command: Vec<String>,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a number of seconds: {text}"))?;
+    if !secs.is_finite() || !(0.0..=1.0e9).contains(&secs) {
+        return Err(format!("not a sensible number of seconds: {text}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The argparse-style error the reference prints for a bad address, then exit 2.
+pub fn usage_error(program: &str, usage: &str, message: &str) -> ! {
+    eprintln!("usage: {usage}");
+    eprintln!("{program}: error: {message}");
+    std::process::exit(exit::USAGE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definitions_are_consistent() {
+        ShellArgs::command().debug_assert();
+        WrapArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn reference_flags_parse() {
+        let a = ShellArgs::try_parse_from(["qmp-shell", "-H", "-v", "-p", "-l", "log", "-N", "s"])
+            .unwrap();
+        assert!(a.common.hmp && a.common.verbose && a.common.pretty && a.skip_negotiation);
+        assert_eq!(a.common.logfile, Some(PathBuf::from("log")));
+        assert_eq!(a.qmp_server.as_deref(), Some("s"));
+    }
+
+    #[test]
+    fn wrap_takes_qemu_argv_after_double_dash_or_not() {
+        let a = WrapArgs::try_parse_from(["w", "-p", "--", "qemu", "-M", "none"]).unwrap();
+        assert!(a.common.pretty);
+        assert_eq!(a.command, ["qemu", "-M", "none"]);
+        let a = WrapArgs::try_parse_from(["w", "-v", "qemu-system-x86_64", "-S"]).unwrap();
+        assert!(a.common.verbose);
+        assert_eq!(a.command, ["qemu-system-x86_64", "-S"]);
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("nan").is_err());
+        assert!(parse_seconds("x").is_err());
+    }
+}

@@ -1,0 +1,382 @@
+//! One shell session: lines in, QMP out, replies rendered in input order.
+//!
+//! An [`Engine`] turns each input line into [`Item`]s: text to print, and
+//! replies still in flight ([`qmp::Pending`]). A [`Printer`] resolves those
+//! items in order. Interactive mode resolves each line's items at once;
+//! pipe mode hands them to a printer thread so that many commands can be in
+//! flight while the printer waits for the oldest (see [`crate::repl`]).
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use qmp::{Client, Error as QmpError, Event, Incoming, Object, Pending, Reply};
+use serde_json::Value;
+
+use crate::cli::exit;
+use crate::hmp;
+use crate::render::{self, Style};
+use crate::shorthand::{Parsed, Parser};
+
+/// The hint printed after every parse error (the reference forgets the `]`).
+pub const COMMAND_FORMAT: &str =
+    "command format: <command-name> [arg-name1=arg1] ... [arg-nameN=argN]";
+
+/// How a session prints and behaves.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// Talk HMP through `human-monitor-command`.
+    pub hmp: bool,
+    /// Echo each command object before sending it.
+    pub verbose: bool,
+    /// JSON style for replies and events.
+    pub style: Style,
+    /// `--json`: one compact JSON line per reply, events on stderr.
+    pub json: bool,
+    /// No banner and no prompts (`-c` and `--json`).
+    pub quiet: bool,
+    /// How long to wait for a reply.
+    pub timeout: Option<Duration>,
+}
+
+/// Something to print, in input order.
+pub enum Item {
+    /// Text for standard output, printed as is.
+    Out(String),
+    /// Text for standard error; `failed` counts it as a failed command.
+    Err { text: String, failed: bool },
+    /// A reply still to arrive.
+    Reply { pending: Pending, hmp: bool },
+    /// Print the events received so far (an empty input line).
+    Events,
+    /// The connection is gone: print `Disconnected` and stop.
+    Disconnected,
+}
+
+/// What the printer wants the driver to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Go on reading input.
+    Continue,
+    /// Stop now and exit with this status.
+    Stop(i32),
+}
+
+/// Turns input lines into QMP commands, sends them, and describes the output.
+pub struct Engine {
+    client: Arc<Client>,
+    parser: Parser,
+    cpu_index: Option<i64>,
+    cfg: Config,
+}
+
+impl Engine {
+    /// An engine sending through `client`.
+    pub fn new(client: Arc<Client>, cfg: Config) -> Engine {
+        Engine {
+            client,
+            parser: Parser::new(),
+            cpu_index: None,
+            cfg,
+        }
+    }
+
+    /// The prompt for the next line: `(QEMU) `, or `TRANS> ` inside a transaction.
+    pub fn prompt(&self) -> &'static str {
+        if self.cfg.hmp {
+            "(QEMU) "
+        } else {
+            self.parser.prompt()
+        }
+    }
+
+    /// The session's configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The client this engine sends through.
+    pub fn client(&self) -> &Arc<Client> {
+        &self.client
+    }
+
+    /// Handle one input line (without its line terminator), sending what it
+    /// asks for and appending what is to be printed to `items`.
+    pub fn handle_line(&mut self, line: &str, items: &mut Vec<Item>) {
+        if line.is_empty() {
+            items.push(Item::Events);
+            return;
+        }
+        // Comment lines, for scripts.
+        if line.trim_start().starts_with('#') {
+            return;
+        }
+        if self.cfg.hmp {
+            self.handle_hmp(line, items);
+        } else {
+            self.handle_qmp(line, items);
+        }
+    }
+
+    /// Send a raw QMP message (a line starting with `{`).
+    pub fn handle_raw(&mut self, msg: Object, items: &mut Vec<Item>) {
+        if self.cfg.verbose && !self.cfg.json {
+            items.push(Item::Out(self.render_line(&msg)));
+        }
+        self.send(msg, false, items);
+    }
+
+    fn handle_qmp(&mut self, line: &str, items: &mut Vec<Item>) {
+        match self.parser.parse_line(line) {
+            Err(err) => items.push(parse_error(&err.to_string())),
+            Ok(Parsed::Empty) | Ok(Parsed::Queued) => {}
+            Ok(Parsed::Command(cmd)) => {
+                if self.cfg.verbose && !self.cfg.json {
+                    items.push(Item::Out(self.render_line(&cmd)));
+                }
+                self.send(cmd, false, items);
+            }
+        }
+    }
+
+    fn handle_hmp(&mut self, line: &str, items: &mut Vec<Item>) {
+        let mut words = line.split_whitespace();
+        let Some(first) = words.next() else {
+            return;
+        };
+        if first == "cpu" {
+            let Some(index) = words.next().and_then(hmp::parse_python_int) else {
+                items.push(Item::Out(
+                    "cpu command takes an integer argument\n".to_string(),
+                ));
+                return;
+            };
+            let probe = hmp::command("info version", Some(index));
+            match self.client.call(probe, self.cfg.timeout) {
+                Ok(reply) if reply.ret().is_some() => self.cpu_index = Some(index),
+                Ok(_) => {
+                    items.push(Item::Out("bad CPU index\n".to_string()));
+                    return;
+                }
+                Err(QmpError::Disconnected) => {
+                    items.push(Item::Disconnected);
+                    return;
+                }
+                Err(err) => {
+                    items.push(Item::Err {
+                        text: format!("ERROR: {err}\n"),
+                        failed: true,
+                    });
+                    return;
+                }
+            }
+        }
+        let cmd = hmp::command(line, self.cpu_index);
+        self.send(cmd, true, items);
+    }
+
+    fn send(&mut self, msg: Object, hmp: bool, items: &mut Vec<Item>) {
+        match self.client.send(msg) {
+            Ok(pending) => items.push(Item::Reply { pending, hmp }),
+            Err(QmpError::Disconnected) => items.push(Item::Disconnected),
+            Err(err) => items.push(Item::Err {
+                text: format!("ERROR: {err}\n"),
+                failed: true,
+            }),
+        }
+    }
+
+    fn render_line(&self, msg: &Object) -> String {
+        let mut text = render::to_string(&Value::Object(msg.clone()), self.cfg.style);
+        text.push('\n');
+        text
+    }
+}
+
+fn parse_error(reason: &str) -> Item {
+    Item::Err {
+        text: format!("Error while parsing command line: {reason}\n{COMMAND_FORMAT}\n"),
+        failed: true,
+    }
+}
+
+/// Item for a line that could not be read (not UTF-8, say).
+pub fn input_error(reason: &str) -> Item {
+    parse_error(reason)
+}
+
+/// Resolves [`Item`]s in order onto standard output and standard error.
+pub struct Printer<O: Write, E: Write> {
+    out: O,
+    err: E,
+    client: Arc<Client>,
+    cfg: Config,
+    events: VecDeque<Event>,
+    failures: u64,
+    live_events: bool,
+}
+
+impl<O: Write, E: Write> Printer<O, E> {
+    /// A printer writing to `out` and `err`.
+    pub fn new(out: O, err: E, client: Arc<Client>, cfg: Config) -> Self {
+        Printer {
+            out,
+            err,
+            client,
+            cfg,
+            events: VecDeque::new(),
+            failures: 0,
+            live_events: false,
+        }
+    }
+
+    /// Events are printed elsewhere as they arrive; don't collect them.
+    pub fn set_live_events(&mut self, live: bool) {
+        self.live_events = live;
+    }
+
+    /// How many commands failed (error replies and unparsable lines).
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+
+    /// Write text to standard output.
+    pub fn out(&mut self, text: &str) -> io::Result<()> {
+        self.out.write_all(text.as_bytes())
+    }
+
+    /// Flush standard output.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    /// Print one item, waiting for its reply if need be.
+    pub fn emit(&mut self, item: Item) -> io::Result<Flow> {
+        match item {
+            Item::Out(text) => self.out.write_all(text.as_bytes())?,
+            Item::Err { text, failed } => {
+                if failed {
+                    self.failures += 1;
+                }
+                self.write_stderr(&text)?;
+            }
+            Item::Events => {
+                self.collect_incoming()?;
+                while let Some(event) = self.events.pop_front() {
+                    let text = self.render(&event.body);
+                    self.out.write_all(text.as_bytes())?;
+                }
+            }
+            Item::Disconnected => {
+                self.out.write_all(b"Disconnected\n")?;
+                self.out.flush()?;
+                return Ok(Flow::Stop(exit::FATAL));
+            }
+            Item::Reply { pending, hmp } => {
+                let result = pending.wait(self.cfg.timeout);
+                let flow = match result {
+                    Ok(reply) => {
+                        self.print_reply(&reply, hmp)?;
+                        Flow::Continue
+                    }
+                    Err(QmpError::Disconnected) => {
+                        self.out.write_all(b"Disconnected\n")?;
+                        self.out.flush()?;
+                        Flow::Stop(exit::FATAL)
+                    }
+                    Err(QmpError::Timeout(limit)) => {
+                        self.write_stderr(&format!(
+                            "ERROR: no reply within {} s\n",
+                            limit.as_secs_f64()
+                        ))?;
+                        Flow::Stop(exit::FATAL)
+                    }
+                    Err(err) => {
+                        self.failures += 1;
+                        self.write_stderr(&format!("ERROR: {err}\n"))?;
+                        Flow::Continue
+                    }
+                };
+                self.collect_incoming()?;
+                return Ok(flow);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn print_reply(&mut self, reply: &Reply, hmp: bool) -> io::Result<()> {
+        if reply.is_error() {
+            self.failures += 1;
+        }
+        let body = reply.display_body();
+        if self.cfg.json || !hmp {
+            let text = self.render(&body);
+            return self.out.write_all(text.as_bytes());
+        }
+        let text = hmp::format_reply(&body);
+        self.out.write_all(text.as_bytes())
+    }
+
+    fn render(&self, body: &Object) -> String {
+        let style = if self.cfg.json {
+            Style {
+                pretty: false,
+                color: false,
+            }
+        } else {
+            self.cfg.style
+        };
+        let mut text = String::new();
+        render::write_into(&mut text, &Value::Object(body.clone()), style);
+        text.push('\n');
+        text
+    }
+
+    /// Move events and warnings the client queued into our own buffer,
+    /// printing warnings (and, with `--json`, events) on standard error.
+    fn collect_incoming(&mut self) -> io::Result<()> {
+        for incoming in self.client.drain_incoming() {
+            match incoming {
+                Incoming::Warning(text) => self.write_stderr(&format!("warning: {text}\n"))?,
+                Incoming::Event(event) if self.cfg.json => {
+                    let text = self.render(&event.body);
+                    self.write_stderr(&text)?;
+                }
+                Incoming::Event(event) => {
+                    if !self.live_events {
+                        self.events.push_back(event);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_stderr(&mut self, text: &str) -> io::Result<()> {
+        self.out.flush()?;
+        // A closed stderr must not stop the session.
+        let _ = self.err.write_all(text.as_bytes());
+        let _ = self.err.flush();
+        Ok(())
+    }
+}
+
+/// The banner printed before the first prompt.
+pub fn banner(hmp: bool, client: &Client) -> String {
+    let mut text = String::from(if hmp {
+        "Welcome to the HMP shell!\n"
+    } else {
+        "Welcome to the QMP low-level shell!\n"
+    });
+    match client.greeting() {
+        None => text.push_str("Connected\n"),
+        Some(greeting) => match greeting.version() {
+            Some((major, minor, micro)) => {
+                text.push_str(&format!("Connected to QEMU {major}.{minor}.{micro}\n\n"))
+            }
+            None => text.push_str("Connected\n\n"),
+        },
+    }
+    text
+}

@@ -1,0 +1,554 @@
+//! Shared helpers for the integration tests: real QMP peers (QEMU, the
+//! storage daemon, the guest agent), the binaries under test, the reference
+//! implementation, and a way to run a shell with a hard timeout.
+//!
+//! Every peer lives in its own temporary directory; dropping the [`Peer`]
+//! kills the process and removes the directory, also when a test panics.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a peer may take to start listening.
+pub const PEER_START_TIMEOUT: Duration = Duration::from_secs(20);
+/// A generous bound for one shell session in a test.
+pub const SHELL_TIMEOUT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------
+// Programs
+// ---------------------------------------------------------------------------
+
+/// Our `qmp-shell`.
+pub fn ours() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_qmp-shell"))
+}
+
+/// Our `qmp-shell-wrap`.
+pub fn ours_wrap() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_qmp-shell-wrap"))
+}
+
+/// The reference (Python, qemu.qmp 0.0.6) `qmp-shell`.
+///
+/// `QMP_SHELL_REFERENCE` overrides the lookup. A pyenv shim is resolved to
+/// the real script, so that the reference does not depend on `$HOME` (tests
+/// run it with a private `HOME`) and does not pay the shim's start-up cost.
+pub fn reference() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| find_reference("QMP_SHELL_REFERENCE", "qmp-shell"))
+        .clone()
+}
+
+/// The reference `qmp-shell-wrap`.
+pub fn reference_wrap() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| find_reference("QMP_SHELL_WRAP_REFERENCE", "qmp-shell-wrap"))
+        .clone()
+}
+
+fn find_reference(var: &str, name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(var) {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "{var}={} does not name a file; unset it or run scripts/install-deps.sh",
+            p.display()
+        );
+        return p;
+    }
+    let Some(found) = which(name) else {
+        panic!(
+            "the reference `{name}` (Python qemu.qmp==0.0.6) is not on PATH: \
+             run scripts/install-deps.sh"
+        );
+    };
+    if found.to_string_lossy().contains("/shims/") {
+        // pyenv: ask pyenv where the real script is.
+        if let Ok(out) = Command::new("pyenv").args(["which", name]).output() {
+            if out.status.success() {
+                let real = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+                if real.is_file() {
+                    return real;
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Look a program up on `PATH`, then in the sbin directories (where
+/// `qemu-ga` lives and which a non-root `PATH` may lack).
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from));
+    for dir in dirs {
+        let candidate = dir.join(name);
+        if is_executable(&candidate) {
+            return Some(candidate);
+        }
+    }
+    None
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn require(name: &str) -> PathBuf {
+    which(name).unwrap_or_else(|| panic!("`{name}` not found: run scripts/install-deps.sh"))
+}
+
+// ---------------------------------------------------------------------------
+// Peers
+// ---------------------------------------------------------------------------
+
+/// A real QMP (or guest-agent) server in a private temporary directory.
+pub struct Peer {
+    child: Child,
+    /// Declared after `child` so that the directory outlives the process
+    /// handle; `Drop` kills the process before the directory goes.
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    second: Option<PathBuf>,
+    name: String,
+}
+
+impl Peer {
+    /// `qemu-system-x86_64 -M none`: QMP, no CPUs, no devices.
+    pub fn qemu_none() -> Peer {
+        Peer::qemu_with_args(&["-M", "none"])
+    }
+
+    /// `-M pc -S -smp 2`: a paused PC with two CPUs (for HMP `cpu N`).
+    pub fn qemu_pc() -> Peer {
+        Peer::qemu_with_args(&["-M", "pc", "-S", "-smp", "2", "-accel", "tcg"])
+    }
+
+    /// QEMU with custom extra arguments (`-display none -nodefaults` and the
+    /// QMP monitor on `qmp.sock` are added).
+    pub fn qemu_with_args(args: &[&str]) -> Peer {
+        Peer::qemu_inner(args, false)
+    }
+
+    /// QEMU with two QMP monitors: [`Peer::socket`] (`a.sock`) for the shell
+    /// and [`Peer::second_socket`] (`b.sock`) for the test, to cause events
+    /// (with [`qmp_raw`]) while the shell is connected.
+    pub fn qemu_two_monitors(args: &[&str]) -> Peer {
+        Peer::qemu_inner(args, true)
+    }
+
+    fn qemu_inner(args: &[&str], two: bool) -> Peer {
+        let dir = tempdir("qemu");
+        let (socket, second) = if two {
+            (dir.path().join("a.sock"), Some(dir.path().join("b.sock")))
+        } else {
+            (dir.path().join("qmp.sock"), None)
+        };
+        let mut cmd = Command::new(require("qemu-system-x86_64"));
+        cmd.args(args).args(["-display", "none", "-nodefaults"]);
+        for s in std::iter::once(&socket).chain(second.iter()) {
+            cmd.arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", s.display()));
+        }
+        Peer::spawn("qemu-system-x86_64", cmd, dir, socket, second)
+    }
+
+    /// `qemu-storage-daemon` with a QMP monitor on `qsd.sock`.
+    pub fn storage_daemon() -> Peer {
+        let dir = tempdir("qsd");
+        let socket = dir.path().join("qsd.sock");
+        let mut cmd = Command::new(require("qemu-storage-daemon"));
+        cmd.arg("--chardev")
+            .arg(format!(
+                "socket,path={},server=on,wait=off,id=c0",
+                socket.display()
+            ))
+            .args(["--monitor", "chardev=c0"]);
+        Peer::spawn("qemu-storage-daemon", cmd, dir, socket, None)
+    }
+
+    /// `qemu-ga` listening on `qga.sock` (no greeting: use `-N`). Its state
+    /// and pid files stay inside the private directory, so it runs as root
+    /// without touching `/var/run`.
+    pub fn guest_agent() -> Peer {
+        let dir = tempdir("qga");
+        let socket = dir.path().join("qga.sock");
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).expect("mkdir state");
+        let mut cmd = Command::new(require("qemu-ga"));
+        cmd.args(["-m", "unix-listen", "-p"])
+            .arg(&socket)
+            .arg("-t")
+            .arg(&state)
+            .arg("-f")
+            .arg(dir.path().join("qga.pid"))
+            .args([
+                "-b",
+                "guest-exec,guest-file-open,guest-shutdown,guest-set-user-password",
+            ]);
+        Peer::spawn("qemu-ga", cmd, dir, socket, None)
+    }
+
+    fn spawn(
+        name: &str,
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        second: Option<PathBuf>,
+    ) -> Peer {
+        let log = File::create(dir.path().join("peer.stderr")).expect("create peer log");
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup peer log"))
+            .stderr(log)
+            .current_dir(dir.path());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e} (run scripts/install-deps.sh)"));
+        let mut peer = Peer {
+            child,
+            dir,
+            socket,
+            second,
+            name: name.to_string(),
+        };
+        let sockets: Vec<PathBuf> = std::iter::once(peer.socket.clone())
+            .chain(peer.second.clone())
+            .collect();
+        for s in sockets {
+            peer.wait_ready(&s);
+        }
+        peer
+    }
+
+    /// Wait until `socket` exists and accepts a connection. The probe closes
+    /// its connection at once, which frees the (single-client) monitor.
+    fn wait_ready(&mut self, socket: &Path) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!(
+                    "{} exited early ({status}) before listening on {}; its output:\n{}",
+                    self.name,
+                    socket.display(),
+                    self.log()
+                );
+            }
+            if socket.exists() {
+                if let Ok(probe) = UnixStream::connect(socket) {
+                    drop(probe);
+                    return;
+                }
+            }
+            if start.elapsed() > PEER_START_TIMEOUT {
+                panic!(
+                    "{} did not accept connections on {} within {:?}; its output:\n{}",
+                    self.name,
+                    socket.display(),
+                    PEER_START_TIMEOUT,
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The socket the shell connects to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The socket as a `&str` (for argument lists).
+    pub fn socket_str(&self) -> &str {
+        self.socket.to_str().expect("socket path is UTF-8")
+    }
+
+    /// The second monitor of [`Peer::qemu_two_monitors`].
+    pub fn second_socket(&self) -> &Path {
+        self.second
+            .as_deref()
+            .expect("this peer has one monitor; use Peer::qemu_two_monitors")
+    }
+
+    /// The peer's private directory (removed on drop).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Wait (bounded) for the peer to exit on its own, e.g. after `quit`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return Some(st);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// What the peer wrote on stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("peer.stderr")).unwrap_or_default()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // `dir` (TempDir) removes the directory when dropped after this.
+    }
+}
+
+fn tempdir(kind: &str) -> tempfile::TempDir {
+    // Short paths: a UNIX socket path is limited to 107 bytes.
+    tempfile::Builder::new()
+        .prefix(&format!("qmp-{kind}-"))
+        .tempdir_in(std::env::temp_dir())
+        .expect("create temporary directory")
+}
+
+// ---------------------------------------------------------------------------
+// Running a shell
+// ---------------------------------------------------------------------------
+
+/// Run `bin args...` with `stdin` fed through a pipe, collect its output,
+/// and kill it (then panic) if it runs longer than `timeout`.
+///
+/// The environment is made reproducible: `HOME` is a fresh empty directory
+/// (the reference reads and writes `~/.qmp-shell_history`), `QMP_SOCKET` is
+/// removed, and the locale is `C.UTF-8`.
+pub fn run_shell(bin: &Path, args: &[&str], stdin: &str, timeout: Duration) -> Output {
+    run_shell_env(bin, args, stdin, timeout, &[])
+}
+
+/// [`run_shell`] with extra environment variables.
+pub fn run_shell_env(
+    bin: &Path,
+    args: &[&str],
+    stdin: &str,
+    timeout: Duration,
+    env: &[(&str, &str)],
+) -> Output {
+    let home = tempdir("home");
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env("HOME", home.path())
+        .env_remove("QMP_SOCKET")
+        .env("LC_ALL", "C.UTF-8")
+        .env("LANG", "C.UTF-8")
+        .env("NO_COLOR", "1")
+        .env_remove("PYTHONWARNINGS")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run_with_timeout(cmd, stdin.as_bytes(), timeout)
+}
+
+/// Run a prepared command with piped stdio, bounded by `timeout`.
+pub fn run_with_timeout(mut cmd: Command, stdin: &[u8], timeout: Duration) -> Output {
+    let desc = format!("{:?}", cmd);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
+    let mut sin = child.stdin.take().expect("stdin");
+    let input = stdin.to_vec();
+    let writer = thread::spawn(move || {
+        // The program may exit before reading everything: ignore EPIPE.
+        let _ = sin.write_all(&input);
+    });
+    let out_reader = spawn_reader(child.stdout.take().expect("stdout"));
+    let err_reader = spawn_reader(child.stderr.take().expect("stderr"));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = out_reader.join().unwrap_or_default();
+            let stderr = err_reader.join().unwrap_or_default();
+            panic!(
+                "TIMEOUT: {desc} did not finish within {timeout:?}; killed.\n\
+                 --- stdout so far ---\n{}\n--- stderr so far ---\n{}",
+                escape_visible(&stdout),
+                escape_visible(&stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let _ = writer.join();
+    let stdout = out_reader.join().expect("stdout reader");
+    let stderr = err_reader.join().expect("stderr reader");
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+fn spawn_reader<R: Read + Send + 'static>(mut r: R) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Bytes as text with everything that is not printable ASCII escaped
+/// (`\r`, `\t`, `\xNN`, `\u{...}`), one output line per input line, so that
+/// differences in invisible characters show up.
+pub fn escape_visible(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    let text = String::from_utf8_lossy(bytes);
+    let invalid = std::str::from_utf8(bytes).is_err();
+    if invalid {
+        out.push_str("[not valid UTF-8; shown lossily]\n");
+    }
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    out
+}
+
+/// A readable comparison of two outputs: the first differing line and both
+/// texts in full, escaped. Returns `None` when they are equal.
+pub fn describe_difference(
+    what: &str,
+    expected_name: &str,
+    expected: &[u8],
+    actual_name: &str,
+    actual: &[u8],
+) -> Option<String> {
+    if expected == actual {
+        return None;
+    }
+    let e = escape_visible(expected);
+    let a = escape_visible(actual);
+    let el: Vec<&str> = e.lines().collect();
+    let al: Vec<&str> = a.lines().collect();
+    let mut msg = format!("{what} differs ({expected_name} vs {actual_name})\n");
+    let first = (0..el.len().max(al.len()))
+        .find(|&i| el.get(i) != al.get(i))
+        .unwrap_or(0);
+    msg.push_str(&format!("first difference at line {}:\n", first + 1));
+    msg.push_str(&format!(
+        "  {expected_name:>9}: {}\n",
+        el.get(first).copied().unwrap_or("<end of output>")
+    ));
+    msg.push_str(&format!(
+        "  {actual_name:>9}: {}\n",
+        al.get(first).copied().unwrap_or("<end of output>")
+    ));
+    let from = first.saturating_sub(3);
+    msg.push_str("context (- expected, + actual, lines escaped):\n");
+    for i in from..(first + 4).min(el.len().max(al.len())) {
+        match (el.get(i), al.get(i)) {
+            (Some(x), Some(y)) if x == y => msg.push_str(&format!("   {x}\n")),
+            (x, y) => {
+                if let Some(x) = x {
+                    msg.push_str(&format!(" - {x}\n"));
+                }
+                if let Some(y) = y {
+                    msg.push_str(&format!(" + {y}\n"));
+                }
+            }
+        }
+    }
+    msg.push_str(&format!(
+        "----- {what} of {expected_name} (escaped) -----\n{e}\n\
+         ----- {what} of {actual_name} (escaped) -----\n{a}\n-----"
+    ));
+    Some(msg)
+}
+
+// ---------------------------------------------------------------------------
+// Raw QMP
+// ---------------------------------------------------------------------------
+
+/// Speak QMP directly: read the greeting, negotiate, send each line and
+/// collect the reply to it (events that arrive meanwhile are skipped).
+/// Returns the replies, as received (without the line terminator).
+pub fn qmp_raw(socket: &Path, lines: &[&str]) -> Vec<String> {
+    let stream = UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("qmp_raw: connect {}: {e}", socket.display()));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("set_read_timeout");
+    let mut writer = stream.try_clone().expect("clone stream");
+    let mut reader = BufReader::new(stream);
+    let greeting = read_json_line(&mut reader, socket);
+    assert!(
+        greeting.contains("\"QMP\""),
+        "qmp_raw: expected a greeting from {}, got {greeting}",
+        socket.display()
+    );
+    let mut send = |line: &str| -> String {
+        writer
+            .write_all(line.as_bytes())
+            .and_then(|_| writer.write_all(b"\n"))
+            .unwrap_or_else(|e| panic!("qmp_raw: write {line}: {e}"));
+        loop {
+            let reply = read_json_line(&mut reader, socket);
+            let is_event = serde_json::from_str::<serde_json::Value>(&reply)
+                .ok()
+                .and_then(|v| v.as_object().map(|o| o.contains_key("event")))
+                .unwrap_or(false);
+            if is_event {
+                continue;
+            }
+            return reply;
+        }
+    };
+    let caps = send(r#"{"execute": "qmp_capabilities"}"#);
+    assert!(
+        caps.contains("\"return\""),
+        "qmp_raw: qmp_capabilities failed: {caps}"
+    );
+    lines.iter().map(|l| send(l)).collect()
+}
+
+fn read_json_line<R: BufRead>(reader: &mut R, socket: &Path) -> String {
+    let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(0) => panic!("qmp_raw: {} closed the connection", socket.display()),
+        Ok(_) => line.trim_end_matches(['\r', '\n']).to_string(),
+        Err(e) => panic!("qmp_raw: read from {}: {e}", socket.display()),
+    }
+}

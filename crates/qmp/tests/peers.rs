@@ -1,0 +1,395 @@
+//! Integration tests against real QMP peers: qemu-system-x86_64,
+//! qemu-storage-daemon and qemu-ga.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use qmp::{command, Address, Client, ClientOptions, Error, Incoming, Listener, Object};
+use serde_json::Value;
+
+const T: Option<Duration> = Some(Duration::from_secs(20));
+
+fn connect(peer: &common::Peer) -> Client {
+    Client::connect(
+        &Address::Unix(peer.socket.clone()),
+        ClientOptions::default(),
+    )
+    .expect("connect")
+}
+
+fn obj(text: &str) -> Object {
+    serde_json::from_str(text).expect("test JSON")
+}
+
+/// Wait for an event named `name`, keeping everything seen.
+fn wait_event(client: &Client, name: &str) -> Vec<Incoming> {
+    let mut seen = Vec::new();
+    while let Some(item) = client.next_incoming(T) {
+        let done = matches!(&item, Incoming::Event(e) if e.name() == Some(name));
+        seen.push(item);
+        if done {
+            return seen;
+        }
+    }
+    panic!("no {name} event; saw {seen:?}");
+}
+
+#[test]
+fn qemu_greeting_and_query_status() {
+    let peer = common::qemu();
+    let client = connect(&peer);
+    let greeting = client.greeting().expect("greeting");
+    let (major, _minor, _micro) = greeting.version().expect("version");
+    assert!(major >= 2, "{:?}", greeting.body);
+    assert!(greeting.capabilities().iter().any(|c| c == "oob"));
+
+    let reply = client.execute("query-status", None, T).unwrap();
+    assert!(!reply.is_error());
+    assert!(reply.assigned_id);
+    let status = reply
+        .ret()
+        .and_then(|r| r.get("status"))
+        .and_then(Value::as_str);
+    assert_eq!(status, Some("running"));
+    let shown = reply.display_body();
+    assert!(!shown.contains_key("id"));
+    assert!(reply
+        .id()
+        .and_then(Value::as_str)
+        .unwrap()
+        .starts_with("__qmp#"));
+    assert!(client.is_connected());
+}
+
+#[test]
+fn qemu_error_reply_and_user_ids() {
+    let peer = common::qemu();
+    let client = connect(&peer);
+    let reply = client.execute("no-such-command", None, T).unwrap();
+    assert!(reply.is_error());
+    assert_eq!(reply.error_class(), Some("CommandNotFound"));
+    assert!(reply.error_desc().unwrap().contains("no-such-command"));
+
+    let mut msg = command("query-name", None);
+    msg.insert("id".into(), obj(r#"{"mine": [1, "two"]}"#).into());
+    let reply = client.call(msg, T).unwrap();
+    assert!(!reply.assigned_id);
+    assert_eq!(
+        reply.id(),
+        Some(&Value::Object(obj(r#"{"mine": [1, "two"]}"#)))
+    );
+    assert!(reply.display_body().contains_key("id"));
+
+    // Bad arguments are an error reply, not a protocol error.
+    let reply = client
+        .execute("query-status", Some(obj(r#"{"bogus": 1}"#)), T)
+        .unwrap();
+    assert_eq!(reply.error_class(), Some("GenericError"));
+}
+
+#[test]
+fn qemu_pipelining_100_requests() {
+    let peer = common::qemu();
+    let client = connect(&peer);
+    let mut pending = Vec::new();
+    for i in 0..100 {
+        let mut msg = if i % 2 == 0 {
+            command("query-status", None)
+        } else {
+            command("query-name", None)
+        };
+        if i % 3 == 0 {
+            msg.insert("id".into(), Value::from(1000 + i));
+        }
+        pending.push((i, client.send(msg).unwrap()));
+    }
+    for (i, p) in pending {
+        let id = p.id().clone();
+        let reply = p.wait(T).unwrap();
+        assert_eq!(reply.id(), Some(&id));
+        assert_eq!(reply.assigned_id, i % 3 != 0);
+        let ret = reply.ret().expect("return");
+        if i % 2 == 0 {
+            assert!(ret.get("status").is_some(), "{i}: {ret}");
+        } else {
+            assert!(ret.get("status").is_none(), "{i}: {ret}");
+        }
+    }
+}
+
+#[test]
+fn qemu_shared_between_threads() {
+    let peer = common::qemu();
+    let client = Arc::new(connect(&peer));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let client = Arc::clone(&client);
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    let r = client.execute("query-status", None, T).unwrap();
+                    assert!(r.ret().is_some());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn qemu_stop_event_and_notify() {
+    let peer = common::qemu();
+    let client = connect(&peer);
+    let notified = Arc::new(AtomicUsize::new(0));
+    let n = Arc::clone(&notified);
+    client.set_incoming_notify(Box::new(move || {
+        n.fetch_add(1, Ordering::SeqCst);
+    }));
+    let reply = client.execute("stop", None, T).unwrap();
+    assert!(reply.ret().is_some(), "{:?}", reply.body);
+    let seen = wait_event(&client, "STOP");
+    assert!(notified.load(Ordering::SeqCst) >= 1);
+    // The event has the usual shape.
+    let Some(Incoming::Event(ev)) = seen.last() else {
+        panic!()
+    };
+    assert!(ev.body.get("timestamp").is_some());
+
+    client.execute("cont", None, T).unwrap();
+    // drain_incoming sees RESUME once it has arrived.
+    let mut found = false;
+    for _ in 0..200 {
+        if client
+            .drain_incoming()
+            .iter()
+            .any(|i| matches!(i, Incoming::Event(e) if e.name() == Some("RESUME")))
+        {
+            found = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(found);
+}
+
+#[test]
+fn qemu_quit_disconnects() {
+    let mut peer = common::qemu();
+    let client = connect(&peer);
+    let reply = client.execute("quit", None, T).unwrap();
+    assert!(reply.ret().is_some());
+    wait_event(&client, "SHUTDOWN");
+    // After EOF, the queue ends and sends fail.
+    while client.next_incoming(T).is_some() {}
+    assert!(!client.is_connected());
+    assert!(matches!(
+        client.execute("query-status", None, T),
+        Err(Error::Disconnected)
+    ));
+    assert!(peer.wait_exit(Duration::from_secs(20)));
+}
+
+#[test]
+fn qemu_close_fails_waiters() {
+    let peer = common::qemu();
+    let client = Arc::new(connect(&peer));
+    // `query-qmp-schema` is large; close while it may be in flight.
+    let p = client.send(command("query-qmp-schema", None)).unwrap();
+    client.close();
+    match p.wait(T) {
+        Ok(r) => assert!(r.ret().is_some()),
+        Err(e) => assert!(matches!(e, Error::Disconnected), "{e:?}"),
+    }
+    assert!(!client.is_connected());
+    assert!(matches!(
+        client.send(command("query-status", None)),
+        Err(Error::Disconnected)
+    ));
+}
+
+#[test]
+fn qemu_large_reply_and_size_limit() {
+    let peer = common::qemu();
+    let client = connect(&peer);
+    let reply = client.execute("query-qmp-schema", None, T).unwrap();
+    let schema = reply.ret().and_then(Value::as_array).expect("array");
+    assert!(schema.len() > 100);
+    drop(client);
+
+    let opts = ClientOptions {
+        max_message: 8192,
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(&Address::Unix(peer.socket.clone()), opts).unwrap();
+    match client.execute("query-qmp-schema", None, T) {
+        Err(Error::Protocol(reason)) => assert!(reason.contains("8192"), "{reason}"),
+        r => panic!("{r:?}"),
+    }
+    // The stream stays usable after the oversized reply.
+    let reply = client.execute("query-status", None, T).unwrap();
+    assert!(reply.ret().is_some());
+    assert!(client.drain_incoming().is_empty());
+}
+
+#[test]
+fn qemu_log_file_gets_every_line() {
+    let peer = common::qemu();
+    let log_path = peer.path().join("traffic.log");
+    let opts = ClientOptions {
+        log: Some(Box::new(std::fs::File::create(&log_path).unwrap())),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(&Address::Unix(peer.socket.clone()), opts).unwrap();
+    client.execute("query-status", None, T).unwrap();
+    let mut msg = command("query-name", None);
+    msg.insert("id".into(), Value::from(7));
+    client.call(msg, T).unwrap();
+    // Logged before the reply is routed, so it is complete now.
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 7, "{text}");
+    assert!(lines[0].starts_with("{\"QMP\": {"), "{}", lines[0]);
+    assert_eq!(lines[1], r#"{"execute":"qmp_capabilities","id":"__qmp#1"}"#);
+    assert_eq!(lines[2], r#"{"return": {}, "id": "__qmp#1"}"#);
+    assert_eq!(lines[3], r#"{"execute":"query-status","id":"__qmp#2"}"#);
+    assert!(lines[4].contains("\"running\""));
+    assert_eq!(lines[5], r#"{"execute":"query-name","id":7}"#);
+    assert!(lines[6].ends_with("\"id\": 7}"), "{}", lines[6]);
+    assert!(lines.iter().all(|l| !l.ends_with('\r')));
+    for l in lines {
+        serde_json::from_str::<Value>(l).unwrap();
+    }
+}
+
+#[test]
+fn storage_daemon_session() {
+    let peer = common::storage_daemon();
+    let client = connect(&peer);
+    assert!(client.greeting().and_then(|g| g.version()).is_some());
+    let reply = client.execute("query-version", None, T).unwrap();
+    assert!(reply.ret().and_then(|r| r.get("qemu")).is_some());
+    let reply = client
+        .execute(
+            "human-monitor-command",
+            Some(obj(r#"{"command-line": "info status"}"#)),
+            T,
+        )
+        .unwrap();
+    assert_eq!(reply.error_class(), Some("CommandNotFound"));
+    let reply = client
+        .execute(
+            "blockdev-add",
+            Some(obj(r#"{"driver": "null-co", "node-name": "n0"}"#)),
+            T,
+        )
+        .unwrap();
+    assert!(reply.ret().is_some(), "{:?}", reply.body);
+    let reply = client.execute("query-named-block-nodes", None, T).unwrap();
+    assert!(reply.ret().unwrap().to_string().contains("\"n0\""));
+}
+
+#[test]
+fn guest_agent_without_greeting() {
+    let peer = common::guest_agent();
+    let opts = ClientOptions {
+        read_greeting: false,
+        negotiate: false,
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(&Address::Unix(peer.socket.clone()), opts).unwrap();
+    assert!(client.greeting().is_none());
+    let reply = client.execute("guest-ping", None, T).unwrap();
+    assert_eq!(reply.ret(), Some(&Value::Object(Object::new())));
+    let reply = client.execute("guest-info", None, T).unwrap();
+    assert!(reply.ret().and_then(|r| r.get("version")).is_some());
+    // A blocked command is an error reply.
+    let reply = client
+        .execute(
+            "guest-file-open",
+            Some(obj(r#"{"path": "/etc/hostname"}"#)),
+            T,
+        )
+        .unwrap();
+    assert!(reply.is_error(), "{:?}", reply.body);
+}
+
+#[test]
+fn guest_agent_with_default_options_times_out_on_greeting() {
+    let peer = common::guest_agent();
+    let opts = ClientOptions {
+        greeting_timeout: Some(Duration::from_millis(300)),
+        ..ClientOptions::default()
+    };
+    let err = Client::connect(&Address::Unix(peer.socket.clone()), opts).unwrap_err();
+    assert!(matches!(err, Error::NoGreeting(_)), "{err:?}");
+    assert_eq!(err.to_string(), "timed out waiting for the greeting");
+}
+
+#[test]
+fn connect_errors_are_python_style() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.sock");
+    let err = Client::connect(&Address::Unix(missing), ClientOptions::default()).unwrap_err();
+    assert_eq!(err.to_string(), "[Errno 2] No such file or directory");
+
+    // A socket file nobody listens on.
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let err = Client::connect(&Address::Unix(stale), ClientOptions::default()).unwrap_err();
+    assert_eq!(err.to_string(), "[Errno 111] Connection refused");
+}
+
+#[test]
+fn listener_accepts_qemu_in_client_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wrap.sock");
+    let listener = Listener::bind(&path).unwrap();
+    let child = Command::new("qemu-system-x86_64")
+        .args(["-M", "none", "-display", "none", "-nodefaults", "-qmp"])
+        .arg(format!("unix:{}", path.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Kill(child);
+    let stream = listener
+        .accept(Duration::from_secs(20), &mut || {
+            matches!(child.0.try_wait(), Ok(Some(_)))
+        })
+        .unwrap()
+        .expect("QEMU connected");
+    let client = Client::from_unix_stream(stream, ClientOptions::default()).unwrap();
+    assert!(client.greeting().is_some());
+    let reply = client.execute("query-status", None, T).unwrap();
+    assert!(reply.ret().is_some());
+    client.execute("quit", None, T).unwrap();
+    drop(client);
+    let status = child.0.wait().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn listener_gives_up_when_child_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = Listener::bind(&dir.path().join("w.sock")).unwrap();
+    // `false` exits at once without connecting.
+    let mut child = Command::new("false").spawn().unwrap();
+    let r = listener
+        .accept(Duration::from_secs(20), &mut || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        })
+        .unwrap();
+    assert!(r.is_none());
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The one command that runs the whole test suite (README quick start, .ci/run).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() {
+    echo
+    echo "==> $*"
+    "$@"
+}
+
+# ---------------------------------------------------------------------------
+# STEPS: the suite, in order.  Add new steps to this list.
+# ---------------------------------------------------------------------------
+step bash scripts/install-deps.sh
+step cargo fmt --all -- --check
+step cargo clippy --workspace --all-targets -- -D warnings
+step cargo test --workspace
+# --- add further steps above this line -------------------------------------
+
+echo
+echo "==> all steps passed"
