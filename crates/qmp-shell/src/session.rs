@@ -50,7 +50,7 @@ pub enum Item {
     Reply { pending: Pending, hmp: bool },
     /// Print the events received so far (an empty input line).
     Events,
-    /// The connection is gone: print `Disconnected` and stop.
+    /// The connection is gone: print `Disconnected` on stderr and stop.
     Disconnected,
 }
 
@@ -269,8 +269,7 @@ impl<O: Write, E: Write> Printer<O, E> {
                 }
             }
             Item::Disconnected => {
-                self.out.write_all(b"Disconnected\n")?;
-                self.out.flush()?;
+                self.write_stderr("Disconnected\n")?;
                 return Ok(Flow::Stop(exit::FATAL));
             }
             Item::Reply { pending, hmp } => {
@@ -281,8 +280,7 @@ impl<O: Write, E: Write> Printer<O, E> {
                         Flow::Continue
                     }
                     Err(QmpError::Disconnected) => {
-                        self.out.write_all(b"Disconnected\n")?;
-                        self.out.flush()?;
+                        self.write_stderr("Disconnected\n")?;
                         Flow::Stop(exit::FATAL)
                     }
                     Err(QmpError::Timeout(limit)) => {

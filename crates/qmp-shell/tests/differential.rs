@@ -693,9 +693,14 @@ fn fixed_disconnect_after_quit() {
         escape_visible(&out.stdout)
     );
     assert!(
-        o.ends_with("(QEMU) {\"return\": {}}\n(QEMU) Disconnected\n"),
-        "expected the quit reply then `Disconnected`:\n{}",
+        o.ends_with("(QEMU) {\"return\": {}}\n(QEMU) "),
+        "expected the quit reply then a prompt:\n{}",
         escape_visible(&out.stdout)
+    );
+    assert_eq!(
+        text(&out.stderr),
+        "Disconnected\n",
+        "the one fatal line goes to stderr"
     );
     assert_eq!(
         out.status.code(),
