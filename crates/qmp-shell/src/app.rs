@@ -48,7 +48,14 @@ pub fn client_options(common: &Common, negotiate: bool) -> Result<ClientOptions,
 }
 
 /// Run a session on a connected client and return the exit status.
-pub fn run_session(client: Client, common: &Common, commands: Vec<String>) -> i32 {
+///
+/// `guest_agent` (`-N`): the peer is a guest agent, not a QMP monitor.
+pub fn run_session(
+    client: Client,
+    common: &Common,
+    commands: Vec<String>,
+    guest_agent: bool,
+) -> i32 {
     let client = Arc::new(client);
     let stdin_tty = std::io::stdin().is_terminal();
     let stdout_tty = std::io::stdout().is_terminal();
@@ -76,7 +83,7 @@ pub fn run_session(client: Client, common: &Common, commands: Vec<String>) -> i3
         let lines: repl::Lines = Box::new(commands.into_iter().map(Ok));
         repl::run_script(engine, lines, false, true)
     } else if stdin_tty && !common.json {
-        repl::run_interactive(engine, common.exit_status)
+        crate::interactive::run(engine, common.exit_status, guest_agent)
     } else {
         let lines = repl::reader_lines(std::io::BufReader::new(std::io::stdin()));
         repl::run_script(engine, lines, !common.json, common.exit_status)
@@ -142,5 +149,5 @@ pub fn main() -> i32 {
         Err((QmpError::Protocol(msg), false)) => return die(&msg),
         Err((err, _)) => return die(&format!("Couldn't connect to {server}: {err}")),
     };
-    run_session(client, &args.common, args.commands)
+    run_session(client, &args.common, args.commands, args.skip_negotiation)
 }

@@ -1,15 +1,20 @@
-//! Tab completion for the interactive shell.
+//! Tab completion and multi-line input for the interactive shell.
 //!
-//! The candidate list is filled in the background after connecting (QMP:
-//! `query-commands`; HMP: `help` and `info`), so the first prompt never
-//! waits for it. Until it arrives, Tab offers nothing.
+//! What to complete is learnt in the background after connecting (QMP: the
+//! live `query-qmp-schema`; HMP: `help` and `info`; the guest agent:
+//! `guest-info`), so the first prompt never waits for it. Until it arrives,
+//! Tab offers nothing.
 
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use rustyline::completion::{Completer, Pair};
-use rustyline::{Context, Helper, Highlighter, Hinter, Validator};
+use rustyline::validate::{ValidationContext, ValidationResult, Validator};
+use rustyline::{Context, Helper, Highlighter, Hinter};
 
-/// Completion candidates shared between the filler thread and the editor.
+use crate::schema::Schema;
+
+/// Plain completion candidates shared between the filler thread and the editor.
 #[derive(Clone, Default)]
 pub struct Names(Arc<RwLock<Vec<String>>>);
 
@@ -37,19 +42,44 @@ impl Names {
     }
 }
 
+/// Everything completion knows, shared with the threads that learn it.
+#[derive(Clone, Default)]
+pub struct Knowledge {
+    /// Command names (HMP lines like `info block`, or guest-agent commands).
+    pub names: Names,
+    /// The server's QMP schema, once fetched.
+    pub schema: Arc<OnceLock<Schema>>,
+    /// The shell is inside a multi-line `transaction(`.
+    pub in_transaction: Arc<AtomicBool>,
+}
+
 /// The rustyline helper of the shell.
-#[derive(Helper, Hinter, Highlighter, Validator)]
+#[derive(Helper, Hinter, Highlighter)]
 pub struct ShellHelper {
-    names: Names,
+    knowledge: Knowledge,
     whole_line: bool,
 }
 
 impl ShellHelper {
-    /// A helper completing from `names`. With `whole_line` (HMP, where
-    /// candidates look like `info block`), the whole line before the cursor is
-    /// the prefix; otherwise only the command name is completed.
-    pub fn new(names: Names, whole_line: bool) -> ShellHelper {
-        ShellHelper { names, whole_line }
+    /// A helper completing from `knowledge`. With `whole_line` (HMP, where
+    /// candidates look like `info block`), the whole line before the cursor
+    /// is the prefix; otherwise the schema decides, or failing that only the
+    /// command name is completed.
+    pub fn new(knowledge: Knowledge, whole_line: bool) -> ShellHelper {
+        ShellHelper {
+            knowledge,
+            whole_line,
+        }
+    }
+
+    fn pairs(words: Vec<String>) -> Vec<Pair> {
+        words
+            .into_iter()
+            .map(|word| Pair {
+                display: word.clone(),
+                replacement: word,
+            })
+            .collect()
     }
 }
 
@@ -62,28 +92,66 @@ impl Completer for ShellHelper {
         pos: usize,
         _ctx: &Context<'_>,
     ) -> rustyline::Result<(usize, Vec<Pair>)> {
-        let before = &line[..pos];
-        let (start, prefix) = if self.whole_line {
+        let before = line.get(..pos).unwrap_or(line);
+        if self.whole_line {
             let start = before.len() - before.trim_start().len();
-            (start, &before[start..])
-        } else {
-            let trimmed = before.trim_start();
-            if trimmed.contains(char::is_whitespace) {
-                return Ok((pos, Vec::new()));
-            }
-            (before.len() - trimmed.len(), trimmed)
-        };
-        let pairs = self
-            .names
-            .matching(prefix)
-            .into_iter()
-            .map(|name| Pair {
-                display: name.clone(),
-                replacement: name,
-            })
-            .collect();
-        Ok((start, pairs))
+            let words = self.knowledge.names.matching(&before[start..]);
+            return Ok((start, Self::pairs(words)));
+        }
+        if let Some(schema) = self.knowledge.schema.get() {
+            let in_transaction = self.knowledge.in_transaction.load(Ordering::Relaxed);
+            let (start, words) = schema.complete(before, in_transaction);
+            return Ok((start.min(before.len()), Self::pairs(words)));
+        }
+        let trimmed = before.trim_start();
+        if trimmed.contains(char::is_whitespace) {
+            return Ok((pos, Vec::new()));
+        }
+        let start = before.len() - trimmed.len();
+        Ok((start, Self::pairs(self.knowledge.names.matching(trimmed))))
     }
+}
+
+impl Validator for ShellHelper {
+    /// A line starting with `{` is raw JSON: keep reading lines until its
+    /// braces balance.
+    fn validate(&self, ctx: &mut ValidationContext<'_>) -> rustyline::Result<ValidationResult> {
+        if self.whole_line || !raw_json_incomplete(ctx.input()) {
+            Ok(ValidationResult::Valid(None))
+        } else {
+            Ok(ValidationResult::Incomplete)
+        }
+    }
+}
+
+/// Whether `text` starts a raw JSON message (`{`) whose braces and brackets
+/// are not yet balanced (strings and escapes are taken into account).
+pub fn raw_json_incomplete(text: &str) -> bool {
+    let text = text.trim_start();
+    if !text.starts_with('{') {
+        return false;
+    }
+    let mut depth: i64 = 0;
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth -= 1,
+            _ => {}
+        }
+    }
+    depth > 0 || in_string
 }
 
 #[cfg(test)]
@@ -104,5 +172,19 @@ mod tests {
         assert_eq!(names.matching("q").len(), 3);
         assert!(names.matching("x").is_empty());
         assert_eq!(names.matching("").len(), 4);
+    }
+
+    #[test]
+    fn raw_json_balance() {
+        assert!(raw_json_incomplete("{"));
+        assert!(raw_json_incomplete(
+            "  {\"execute\": \"x\", \"arguments\": {"
+        ));
+        assert!(raw_json_incomplete("{\"a\": \"}\""));
+        assert!(raw_json_incomplete("{\"a\": \"\\\"}"));
+        assert!(!raw_json_incomplete("{\"execute\": \"query-status\"}"));
+        assert!(!raw_json_incomplete("{\"a\": \"{\"}"));
+        assert!(!raw_json_incomplete("query-status"));
+        assert!(!raw_json_incomplete("}"));
     }
 }

@@ -8,14 +8,16 @@
 //!   [`hmp`] builds and prints human-monitor commands; [`cli`] defines the
 //!   arguments.
 //! * [`session`]: lines in, commands out, replies printed in input order.
-//! * [`complete`] and [`repl`]: the terminal (line editing, completion,
-//!   history) and the pipelined script mode.
+//! * [`schema`], [`complete`] and [`interactive`]: the terminal (line
+//!   editing, schema-aware completion, `help`, history, live events).
+//! * [`repl`]: the pipelined script mode.
 //! * [`app`] and [`wrap`]: the two programs.
 
 pub mod app;
 pub mod cli;
 pub mod complete;
 pub mod hmp;
+pub mod interactive;
 pub mod render;
 pub mod repl;
 pub mod schema;

@@ -91,6 +91,11 @@ impl Engine {
         }
     }
 
+    /// Whether a multi-line transaction is being built.
+    pub fn in_transaction(&self) -> bool {
+        !self.cfg.hmp && self.parser.in_transaction()
+    }
+
     /// The session's configuration.
     pub fn config(&self) -> &Config {
         &self.cfg
@@ -231,7 +236,8 @@ impl<O: Write, E: Write> Printer<O, E> {
         }
     }
 
-    /// Events are printed elsewhere as they arrive; don't collect them.
+    /// Events and warnings are printed elsewhere as they arrive: leave the
+    /// client's queue alone.
     pub fn set_live_events(&mut self, live: bool) {
         self.live_events = live;
     }
@@ -334,6 +340,10 @@ impl<O: Write, E: Write> Printer<O, E> {
     /// Move events and warnings the client queued into our own buffer,
     /// printing warnings (and, with `--json`, events) on standard error.
     fn collect_incoming(&mut self) -> io::Result<()> {
+        // Live mode: a thread of the terminal driver prints them as they come.
+        if self.live_events {
+            return Ok(());
+        }
         for incoming in self.client.drain_incoming() {
             match incoming {
                 Incoming::Warning(text) => self.write_stderr(&format!("warning: {text}\n"))?,

@@ -175,7 +175,7 @@ pub fn main() -> i32 {
             Ok(client) => client,
             Err(err) => return die(&format!("QEMU connected but {err}")),
         };
-        run_session(client, &args.common, Vec::new())
+        run_session(client, &args.common, Vec::new(), false)
     })();
 
     let mut guard = child.lock().unwrap_or_else(|e| e.into_inner());

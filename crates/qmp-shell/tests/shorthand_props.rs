@@ -118,8 +118,13 @@ fn huge_and_deep_inputs_do_not_overflow() {
         let _ = p.parse_line(&format!("transaction( t x={value} )"));
         let _ = parse_value(&value);
     }
-    assert!(matches!(p.parse_line(&format!("cmd x={}", deep("[", "]", 1000))), Ok(Parsed::Command(_))));
-    assert!(p.parse_line(&format!("cmd x={}", deep("[", "]", 1001))).is_err());
+    assert!(matches!(
+        p.parse_line(&format!("cmd x={}", deep("[", "]", 1000))),
+        Ok(Parsed::Command(_))
+    ));
+    assert!(p
+        .parse_line(&format!("cmd x={}", deep("[", "]", 1001)))
+        .is_err());
 }
 
 #[test]

@@ -213,6 +213,11 @@ pub fn parse_value(raw: &str) -> Result<Value, ParseError> {
 /// object was given as a value (`a={"x":1} a=2`), `PATH` is the parent path
 /// of the key, as the reference prints it (here the empty string).
 ///
+/// Value errors (see [`parse_value`]; the message names the key, e.g.
+/// `Value for "a" cannot be sent as JSON: sets are not supported`) come
+/// after every key error of the line, as in the reference, which only fails
+/// on such a value when it sends the command. Too-deep JSON fails at once.
+///
 /// ```
 /// use qmp_shell::shorthand::{parse_arguments, Object};
 /// let tokens: Vec<String> = ["a.b=1", "c=x"].iter().map(|s| s.to_string()).collect();

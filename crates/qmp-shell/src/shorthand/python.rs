@@ -188,7 +188,7 @@ fn digit_part(lx: &mut Lexer, radix: u32, out: &mut String) -> Option<bool> {
                 d.to_digit(radix)?;
                 lx.pos += 1;
             }
-            Some(d) if d.is_ascii() && d.to_digit(radix).is_some() => {
+            Some(d) if d.is_ascii() && d.is_digit(radix) => {
                 out.push(d);
                 lx.pos += 1;
                 any = true;

@@ -1,0 +1,388 @@
+//! The `qmp-shell` command line against real peers: `--version`, `--help`,
+//! every address form (UNIX path, `HOST:PORT`, `[IPv6]:PORT`, `QMP_SOCKET`),
+//! usage errors, `-N` with the guest agent, the storage daemon, and HMP mode.
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const T: Duration = SHELL_TIMEOUT;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        escape_visible(&out.stdout),
+        escape_visible(&out.stderr)
+    )
+}
+
+fn assert_ok(out: &Output) {
+    assert_eq!(out.status.code(), Some(0), "{}", show(out));
+}
+
+/// The banner of a QMP session with QEMU 7.2, as the reference prints it.
+const QMP_BANNER: &str = "Welcome to the QMP low-level shell!\nConnected to QEMU 7.";
+
+/// A free TCP port on `addr` (bind port 0, read it, let it go).
+fn free_port(addr: &str) -> u16 {
+    let l = TcpListener::bind((addr, 0))
+        .unwrap_or_else(|e| panic!("cannot bind a TCP port on {addr}: {e}"));
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Wait until a TCP monitor accepts (the probe connection is closed at once,
+/// which frees the single-client monitor).
+fn wait_tcp(addr: &str, port: u16, peer: &Peer) {
+    let start = Instant::now();
+    loop {
+        if TcpStream::connect((addr, port)).is_ok() {
+            return;
+        }
+        assert!(
+            start.elapsed() < PEER_START_TIMEOUT,
+            "QEMU did not listen on {addr}:{port}; its output:\n{}",
+            peer.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// --version, --help
+// ---------------------------------------------------------------------------
+
+#[test]
+fn version_prints_name_and_version() {
+    let out = run_shell(&ours(), &["--version"], "", T);
+    assert_ok(&out);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        stdout,
+        format!("qmp-shell {}\n", env!("CARGO_PKG_VERSION")),
+        "{}",
+        show(&out)
+    );
+    let re = regex::Regex::new(r"^qmp-shell \d+\.\d+\.\d+\n$").unwrap();
+    assert!(re.is_match(&stdout), "{}", show(&out));
+}
+
+#[test]
+fn help_lists_reference_options_and_exit_statuses() {
+    let out = run_shell(&ours(), &["--help"], "", T);
+    assert_ok(&out);
+    let help = text(&out.stdout);
+    for opt in [
+        "-H, --hmp",
+        "-v, --verbose",
+        "-p, --pretty",
+        "-l, --logfile",
+        "-N, --skip-negotiation",
+        "qmp_server",
+        "QMP_SOCKET",
+    ] {
+        assert!(help.contains(opt), "--help lacks {opt:?}:\n{help}");
+    }
+    assert!(help.contains("Exit status:"), "{help}");
+    for code in ["0", "1", "2", "3"] {
+        let re = regex::Regex::new(&format!(r"(?m)^\s+{code}\s+\S")).unwrap();
+        assert!(
+            re.is_match(&help),
+            "--help does not document exit status {code}:\n{help}"
+        );
+    }
+    // The short form works too.
+    let short = run_shell(&ours(), &["-h"], "", T);
+    assert_ok(&short);
+    assert!(text(&short.stdout).contains("-N"), "{}", show(&short));
+}
+
+// ---------------------------------------------------------------------------
+// Address forms
+// ---------------------------------------------------------------------------
+
+#[test]
+fn unix_path_address() {
+    let peer = Peer::qemu_none();
+    let out = run_shell(&ours(), &[peer.socket_str()], "query-status\n", T);
+    assert_ok(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with(QMP_BANNER), "{}", show(&out));
+    assert!(
+        stdout
+            .contains(r#"{"return": {"status": "running", "singlestep": false, "running": true}}"#),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn tcp_host_port_address() {
+    let port = free_port("127.0.0.1");
+    let qmp = format!("tcp:127.0.0.1:{port},server=on,wait=off");
+    let peer = Peer::qemu_with_args(&["-M", "none", "-qmp", &qmp]);
+    wait_tcp("127.0.0.1", port, &peer);
+    let addr = format!("127.0.0.1:{port}");
+    let out = run_shell(&ours(), &[&addr], "query-status\n", T);
+    assert_ok(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with(QMP_BANNER), "{}", show(&out));
+    assert!(stdout.contains(r#""status": "running""#), "{}", show(&out));
+    // `localhost` resolves too.
+    let addr = format!("localhost:{port}");
+    let out = run_shell(&ours(), &[&addr], "query-name\n", T);
+    assert_ok(&out);
+    assert!(
+        text(&out.stdout).contains(r#"{"return": {}}"#),
+        "{}",
+        show(&out)
+    );
+}
+
+/// `[::1]:PORT`. This machine must have an IPv6 loopback: the test fails
+/// (rather than skipping) when it has none.
+#[test]
+fn tcp_ipv6_bracketed_address() {
+    assert!(
+        std::fs::read_to_string("/proc/net/if_inet6")
+            .map(|s| s
+                .lines()
+                .any(|l| l.starts_with("00000000000000000000000000000001")))
+            .unwrap_or(false),
+        "no IPv6 loopback (::1) on this machine: this test needs one"
+    );
+    let port = free_port("::1");
+    // QEMU's `-qmp tcp:[::1]:PORT` shorthand does not strip the brackets
+    // ("address resolution failed for [::1]"): spell the chardev out.
+    let chardev = format!("socket,id=m6,host=::1,port={port},server=on,wait=off,ipv6=on");
+    let peer = Peer::qemu_with_args(&[
+        "-M",
+        "none",
+        "-chardev",
+        &chardev,
+        "-mon",
+        "chardev=m6,mode=control",
+    ]);
+    wait_tcp("::1", port, &peer);
+    let addr = format!("[::1]:{port}");
+    let out = run_shell(&ours(), &[&addr], "query-status\n", T);
+    assert_ok(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with(QMP_BANNER), "{}", show(&out));
+    assert!(stdout.contains(r#""status": "running""#), "{}", show(&out));
+}
+
+#[test]
+fn qmp_socket_env_is_the_default_address() {
+    let peer = Peer::qemu_none();
+    let out = run_shell_env(
+        &ours(),
+        &[],
+        "query-status\n",
+        T,
+        &[("QMP_SOCKET", peer.socket_str())],
+    );
+    assert_ok(&out);
+    assert!(text(&out.stdout).starts_with(QMP_BANNER), "{}", show(&out));
+    assert!(
+        text(&out.stdout).contains(r#""status": "running""#),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn address_argument_wins_over_qmp_socket() {
+    let peer = Peer::qemu_none();
+    let bogus = peer.dir().join("no-such.sock");
+    let out = run_shell_env(
+        &ours(),
+        &[peer.socket_str()],
+        "query-status\n",
+        T,
+        &[("QMP_SOCKET", bogus.to_str().unwrap())],
+    );
+    assert_ok(&out);
+    assert!(
+        text(&out.stdout).contains(r#""status": "running""#),
+        "{}",
+        show(&out)
+    );
+    // And the reverse: only QMP_SOCKET names the bogus path, so it is used.
+    let out = run_shell_env(
+        &ours(),
+        &[],
+        "",
+        T,
+        &[("QMP_SOCKET", bogus.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(&format!("ERROR: Couldn't connect to {}: ", bogus.display())),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn missing_address_is_a_usage_error() {
+    let out = run_shell(&ours(), &[], "", T);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = text(&out.stderr);
+    assert!(err.starts_with("usage: qmp-shell "), "{}", show(&out));
+    assert!(err.contains("qmp-shell: error: "), "{}", show(&out));
+    assert!(out.stdout.is_empty(), "{}", show(&out));
+}
+
+#[test]
+fn bad_port_is_a_usage_error() {
+    let out = run_shell(&ours(), &["a:b"], "", T);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = text(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", show(&out));
+    assert!(lines[0].starts_with("usage: qmp-shell "), "{}", show(&out));
+    assert_eq!(lines[1], "qmp-shell: error: Bad port number: a:b");
+}
+
+#[test]
+fn port_out_of_range_is_a_usage_error() {
+    let out = run_shell(&ours(), &["host:99999"], "", T);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        text(&out.stderr).ends_with("qmp-shell: error: Bad port number: host:99999\n"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn connection_refused_is_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nobody.sock");
+    let out = run_shell(&ours(), &[path.to_str().unwrap()], "", T);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{}", show(&out));
+    assert!(
+        err.starts_with(&format!("ERROR: Couldn't connect to {}: ", path.display())),
+        "{}",
+        show(&out)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Other peers
+// ---------------------------------------------------------------------------
+
+#[test]
+fn skip_negotiation_with_guest_agent() {
+    let peer = Peer::guest_agent();
+    let out = run_shell(&ours(), &["-N", peer.socket_str()], "guest-ping\n", T);
+    assert_ok(&out);
+    assert_eq!(
+        text(&out.stdout),
+        "Welcome to the QMP low-level shell!\nConnected\n(QEMU) {\"return\": {}}\n(QEMU) \n",
+        "{}",
+        show(&out)
+    );
+    assert!(out.stderr.is_empty(), "{}", show(&out));
+}
+
+#[test]
+fn storage_daemon_blockdev_add() {
+    let peer = Peer::storage_daemon();
+    let out = run_shell(
+        &ours(),
+        &[peer.socket_str()],
+        "blockdev-add driver=null-co node-name=n0\nquery-named-block-nodes\n",
+        T,
+    );
+    assert_ok(&out);
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(stdout.starts_with(QMP_BANNER), "{}", show(&out));
+    assert_eq!(lines[3], "(QEMU) {\"return\": {}}", "{}", show(&out));
+    let json = lines[4].strip_prefix("(QEMU) ").expect("prompt");
+    let v: serde_json::Value = serde_json::from_str(json).expect("reply is JSON");
+    let nodes = v["return"].as_array().expect("a list of nodes");
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["node-name"] == "n0" && n["drv"] == "null-co"),
+        "{}",
+        show(&out)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// HMP
+// ---------------------------------------------------------------------------
+
+#[test]
+fn hmp_on_machine_without_cpus() {
+    let peer = Peer::qemu_none();
+    let out = run_shell(
+        &ours(),
+        &["-H", peer.socket_str()],
+        "info version\ncpu 0\ncpu x\n",
+        T,
+    );
+    assert_ok(&out);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("Welcome to the HMP shell!\nConnected to QEMU 7."),
+        "{}",
+        show(&out)
+    );
+    let body: Vec<&str> = stdout.lines().skip(3).collect();
+    assert!(body[0].starts_with("(QEMU) 7.2."), "{}", show(&out));
+    assert_eq!(body[1], " (QEMU) bad CPU index", "{}", show(&out));
+    assert_eq!(
+        body[2],
+        "(QEMU) cpu command takes an integer argument",
+        "{}",
+        show(&out)
+    );
+    assert_eq!(body[3], "(QEMU) ", "{}", show(&out));
+}
+
+#[test]
+fn hmp_cpu_switches_current_cpu() {
+    let peer = Peer::qemu_pc();
+    let out = run_shell(
+        &ours(),
+        &["-H", peer.socket_str()],
+        "info cpus\ncpu 1\ninfo cpus\ncpu 5\n",
+        T,
+    );
+    assert_ok(&out);
+    let stdout = text(&out.stdout);
+    // QEMU marks the current CPU with `* ` and the others with two spaces;
+    // HMP lines end with `\r\n`.
+    let re_cpu = |n: u32, current: bool| {
+        regex::Regex::new(&format!(
+            r"(?m)(^|\(QEMU\) ){}CPU #{n}: thread_id=\d+\r$",
+            if current { r"\* " } else { "  " }
+        ))
+        .unwrap()
+    };
+    // Before `cpu 1`, CPU #0 is current; afterwards CPU #1.
+    let (before, after) = stdout
+        .split_once("(QEMU) (QEMU) ")
+        .unwrap_or_else(|| panic!("`cpu 1` printed something: {}", show(&out)));
+    assert!(re_cpu(0, true).is_match(before), "{}", show(&out));
+    assert!(re_cpu(1, false).is_match(before), "{}", show(&out));
+    assert!(re_cpu(0, false).is_match(after), "{}", show(&out));
+    assert!(re_cpu(1, true).is_match(after), "{}", show(&out));
+    assert!(stdout.contains("(QEMU) bad CPU index\n"), "{}", show(&out));
+}
