@@ -43,6 +43,8 @@ pub fn client_options(common: &Common, negotiate: bool) -> Result<ClientOptions,
         negotiate,
         greeting_timeout: Some(common.timeout.unwrap_or(GREETING_TIMEOUT)),
         log,
+        // -N talks to a guest agent: drop stale bytes left in its channel.
+        guest_sync: !negotiate,
         ..ClientOptions::default()
     })
 }

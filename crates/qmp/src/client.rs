@@ -41,6 +41,12 @@ pub struct ClientOptions {
     /// sent) and received (raw text, trailing whitespace trimmed), one per
     /// line, flushed after each line. Write errors are ignored.
     pub log: Option<Box<dyn Write + Send>>,
+    /// Resynchronise with a guest agent before anything else: send a `0xFF`
+    /// byte and `guest-sync-delimited`, drop every byte up to the `0xFF` the
+    /// agent puts before its reply, and every reply until the one carrying
+    /// our sync id. Stale bytes left in the channel are thus discarded.
+    /// Bounded by `greeting_timeout`. Default: off.
+    pub guest_sync: bool,
 }
 
 impl Default for ClientOptions {
@@ -51,6 +57,7 @@ impl Default for ClientOptions {
             greeting_timeout: Some(Duration::from_secs(10)),
             max_message: 256 << 20,
             log: None,
+            guest_sync: false,
         }
     }
 }
@@ -499,6 +506,20 @@ impl Client {
         } else {
             None
         };
+        if opts.guest_sync {
+            let mut writer = stream.try_clone()?;
+            let synced = guest_sync(
+                &mut writer,
+                &mut read_stream,
+                &mut decoder,
+                &shared,
+                opts.greeting_timeout,
+            );
+            if synced.is_err() {
+                control.shutdown();
+            }
+            synced?;
+        }
         read_stream.set_read_timeout(None)?;
 
         let reader_shared = Arc::clone(&shared);
@@ -692,6 +713,98 @@ impl Drop for Client {
             if Some(thread::current().id()) != self.reader_id {
                 let _ = handle.join();
             }
+        }
+    }
+}
+
+/// One read, honouring `deadline`: `Some(0)` at end of stream, `None` on
+/// timeout, `Some(usize::MAX)` when interrupted (try again).
+fn read_some(
+    stream: &mut Stream,
+    buf: &mut [u8],
+    deadline: Option<Instant>,
+) -> Result<Option<usize>, Error> {
+    match deadline {
+        Some(deadline) => {
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            stream.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))?;
+        }
+        None => stream.set_read_timeout(None)?,
+    }
+    match stream.read(buf) {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Some(usize::MAX)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(Error::Io(e)),
+    }
+}
+
+/// The guest agent's resynchronisation (see [`ClientOptions::guest_sync`]).
+fn guest_sync(
+    writer: &mut Stream,
+    stream: &mut Stream,
+    decoder: &mut Decoder,
+    shared: &Shared,
+    timeout: Option<Duration>,
+) -> Result<(), Error> {
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let id = i64::from(std::process::id()) << 20 ^ i64::from(nanos >> 10);
+    let mut args = Object::new();
+    args.insert("id".to_owned(), Value::from(id));
+    let msg = crate::message::command("guest-sync-delimited", Some(args));
+    let encoded = encode(&msg);
+    shared.log_line(&encoded[..encoded.len().saturating_sub(1)]);
+    writer.write_all(b"\xff")?;
+    writer.write_all(&encoded)?;
+    let failed = |why: &str| Error::Negotiation(format!("guest agent resynchronisation: {why}"));
+    let mut buf = vec![0u8; READ_CHUNK];
+    // Everything before the agent's 0xFF sentinel is stale: drop it.
+    loop {
+        let n = match read_some(stream, &mut buf, deadline)? {
+            None => return Err(failed("timed out waiting for the 0xFF delimiter")),
+            Some(0) => return Err(failed("connection closed")),
+            Some(usize::MAX) => continue,
+            Some(n) => n,
+        };
+        if let Some(at) = buf[..n].iter().position(|b| *b == 0xff) {
+            decoder.feed(&buf[at + 1..n]);
+            break;
+        }
+    }
+    // Then replies, until the one with our id (older ones are stale too).
+    loop {
+        while let Some(frame) = decoder.next_message_with_raw(&mut |raw| shared.log_line(raw)) {
+            if let Ok(obj) = frame {
+                if let Some(ret) = obj.get("return") {
+                    if ret.as_i64() == Some(id) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        match read_some(stream, &mut buf, deadline)? {
+            None => {
+                return Err(failed(
+                    "timed out waiting for the guest-sync-delimited reply",
+                ))
+            }
+            Some(0) => return Err(failed("connection closed")),
+            Some(usize::MAX) => {}
+            Some(n) => decoder.feed(&buf[..n]),
         }
     }
 }
