@@ -917,6 +917,8 @@ mod tests {
     }
 
     #[test]
+    // The tie cases are exact binary values, written in full on purpose.
+    #[allow(clippy::excessive_precision)]
     fn float_repr_table() {
         let cases: &[(f64, &str)] = &[
             (0.0, "0.0"),
@@ -961,6 +963,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::excessive_precision)]
     fn exactness_check() {
         assert!(is_exactly(0.5, 5, -1));
         assert!(is_exactly(-0.5, 5, -1));

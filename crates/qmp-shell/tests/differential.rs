@@ -185,6 +185,16 @@ scenario!(
     "qmp_values.txt"
 );
 
+// 500 generated shorthand lines on which the parsers agree, as one session
+// (see data/shorthand_cases.txt): the -v echo shows what was built. Not
+// with -p: the reference crashes sorting dicts whose keys mix int and str.
+scenario!(
+    qmp_shorthand_cases_v,
+    Kind::QemuNone,
+    ["-v"],
+    "shorthand_cases.txt"
+);
+
 scenario!(
     qmp_values_edge_v,
     Kind::QemuNone,

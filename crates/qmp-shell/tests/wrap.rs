@@ -1,0 +1,617 @@
+//! `qmp-shell-wrap` against real QEMU: the session, and that QEMU is stopped
+//! and the private socket directory removed however the session ends (end
+//! of input, `quit`, SIGTERM, SIGINT, a QEMU that never connects).
+//!
+//! Every test runs the wrap with `TMPDIR` set to a directory of its own, so
+//! that it can find the wrap's `qmp-shell-wrap-*` directory, and find QEMU
+//! in `/proc` by that path on its command line.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const QEMU_ARGS: [&str; 6] = [
+    "--",
+    "qemu-system-x86_64",
+    "-M",
+    "none",
+    "-display",
+    "none",
+];
+
+fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        escape_visible(&out.stdout),
+        escape_visible(&out.stderr)
+    )
+}
+
+fn qemu_args() -> Vec<&'static str> {
+    let mut v = QEMU_ARGS.to_vec();
+    v.push("-nodefaults");
+    v
+}
+
+/// The `qmp-shell-wrap-*` entries of `tmp`.
+fn wrap_dirs(tmp: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(tmp)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", tmp.display()))
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("qmp-shell-wrap-"))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Live (not zombie) processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if !String::from_utf8_lossy(&cmdline).contains(needle) {
+            continue;
+        }
+        if !process_alive(pid) {
+            continue;
+        }
+        found.push(pid);
+    }
+    found
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the `(comm)` field.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or("?");
+            state != "Z" && state != "X"
+        }
+        Err(_) => false,
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running `qmp-shell-wrap` with stdin kept open.
+struct Wrap {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: mpsc::Receiver<String>,
+    stdout_seen: String,
+    stderr: Option<thread::JoinHandle<Vec<u8>>>,
+    tmp: tempfile::TempDir,
+    _home: tempfile::TempDir,
+}
+
+impl Wrap {
+    fn start(args: &[&str]) -> Wrap {
+        let tmp = tempfile::Builder::new()
+            .prefix("qmp-wt-")
+            .tempdir()
+            .unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let mut child = Command::new(ours_wrap())
+            .args(args)
+            .env("TMPDIR", tmp.path())
+            .env("HOME", home.path())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start qmp-shell-wrap");
+        let stdin = child.stdin.take();
+        let mut out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            // Forward stdout in chunks (prompts end without a newline).
+            let mut buf = [0u8; 4096];
+            loop {
+                match out.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if tx
+                            .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = err.read_to_end(&mut v);
+            v
+        });
+        Wrap {
+            child,
+            stdin,
+            stdout: rx,
+            stdout_seen: String::new(),
+            stderr: Some(stderr),
+            tmp,
+            _home: home,
+        }
+    }
+
+    fn tmp_str(&self) -> &str {
+        self.tmp.path().to_str().unwrap()
+    }
+
+    /// Wait until stdout contains `text` (everything read so far counts).
+    fn wait_stdout(&mut self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.stdout_seen.contains(text) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(chunk) => self.stdout_seen.push_str(&chunk),
+                Err(_) => panic!(
+                    "no {text:?} on the wrap's stdout; so far:\n{}",
+                    self.stdout_seen
+                ),
+            }
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// The single wrap directory (waiting for it to appear).
+    fn dir(&self) -> PathBuf {
+        let mut dirs = Vec::new();
+        wait_until("the wrap's directory", Duration::from_secs(10), || {
+            dirs = wrap_dirs(self.tmp.path());
+            !dirs.is_empty()
+        });
+        assert_eq!(dirs.len(), 1, "{dirs:?}");
+        dirs.pop().unwrap()
+    }
+
+    /// QEMU's pid: the one live process with our TMPDIR on its command line.
+    fn qemu_pid(&self) -> u32 {
+        let mut pids = Vec::new();
+        wait_until("QEMU to start", Duration::from_secs(10), || {
+            pids = processes_mentioning(self.tmp_str());
+            !pids.is_empty()
+        });
+        assert_eq!(pids.len(), 1, "more than one process: {pids:?}");
+        let pid = pids[0];
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(
+            cmdline.starts_with("qemu-system-x86_64 ") && cmdline.contains("-qmp unix:"),
+            "not QEMU: {cmdline}"
+        );
+        // It is the wrap's child.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid: u32 = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        assert_eq!(ppid, self.child.id(), "QEMU is not the wrap's child");
+        pid
+    }
+
+    /// Wait (bounded) for the wrap to exit; returns status, stdout, stderr.
+    fn finish(mut self, timeout: Duration) -> (ExitStatus, String, String, tempfile::TempDir) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "qmp-shell-wrap did not exit within {timeout:?}; stdout so far:\n{}",
+                    self.stdout_seen
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        while let Ok(chunk) = self.stdout.recv_timeout(Duration::from_secs(5)) {
+            self.stdout_seen.push_str(&chunk);
+        }
+        let err = self.stderr.take().unwrap().join().unwrap();
+        let stdout = std::mem::take(&mut self.stdout_seen);
+        let stderr = String::from_utf8_lossy(&err).into_owned();
+        let Wrap { tmp, .. } = self;
+        (status, stdout, stderr, tmp)
+    }
+}
+
+impl Drop for Wrap {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// After the wrap is gone: QEMU too, and nothing left in TMPDIR.
+fn assert_cleaned_up(qemu: u32, tmp: &Path) {
+    wait_until("QEMU to be gone", Duration::from_secs(10), || {
+        !process_alive(qemu)
+    });
+    let left = wrap_dirs(tmp);
+    assert!(left.is_empty(), "wrap directory left behind: {left:?}");
+    let all: Vec<_> = std::fs::read_dir(tmp).unwrap().flatten().collect();
+    assert!(all.is_empty(), "TMPDIR not empty: {all:?}");
+}
+
+/// Run the wrap to completion with `TMPDIR` private and `stdin` fed.
+fn run_wrap(args: &[&str], stdin: &str, timeout: Duration) -> (Output, tempfile::TempDir) {
+    let tmp = tempfile::Builder::new()
+        .prefix("qmp-wt-")
+        .tempdir()
+        .unwrap();
+    let out = run_shell_env(
+        &ours_wrap(),
+        args,
+        stdin,
+        timeout,
+        &[("TMPDIR", tmp.path().to_str().unwrap())],
+    );
+    (out, tmp)
+}
+
+// ---------------------------------------------------------------------------
+// Sessions
+// ---------------------------------------------------------------------------
+
+#[test]
+fn session_on_default_argv_then_cleanup() {
+    let mut w = Wrap::start(&qemu_args());
+    let dir = w.dir();
+    let qemu = w.qemu_pid();
+    w.wait_stdout("(QEMU) ");
+    // While the session runs: a private 0700 directory holding the socket.
+    let meta = std::fs::metadata(&dir).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{}", dir.display());
+    let cmdline = std::fs::read(format!("/proc/{qemu}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        cmdline.contains(&format!("-qmp unix:{}", dir.display())),
+        "{cmdline}"
+    );
+    w.send("query-status\n");
+    w.close_stdin();
+    let (status, stdout, stderr, tmp) = w.finish(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
+    let version = stdout
+        .lines()
+        .nth(1)
+        .and_then(|l| l.strip_prefix("Connected to QEMU "))
+        .unwrap_or_else(|| panic!("no version line: {stdout}"));
+    assert!(version.starts_with("7."), "{stdout}");
+    assert_eq!(
+        stdout,
+        format!(
+            "Welcome to the QMP low-level shell!\nConnected to QEMU {version}\n\n\
+             (QEMU) {{\"return\": {{\"status\": \"running\", \"singlestep\": false, \"running\": true}}}}\n\
+             (QEMU) \n"
+        ),
+        "stderr: {stderr}"
+    );
+    assert_cleaned_up(qemu, tmp.path());
+}
+
+#[test]
+fn one_shot_run_prints_banner_and_status() {
+    let (out, tmp) = run_wrap(&qemu_args(), "query-status\n", SHELL_TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("Welcome to the QMP low-level shell!\nConnected to QEMU 7."),
+        "{}",
+        show(&out)
+    );
+    assert!(stdout.contains(r#""status": "running""#), "{}", show(&out));
+    assert!(processes_mentioning(tmp.path().to_str().unwrap()).is_empty());
+    assert!(wrap_dirs(tmp.path()).is_empty(), "{}", show(&out));
+}
+
+#[test]
+fn quit_ends_qemu_and_the_wrap() {
+    let mut w = Wrap::start(&qemu_args());
+    let qemu = w.qemu_pid();
+    w.wait_stdout("(QEMU) ");
+    w.send("quit\n");
+    w.wait_stdout("{\"return\": {}}");
+    // QEMU exits on its own after `quit` (the wrap has not ended yet).
+    wait_until("QEMU to exit after quit", Duration::from_secs(10), || {
+        !process_alive(qemu)
+    });
+    w.close_stdin();
+    let (status, stdout, stderr, tmp) = w.finish(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.ends_with("(QEMU) {\"return\": {}}\n(QEMU) \n"), "{stdout}");
+    assert_cleaned_up(qemu, tmp.path());
+}
+
+#[test]
+fn quit_piped_exits_zero_without_hanging() {
+    // The reference waits for QEMU forever after end of input.
+    let start = Instant::now();
+    let (out, tmp) = run_wrap(&qemu_args(), "quit\n", Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("(QEMU) {\"return\": {}}\n"),
+        "{}",
+        show(&out)
+    );
+    assert!(processes_mentioning(tmp.path().to_str().unwrap()).is_empty());
+    assert!(wrap_dirs(tmp.path()).is_empty());
+}
+
+#[test]
+fn command_after_quit_reports_disconnected() {
+    let mut w = Wrap::start(&qemu_args());
+    let qemu = w.qemu_pid();
+    w.send("quit\n");
+    w.wait_stdout("{\"return\": {}}");
+    wait_until("QEMU to exit after quit", Duration::from_secs(10), || {
+        !process_alive(qemu)
+    });
+    w.send("query-status\n");
+    let (status, _stdout, stderr, tmp) = w.finish(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr, "Disconnected\n");
+    assert_cleaned_up(qemu, tmp.path());
+}
+
+// ---------------------------------------------------------------------------
+// Signals
+// ---------------------------------------------------------------------------
+
+fn signal_while_waiting(sig: i32) {
+    let mut w = Wrap::start(&qemu_args());
+    let dir = w.dir();
+    let qemu = w.qemu_pid();
+    w.wait_stdout("(QEMU) ");
+    w.send("query-status\n");
+    w.wait_stdout("\"running\": true}}\n(QEMU) ");
+    assert!(dir.is_dir());
+    // SAFETY: kill(2) on the child this test started.
+    assert_eq!(unsafe { libc::kill(w.child.id() as libc::pid_t, sig) }, 0);
+    let (status, _stdout, stderr, tmp) = w.finish(Duration::from_secs(15));
+    assert_eq!(
+        status.code(),
+        Some(128 + sig),
+        "wrap ended with {status:?} (signal {:?}); stderr: {stderr}",
+        status.signal()
+    );
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert_cleaned_up(qemu, tmp.path());
+}
+
+#[test]
+fn sigterm_stops_qemu_and_removes_the_directory() {
+    signal_while_waiting(libc::SIGTERM);
+}
+
+#[test]
+fn sigint_stops_qemu_and_removes_the_directory() {
+    signal_while_waiting(libc::SIGINT);
+}
+
+#[test]
+fn sighup_stops_qemu_and_removes_the_directory() {
+    signal_while_waiting(libc::SIGHUP);
+}
+
+#[test]
+fn sigkill_of_the_wrap_still_stops_qemu() {
+    // The directory cannot be removed after SIGKILL, but QEMU must not
+    // outlive the wrap (parent-death signal).
+    let mut w = Wrap::start(&qemu_args());
+    let qemu = w.qemu_pid();
+    w.wait_stdout("(QEMU) ");
+    w.child.kill().unwrap();
+    let (status, _, _, _tmp) = w.finish(Duration::from_secs(10));
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    wait_until("QEMU to die with the wrap", Duration::from_secs(10), || {
+        !process_alive(qemu)
+    });
+}
+
+// ---------------------------------------------------------------------------
+// QEMU that cannot start or does not connect
+// ---------------------------------------------------------------------------
+
+#[test]
+fn missing_qemu_binary() {
+    let start = Instant::now();
+    let (out, tmp) = run_wrap(&["--", "/nonexistent/qemu"], "", Duration::from_secs(10));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "ERROR: QEMU executable '/nonexistent/qemu' not found.\n"
+    );
+    assert!(out.stdout.is_empty(), "{}", show(&out));
+    assert!(wrap_dirs(tmp.path()).is_empty());
+}
+
+#[test]
+fn qemu_exiting_at_once_is_a_clear_error() {
+    let start = Instant::now();
+    let (out, tmp) = run_wrap(
+        &["--", "qemu-system-x86_64", "-M", "nosuchmachine"],
+        "query-status\n",
+        Duration::from_secs(20),
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // QEMU's own complaint, then ours as the last line.
+    assert!(err.contains("unsupported machine type"), "{}", show(&out));
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("ERROR: QEMU exited before connecting") && last.contains("1"),
+        "{}",
+        show(&out)
+    );
+    assert!(out.stdout.is_empty(), "{}", show(&out));
+    assert!(wrap_dirs(tmp.path()).is_empty());
+}
+
+#[test]
+fn program_that_never_connects_is_killed_on_signal() {
+    // `sleep` never connects: the wrap waits; SIGTERM must still clean up.
+    let mut w = Wrap::start(&["--", "sleep", "1000"]);
+    let dir = w.dir();
+    let pid = w.qemu_pid_of("sleep");
+    assert!(dir.is_dir());
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(w.child.id() as libc::pid_t, libc::SIGTERM) };
+    let (status, _, _, tmp) = w.finish(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    assert_cleaned_up(pid, tmp.path());
+}
+
+impl Wrap {
+    /// The wrap's child running `program` (for non-QEMU commands).
+    fn qemu_pid_of(&self, program: &str) -> u32 {
+        let mut pids = Vec::new();
+        wait_until("the child to start", Duration::from_secs(10), || {
+            pids = processes_mentioning(self.tmp_str());
+            !pids.is_empty()
+        });
+        let pid = pids[0];
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            String::from_utf8_lossy(&cmdline).starts_with(program),
+            "{:?}",
+            String::from_utf8_lossy(&cmdline)
+        );
+        pid
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Options pass through to the shell
+// ---------------------------------------------------------------------------
+
+#[test]
+fn hmp_through_the_wrap() {
+    let mut args = vec!["-H"];
+    args.extend(qemu_args());
+    let (out, tmp) = run_wrap(&args, "info version\n", SHELL_TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "Welcome to the HMP shell!", "{}", show(&out));
+    assert!(lines[1].starts_with("Connected to QEMU 7."));
+    assert!(lines[3].starts_with("(QEMU) 7.2."), "{}", show(&out));
+    assert_eq!(lines[4], " (QEMU) ", "{}", show(&out));
+    assert!(wrap_dirs(tmp.path()).is_empty());
+}
+
+#[test]
+fn pretty_through_the_wrap() {
+    let mut args = vec!["-p"];
+    args.extend(qemu_args());
+    let (out, _tmp) = run_wrap(&args, "query-status\n", SHELL_TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "(QEMU) {\n    \"return\": {\n        \"running\": true,\n        \
+             \"singlestep\": false,\n        \"status\": \"running\"\n    }\n}\n"
+        ),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn verbose_and_log_through_the_wrap() {
+    let logdir = tempfile::tempdir().unwrap();
+    let log = logdir.path().join("wrap.log");
+    let log_s = log.to_str().unwrap().to_string();
+    let mut args = vec!["-v", "-l", &log_s];
+    args.extend(qemu_args());
+    let (out, _tmp) = run_wrap(&args, "query-name\n", SHELL_TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("(QEMU) {\"execute\": \"query-name\", \"arguments\": {}}\n{\"return\": {}}\n"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        std::fs::metadata(&log).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let lines: Vec<serde_json::Value> = BufReader::new(std::fs::File::open(&log).unwrap())
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).expect("log line is JSON"))
+        .collect();
+    assert!(lines[0].get("QMP").is_some(), "{lines:?}");
+    assert_eq!(lines[1]["execute"], "qmp_capabilities");
+    assert!(
+        lines.iter().any(|v| v["execute"] == "query-name"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn help_and_version() {
+    let (out, _tmp) = run_wrap(&["--help"], "", SHELL_TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for opt in ["-H", "-v", "-p", "-l", "QEMU ARGV", "Exit status:"] {
+        assert!(help.contains(opt), "--help lacks {opt}:\n{help}");
+    }
+    let (out, tmp) = run_wrap(&["--version"], "", SHELL_TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("qmp-shell-wrap {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    // Neither starts QEMU nor leaves a directory.
+    assert!(wrap_dirs(tmp.path()).is_empty());
+}
