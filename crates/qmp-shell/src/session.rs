@@ -19,6 +19,10 @@ use crate::hmp;
 use crate::render::{self, Style};
 use crate::shorthand::{Parsed, Parser};
 
+/// Events kept for the next empty line; older ones are dropped beyond this
+/// (with a warning), so a server flooding events cannot exhaust memory.
+pub const MAX_QUEUED_EVENTS: usize = 100_000;
+
 /// The hint printed after every parse error (the reference forgets the `]`).
 pub const COMMAND_FORMAT: &str =
     "command format: <command-name> [arg-name1=arg1] ... [arg-nameN=argN]";
@@ -218,6 +222,7 @@ pub struct Printer<O: Write, E: Write> {
     client: Arc<Client>,
     cfg: Config,
     events: VecDeque<Event>,
+    dropped_events: u64,
     failures: u64,
     live_events: bool,
 }
@@ -231,6 +236,7 @@ impl<O: Write, E: Write> Printer<O, E> {
             client,
             cfg,
             events: VecDeque::new(),
+            dropped_events: 0,
             failures: 0,
             live_events: false,
         }
@@ -269,8 +275,14 @@ impl<O: Write, E: Write> Printer<O, E> {
             }
             Item::Events => {
                 self.collect_incoming()?;
+                if self.dropped_events > 0 {
+                    let dropped = std::mem::take(&mut self.dropped_events);
+                    self.write_stderr(&format!(
+                        "warning: {dropped} older events were dropped (more than {MAX_QUEUED_EVENTS} queued)\n"
+                    ))?;
+                }
                 while let Some(event) = self.events.pop_front() {
-                    let text = self.render(&event.body);
+                    let text = self.render(event.body);
                     self.out.write_all(text.as_bytes())?;
                 }
             }
@@ -282,7 +294,7 @@ impl<O: Write, E: Write> Printer<O, E> {
                 let result = pending.wait(self.cfg.timeout);
                 let flow = match result {
                     Ok(reply) => {
-                        self.print_reply(&reply, hmp)?;
+                        self.print_reply(reply, hmp)?;
                         Flow::Continue
                     }
                     Err(QmpError::Disconnected) => {
@@ -309,20 +321,21 @@ impl<O: Write, E: Write> Printer<O, E> {
         Ok(Flow::Continue)
     }
 
-    fn print_reply(&mut self, reply: &Reply, hmp: bool) -> io::Result<()> {
+    fn print_reply(&mut self, reply: Reply, hmp: bool) -> io::Result<()> {
         if reply.is_error() {
             self.failures += 1;
         }
-        let body = reply.display_body();
+        // By value: a reply may be very large, and is not copied.
+        let body = reply.into_display_body();
         if self.cfg.json || !hmp {
-            let text = self.render(&body);
+            let text = self.render(body);
             return self.out.write_all(text.as_bytes());
         }
         let text = hmp::format_reply(&body);
         self.out.write_all(text.as_bytes())
     }
 
-    fn render(&self, body: &Object) -> String {
+    fn render(&self, body: Object) -> String {
         let style = if self.cfg.json {
             Style {
                 pretty: false,
@@ -332,7 +345,7 @@ impl<O: Write, E: Write> Printer<O, E> {
             self.cfg.style
         };
         let mut text = String::new();
-        render::write_into(&mut text, &Value::Object(body.clone()), style);
+        render::write_into(&mut text, &Value::Object(body), style);
         text.push('\n');
         text
     }
@@ -348,13 +361,15 @@ impl<O: Write, E: Write> Printer<O, E> {
             match incoming {
                 Incoming::Warning(text) => self.write_stderr(&format!("warning: {text}\n"))?,
                 Incoming::Event(event) if self.cfg.json => {
-                    let text = self.render(&event.body);
+                    let text = self.render(event.body);
                     self.write_stderr(&text)?;
                 }
                 Incoming::Event(event) => {
-                    if !self.live_events {
-                        self.events.push_back(event);
+                    if self.events.len() >= MAX_QUEUED_EVENTS {
+                        self.events.pop_front();
+                        self.dropped_events += 1;
                     }
+                    self.events.push_back(event);
                 }
             }
         }

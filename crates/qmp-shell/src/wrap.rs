@@ -64,6 +64,20 @@ fn stop_child(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// The signal being handled (0: none). Once set, the signal thread owns the
+/// cleanup and the exit status (128 + signal).
+static SIGNALLED: AtomicI32 = AtomicI32::new(0);
+
+/// When a signal is being handled, leave the cleanup and the exit to the
+/// signal thread: stopping QEMU makes the main thread see it exit (or
+/// disconnect), and without this it would race to exit with status 1 and
+/// an error message.
+fn park_if_signalled() {
+    while SIGNALLED.load(Ordering::SeqCst) != 0 {
+        std::thread::park();
+    }
+}
+
 /// Stop QEMU and remove the directory from a signal-handling thread.
 fn cleanup_on_signals(pid: Arc<AtomicI32>, dir: PathBuf) {
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
@@ -71,6 +85,7 @@ fn cleanup_on_signals(pid: Arc<AtomicI32>, dir: PathBuf) {
     };
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
+            SIGNALLED.store(sig, Ordering::SeqCst);
             let pid = pid.load(Ordering::SeqCst);
             if pid > 0 {
                 // SAFETY: kill(2) on the child we started.
@@ -156,6 +171,7 @@ pub fn main() -> i32 {
         let stream = match listener.accept(ACCEPT_TIMEOUT, &mut give_up) {
             Ok(Some(stream)) => stream,
             Ok(None) => {
+                park_if_signalled();
                 let status = exited.map(|s| s.to_string()).unwrap_or_default();
                 return die(&format!("QEMU exited before connecting ({status})"));
             }
@@ -177,6 +193,7 @@ pub fn main() -> i32 {
         };
         run_session(client, &args.common, Vec::new(), false)
     })();
+    park_if_signalled();
 
     let mut guard = child.lock().unwrap_or_else(|e| e.into_inner());
     stop_child(&mut guard);

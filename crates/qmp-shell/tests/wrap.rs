@@ -19,14 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const QEMU_ARGS: [&str; 6] = [
-    "--",
-    "qemu-system-x86_64",
-    "-M",
-    "none",
-    "-display",
-    "none",
-];
+const QEMU_ARGS: [&str; 6] = ["--", "qemu-system-x86_64", "-M", "none", "-display", "none"];
 
 fn show(out: &Output) -> String {
     format!(
@@ -48,7 +41,11 @@ fn wrap_dirs(tmp: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(tmp)
         .unwrap_or_else(|e| panic!("read_dir {}: {e}", tmp.display()))
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("qmp-shell-wrap-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("qmp-shell-wrap-")
+        })
         .map(|e| e.path())
         .collect()
 }
@@ -107,7 +104,8 @@ struct Wrap {
     stdout: mpsc::Receiver<String>,
     stdout_seen: String,
     stderr: Option<thread::JoinHandle<Vec<u8>>>,
-    tmp: tempfile::TempDir,
+    /// `None` once [`Wrap::finish`] handed it out.
+    tmp: Option<tempfile::TempDir>,
     _home: tempfile::TempDir,
 }
 
@@ -160,13 +158,17 @@ impl Wrap {
             stdout: rx,
             stdout_seen: String::new(),
             stderr: Some(stderr),
-            tmp,
+            tmp: Some(tmp),
             _home: home,
         }
     }
 
+    fn tmp_path(&self) -> &Path {
+        self.tmp.as_ref().expect("tmp").path()
+    }
+
     fn tmp_str(&self) -> &str {
-        self.tmp.path().to_str().unwrap()
+        self.tmp_path().to_str().unwrap()
     }
 
     /// Wait until stdout contains `text` (everything read so far counts).
@@ -198,7 +200,7 @@ impl Wrap {
     fn dir(&self) -> PathBuf {
         let mut dirs = Vec::new();
         wait_until("the wrap's directory", Duration::from_secs(10), || {
-            dirs = wrap_dirs(self.tmp.path());
+            dirs = wrap_dirs(self.tmp_path());
             !dirs.is_empty()
         });
         assert_eq!(dirs.len(), 1, "{dirs:?}");
@@ -254,7 +256,7 @@ impl Wrap {
         let err = self.stderr.take().unwrap().join().unwrap();
         let stdout = std::mem::take(&mut self.stdout_seen);
         let stderr = String::from_utf8_lossy(&err).into_owned();
-        let Wrap { tmp, .. } = self;
+        let tmp = self.tmp.take().unwrap();
         (status, stdout, stderr, tmp)
     }
 }
@@ -304,18 +306,23 @@ fn session_on_default_argv_then_cleanup() {
     let mut w = Wrap::start(&qemu_args());
     let dir = w.dir();
     let qemu = w.qemu_pid();
-    w.wait_stdout("(QEMU) ");
+    w.send("query-status\n");
+    w.wait_stdout("\"running\": true}}\n");
     // While the session runs: a private 0700 directory holding the socket.
     let meta = std::fs::metadata(&dir).unwrap();
     assert!(meta.is_dir());
-    assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{}", dir.display());
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o700,
+        "{}",
+        dir.display()
+    );
     let cmdline = std::fs::read(format!("/proc/{qemu}/cmdline")).unwrap();
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
     assert!(
         cmdline.contains(&format!("-qmp unix:{}", dir.display())),
         "{cmdline}"
     );
-    w.send("query-status\n");
     w.close_stdin();
     let (status, stdout, stderr, tmp) = w.finish(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
@@ -356,7 +363,6 @@ fn one_shot_run_prints_banner_and_status() {
 fn quit_ends_qemu_and_the_wrap() {
     let mut w = Wrap::start(&qemu_args());
     let qemu = w.qemu_pid();
-    w.wait_stdout("(QEMU) ");
     w.send("quit\n");
     w.wait_stdout("{\"return\": {}}");
     // QEMU exits on its own after `quit` (the wrap has not ended yet).
@@ -366,7 +372,10 @@ fn quit_ends_qemu_and_the_wrap() {
     w.close_stdin();
     let (status, stdout, stderr, tmp) = w.finish(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
-    assert!(stdout.ends_with("(QEMU) {\"return\": {}}\n(QEMU) \n"), "{stdout}");
+    assert!(
+        stdout.ends_with("(QEMU) {\"return\": {}}\n(QEMU) \n"),
+        "{stdout}"
+    );
     assert_cleaned_up(qemu, tmp.path());
 }
 
@@ -395,10 +404,30 @@ fn command_after_quit_reports_disconnected() {
     wait_until("QEMU to exit after quit", Duration::from_secs(10), || {
         !process_alive(qemu)
     });
+    // The connection is gone: the next command reports it and the wrap
+    // ends at once, without waiting for more input (stdin stays open).
     w.send("query-status\n");
     let (status, _stdout, stderr, tmp) = w.finish(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert_eq!(stderr, "Disconnected\n");
+    assert_cleaned_up(qemu, tmp.path());
+}
+
+#[test]
+fn banner_and_prompt_come_before_any_input() {
+    // A program driving the wrap through pipes waits for the prompt before
+    // it writes a command (as with the reference, whose prompt is printed
+    // before each read): the banner, the prompt, and the prompt after each
+    // reply must be on stdout while the wrap waits for the next line.
+    let mut w = Wrap::start(&qemu_args());
+    let qemu = w.qemu_pid();
+    w.wait_stdout("Connected to QEMU 7.");
+    w.wait_stdout("\n\n(QEMU) ");
+    w.send("query-status\n");
+    w.wait_stdout("\"running\": true}}\n(QEMU) ");
+    w.close_stdin();
+    let (status, stdout, stderr, tmp) = w.finish(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
     assert_cleaned_up(qemu, tmp.path());
 }
 
@@ -410,9 +439,8 @@ fn signal_while_waiting(sig: i32) {
     let mut w = Wrap::start(&qemu_args());
     let dir = w.dir();
     let qemu = w.qemu_pid();
-    w.wait_stdout("(QEMU) ");
     w.send("query-status\n");
-    w.wait_stdout("\"running\": true}}\n(QEMU) ");
+    w.wait_stdout("\"running\": true}}\n");
     assert!(dir.is_dir());
     // SAFETY: kill(2) on the child this test started.
     assert_eq!(unsafe { libc::kill(w.child.id() as libc::pid_t, sig) }, 0);
@@ -448,7 +476,8 @@ fn sigkill_of_the_wrap_still_stops_qemu() {
     // outlive the wrap (parent-death signal).
     let mut w = Wrap::start(&qemu_args());
     let qemu = w.qemu_pid();
-    w.wait_stdout("(QEMU) ");
+    w.send("query-status\n");
+    w.wait_stdout("\"running\": true}}\n");
     w.child.kill().unwrap();
     let (status, _, _, _tmp) = w.finish(Duration::from_secs(10));
     assert_eq!(status.signal(), Some(libc::SIGKILL));
@@ -500,10 +529,12 @@ fn qemu_exiting_at_once_is_a_clear_error() {
 
 #[test]
 fn program_that_never_connects_is_killed_on_signal() {
-    // `sleep` never connects: the wrap waits; SIGTERM must still clean up.
-    let mut w = Wrap::start(&["--", "sleep", "1000"]);
+    // A program that never connects (the appended `-qmp unix:...` lands in
+    // the shell's positional parameters): the wrap waits for it; SIGTERM
+    // must still stop it and clean up.
+    let w = Wrap::start(&["--", "sh", "-c", "while :; do sleep 0.1; done", "sh"]);
     let dir = w.dir();
-    let pid = w.qemu_pid_of("sleep");
+    let pid = w.qemu_pid_of("sh");
     assert!(dir.is_dir());
     // SAFETY: kill(2) on the child this test started.
     unsafe { libc::kill(w.child.id() as libc::pid_t, libc::SIGTERM) };
@@ -578,7 +609,9 @@ fn verbose_and_log_through_the_wrap() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("(QEMU) {\"execute\": \"query-name\", \"arguments\": {}}\n{\"return\": {}}\n"),
+        stdout.contains(
+            "(QEMU) {\"execute\": \"query-name\", \"arguments\": {}}\n{\"return\": {}}\n"
+        ),
         "{}",
         show(&out)
     );

@@ -102,6 +102,15 @@ impl Reply {
         }
         body
     }
+
+    /// [`display_body`](Reply::display_body) without copying the body.
+    pub fn into_display_body(self) -> Object {
+        let mut body = self.body;
+        if self.assigned_id {
+            body.shift_remove("id");
+        }
+        body
+    }
 }
 
 /// An asynchronous event: an object with an `"event"` key.

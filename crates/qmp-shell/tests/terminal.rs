@@ -1,0 +1,777 @@
+//! The interactive shell on a real pseudo-terminal, driven through tmux:
+//! banner and prompt, Tab completion from the live schema, events printed
+//! above a half-typed line, `help`, multi-line raw JSON, Ctrl-C and Ctrl-D,
+//! history, the guest agent (`-N`), HMP (`-H`), colour, `--retry` and a
+//! server that goes away.
+//!
+//! Every test runs its own tmux server (on a private socket, with no
+//! configuration file) in a private directory that is also the shell's
+//! `HOME`; dropping the [`Term`] kills the server and everything in it. The
+//! shell runs inside `sh`, which records its exit status in a file and on
+//! the screen, then reads one line (to show that the terminal was left in a
+//! usable state) and stays alive so the pane can still be captured.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// How long to wait for something to appear on the screen.
+const DEADLINE: Duration = Duration::from_secs(20);
+/// How often to look at the screen while waiting.
+const POLL: Duration = Duration::from_millis(50);
+/// The QMP prompt.
+const PROMPT: &str = "(QEMU)";
+
+// ---------------------------------------------------------------------------
+// A terminal: one tmux server with one pane running the shell
+// ---------------------------------------------------------------------------
+
+/// Quote `s` for `sh`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+struct Term {
+    dir: tempfile::TempDir,
+    tmux_socket: PathBuf,
+}
+
+impl Term {
+    /// Start `qmp-shell ARGS` in a 120x40 tmux pane, with a private empty
+    /// `HOME`, `NO_COLOR` unset, and `env` added.
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Term {
+        Term::start_with_home(args, env, |_| {})
+    }
+
+    /// [`Term::start`], calling `prepare(home)` before the shell starts
+    /// (e.g. to write a history file).
+    fn start_with_home(args: &[&str], env: &[(&str, &str)], prepare: impl FnOnce(&Path)) -> Term {
+        let dir = tempfile::Builder::new()
+            .prefix("qmp-term-")
+            .tempdir_in(std::env::temp_dir())
+            .expect("create temporary directory");
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).expect("mkdir home");
+        prepare(&home);
+        let exit_file = dir.path().join("exit");
+        let mut script = String::from("#!/bin/sh\n");
+        script.push_str(&format!("cd {}\n", sh_quote(dir.path().to_str().unwrap())));
+        script.push_str(&format!(
+            "export HOME={} LC_ALL=C.UTF-8 LANG=C.UTF-8\n",
+            sh_quote(home.to_str().unwrap())
+        ));
+        script.push_str("unset NO_COLOR QMP_SOCKET PYTHONWARNINGS\n");
+        for (k, v) in env {
+            script.push_str(&format!("export {k}={}\n", sh_quote(v)));
+        }
+        let mut command = sh_quote(ours().to_str().unwrap());
+        for a in args {
+            command.push(' ');
+            command.push_str(&sh_quote(a));
+        }
+        script.push_str(&command);
+        script.push('\n');
+        script.push_str(&format!(
+            "code=$?\n\
+             echo \"EXIT=$code\" > {exit}.tmp && mv {exit}.tmp {exit}\n\
+             echo \"EXIT=$code\"\n\
+             read line\n\
+             echo \"READ=[$line]\"\n\
+             exec sleep 600\n",
+            exit = sh_quote(exit_file.to_str().unwrap())
+        ));
+        let script_path = dir.path().join("run.sh");
+        std::fs::write(&script_path, script).expect("write run.sh");
+        let term = Term {
+            tmux_socket: dir.path().join("tmux.sock"),
+            dir,
+        };
+        let status = term
+            .tmux()
+            .args(["new-session", "-d", "-s", "main", "-x", "120", "-y", "40"])
+            .arg(format!("sh {}", sh_quote(script_path.to_str().unwrap())))
+            .status()
+            .expect("run tmux (is it installed?)");
+        assert!(status.success(), "tmux new-session failed: {status}");
+        term
+    }
+
+    /// A `tmux` command talking to this terminal's private server.
+    fn tmux(&self) -> Command {
+        let mut cmd = Command::new("tmux");
+        cmd.arg("-S")
+            .arg(&self.tmux_socket)
+            .args(["-f", "/dev/null"])
+            .env_remove("TMUX")
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn send_keys(&self, literal: bool, keys: &[&str]) {
+        let mut cmd = self.tmux();
+        cmd.args(["send-keys", "-t", "main"]);
+        if literal {
+            cmd.arg("-l");
+        }
+        let out = cmd.arg("--").args(keys).output().expect("tmux send-keys");
+        assert!(
+            out.status.success(),
+            "tmux send-keys {keys:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Type `text` literally.
+    fn type_text(&self, text: &str) {
+        self.send_keys(true, &[text]);
+    }
+
+    /// Press keys by tmux name (`Enter`, `Tab`, `C-c`, `C-d`, `Up`...).
+    fn press(&self, keys: &[&str]) {
+        self.send_keys(false, keys);
+    }
+
+    /// Type `text` and press Enter.
+    fn line(&self, text: &str) {
+        self.type_text(text);
+        self.press(&["Enter"]);
+    }
+
+    fn capture(&self, escapes: bool) -> String {
+        let mut cmd = self.tmux();
+        // -J joins wrapped lines; -S - includes the scrollback.
+        cmd.args(["capture-pane", "-p", "-J", "-S", "-", "-t", "main"]);
+        if escapes {
+            cmd.arg("-e");
+        }
+        let out = cmd.output().expect("tmux capture-pane");
+        assert!(
+            out.status.success(),
+            "tmux capture-pane failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+        while lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
+        }
+        lines.join("\n")
+    }
+
+    /// The whole screen (and scrollback) as text, without attributes.
+    fn screen(&self) -> String {
+        self.capture(false)
+    }
+
+    /// The last non-empty line on the screen (the line being edited).
+    fn current_line(&self) -> String {
+        self.screen().lines().last().unwrap_or_default().to_string()
+    }
+
+    /// Wait until `pred(screen)` holds; panic with the screen after
+    /// [`DEADLINE`].
+    fn wait_until(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen();
+            if pred(&screen) {
+                return screen;
+            }
+            if start.elapsed() > DEADLINE {
+                panic!("{}", self.failure(&format!("timed out waiting for {what}")));
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Wait until the screen contains `needle`.
+    fn wait_for(&self, needle: &str) -> String {
+        self.wait_until(&format!("{needle:?} on the screen"), |s| s.contains(needle))
+    }
+
+    /// Wait until `needle` occurs `n` times on the screen.
+    fn wait_count(&self, needle: &str, n: usize) -> String {
+        self.wait_until(&format!("{n} x {needle:?} on the screen"), |s| {
+            s.matches(needle).count() >= n
+        })
+    }
+
+    /// Wait until `n` lines are exactly `line`.
+    fn wait_count_lines(&self, line: &str, n: usize) -> String {
+        self.wait_until(&format!("{n} lines {line:?}"), |s| {
+            s.lines().filter(|l| *l == line).count() >= n
+        })
+    }
+
+    /// Wait until the line being edited is exactly `line`.
+    fn wait_line(&self, line: &str) -> String {
+        self.wait_until(&format!("the current line to be {line:?}"), |s| {
+            s.lines().last().unwrap_or_default() == line.trim_end()
+        })
+    }
+
+    /// Wait until the shell has exited, and return its exit status.
+    fn wait_exit(&self) -> i32 {
+        let file = self.dir.path().join("exit");
+        let start = Instant::now();
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                let code = text.trim().strip_prefix("EXIT=").unwrap_or_default();
+                return code
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad exit file content {text:?}"));
+            }
+            if start.elapsed() > DEADLINE {
+                panic!(
+                    "{}",
+                    self.failure("timed out waiting for the shell to exit")
+                );
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Check that the shell left the terminal usable: a line typed at the
+    /// `read` that follows it is echoed and read whole.
+    fn assert_terminal_usable(&self) {
+        self.line("still-usable");
+        self.wait_for("READ=[still-usable]");
+        let screen = self.screen();
+        assert!(
+            screen.lines().any(|l| l.trim() == "still-usable"),
+            "{}",
+            self.failure("the typed line was not echoed: terminal left in raw mode?")
+        );
+    }
+
+    /// The name of the program running in the pane.
+    fn pane_command(&self) -> String {
+        let out = self
+            .tmux()
+            .args([
+                "display-message",
+                "-p",
+                "-t",
+                "main",
+                "#{pane_current_command}",
+            ])
+            .output()
+            .expect("tmux display-message");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn failure(&self, msg: &str) -> String {
+        format!(
+            "{msg}\n----- screen -----\n{}\n------------------",
+            self.screen()
+        )
+    }
+
+    /// Press Tab (after clearing the line and typing `text`) until the line
+    /// being edited becomes `expected`: completion data is learnt in the
+    /// background after connecting, and Tab offers nothing until then.
+    fn tab_until(&self, prompt: &str, text: &str, expected: &str) {
+        let want = format!("{prompt} {expected}");
+        let start = Instant::now();
+        loop {
+            self.press(&["C-u"]);
+            self.type_text(text);
+            self.press(&["Tab"]);
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_millis(500) {
+                if self.current_line() == want.trim_end() {
+                    return;
+                }
+                thread::sleep(POLL);
+            }
+            if start.elapsed() > DEADLINE {
+                panic!(
+                    "{}",
+                    self.failure(&format!("Tab after {text:?} never gave {expected:?}"))
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Term {
+    fn drop(&mut self) {
+        let _ = self
+            .tmux()
+            .arg("kill-server")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A QEMU started by the test itself, on a socket path of its choosing.
+struct OwnQemu(Child);
+
+impl Drop for OwnQemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[test]
+fn banner_prompt_command_and_ctrl_d() {
+    let peer = Peer::qemu_none();
+    let t = Term::start(&[peer.socket_str()], &[]);
+    t.wait_for("Welcome to the QMP low-level shell!");
+    t.wait_for("Connected to QEMU ");
+    t.wait_line(PROMPT);
+    t.line("query-status");
+    t.wait_for(r#""status": "running""#);
+    t.wait_line(PROMPT);
+    t.press(&["C-d"]);
+    assert_eq!(t.wait_exit(), 0, "{}", t.failure("Ctrl-D: exit status"));
+    t.wait_for("EXIT=0");
+    t.assert_terminal_usable();
+}
+
+#[test]
+fn tab_completion_from_the_schema() {
+    let peer = Peer::qemu_none();
+    let t = Term::start(&[peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+
+    // Command names: the common prefix, then the candidates.
+    t.tab_until(PROMPT, "query-sta", "query-stat");
+    t.press(&["Tab"]);
+    let screen = t.wait_for("query-status");
+    let listing = screen
+        .lines()
+        .find(|l| l.contains("query-status") && !l.starts_with(PROMPT))
+        .unwrap_or_default();
+    assert!(
+        listing.contains("query-stats"),
+        "{}",
+        t.failure("the candidates of query-stat")
+    );
+
+    // Argument names and values, from the live schema.
+    t.tab_until(PROMPT, "blockdev-add dri", "blockdev-add driver=");
+    t.tab_until(
+        PROMPT,
+        "blockdev-add driver=qcow2 file.dri",
+        "blockdev-add driver=qcow2 file.driver=",
+    );
+    t.tab_until(
+        PROMPT,
+        "blockdev-add driver=vmd",
+        "blockdev-add driver=vmdk",
+    );
+    t.tab_until(
+        PROMPT,
+        "blockdev-add driver=qco",
+        "blockdev-add driver=qcow",
+    );
+    t.press(&["Tab"]);
+    t.wait_until("the candidates driver=qcow and driver=qcow2", |s| {
+        s.lines().any(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words == ["driver=qcow", "driver=qcow2"]
+        })
+    });
+
+    // Actions inside transaction(.
+    t.tab_until(
+        PROMPT,
+        "transaction( block-dirty-bitmap-a",
+        "transaction( block-dirty-bitmap-add",
+    );
+
+    // Keys already on the line are not offered again.
+    t.press(&["C-u"]);
+    t.type_text("blockdev-add driver=qcow2 node-name=n0 ");
+    t.press(&["Tab"]);
+    t.press(&["Tab"]);
+    let screen = t.wait_for("lazy-refcounts=");
+    let candidates: Vec<&str> = screen
+        .lines()
+        .skip_while(|l| !l.contains("lazy-refcounts="))
+        .take_while(|l| !l.starts_with(PROMPT))
+        .chain(
+            screen
+                .lines()
+                .rev()
+                .skip_while(|l| !l.contains("lazy-refcounts="))
+                .take_while(|l| !l.starts_with(PROMPT)),
+        )
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(
+        candidates.contains(&"discard="),
+        "{}",
+        t.failure("qcow2's keys")
+    );
+    for used in ["driver=", "node-name="] {
+        assert!(
+            !candidates.contains(&used),
+            "{}",
+            t.failure(&format!("{used} is on the line but was offered"))
+        );
+    }
+}
+
+#[test]
+fn events_appear_above_a_half_typed_line() {
+    let peer = Peer::qemu_two_monitors(&["-M", "none"]);
+    let t = Term::start(&[peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+    t.type_text("query-sta");
+    t.wait_line("(QEMU) query-sta");
+
+    let replies = qmp_raw(peer.second_socket(), &[r#"{"execute": "stop"}"#]);
+    assert!(replies[0].contains("\"return\""), "stop: {}", replies[0]);
+
+    let screen = t.wait_for(r#""event": "STOP""#);
+    let event_at = screen
+        .lines()
+        .position(|l| l.contains(r#""event": "STOP""#))
+        .unwrap();
+    assert!(
+        screen.lines().nth(event_at).unwrap().starts_with('{'),
+        "{}",
+        t.failure("the event is not on a line of its own")
+    );
+    // The half-typed line is redrawn below the event, intact.
+    t.wait_line("(QEMU) query-sta");
+
+    t.line("tus");
+    t.wait_for(r#""status": "paused""#);
+    t.wait_line(PROMPT);
+    let screen = t.screen();
+    assert!(
+        !screen.contains("CommandNotFound"),
+        "{}",
+        t.failure("the line was not sent as typed")
+    );
+}
+
+#[test]
+fn help_from_the_schema() {
+    let peer = Peer::qemu_none();
+    let t = Term::start(&[peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+
+    t.line("help");
+    let screen = t.wait_for("`help NAME`");
+    for name in ["query-status", "blockdev-add", "qmp_capabilities"] {
+        assert!(
+            screen.split_whitespace().any(|w| w == name),
+            "{}",
+            t.failure(&format!("help does not list {name}"))
+        );
+    }
+    t.wait_line(PROMPT);
+
+    t.line("help query-status");
+    t.wait_for("query-status (command)");
+    let screen = t.wait_line(PROMPT);
+    let after = screen.rsplit("query-status (command)").next().unwrap();
+    for member in ["running:", "status:", "paused"] {
+        assert!(
+            after.contains(member),
+            "{}",
+            t.failure(&format!("help query-status lacks {member}"))
+        );
+    }
+
+    t.line("help SHUTDOWN");
+    t.wait_for("SHUTDOWN (event)");
+    let screen = t.wait_line(PROMPT);
+    let after = screen.rsplit("SHUTDOWN (event)").next().unwrap();
+    for member in ["guest:", "reason:", "host-qmp-quit"] {
+        assert!(
+            after.contains(member),
+            "{}",
+            t.failure(&format!("help SHUTDOWN lacks {member}"))
+        );
+    }
+}
+
+#[test]
+fn raw_json_over_two_lines() {
+    let peer = Peer::qemu_none();
+    let t = Term::start(&[peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+    t.line(r#"{"execute":"#);
+    t.wait_for(r#"(QEMU) {"execute":"#);
+    t.line(r#""query-status"}"#);
+    t.wait_for(r#""status": "running""#);
+    let screen = t.wait_line(PROMPT);
+    // The second line continued the first (no prompt before it), and the
+    // first was not sent on its own.
+    let lines: Vec<&str> = screen.lines().collect();
+    let first = lines
+        .iter()
+        .position(|l| *l == r#"(QEMU) {"execute":"#)
+        .unwrap_or_else(|| panic!("{}", t.failure("the first line")));
+    assert_eq!(
+        lines.get(first + 1),
+        Some(&r#""query-status"}"#),
+        "{}",
+        t.failure("the continuation line")
+    );
+    assert!(
+        !screen.contains("error"),
+        "{}",
+        t.failure("raw JSON over two lines")
+    );
+}
+
+#[test]
+fn ctrl_c_clears_the_line_and_ctrl_d_exits() {
+    let peer = Peer::qemu_none();
+    let t = Term::start(&[peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+    t.type_text("query-sta");
+    t.wait_line("(QEMU) query-sta");
+    t.press(&["C-c"]);
+    t.wait_line(PROMPT);
+    // Ctrl-C twice more, on an empty line: still not the end. (One at a
+    // time: between two prompts the terminal is not in raw mode.)
+    t.press(&["C-c"]);
+    t.wait_count_lines(PROMPT, 3);
+    t.press(&["C-c"]);
+    t.wait_count_lines(PROMPT, 4);
+    t.line("query-status");
+    t.wait_for(r#""status": "running""#);
+    t.wait_line(PROMPT);
+    assert!(
+        !t.screen().contains("CommandNotFound"),
+        "{}",
+        t.failure("Ctrl-C left text on the line")
+    );
+    assert!(
+        !t.dir.path().join("exit").exists(),
+        "{}",
+        t.failure("Ctrl-C ended the shell")
+    );
+    t.press(&["C-d"]);
+    assert_eq!(t.wait_exit(), 0, "{}", t.failure("Ctrl-D: exit status"));
+    t.assert_terminal_usable();
+}
+
+#[test]
+fn history_is_saved_private_and_loaded() {
+    let peer = Peer::qemu_none();
+    // A file as the reference (GNU readline) writes it: plain lines.
+    let t = Term::start_with_home(&[peer.socket_str()], &[], |home| {
+        std::fs::write(
+            home.join(".qmp-shell_history"),
+            "query-name\nquery-version\n",
+        )
+        .unwrap();
+    });
+    t.wait_line(PROMPT);
+    t.press(&["Up"]);
+    t.wait_line("(QEMU) query-version");
+    t.press(&["Up"]);
+    t.wait_line("(QEMU) query-name");
+    t.press(&["Enter"]);
+    t.wait_for(r#"{"return": {}}"#);
+    t.wait_line(PROMPT);
+
+    t.line("query-status");
+    t.wait_for(r#""status": "running""#);
+    t.wait_line(PROMPT);
+    // A secret: not saved.
+    t.line(" query-uuid");
+    t.wait_for(r#""UUID""#);
+    t.wait_line(PROMPT);
+    t.press(&["C-d"]);
+    assert_eq!(t.wait_exit(), 0, "{}", t.failure("Ctrl-D: exit status"));
+
+    let path = t.home().join(".qmp-shell_history");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "history file mode {mode:o}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        ["query-name", "query-version", "query-name", "query-status"],
+        "history file:\n{text}"
+    );
+    assert!(!text.contains("uuid"), "history file:\n{text}");
+    assert!(!text.starts_with("_HiStOrY_V2_"), "history file:\n{text}");
+}
+
+#[test]
+fn guest_agent_completion_and_stale_bytes() {
+    let peer = Peer::guest_agent();
+    // A client that went away in the middle of a command.
+    {
+        let mut s = UnixStream::connect(peer.socket()).expect("connect qemu-ga");
+        s.write_all(br#"{"execute": "guest-pi"#).unwrap();
+    }
+    let t = Term::start(&["-N", peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+    t.line("guest-ping");
+    let screen = t.wait_until("a reply to guest-ping", |s| {
+        s.lines()
+            .skip_while(|l| *l != "(QEMU) guest-ping")
+            .nth(1)
+            .is_some()
+    });
+    let reply = screen
+        .lines()
+        .skip_while(|l| *l != "(QEMU) guest-ping")
+        .nth(1)
+        .unwrap();
+    assert_eq!(reply, r#"{"return": {}}"#, "{}", t.failure("guest-ping"));
+    t.wait_line(PROMPT);
+
+    t.tab_until(PROMPT, "guest-p", "guest-ping");
+    t.press(&["Enter"]);
+    t.wait_count(r#"{"return": {}}"#, 2);
+    t.wait_line(PROMPT);
+}
+
+#[test]
+fn hmp_completion_and_command() {
+    let peer = Peer::qemu_pc();
+    let t = Term::start(&["-H", peer.socket_str()], &[]);
+    let screen = t.wait_for("Connected to QEMU ");
+    let version = screen
+        .lines()
+        .find_map(|l| l.strip_prefix("Connected to QEMU "))
+        .unwrap()
+        .trim()
+        .to_string();
+    t.wait_line("(QEMU)");
+    t.tab_until("(QEMU)", "info ver", "info version");
+    t.press(&["Enter"]);
+    t.wait_until("the version after `info version`", |s| {
+        s.lines()
+            .skip_while(|l| *l != "(QEMU) info version")
+            .skip(1)
+            .any(|l| l.starts_with(&version))
+    });
+    t.wait_line("(QEMU)");
+}
+
+/// Run `query-status` with `args` and `env`; return the reply line as
+/// captured with its attributes.
+fn reply_with_attributes(args: &[&str], env: &[(&str, &str)]) -> String {
+    let peer = Peer::qemu_none();
+    let mut all = args.to_vec();
+    all.push(peer.socket_str());
+    let t = Term::start(&all, env);
+    t.wait_line(PROMPT);
+    t.line("query-status");
+    t.wait_for("running");
+    t.wait_line(PROMPT);
+    let coloured = t.capture(true);
+    coloured
+        .lines()
+        .find(|l| l.contains("running") && !l.contains("query-status"))
+        .unwrap_or_else(|| panic!("{}", t.failure("no reply line")))
+        .to_string()
+}
+
+#[test]
+fn colour_always_auto_and_never() {
+    let always = reply_with_attributes(&["--color", "always"], &[("NO_COLOR", "1")]);
+    assert!(
+        always.contains("\x1b["),
+        "--color always: no escapes in {}",
+        escape_visible(always.as_bytes())
+    );
+    let auto = reply_with_attributes(&[], &[]);
+    assert!(
+        auto.contains("\x1b["),
+        "auto on a terminal: no escapes in {}",
+        escape_visible(auto.as_bytes())
+    );
+    let no_color = reply_with_attributes(&[], &[("NO_COLOR", "1")]);
+    assert!(
+        !no_color.contains('\x1b'),
+        "NO_COLOR=1: escapes in {}",
+        escape_visible(no_color.as_bytes())
+    );
+    let never = reply_with_attributes(&["--color", "never"], &[]);
+    assert!(
+        !never.contains('\x1b'),
+        "--color never: escapes in {}",
+        escape_visible(never.as_bytes())
+    );
+}
+
+#[test]
+fn retry_waits_for_the_server() {
+    let dir = tempfile::Builder::new()
+        .prefix("qmp-retry-")
+        .tempdir_in(std::env::temp_dir())
+        .unwrap();
+    let socket = dir.path().join("late.sock");
+    let socket_str = socket.to_str().unwrap();
+    let t = Term::start(&["--retry", "50", "--retry-delay", "0.1", socket_str], &[]);
+    // Start QEMU once the shell is running (and trying to connect).
+    t.wait_until("qmp-shell to run in the pane", |_| {
+        t.pane_command() == "qmp-shell"
+    });
+    thread::sleep(Duration::from_millis(300));
+    assert!(!socket.exists());
+    let qemu = which("qemu-system-x86_64").expect("qemu-system-x86_64 not found");
+    let _qemu = OwnQemu(
+        Command::new(qemu)
+            .args(["-M", "none", "-display", "none", "-nodefaults", "-qmp"])
+            .arg(format!("unix:{socket_str},server=on,wait=off"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start qemu-system-x86_64"),
+    );
+    t.wait_for("Welcome to the QMP low-level shell!");
+    t.wait_line(PROMPT);
+    t.line("query-status");
+    t.wait_for(r#""status": "running""#);
+}
+
+#[test]
+fn vanished_server_exits_1_and_restores_the_terminal() {
+    let mut peer = Peer::qemu_none();
+    let t = Term::start(&[peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+    t.line("quit");
+    t.wait_for(r#"{"return": {}}"#);
+    t.wait_line(PROMPT);
+    assert!(
+        peer.wait_exit(DEADLINE).is_some(),
+        "QEMU did not exit after quit"
+    );
+    t.line("query-status");
+    t.wait_for("Disconnected");
+    assert_eq!(t.wait_exit(), 1, "{}", t.failure("exit status"));
+    t.wait_for("EXIT=1");
+    t.assert_terminal_usable();
+    let history = std::fs::read_to_string(t.home().join(".qmp-shell_history"))
+        .expect("the history is saved also when the server went away");
+    assert_eq!(
+        history.lines().collect::<Vec<_>>(),
+        ["quit", "query-status"],
+        "history file:\n{history}"
+    );
+}

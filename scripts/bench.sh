@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# Whole-process benchmark: our qmp-shell vs the reference (Python qemu.qmp
+# 0.0.6) vs a raw socket pipe (socat), against one real QEMU.
+#
+#   scripts/bench.sh            # full run
+#   RUNS=5 scripts/bench.sh     # fewer runs per figure (quicker, noisier)
+#   N=5000 scripts/bench.sh     # another script length
+#
+# What is measured (each with hyperfine, the three programs in one
+# hyperfine invocation, run one after the other):
+#   (a) a script of N commands fed on standard input (pipelined by us,
+#       one at a time by the reference, all at once by socat);
+#   (b) one command, `query-status`;
+#   (c) `-p` and `query-qmp-schema` (about 200 KB of JSON, pretty-printed);
+#   (d) peak RSS (GNU time's %M, the largest of RSS_RUNS runs) for (b) and (c).
+#
+# The raw socket baseline: socat gets the greeting-free input
+# `{"execute": "qmp_capabilities"}` followed by the N commands, already
+# encoded as JSON, on standard input. At the end of its input socat
+# half-closes the socket (shutdown SHUT_WR); QEMU still answers every command
+# it has read and then closes its side, and socat exits when that EOF
+# arrives. So socat's time is the true round trip of all N commands, with no
+# fixed sleep: `-t` is only an upper bound on that wait, never spent when
+# QEMU closes first. Before timing, the script checks that socat did get
+# greeting + N+1 replies, that our output has N replies, and that ours and the
+# reference print the same bytes.
+#
+# A QMP monitor serves one client at a time; every run is a whole process
+# that exits (closing its connection) before hyperfine starts the next one.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+N=${N:-2000}
+RUNS=${RUNS:-10}
+RSS_RUNS=${RSS_RUNS:-5}
+WARMUP=${WARMUP:-2}
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+
+# --- tools and programs -----------------------------------------------------
+
+need_install=0
+for tool in qemu-system-x86_64 socat hyperfine qmp-shell; do
+    command -v "$tool" >/dev/null 2>&1 || need_install=1
+done
+[ -x /usr/bin/time ] || need_install=1
+if [ "$need_install" = 1 ]; then
+    log "installing missing peers / reference: scripts/install-deps.sh"
+    bash scripts/install-deps.sh
+fi
+
+log "building the release binary"
+cargo build --release --quiet -p qmp-shell
+OURS="$ROOT/target/release/qmp-shell"
+[ -x "$OURS" ] || die "no $OURS after the build"
+
+# The reference, without a pyenv shim in front (the shim costs tens of ms
+# of its own and is not part of the program).
+REF=$(command -v qmp-shell) || die "reference qmp-shell not found"
+case "$REF" in
+    */shims/*) REF=$(pyenv which qmp-shell) ;;
+esac
+[ -x "$REF" ] || die "reference qmp-shell not executable: $REF"
+SOCAT=$(command -v socat)
+QEMU=$(command -v qemu-system-x86_64)
+
+# --- a private QEMU ---------------------------------------------------------
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/qmp-bench.XXXXXX")
+QEMU_PID=""
+cleanup() {
+    if [ -n "$QEMU_PID" ]; then
+        kill "$QEMU_PID" 2>/dev/null || true
+        wait "$QEMU_PID" 2>/dev/null || true
+    fi
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+SOCK="$TMP/qmp.sock"
+"$QEMU" -M none -display none -nodefaults \
+    -qmp "unix:$SOCK,server=on,wait=off" >"$TMP/qemu.log" 2>&1 &
+QEMU_PID=$!
+for _ in $(seq 1 200); do
+    if [ -S "$SOCK" ] && "$SOCAT" -u OPEN:/dev/null "UNIX-CONNECT:$SOCK" 2>/dev/null; then
+        break
+    fi
+    kill -0 "$QEMU_PID" 2>/dev/null || { cat "$TMP/qemu.log" >&2; die "QEMU exited"; }
+    sleep 0.05
+done
+[ -S "$SOCK" ] || die "QEMU did not create $SOCK"
+QEMU_VERSION=$("$QEMU" --version | head -n 1)
+
+# --- inputs -----------------------------------------------------------------
+
+# N commands: four cheap ones in turn, so that replies differ from line to line.
+SHORT=(
+    "query-status"
+    "query-name"
+    "query-version"
+    "qom-list path=/machine"
+)
+RAW=(
+    '{"execute": "query-status"}'
+    '{"execute": "query-name"}'
+    '{"execute": "query-version"}'
+    '{"execute": "qom-list", "arguments": {"path": "/machine"}}'
+)
+CAPS='{"execute": "qmp_capabilities"}'
+{
+    for ((i = 0; i < N; i++)); do printf '%s\n' "${SHORT[i % 4]}"; done
+} >"$TMP/script.txt"
+{
+    printf '%s\n' "$CAPS"
+    for ((i = 0; i < N; i++)); do printf '%s\n' "${RAW[i % 4]}"; done
+} >"$TMP/script.json"
+printf 'query-status\n' >"$TMP/one.txt"
+printf '%s\n{"execute": "query-status"}\n' "$CAPS" >"$TMP/one.json"
+printf 'query-qmp-schema\n' >"$TMP/schema.txt"
+printf '%s\n{"execute": "query-qmp-schema"}\n' "$CAPS" >"$TMP/schema.json"
+
+# Run with a reproducible environment: no history file shared with the user,
+# no colour.
+export HOME="$TMP/home" NO_COLOR=1 LC_ALL=C.UTF-8
+mkdir -p "$HOME"
+unset QMP_SOCKET
+
+# --- sanity checks (not timed) ----------------------------------------------
+
+log "checking outputs"
+"$SOCAT" -t 30 - "UNIX-CONNECT:$SOCK" <"$TMP/script.json" >"$TMP/socat.out"
+got=$(wc -l <"$TMP/socat.out")
+[ "$got" -eq $((N + 2)) ] || die "socat got $got lines, expected greeting + $((N + 1)) replies"
+"$OURS" "$SOCK" <"$TMP/script.txt" >"$TMP/ours.out"
+"$REF" "$SOCK" <"$TMP/script.txt" >"$TMP/ref.out"
+cmp -s "$TMP/ours.out" "$TMP/ref.out" || die "ours and the reference differ on the script (see $TMP)"
+got=$(grep -c '"return"' "$TMP/ours.out")
+[ "$got" -eq "$N" ] || die "ours printed $got replies, expected $N"
+"$OURS" -p "$SOCK" <"$TMP/schema.txt" >"$TMP/ours.schema"
+"$REF" -p "$SOCK" <"$TMP/schema.txt" >"$TMP/ref.schema"
+cmp -s "$TMP/ours.schema" "$TMP/ref.schema" || die "ours and the reference differ on -p query-qmp-schema"
+SCHEMA_BYTES=$(wc -c <"$TMP/ours.schema")
+
+# --- timings ----------------------------------------------------------------
+
+# One hyperfine run for three commands; results in $TMP/$1.json.
+# Commands run through /bin/sh for the redirection; hyperfine subtracts the
+# shell's own start-up time.
+hf() {
+    local name=$1 ours=$2 ref=$3 raw=$4
+    log "timing: $name"
+    hyperfine --warmup "$WARMUP" --runs "$RUNS" --style basic \
+        --export-json "$TMP/$name.json" \
+        -n ours "$ours" -n reference "$ref" -n socat "$raw" >&2
+}
+
+q() { printf '%q' "$1"; }
+hf script \
+    "$(q "$OURS") $(q "$SOCK") < $(q "$TMP/script.txt")" \
+    "$(q "$REF") $(q "$SOCK") < $(q "$TMP/script.txt")" \
+    "$(q "$SOCAT") -t 30 - UNIX-CONNECT:$(q "$SOCK") < $(q "$TMP/script.json")"
+hf one \
+    "$(q "$OURS") $(q "$SOCK") < $(q "$TMP/one.txt")" \
+    "$(q "$REF") $(q "$SOCK") < $(q "$TMP/one.txt")" \
+    "$(q "$SOCAT") -t 30 - UNIX-CONNECT:$(q "$SOCK") < $(q "$TMP/one.json")"
+hf schema \
+    "$(q "$OURS") -p $(q "$SOCK") < $(q "$TMP/schema.txt")" \
+    "$(q "$REF") -p $(q "$SOCK") < $(q "$TMP/schema.txt")" \
+    "$(q "$SOCAT") -t 30 - UNIX-CONNECT:$(q "$SOCK") < $(q "$TMP/schema.json")"
+
+# Peak RSS in KiB: the largest of RSS_RUNS runs.
+rss() {
+    local input=$1
+    shift
+    local max=0 kb
+    for ((i = 0; i < RSS_RUNS; i++)); do
+        kb=$(/usr/bin/time -f '%M' "$@" <"$input" 2>&1 >/dev/null | tail -n 1)
+        [ "$kb" -gt "$max" ] && max=$kb
+    done
+    echo "$max"
+}
+log "measuring peak RSS"
+RSS_ONE_OURS=$(rss "$TMP/one.txt" "$OURS" "$SOCK")
+RSS_ONE_REF=$(rss "$TMP/one.txt" "$REF" "$SOCK")
+RSS_SCHEMA_OURS=$(rss "$TMP/schema.txt" "$OURS" -p "$SOCK")
+RSS_SCHEMA_REF=$(rss "$TMP/schema.txt" "$REF" -p "$SOCK")
+
+# --- summary ----------------------------------------------------------------
+
+CPU=$(grep -m 1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+export N RUNS TMP CPU QEMU_VERSION SCHEMA_BYTES \
+    RSS_ONE_OURS RSS_ONE_REF RSS_SCHEMA_OURS RSS_SCHEMA_REF
+export NPROC=$(nproc) REF_VERSION=$(python3 -c 'import importlib.metadata as m; print(m.version("qemu.qmp"))' 2>/dev/null || echo "?")
+export OURS_VERSION=$("$OURS" --version 2>/dev/null || echo "?")
+python3 - <<'EOF'
+import json, os
+
+tmp = os.environ["TMP"]
+
+def load(name):
+    with open(f"{tmp}/{name}.json") as f:
+        res = json.load(f)["results"]
+    return {r["command"]: r for r in res}
+
+def ms(r):
+    return f'{r["mean"] * 1000:.1f} ± {r["stddev"] * 1000:.1f} ms'
+
+def ratio(a, b):
+    return b / a
+
+n = os.environ["N"]
+rows = []
+goals = []
+for key, label, goal_ref, goal_raw in [
+    ("script", f"{n}-command script on stdin", 2.0, 1.2),
+    ("one", "one command (`query-status`)", 20.0, None),
+    ("schema", f"`-p` + `query-qmp-schema` ({int(os.environ['SCHEMA_BYTES']) // 1024} KiB out)", 3.0, None),
+]:
+    r = load(key)
+    ours, ref, raw = r["ours"], r["reference"], r["socat"]
+    speedup = ratio(ours["mean"], ref["mean"])
+    vs_raw = ours["mean"] / raw["mean"]
+    rows.append((label, ms(ours), ms(ref), ms(raw), f"{speedup:.1f}x faster", f"{vs_raw:.2f}x"))
+    goals.append((f"{label}: ours vs reference >= {goal_ref}x faster", speedup >= goal_ref, f"{speedup:.1f}x"))
+    if goal_raw:
+        goals.append((f"{label}: ours within {goal_raw}x of socat", vs_raw <= goal_raw, f"{vs_raw:.2f}x"))
+
+def mib(kb):
+    return f"{int(kb) / 1024:.1f} MiB"
+
+for label, o, rf in [
+    ("peak RSS, one command", os.environ["RSS_ONE_OURS"], os.environ["RSS_ONE_REF"]),
+    ("peak RSS, `-p query-qmp-schema`", os.environ["RSS_SCHEMA_OURS"], os.environ["RSS_SCHEMA_REF"]),
+]:
+    smaller = int(rf) / int(o)
+    rows.append((label, mib(o), mib(rf), "–", f"{smaller:.1f}x smaller", "–"))
+    goals.append((f"{label}: >= 4x smaller", smaller >= 4.0, f"{smaller:.1f}x"))
+
+print()
+print("## Performance")
+print()
+print(f"Machine: {os.environ['NPROC']} CPUs, {os.environ['CPU']}; {os.environ['QEMU_VERSION']} (`-M none`).")
+print(f"Reference: qemu.qmp {os.environ['REF_VERSION']}; ours: {os.environ['OURS_VERSION']} (release build).")
+print(f"Command: `scripts/bench.sh` (hyperfine, {os.environ['RUNS']} runs each, mean ± σ; RSS: GNU time, largest of runs).")
+print()
+print("| measure | ours | reference | socat (raw socket) | ours vs reference | ours / socat |")
+print("| --- | --- | --- | --- | --- | --- |")
+for row in rows:
+    print("| " + " | ".join(row) + " |")
+print()
+print("Goals:")
+for text, ok, got in goals:
+    print(f"- [{'x' if ok else ' '}] {text}: {got}")
+EOF
