@@ -68,9 +68,21 @@ fuzz_target!(|data: &[u8]| {
     let pretty = to_string(&v, PRETTY);
     assert!(compact.is_ascii() && pretty.is_ascii());
     // The escape character itself is written `\u001b`, so stripping is exact.
-    let color = to_string(&v, Style { pretty: false, color: true });
+    let color = to_string(
+        &v,
+        Style {
+            pretty: false,
+            color: true,
+        },
+    );
     assert_eq!(strip_ansi(&color), compact);
-    let color_pretty = to_string(&v, Style { pretty: true, color: true });
+    let color_pretty = to_string(
+        &v,
+        Style {
+            pretty: true,
+            color: true,
+        },
+    );
     assert_eq!(strip_ansi(&color_pretty), pretty);
 
     if has_overflowing_float(&v) {

@@ -200,6 +200,13 @@ fn help(knowledge: &Knowledge, client: &Client, name: Option<&str>) -> Item {
 pub fn run(mut engine: Engine, exit_status: bool, guest_agent: bool) -> i32 {
     let client = engine.client().clone();
     let cfg = engine.config().clone();
+    // At the prompt Ctrl-C is a key (the terminal is in raw mode); while a
+    // reply is awaited it is a signal, which must not end the shell either
+    // (nor lose its history): catch it and let the wait go on.
+    let _ = signal_hook::flag::register(
+        signal_hook::consts::SIGINT,
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
     let config = EditorConfig::builder()
         .max_history_size(HISTORY_SIZE)
         .map(|b| b.history_ignore_space(true))

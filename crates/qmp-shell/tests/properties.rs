@@ -129,8 +129,7 @@ fn keys_sorted(v: &Value) -> bool {
     match v {
         Value::Array(items) => items.iter().all(keys_sorted),
         Value::Object(map) => {
-            map.keys().zip(map.keys().skip(1)).all(|(a, b)| a < b)
-                && map.values().all(keys_sorted)
+            map.keys().zip(map.keys().skip(1)).all(|(a, b)| a < b) && map.values().all(keys_sorted)
         }
         _ => true,
     }

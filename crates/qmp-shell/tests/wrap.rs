@@ -452,6 +452,7 @@ fn signal_while_waiting(sig: i32) {
         status.signal()
     );
     assert!(!dir.exists(), "{} left behind", dir.display());
+    assert!(!stderr.contains("ERROR"), "{stderr}");
     assert_cleaned_up(qemu, tmp.path());
 }
 
@@ -538,8 +539,11 @@ fn program_that_never_connects_is_killed_on_signal() {
     assert!(dir.is_dir());
     // SAFETY: kill(2) on the child this test started.
     unsafe { libc::kill(w.child.id() as libc::pid_t, libc::SIGTERM) };
-    let (status, _, _, tmp) = w.finish(Duration::from_secs(15));
-    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    let (status, _, stderr, tmp) = w.finish(Duration::from_secs(15));
+    // Exactly the signal's status, not the "exited before connecting"
+    // error of the main thread (which sees the program die).
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
     assert_cleaned_up(pid, tmp.path());
 }
 
@@ -647,4 +651,33 @@ fn help_and_version() {
     );
     // Neither starts QEMU nor leaves a directory.
     assert!(wrap_dirs(tmp.path()).is_empty());
+}
+
+#[test]
+fn unwritable_log_stops_qemu_and_cleans_up() {
+    let logdir = tempfile::tempdir().unwrap();
+    let log = logdir.path().join("no-such-dir").join("wrap.log");
+    let log_s = log.to_str().unwrap().to_string();
+    let mut args = vec!["-l", &log_s];
+    args.extend(qemu_args());
+    let (out, tmp) = run_wrap(&args, "query-status\n", Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // One error line (QEMU may add its own "terminating on signal" line,
+    // in any order, as it is stopped).
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("ERROR: ")).collect();
+    assert_eq!(errors.len(), 1, "{}", show(&out));
+    assert!(
+        errors[0].contains(&log_s) && errors[0].contains("No such file or directory"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        err.lines()
+            .all(|l| l.starts_with("ERROR: ") || l.starts_with("qemu-system-x86_64: terminating")),
+        "{}",
+        show(&out)
+    );
+    assert!(processes_mentioning(tmp.path().to_str().unwrap()).is_empty());
+    assert!(wrap_dirs(tmp.path()).is_empty(), "{}", show(&out));
 }
