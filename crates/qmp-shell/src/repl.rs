@@ -52,10 +52,22 @@ pub fn reader_lines<R: BufRead + Send + 'static>(mut reader: R) -> Lines {
 ///
 /// With `prompts`, the banner and a prompt before each line are printed (and
 /// a newline at end of input), as the reference does on a pipe.
-pub fn run_script(mut engine: Engine, mut lines: Lines, prompts: bool, exit_status: bool) -> i32 {
+pub fn run_script(mut engine: Engine, lines: Lines, prompts: bool, exit_status: bool) -> i32 {
     let client = engine.client().clone();
     let cfg = engine.config().clone();
     let (tx, rx) = sync_channel::<Item>(WINDOW);
+    // Input lines arrive from a reader thread, so that the session can end
+    // (say, on `Disconnected`) while standard input stays open and idle.
+    let (input_tx, input_rx) = sync_channel::<Input>(WINDOW);
+    let stopped_tx = input_tx.clone();
+    thread::spawn(move || {
+        for line in lines {
+            if input_tx.send(Input::Line(line)).is_err() {
+                return;
+            }
+        }
+        let _ = input_tx.send(Input::End);
+    });
 
     let printer = thread::spawn(move || {
         let stdout = io::stdout();
@@ -90,6 +102,7 @@ pub fn run_script(mut engine: Engine, mut lines: Lines, prompts: bool, exit_stat
             }
         }
         let _ = printer.flush();
+        let _ = stopped_tx.send(Input::PrinterDone);
         (flow, printer.failures())
     });
 
@@ -101,23 +114,26 @@ pub fn run_script(mut engine: Engine, mut lines: Lines, prompts: bool, exit_stat
         if prompts {
             items.push(Item::Out(engine.prompt().to_string()));
         }
-        match lines.next() {
-            None => {
+        // The banner and the prompt go out before we wait for the next line,
+        // so a program driving us through a pipe sees them.
+        for item in items.drain(..) {
+            if tx.send(item).is_err() {
+                break 'input;
+            }
+        }
+        match input_rx.recv() {
+            Ok(Input::Line(Ok(line))) => engine.handle_line(&line, &mut items),
+            Ok(Input::Line(Err(reason))) => items.push(input_error(&reason)),
+            Ok(Input::End) => {
                 if prompts {
-                    items.push(Item::Out("\n".to_string()));
-                }
-                for item in items.drain(..) {
-                    if tx.send(item).is_err() {
-                        break 'input;
-                    }
+                    let _ = tx.send(Item::Out("\n".to_string()));
                 }
                 break;
             }
-            Some(Ok(line)) => engine.handle_line(&line, &mut items),
-            Some(Err(reason)) => items.push(input_error(&reason)),
+            // The printer stopped (disconnected, stdout closed): stop reading.
+            Ok(Input::PrinterDone) | Err(_) => break,
         }
         for item in items.drain(..) {
-            // The printer stopped (disconnected, stdout closed): stop reading.
             if tx.send(item).is_err() {
                 break 'input;
             }
@@ -130,6 +146,13 @@ pub fn run_script(mut engine: Engine, mut lines: Lines, prompts: bool, exit_stat
         Flow::Continue if exit_status && failures > 0 => exit::COMMAND_FAILED,
         Flow::Continue => exit::OK,
     }
+}
+
+/// What the input thread tells the script driver.
+enum Input {
+    Line(Result<String, String>),
+    End,
+    PrinterDone,
 }
 
 /// `~/.qmp-shell_history`, shared with the reference.

@@ -1,0 +1,406 @@
+//! Scripting against a real QEMU (`-M none`): `-c`, `--json`,
+//! `--exit-status`, comment lines, and pipelined replies in input order.
+//!
+//! Every run has a hard timeout; timing is never asserted.
+
+mod common;
+
+use std::process::Output;
+
+use common::{escape_visible, ours, run_shell, Peer, SHELL_TIMEOUT};
+use serde_json::Value;
+
+/// Run our shell on `peer` with `args` (the socket is appended) and `stdin`.
+fn shell(peer: &Peer, args: &[&str], stdin: &str) -> Output {
+    let mut all: Vec<&str> = args.to_vec();
+    all.push(peer.socket_str());
+    run_shell(&ours(), &all, stdin, SHELL_TIMEOUT)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec())
+        .unwrap_or_else(|_| panic!("output is not UTF-8:\n{}", escape_visible(bytes)))
+}
+
+/// A readable description of a run, for assertion messages.
+fn show(out: &Output) -> String {
+    format!(
+        "status: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status.code(),
+        escape_visible(&out.stdout),
+        escape_visible(&out.stderr)
+    )
+}
+
+#[track_caller]
+fn assert_status(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "expected exit status {code}\n{}",
+        show(out)
+    );
+}
+
+/// Each line of `bytes` parsed as one JSON value; panics on a line that is
+/// not exactly one JSON value.
+#[track_caller]
+fn json_lines(bytes: &[u8]) -> Vec<Value> {
+    let all = text(bytes);
+    all.lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap_or_else(|e| {
+                panic!("not one JSON value per line ({e}): {line:?}\nwhole output:\n{all}")
+            })
+        })
+        .collect()
+}
+
+fn is_return(v: &Value) -> bool {
+    v.as_object().is_some_and(|o| o.contains_key("return"))
+}
+
+fn error_class(v: &Value) -> Option<&str> {
+    v.get("error")?.get("class")?.as_str()
+}
+
+// ---------------------------------------------------------------------------
+// -c
+// ---------------------------------------------------------------------------
+
+#[test]
+fn c_runs_several_commands_in_order_and_exits() {
+    let peer = Peer::qemu_none();
+    // Standard input is not read when -c is given.
+    let out = shell(
+        &peer,
+        &[
+            "-c",
+            "query-name",
+            "-c",
+            "qom-get path=/machine property=type",
+            "-c",
+            "query-status",
+        ],
+        "query-version\n",
+    );
+    assert_status(&out, 0);
+    assert_eq!(
+        text(&out.stdout),
+        "{\"return\": {}}\n\
+         {\"return\": \"none-machine\"}\n\
+         {\"return\": {\"status\": \"running\", \"singlestep\": false, \"running\": true}}\n",
+        "{}",
+        show(&out)
+    );
+    assert!(out.stderr.is_empty(), "{}", show(&out));
+}
+
+#[test]
+fn c_with_an_error_reply_exits_3_and_runs_the_rest() {
+    let peer = Peer::qemu_none();
+    let out = shell(
+        &peer,
+        &[
+            "-c",
+            "query-name",
+            "-c",
+            "no-such-command",
+            "-c",
+            "query-status",
+        ],
+        "",
+    );
+    assert_status(&out, 3);
+    let replies = json_lines(&out.stdout);
+    assert_eq!(replies.len(), 3, "{}", show(&out));
+    assert!(is_return(&replies[0]), "{}", show(&out));
+    assert_eq!(
+        error_class(&replies[1]),
+        Some("CommandNotFound"),
+        "{}",
+        show(&out)
+    );
+    assert!(is_return(&replies[2]), "{}", show(&out));
+}
+
+#[test]
+fn c_with_a_parse_error_exits_3() {
+    let peer = Peer::qemu_none();
+    let out = shell(&peer, &["-c", "query-name extra", "-c", "query-name"], "");
+    assert_status(&out, 3);
+    assert_eq!(text(&out.stdout), "{\"return\": {}}\n", "{}", show(&out));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("Error while parsing command line: ") && err.contains("command format: "),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn c_with_hmp() {
+    let peer = Peer::qemu_none();
+    let out = shell(
+        &peer,
+        &["-H", "-c", "info version", "-c", "no-such-hmp-command"],
+        "",
+    );
+    // An unknown HMP command is text in a successful QMP reply.
+    assert_status(&out, 0);
+    let stdout = text(&out.stdout);
+    assert!(
+        !stdout.contains("Welcome"),
+        "no banner with -c\n{}",
+        show(&out)
+    );
+    assert!(
+        !stdout.contains("(QEMU)"),
+        "no prompt with -c\n{}",
+        show(&out)
+    );
+    let version = stdout.find(char::is_numeric);
+    let unknown = stdout.find("unknown command: 'no-such-hmp-command'");
+    assert!(
+        matches!((version, unknown), (Some(v), Some(u)) if v < u),
+        "version, then the unknown command, in order\n{}",
+        show(&out)
+    );
+
+    // With --json, HMP replies are JSON lines too.
+    let out = shell(&peer, &["-H", "--json", "-c", "info version"], "");
+    assert_status(&out, 0);
+    let replies = json_lines(&out.stdout);
+    assert_eq!(replies.len(), 1, "{}", show(&out));
+    assert!(
+        replies[0]["return"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("\r\n")),
+        "{}",
+        show(&out)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// --json
+// ---------------------------------------------------------------------------
+
+#[test]
+fn json_prints_exactly_one_line_per_reply() {
+    let peer = Peer::qemu_none();
+    // -p is overridden by --json: still one line per reply, even for the
+    // 200 KB schema. A parse error prints nothing on stdout.
+    let input = "query-status\n\
+                 query-name\n\
+                 qom-list path=/machine\n\
+                 query-qmp-schema\n\
+                 no-such-command\n\
+                 query-name unparsable\n\
+                 query-version\n";
+    let out = shell(&peer, &["--json", "-p"], input);
+    assert_status(&out, 0);
+    let replies = json_lines(&out.stdout);
+    assert_eq!(replies.len(), 6, "{}", show(&out));
+    for (i, reply) in replies.iter().enumerate() {
+        let obj = reply.as_object().expect("each reply is an object");
+        assert!(
+            obj.contains_key("return") || obj.contains_key("error"),
+            "reply {i} is neither a return nor an error: {reply}"
+        );
+        assert!(
+            !obj.contains_key("id"),
+            "the id the client assigned is not shown: {reply}"
+        );
+    }
+    assert_eq!(replies[0]["return"]["status"], "running");
+    assert!(replies[2]["return"].is_array());
+    assert!(replies[3]["return"]
+        .as_array()
+        .is_some_and(|a| a.len() > 100));
+    assert_eq!(error_class(&replies[4]), Some("CommandNotFound"));
+    assert!(replies[5]["return"]["qemu"]["major"].is_u64());
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("Welcome") && !stdout.contains("(QEMU)"));
+    // Compact, as json.dumps() without indent.
+    assert!(!stdout.contains("\n    "), "{}", show(&out));
+    assert!(
+        text(&out.stderr).starts_with("Error while parsing command line: "),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn json_prints_events_on_stderr() {
+    let peer = Peer::qemu_none();
+    let out = shell(&peer, &["--json"], "stop\ncont\nquery-status\n");
+    assert_status(&out, 0);
+    let replies = json_lines(&out.stdout);
+    assert_eq!(replies.len(), 3, "{}", show(&out));
+    assert_eq!(replies[0], serde_json::json!({"return": {}}));
+    assert_eq!(replies[1], serde_json::json!({"return": {}}));
+    assert_eq!(replies[2]["return"]["running"], true);
+    let events = json_lines(&out.stderr);
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| {
+            assert!(e["timestamp"]["seconds"].is_u64(), "event shape: {e}");
+            e["event"].as_str().expect("an event name")
+        })
+        .collect();
+    assert_eq!(names, ["STOP", "RESUME"], "{}", show(&out));
+}
+
+// ---------------------------------------------------------------------------
+// --exit-status and comments
+// ---------------------------------------------------------------------------
+
+#[test]
+fn exit_status_with_an_error_reply() {
+    let peer = Peer::qemu_none();
+    let input = "query-name\nno-such-command\nquery-status\n";
+    let with = shell(&peer, &["--exit-status"], input);
+    assert_status(&with, 3);
+    let without = shell(&peer, &[], input);
+    assert_status(&without, 0);
+    // The flag changes the exit status only: same (reference) output.
+    assert_eq!(
+        text(&with.stdout),
+        text(&without.stdout),
+        "{}\n{}",
+        show(&with),
+        show(&without)
+    );
+    let stdout = text(&with.stdout);
+    assert!(stdout.starts_with("Welcome to the QMP low-level shell!\n"));
+    assert!(stdout.contains("(QEMU) {\"error\": {\"class\": \"CommandNotFound\""));
+
+    let ok = shell(&peer, &["--exit-status"], "query-name\nquery-status\n");
+    assert_status(&ok, 0);
+}
+
+#[test]
+fn exit_status_with_a_parse_error() {
+    let peer = Peer::qemu_none();
+    let input = "query-name\nquery-name key\nquery-status\n";
+    let with = shell(&peer, &["--exit-status"], input);
+    assert_status(&with, 3);
+    assert!(
+        text(&with.stderr).contains("Error while parsing command line: "),
+        "{}",
+        show(&with)
+    );
+    let without = shell(&peer, &[], input);
+    assert_status(&without, 0);
+    let json = shell(&peer, &["--json", "--exit-status"], input);
+    assert_status(&json, 3);
+    assert_eq!(json_lines(&json.stdout).len(), 2, "{}", show(&json));
+}
+
+#[test]
+fn comment_lines_are_skipped() {
+    let peer = Peer::qemu_none();
+    let input = "# a comment\nquery-name\n    # an indented comment\n#query-status\n";
+    let out = shell(&peer, &["--json", "--exit-status"], input);
+    assert_status(&out, 0);
+    assert_eq!(text(&out.stdout), "{\"return\": {}}\n", "{}", show(&out));
+    assert!(out.stderr.is_empty(), "{}", show(&out));
+
+    let out = shell(&peer, &["-c", "# nothing", "-c", "query-name"], "");
+    assert_status(&out, 0);
+    assert_eq!(text(&out.stdout), "{\"return\": {}}\n", "{}", show(&out));
+    assert!(out.stderr.is_empty(), "{}", show(&out));
+}
+
+// ---------------------------------------------------------------------------
+// Pipelining
+// ---------------------------------------------------------------------------
+
+/// Line `i` of an order-checkable script, and a check of its reply: even
+/// lines run an unknown HMP command named after `i` (a successful reply
+/// quoting the name), odd lines ask for a missing QOM path named after `i`
+/// (an error reply quoting the path).
+fn numbered_command(i: usize) -> String {
+    if i % 2 == 0 {
+        format!("human-monitor-command command-line=\"nosuch{i}\"")
+    } else {
+        format!("qom-get path=/machine/missing{i} property=type")
+    }
+}
+
+#[track_caller]
+fn check_numbered_reply(i: usize, reply: &Value) {
+    if i % 2 == 0 {
+        assert_eq!(
+            reply,
+            &serde_json::json!({"return": format!("unknown command: 'nosuch{i}'\r\n")}),
+            "reply {i} out of order"
+        );
+    } else {
+        assert_eq!(
+            error_class(reply),
+            Some("DeviceNotFound"),
+            "reply {i}: {reply}"
+        );
+        assert_eq!(
+            reply["error"]["desc"],
+            format!("Device '/machine/missing{i}' not found"),
+            "reply {i} out of order"
+        );
+    }
+}
+
+#[test]
+fn pipelined_replies_come_back_in_input_order() {
+    const N: usize = 500;
+    let peer = Peer::qemu_none();
+    let mut input = String::new();
+    for i in 0..N {
+        input.push_str(&numbered_command(i));
+        input.push('\n');
+    }
+
+    let out = shell(&peer, &["--json"], &input);
+    assert_status(&out, 0);
+    let replies = json_lines(&out.stdout);
+    assert_eq!(replies.len(), N, "{}", show(&out));
+    for (i, reply) in replies.iter().enumerate() {
+        check_numbered_reply(i, reply);
+    }
+
+    // The reference format: banner, then a prompt before each reply.
+    let out = shell(&peer, &[], &input);
+    assert_status(&out, 0);
+    let stdout = text(&out.stdout);
+    let body = stdout
+        .strip_prefix("Welcome to the QMP low-level shell!\n")
+        .and_then(|s| s.split_once("\n\n").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("banner\n{}", show(&out)));
+    let body = body
+        .strip_suffix("(QEMU) \n")
+        .unwrap_or_else(|| panic!("last prompt and newline\n{}", show(&out)));
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), N, "{}", show(&out));
+    for (i, line) in lines.iter().enumerate() {
+        let reply = line
+            .strip_prefix("(QEMU) ")
+            .unwrap_or_else(|| panic!("line {i} has no prompt: {line:?}"));
+        let reply: Value = serde_json::from_str(reply).expect("a JSON reply after the prompt");
+        check_numbered_reply(i, &reply);
+    }
+
+    // With -c, the same order (and exit status 3: half are errors).
+    let commands: Vec<String> = (0..50).map(numbered_command).collect();
+    let mut args: Vec<&str> = Vec::new();
+    for c in &commands {
+        args.push("-c");
+        args.push(c);
+    }
+    let out = shell(&peer, &args, "");
+    assert_status(&out, 3);
+    let replies = json_lines(&out.stdout);
+    assert_eq!(replies.len(), commands.len(), "{}", show(&out));
+    for (i, reply) in replies.iter().enumerate() {
+        check_numbered_reply(i, reply);
+    }
+}
