@@ -14,9 +14,11 @@
 #   (c) `-p` and `query-qmp-schema` (about 200 KB of JSON, pretty-printed);
 #   (d) peak RSS (GNU time's %M, the largest of RSS_RUNS runs) for (b) and (c).
 #
-# The raw socket baseline: socat gets the greeting-free input
-# `{"execute": "qmp_capabilities"}` followed by the N commands, already
-# encoded as JSON, on standard input. At the end of its input socat
+# The raw socket baseline: socat gets, on standard input, exactly the bytes
+# our shell writes to the socket for the same script: `qmp_capabilities`
+# followed by the N commands, encoded as JSON, each with the id the client
+# assigns (`"__qmp#N"`; QEMU does measurably more work per command with an
+# id). They are taken from our own `-l` log of a run of the script. At the end of its input socat
 # half-closes the socket (shutdown SHUT_WR); QEMU still answers every command
 # it has read and then closes its side, and socat exits when that EOF
 # arrives. So socat's time is the true round trip of all N commands, with no
@@ -76,7 +78,7 @@ cleanup() {
         kill "$QEMU_PID" 2>/dev/null || true
         wait "$QEMU_PID" 2>/dev/null || true
     fi
-    rm -rf "$TMP"
+    if [ -n "${KEEP:-}" ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -104,24 +106,11 @@ SHORT=(
     "query-version"
     "qom-list path=/machine"
 )
-RAW=(
-    '{"execute": "query-status"}'
-    '{"execute": "query-name"}'
-    '{"execute": "query-version"}'
-    '{"execute": "qom-list", "arguments": {"path": "/machine"}}'
-)
-CAPS='{"execute": "qmp_capabilities"}'
 {
     for ((i = 0; i < N; i++)); do printf '%s\n' "${SHORT[i % 4]}"; done
 } >"$TMP/script.txt"
-{
-    printf '%s\n' "$CAPS"
-    for ((i = 0; i < N; i++)); do printf '%s\n' "${RAW[i % 4]}"; done
-} >"$TMP/script.json"
 printf 'query-status\n' >"$TMP/one.txt"
-printf '%s\n{"execute": "query-status"}\n' "$CAPS" >"$TMP/one.json"
 printf 'query-qmp-schema\n' >"$TMP/schema.txt"
-printf '%s\n{"execute": "query-qmp-schema"}\n' "$CAPS" >"$TMP/schema.json"
 
 # Run with a reproducible environment: no history file shared with the user,
 # no colour.
@@ -130,6 +119,18 @@ mkdir -p "$HOME"
 unset QMP_SOCKET
 
 # --- sanity checks (not timed) ----------------------------------------------
+
+# The pre-encoded input for socat: what we send, from our -l log (lines we
+# sent start with {"execute").
+wire() {
+    "$OURS" -l "$TMP/wire.log" "$SOCK" <"$1" >/dev/null
+    grep '^{"execute"' "$TMP/wire.log" >"$2"
+    rm -f "$TMP/wire.log"
+}
+wire "$TMP/script.txt" "$TMP/script.json"
+wire "$TMP/one.txt" "$TMP/one.json"
+wire "$TMP/schema.txt" "$TMP/schema.json"
+[ "$(wc -l <"$TMP/script.json")" -eq $((N + 1)) ] || die "unexpected -l log for the script"
 
 log "checking outputs"
 "$SOCAT" -t 30 - "UNIX-CONNECT:$SOCK" <"$TMP/script.json" >"$TMP/socat.out"
@@ -147,14 +148,14 @@ SCHEMA_BYTES=$(wc -c <"$TMP/ours.schema")
 
 # --- timings ----------------------------------------------------------------
 
-# One hyperfine run for three commands; results in $TMP/$1.json.
+# One hyperfine run for three commands; results in $TMP/hf-$1.json.
 # Commands run through /bin/sh for the redirection; hyperfine subtracts the
 # shell's own start-up time.
 hf() {
     local name=$1 ours=$2 ref=$3 raw=$4
     log "timing: $name"
     hyperfine --warmup "$WARMUP" --runs "$RUNS" --style basic \
-        --export-json "$TMP/$name.json" \
+        --export-json "$TMP/hf-$name.json" \
         -n ours "$ours" -n reference "$ref" -n socat "$raw" >&2
 }
 
@@ -192,7 +193,7 @@ RSS_SCHEMA_REF=$(rss "$TMP/schema.txt" "$REF" -p "$SOCK")
 # --- summary ----------------------------------------------------------------
 
 CPU=$(grep -m 1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-export N RUNS TMP CPU QEMU_VERSION SCHEMA_BYTES \
+export N RUNS RSS_RUNS TMP CPU QEMU_VERSION SCHEMA_BYTES \
     RSS_ONE_OURS RSS_ONE_REF RSS_SCHEMA_OURS RSS_SCHEMA_REF
 export NPROC=$(nproc) REF_VERSION=$(python3 -c 'import importlib.metadata as m; print(m.version("qemu.qmp"))' 2>/dev/null || echo "?")
 export OURS_VERSION=$("$OURS" --version 2>/dev/null || echo "?")
@@ -202,12 +203,13 @@ import json, os
 tmp = os.environ["TMP"]
 
 def load(name):
-    with open(f"{tmp}/{name}.json") as f:
+    with open(f"{tmp}/hf-{name}.json") as f:
         res = json.load(f)["results"]
     return {r["command"]: r for r in res}
 
+# Medians: robust against a busy machine; the spread is the min-max range.
 def ms(r):
-    return f'{r["mean"] * 1000:.1f} ± {r["stddev"] * 1000:.1f} ms'
+    return f'{r["median"] * 1000:.1f} ms ({r["min"] * 1000:.1f}–{r["max"] * 1000:.1f})'
 
 def ratio(a, b):
     return b / a
@@ -222,8 +224,8 @@ for key, label, goal_ref, goal_raw in [
 ]:
     r = load(key)
     ours, ref, raw = r["ours"], r["reference"], r["socat"]
-    speedup = ratio(ours["mean"], ref["mean"])
-    vs_raw = ours["mean"] / raw["mean"]
+    speedup = ratio(ours["median"], ref["median"])
+    vs_raw = ours["median"] / raw["median"]
     rows.append((label, ms(ours), ms(ref), ms(raw), f"{speedup:.1f}x faster", f"{vs_raw:.2f}x"))
     goals.append((f"{label}: ours vs reference >= {goal_ref}x faster", speedup >= goal_ref, f"{speedup:.1f}x"))
     if goal_raw:
@@ -245,7 +247,7 @@ print("## Performance")
 print()
 print(f"Machine: {os.environ['NPROC']} CPUs, {os.environ['CPU']}; {os.environ['QEMU_VERSION']} (`-M none`).")
 print(f"Reference: qemu.qmp {os.environ['REF_VERSION']}; ours: {os.environ['OURS_VERSION']} (release build).")
-print(f"Command: `scripts/bench.sh` (hyperfine, {os.environ['RUNS']} runs each, mean ± σ; RSS: GNU time, largest of runs).")
+print(f"Command: `scripts/bench.sh` (hyperfine, {os.environ['RUNS']} runs each; median (min–max); ratios of medians; RSS: GNU time, largest of {os.environ['RSS_RUNS']} runs).")
 print()
 print("| measure | ours | reference | socat (raw socket) | ours vs reference | ours / socat |")
 print("| --- | --- | --- | --- | --- | --- |")

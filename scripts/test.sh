@@ -17,6 +17,9 @@ step bash scripts/install-deps.sh
 step cargo fmt --all -- --check
 step cargo clippy --workspace --all-targets -- -D warnings
 step cargo test --workspace
+# Bounded fuzzing of the shorthand parser, the decoder and the renderer
+# (installs cargo-fuzz when missing); fails on any crash.
+step bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 # --- add further steps above this line -------------------------------------
 
 echo

@@ -55,8 +55,10 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
 /// How much of a frame's text goes into error messages.
 const TEXT_IN_ERRORS: usize = 80;
 
-/// Buffer capacity kept when the buffer becomes empty.
-const RETAINED_CAPACITY: usize = 1 << 20;
+/// Buffer capacity kept when the buffer becomes empty: a large reply's
+/// buffer is released at once, so it does not add to the peak memory while
+/// that reply is rendered.
+const RETAINED_CAPACITY: usize = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
