@@ -19,19 +19,20 @@ const TRANSACTION: [&str; 3] = [
     "blockdev-snapshot-sync device=disk0 snapshot-file=/tmp/snap.qcow2 format=qcow2 )",
 ];
 
-/// `object-add` with a JSON list of 200 objects (about 14 KB on one line).
+/// `object-add` with a JSON list of 200 objects (about 14 KB on one line;
+/// no spaces, which would split the value into several tokens).
 fn big_json_line() -> String {
     let mut items = Vec::new();
     for i in 0..200 {
         items.push(format!(
-            r#"{{"name": "item-{i}", "size": {size}, "enabled": {en}, "tags": ["a", "b\u00e9"], "ratio": 0.{i}}}"#,
+            r#"{{"name":"item-{i}","size":{size},"enabled":{en},"tags":["a","b"],"ratio":0.{i}}}"#,
             size = i * 4096,
             en = if i % 2 == 0 { "true" } else { "false" },
         ));
     }
     format!(
         "object-add qom-type=secret id=s0 data=[{}]",
-        items.join(", ")
+        items.join(",")
     )
 }
 
