@@ -17,8 +17,8 @@
 # The raw socket baseline: socat gets, on standard input, exactly the bytes
 # our shell writes to the socket for the same script: `qmp_capabilities`
 # followed by the N commands, encoded as JSON, each with the id the client
-# assigns (`"__qmp#N"`; QEMU does measurably more work per command with an
-# id). They are taken from our own `-l` log of a run of the script. At the end of its input socat
+# assigns (integers; empty arguments left out, since QEMU's work per
+# command grows with the bytes it parses). They are taken from our own `-l` log of a run of the script. At the end of its input socat
 # half-closes the socket (shutdown SHUT_WR); QEMU still answers every command
 # it has read and then closes its side, and socat exits when that EOF
 # arrives. So socat's time is the true round trip of all N commands, with no

@@ -55,8 +55,34 @@ pub fn write_into(out: &mut String, value: &Value, style: Style) {
         pretty: style.pretty,
         color: style.color,
         stack: Vec::new(),
+        spill: None,
+        error: None,
     };
     renderer.run(value);
+}
+
+/// How much rendered text [`write_to`] holds before handing it to the writer.
+const SPILL_AT: usize = 32 * 1024;
+
+/// Writes the Python `json.dumps` rendering of `value` to `w`, in pieces of
+/// about 32 KiB, so that a huge reply is never held whole as text.
+///
+/// The bytes written are exactly those of [`to_string`].
+pub fn write_to<W: std::io::Write>(w: &mut W, value: &Value, style: Style) -> std::io::Result<()> {
+    let mut out = String::with_capacity(SPILL_AT + 4096);
+    let mut renderer = Renderer {
+        out: &mut out,
+        pretty: style.pretty,
+        color: style.color,
+        stack: Vec::new(),
+        spill: Some(w),
+        error: None,
+    };
+    renderer.run(value);
+    if let Some(err) = renderer.error.take() {
+        return Err(err);
+    }
+    w.write_all(out.as_bytes())
 }
 
 /// Python's `repr()` of a float.
@@ -97,12 +123,25 @@ struct Renderer<'o, 'a> {
     color: bool,
     /// Open containers, each with "no item written yet".
     stack: Vec<(Frame<'a>, bool)>,
+    /// Where to hand the text over whenever it grows past [`SPILL_AT`].
+    spill: Option<&'o mut dyn std::io::Write>,
+    /// The first write error of `spill`; rendering stops there.
+    error: Option<std::io::Error>,
 }
 
 impl<'a> Renderer<'_, 'a> {
     fn run(&mut self, root: &'a Value) {
         self.open(root);
         loop {
+            if self.out.len() >= SPILL_AT {
+                if let Some(w) = self.spill.as_mut() {
+                    if let Err(err) = w.write_all(self.out.as_bytes()) {
+                        self.error = Some(err);
+                        return;
+                    }
+                    self.out.clear();
+                }
+            }
             let depth = self.stack.len();
             let Some((frame, first)) = self.stack.last_mut() else {
                 break;
@@ -633,6 +672,39 @@ impl StackBuf {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn write_to_streams_the_same_bytes_in_pieces() {
+        // Larger than SPILL_AT many times over, with every kind of token.
+        let item = serde_json::json!({"name": "x\u{e9}\"y", "n": 12345678901234567890u64,
+            "f": 1.5, "b": true, "z": null, "list": [1, [2, {}], []]});
+        let value = Value::Array(vec![item; 5000]);
+        for pretty in [false, true] {
+            for color in [false, true] {
+                let style = Style { pretty, color };
+                let mut streamed = Vec::new();
+                write_to(&mut streamed, &value, style).unwrap();
+                assert!(streamed.len() > 10 * SPILL_AT);
+                assert_eq!(streamed, to_string(&value, style).into_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn write_to_reports_the_writer_error() {
+        struct Broken;
+        impl std::io::Write for Broken {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let value = Value::Array(vec![Value::String("x".repeat(1000)); 100]);
+        let err = write_to(&mut Broken, &value, Style::default()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -71,7 +71,7 @@ pub fn run_script(mut engine: Engine, lines: Lines, prompts: bool, exit_status: 
 
     let printer = thread::spawn(move || {
         let stdout = io::stdout();
-        let out = BufWriter::with_capacity(64 * 1024, stdout.lock());
+        let out = BufWriter::with_capacity(16 * 1024, stdout.lock());
         let mut printer = Printer::new(out, io::stderr(), client, cfg);
         let mut flow = Flow::Continue;
         loop {

@@ -282,8 +282,7 @@ impl<O: Write, E: Write> Printer<O, E> {
                     ))?;
                 }
                 while let Some(event) = self.events.pop_front() {
-                    let text = self.render(event.body);
-                    self.out.write_all(text.as_bytes())?;
+                    self.render_out(event.body)?;
                 }
             }
             Item::Disconnected => {
@@ -328,24 +327,34 @@ impl<O: Write, E: Write> Printer<O, E> {
         // By value: a reply may be very large, and is not copied.
         let body = reply.into_display_body();
         if self.cfg.json || !hmp {
-            let text = self.render(body);
-            return self.out.write_all(text.as_bytes());
+            return self.render_out(body);
         }
         let text = hmp::format_reply(&body);
         self.out.write_all(text.as_bytes())
     }
 
-    fn render(&self, body: Object) -> String {
-        let style = if self.cfg.json {
+    fn style(&self) -> Style {
+        if self.cfg.json {
             Style {
                 pretty: false,
                 color: false,
             }
         } else {
             self.cfg.style
-        };
+        }
+    }
+
+    /// Render `body` and a newline straight to standard output, in pieces:
+    /// a huge reply is never held whole as text.
+    fn render_out(&mut self, body: Object) -> io::Result<()> {
+        let style = self.style();
+        render::write_to(&mut self.out, &Value::Object(body), style)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn render(&self, body: Object) -> String {
         let mut text = String::new();
-        render::write_into(&mut text, &Value::Object(body), style);
+        render::write_into(&mut text, &Value::Object(body), self.style());
         text.push('\n');
         text
     }

@@ -21,7 +21,7 @@ use crate::framing::{encode, truncate, Decoder, FrameError};
 use crate::message::{command, Event, Greeting, Message, Object, Reply};
 
 /// Size of each read from the socket.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
 
 /// How much of an unexpected message goes into warnings and errors.
 const TEXT_IN_MESSAGES: usize = 200;
@@ -571,15 +571,28 @@ impl Client {
 
     /// Write one message and return at once; many may be in flight.
     ///
-    /// If `msg` has no `"id"`, the client adds a unique string id `"__qmp#N"`
-    /// (so it never collides with user ids) and the reply gets
-    /// `assigned_id = true`. Otherwise the given id routes the reply.
+    /// If `msg` has no `"id"`, the client adds a unique integer id (counting
+    /// from 1) and the reply gets `assigned_id = true`. Otherwise the given
+    /// id routes the reply. Should a user id equal an assigned one, replies
+    /// still pair correctly: QMP answers in order, and a reply goes to the
+    /// oldest request waiting for its id.
+    ///
+    /// An empty `"arguments": {}` is left out on the wire: QMP treats it as
+    /// absent, and QEMU's time per command grows with the bytes it parses
+    /// (short messages keep pipelined scripts near the raw-socket limit).
     pub fn send(&self, mut msg: Object) -> Result<Pending, Error> {
+        if msg
+            .get("arguments")
+            .and_then(Value::as_object)
+            .is_some_and(|a| a.is_empty())
+        {
+            msg.shift_remove("arguments");
+        }
         let mut writer = lock(&self.writer);
         let (id, assigned) = match msg.get("id") {
             Some(id) => (id.clone(), false),
             None => {
-                let id = Value::String(format!("__qmp#{}", writer.next_id));
+                let id = Value::from(writer.next_id);
                 writer.next_id += 1;
                 msg.insert("id".to_owned(), id.clone());
                 (id, true)
