@@ -730,35 +730,37 @@ impl Drop for Client {
     }
 }
 
-/// One read, honouring `deadline`: `Some(0)` at end of stream, `None` on
-/// timeout, `Some(usize::MAX)` when interrupted (try again).
+/// One read bounded by `deadline`: `Some(n)` bytes (`Some(0)` at end of
+/// stream), `None` once the deadline has passed. Interrupted reads are retried.
 fn read_some(
     stream: &mut Stream,
     buf: &mut [u8],
     deadline: Option<Instant>,
 ) -> Result<Option<usize>, Error> {
-    match deadline {
-        Some(deadline) => {
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
+    loop {
+        match deadline {
+            Some(deadline) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Ok(None);
+                }
+                stream.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))?;
             }
-            stream.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))?;
+            None => stream.set_read_timeout(None)?,
         }
-        None => stream.set_read_timeout(None)?,
-    }
-    match stream.read(buf) {
-        Ok(n) => Ok(Some(n)),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Some(usize::MAX)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Ok(None)
+        match stream.read(buf) {
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(Error::Io(e)),
         }
-        Err(e) => Err(Error::Io(e)),
     }
 }
 
@@ -790,7 +792,6 @@ fn guest_sync(
         let n = match read_some(stream, &mut buf, deadline)? {
             None => return Err(failed("timed out waiting for the 0xFF delimiter")),
             Some(0) => return Err(failed("connection closed")),
-            Some(usize::MAX) => continue,
             Some(n) => n,
         };
         if let Some(at) = buf[..n].iter().position(|b| *b == 0xff) {
@@ -816,7 +817,6 @@ fn guest_sync(
                 ))
             }
             Some(0) => return Err(failed("connection closed")),
-            Some(usize::MAX) => {}
             Some(n) => decoder.feed(&buf[..n]),
         }
     }
@@ -848,33 +848,14 @@ fn read_greeting(
                 ))),
             };
         }
-        match deadline {
-            Some(deadline) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Err(timed_out());
-                }
-                stream.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))?;
-            }
-            None => stream.set_read_timeout(None)?,
-        }
-        match stream.read(&mut buf) {
-            Ok(0) => {
+        match read_some(stream, &mut buf, deadline)? {
+            None => return Err(timed_out()),
+            Some(0) => {
                 return Err(Error::NoGreeting(
                     "connection closed before the greeting".to_owned(),
                 ))
             }
-            Ok(n) => decoder.feed(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(timed_out())
-            }
-            Err(e) => return Err(Error::Io(e)),
+            Some(n) => decoder.feed(&buf[..n]),
         }
     }
 }
