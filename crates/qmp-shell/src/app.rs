@@ -26,7 +26,7 @@ pub fn die(msg: &str) -> i32 {
 /// Client options for the shell's common flags; `-l` opens the log here.
 pub fn client_options(common: &Common, negotiate: bool) -> Result<ClientOptions, String> {
     let log: Option<Box<dyn std::io::Write + Send>> = match &common.logfile {
-        Some(path) => match repl::open_log(path) {
+        Some(path) => match repl::open_private(path) {
             Ok(file) => Some(Box::new(file)),
             Err(err) => {
                 return Err(format!(

@@ -8,9 +8,7 @@
 //! (from the schema) and raw JSON messages (a line starting with `{`, read
 //! over several lines until its braces balance).
 
-use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,7 +27,7 @@ use crate::cli::exit;
 use crate::complete::{Knowledge, ShellHelper};
 use crate::hmp;
 use crate::render;
-use crate::repl::{history_path, HISTORY_SIZE};
+use crate::repl::{history_path, open_private, HISTORY_SIZE};
 use crate::schema::Schema;
 use crate::session::{banner, input_error, Engine, Flow, Item, Printer};
 
@@ -149,14 +147,7 @@ fn save_history(editor: &Editor<ShellHelper, DefaultHistory>, path: &Path) -> io
         text.push_str(&entry.replace('\n', " "));
         text.push('\n');
     }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(text.as_bytes())
+    open_private(path)?.write_all(text.as_bytes())
 }
 
 /// `help [NAME]` in QMP mode, from the schema (fetched now if need be).

@@ -162,8 +162,9 @@ pub fn history_path() -> Option<PathBuf> {
         .map(|home| Path::new(&home).join(".qmp-shell_history"))
 }
 
-/// Open the `-l` log file: created (or truncated) with mode 0600.
-pub fn open_log(path: &Path) -> io::Result<File> {
+/// Open a file that may hold secrets (the `-l` log, the history) for
+/// writing: created or truncated, with mode 0600.
+pub fn open_private(path: &Path) -> io::Result<File> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
