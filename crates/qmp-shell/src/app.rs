@@ -83,38 +83,44 @@ pub fn run_session(
     let engine = Engine::new(client.clone(), cfg);
     let code = if scripted {
         let lines: repl::Lines = Box::new(commands.into_iter().map(Ok));
-        repl::run_script(engine, lines, false, true)
+        repl::run_script(engine, lines, true)
     } else if stdin_tty && !common.json {
         crate::interactive::run(engine, common.exit_status, guest_agent)
     } else {
         let lines = repl::reader_lines(std::io::BufReader::new(std::io::stdin()));
-        repl::run_script(engine, lines, !common.json, common.exit_status)
+        repl::run_script(engine, lines, common.exit_status)
     };
     client.close();
     code
 }
 
-/// Connect, retrying `retry` more times `delay` apart while the socket is
-/// missing or refuses (the server may not be up yet).
+/// Connect to `server`, retrying `retry` more times `delay` apart while the
+/// socket is missing or refuses (the server may not be up yet). The error is
+/// the message to print after `ERROR: `.
 fn connect(
+    server: &str,
     address: &Address,
     common: &Common,
     negotiate: bool,
     retry: u32,
     delay: Duration,
-) -> Result<Client, (QmpError, bool)> {
+) -> Result<Client, String> {
     let mut attempt = 0;
     loop {
-        let opts =
-            client_options(common, negotiate).map_err(|msg| (QmpError::Protocol(msg), false))?;
+        let opts = client_options(common, negotiate)?;
         match Client::connect(address, opts) {
             Ok(client) => return Ok(client),
-            Err(QmpError::Io(err)) if attempt < retry => {
-                let _ = err;
+            Err(QmpError::Io(_)) if attempt < retry => {
                 attempt += 1;
                 std::thread::sleep(delay);
             }
-            Err(err) => return Err((err, true)),
+            Err(QmpError::Io(err)) => {
+                return Err(format!(
+                    "Couldn't connect to {server}: Failed to establish connection: {}",
+                    qmp::client::python_io_error(&err)
+                ))
+            }
+            Err(err) => return Err(format!("Couldn't connect to {server}: {err}")),
         }
     }
 }
@@ -135,6 +141,7 @@ pub fn main() -> i32 {
     };
     let negotiate = !args.skip_negotiation;
     let client = match connect(
+        &server,
         &address,
         &args.common,
         negotiate,
@@ -142,14 +149,7 @@ pub fn main() -> i32 {
         args.retry_delay,
     ) {
         Ok(client) => client,
-        Err((QmpError::Io(err), _)) => {
-            return die(&format!(
-                "Couldn't connect to {server}: Failed to establish connection: {}",
-                qmp::client::python_io_error(&err)
-            ))
-        }
-        Err((QmpError::Protocol(msg), false)) => return die(&msg),
-        Err((err, _)) => return die(&format!("Couldn't connect to {server}: {err}")),
+        Err(msg) => return die(&msg),
     };
     run_session(client, &args.common, args.commands, args.skip_negotiation)
 }

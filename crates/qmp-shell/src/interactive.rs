@@ -29,7 +29,7 @@ use crate::hmp;
 use crate::render;
 use crate::repl::{history_path, open_private, HISTORY_SIZE};
 use crate::schema::Schema;
-use crate::session::{banner, input_error, Engine, Flow, Item, Printer};
+use crate::session::{banner, parse_error, Engine, Flow, Item, Printer};
 
 /// How long background look-ups may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -257,7 +257,7 @@ pub fn run(mut engine: Engine, exit_status: bool, guest_agent: bool) -> i32 {
         if !cfg.hmp && !engine.in_transaction() && trimmed.starts_with('{') {
             match serde_json::from_str::<Object>(trimmed) {
                 Ok(msg) => engine.handle_raw(msg, &mut items),
-                Err(err) => items.push(input_error(&format!("not a JSON object: {err}"))),
+                Err(err) => items.push(parse_error(&format!("not a JSON object: {err}"))),
             }
         } else if !cfg.hmp && !guest_agent && (trimmed == "help" || trimmed.starts_with("help ")) {
             let name = trimmed

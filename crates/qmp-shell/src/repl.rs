@@ -15,7 +15,7 @@ use std::sync::mpsc::{sync_channel, TryRecvError};
 use std::thread;
 
 use crate::cli::exit;
-use crate::session::{banner, input_error, Engine, Flow, Item, Printer};
+use crate::session::{banner, parse_error, Engine, Flow, Item, Printer};
 
 /// How many output items may wait for the printer: bounds the number of
 /// commands in flight in pipe mode.
@@ -50,11 +50,13 @@ pub fn reader_lines<R: BufRead + Send + 'static>(mut reader: R) -> Lines {
 
 /// Run a non-interactive session and return the exit status.
 ///
-/// With `prompts`, the banner and a prompt before each line are printed (and
-/// a newline at end of input), as the reference does on a pipe.
-pub fn run_script(mut engine: Engine, lines: Lines, prompts: bool, exit_status: bool) -> i32 {
+/// Unless the configuration is `quiet`, the banner and a prompt before each
+/// line are printed (and a newline at end of input), as the reference does
+/// on a pipe.
+pub fn run_script(mut engine: Engine, lines: Lines, exit_status: bool) -> i32 {
     let client = engine.client().clone();
     let cfg = engine.config().clone();
+    let prompts = !cfg.quiet;
     let (tx, rx) = sync_channel::<Item>(WINDOW);
     // Input lines arrive from a reader thread, so that the session can end
     // (say, on `Disconnected`) while standard input stays open and idle.
@@ -123,7 +125,7 @@ pub fn run_script(mut engine: Engine, lines: Lines, prompts: bool, exit_status: 
         }
         match input_rx.recv() {
             Ok(Input::Line(Ok(line))) => engine.handle_line(&line, &mut items),
-            Ok(Input::Line(Err(reason))) => items.push(input_error(&reason)),
+            Ok(Input::Line(Err(reason))) => items.push(parse_error(&reason)),
             Ok(Input::End) => {
                 if prompts {
                     let _ = tx.send(Item::Out("\n".to_string()));

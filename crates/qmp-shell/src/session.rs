@@ -203,16 +203,14 @@ impl Engine {
     }
 }
 
-fn parse_error(reason: &str) -> Item {
+/// The item for a line that cannot be used (not parsable, not UTF-8, not a
+/// JSON object): the reference's message and hint on stderr, counted as a
+/// failed command.
+pub fn parse_error(reason: &str) -> Item {
     Item::Err {
         text: format!("Error while parsing command line: {reason}\n{COMMAND_FORMAT}\n"),
         failed: true,
     }
-}
-
-/// Item for a line that could not be read (not UTF-8, say).
-pub fn input_error(reason: &str) -> Item {
-    parse_error(reason)
 }
 
 /// Resolves [`Item`]s in order onto standard output and standard error.
