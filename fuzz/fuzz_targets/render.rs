@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qmp_shell::render::{to_string, Style};
+use qmp_shell::render::{self, to_string, Style};
 use serde_json::Value;
 
 const PLAIN: Style = Style {
@@ -42,24 +42,6 @@ fn has_overflowing_float(v: &Value) -> bool {
     false
 }
 
-/// `text` without ANSI SGR sequences (`ESC [ ... m`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fuzz_target!(|data: &[u8]| {
     let Ok(v) = serde_json::from_slice::<Value>(data) else {
         return;
@@ -75,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
             color: true,
         },
     );
-    assert_eq!(strip_ansi(&color), compact);
+    assert_eq!(render::strip_color(&color), compact);
     let color_pretty = to_string(
         &v,
         Style {
@@ -83,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
             color: true,
         },
     );
-    assert_eq!(strip_ansi(&color_pretty), pretty);
+    assert_eq!(render::strip_color(&color_pretty), pretty);
 
     if has_overflowing_float(&v) {
         assert!(compact.contains("Infinity"));

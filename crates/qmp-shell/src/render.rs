@@ -85,6 +85,26 @@ pub fn write_to<W: std::io::Write>(w: &mut W, value: &Value, style: Style) -> st
     w.write_all(out.as_bytes())
 }
 
+/// `text` without the colour codes that [`Style::color`] adds (ANSI SGR
+/// sequences, `ESC [ ... m`): the uncoloured rendering. The renderer escapes
+/// ESC inside strings, so every ESC in its output starts a colour code.
+pub fn strip_color(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Python's `repr()` of a float.
 ///
 /// Shortest round-trip digits, fixed notation when the decimal exponent
@@ -729,24 +749,6 @@ mod tests {
         to_string(&parse(text), PRETTY)
     }
 
-    /// Removes ANSI SGR sequences (`ESC [ ... m`).
-    fn strip_ansi(s: &str) -> String {
-        let mut out = String::new();
-        let mut chars = s.chars();
-        while let Some(c) = chars.next() {
-            if c == '\x1b' {
-                for d in chars.by_ref() {
-                    if d == 'm' {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    }
-
     #[test]
     fn style_default_is_compact_without_colour() {
         assert_eq!(
@@ -1108,7 +1110,7 @@ mod tests {
                 },
             );
             assert_ne!(plain, coloured);
-            assert_eq!(strip_ansi(&coloured), plain);
+            assert_eq!(strip_color(&coloured), plain);
         }
     }
 

@@ -7,7 +7,7 @@
 //! run with `cargo test`.
 
 use proptest::prelude::*;
-use qmp_shell::render::{python_float_repr, to_string, Style};
+use qmp_shell::render::{self, python_float_repr, to_string, Style};
 use qmp_shell::shorthand::{parse_value, tokenize, Parser};
 use serde_json::{Map, Number, Value};
 
@@ -181,7 +181,7 @@ proptest! {
     fn colour_is_only_added_codes(v in json_value(), pretty in any::<bool>()) {
         let plain = to_string(&v, Style { pretty, color: false });
         let colored = to_string(&v, Style { pretty, color: true });
-        let stripped = regex_free_strip(&colored);
+        let stripped = render::strip_color(&colored);
         prop_assert_eq!(stripped, plain);
     }
 
@@ -226,23 +226,4 @@ proptest! {
             let _ = p.prompt();
         }
     }
-}
-
-/// `text` without ANSI SGR sequences (`ESC [ ... m`); the renderer escapes
-/// ESC inside strings, so every ESC starts a colour code.
-fn regex_free_strip(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

@@ -88,7 +88,7 @@ fn check_cases(cases: &[String]) {
                     ..style
                 },
             );
-            if &strip_ansi(&coloured) != plain {
+            if &render::strip_color(&coloured) != plain {
                 failures.push(format!("colour changes the text of {text}"));
             }
         }
@@ -104,23 +104,6 @@ fn check_cases(cases: &[String]) {
             .collect::<Vec<_>>()
             .join("\n")
     );
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for d in chars.by_ref() {
-                if d == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// xorshift64*: deterministic, dependency-free randomness.
