@@ -12,19 +12,6 @@ use common::*;
 
 const T: Duration = SHELL_TIMEOUT;
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        escape_visible(&out.stdout),
-        escape_visible(&out.stderr)
-    )
-}
-
 fn assert_ok(out: &Output) {
     assert_eq!(out.status.code(), Some(0), "{}", show(out));
 }

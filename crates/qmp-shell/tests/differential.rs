@@ -489,10 +489,6 @@ fn ours_session(peer: &Peer, flags: &[&str], input: &str) -> Output {
     run_shell(&ours(), &args, input, SHELL_TIMEOUT)
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn assert_contains(what: &str, haystack: &[u8], needle: &str) {
     assert!(
         text(haystack).contains(needle),

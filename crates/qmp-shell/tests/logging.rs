@@ -6,22 +6,13 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
 
 const T: Duration = SHELL_TIMEOUT;
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        escape_visible(&out.stdout),
-        escape_visible(&out.stderr)
-    )
-}
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Output;
 
-use common::{escape_visible, ours, run_shell, Peer, SHELL_TIMEOUT};
+use common::{ours, run_shell, show, text, Peer, SHELL_TIMEOUT};
 use serde_json::Value;
 
 /// Run our shell on `peer` with `args` (the socket is appended) and `stdin`.
@@ -15,21 +15,6 @@ fn shell(peer: &Peer, args: &[&str], stdin: &str) -> Output {
     let mut all: Vec<&str> = args.to_vec();
     all.push(peer.socket_str());
     run_shell(&ours(), &all, stdin, SHELL_TIMEOUT)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8(bytes.to_vec())
-        .unwrap_or_else(|_| panic!("output is not UTF-8:\n{}", escape_visible(bytes)))
-}
-
-/// A readable description of a run, for assertion messages.
-fn show(out: &Output) -> String {
-    format!(
-        "status: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status.code(),
-        escape_visible(&out.stdout),
-        escape_visible(&out.stderr)
-    )
 }
 
 #[track_caller]

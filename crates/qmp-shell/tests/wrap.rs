@@ -21,15 +21,6 @@ use common::*;
 
 const QEMU_ARGS: [&str; 6] = ["--", "qemu-system-x86_64", "-M", "none", "-display", "none"];
 
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        escape_visible(&out.stdout),
-        escape_visible(&out.stderr)
-    )
-}
-
 fn qemu_args() -> Vec<&'static str> {
     let mut v = QEMU_ARGS.to_vec();
     v.push("-nodefaults");

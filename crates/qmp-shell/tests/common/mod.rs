@@ -565,3 +565,19 @@ pub fn listening(socket: &Path) -> bool {
         fields.len() >= 8 && fields[3] == "00010000" && fields[7] == path
     })
 }
+
+/// Output bytes as text (lossily), for assertions.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A finished process's status, stdout and stderr with escapes visible:
+/// the message of a failed assertion on its output.
+pub fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        escape_visible(&out.stdout),
+        escape_visible(&out.stderr)
+    )
+}
