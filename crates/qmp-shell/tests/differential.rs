@@ -425,7 +425,7 @@ fn cli_socket_nobody_listens() {
     // A socket file left behind by a dead server: ECONNREFUSED too.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dead.sock");
-    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    dead_socket(&path);
     assert_same_connect_error(&[path.to_str().unwrap()]);
 }
 

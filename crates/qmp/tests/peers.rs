@@ -335,7 +335,7 @@ fn connect_errors_are_python_style() {
 
     // A socket file nobody listens on.
     let stale = dir.path().join("stale.sock");
-    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    common::dead_socket(&stale);
     let err = Client::connect(&Address::Unix(stale), ClientOptions::default()).unwrap_err();
     assert_eq!(err.to_string(), "[Errno 111] Connection refused");
 }

@@ -132,3 +132,33 @@ pub fn guest_agent() -> Peer {
     peer.wait_ready();
     peer
 }
+
+/// Make `path` a UNIX socket file that nothing listens on, as a dead server
+/// leaves behind: bound, never listening, closed. A connect to it is refused
+/// (ECONNREFUSED) deterministically; a listener bound and then dropped could
+/// still accept for an instant through a copy of its descriptor inherited by
+/// a child that a concurrent test is forking.
+pub fn dead_socket(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: socket(2), bind(2) and close(2) on a descriptor owned here; the
+    // address is zeroed and the path checked to fit in sun_path.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        assert!(bytes.len() < addr.sun_path.len(), "socket path too long");
+        for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+            *dst = *src as libc::c_char;
+        }
+        let rc = libc::bind(
+            fd,
+            &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(rc, 0, "bind {}: {err}", path.display());
+    }
+}
