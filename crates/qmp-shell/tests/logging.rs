@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -243,14 +243,13 @@ fn unwritable_log_path_is_a_clear_error() {
     let peer = Peer::qemu_none();
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("no-such-dir").join("qmp.log");
-    let start = Instant::now();
+    // Fails (and kills the shell) past 5 s: a clear error, not a hang.
     let out = run_shell(
         &ours(),
         &["-l", log_path.to_str().unwrap(), peer.socket_str()],
         "query-status\n",
-        Duration::from_secs(10),
+        Duration::from_secs(5),
     );
-    assert!(start.elapsed() < Duration::from_secs(5));
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{}", show(&out));

@@ -373,10 +373,9 @@ fn quit_ends_qemu_and_the_wrap() {
 #[test]
 fn quit_piped_exits_zero_without_hanging() {
     // The reference waits for QEMU forever after end of input.
-    let start = Instant::now();
-    let (out, tmp) = run_wrap(&qemu_args(), "quit\n", Duration::from_secs(20));
+    // run_wrap fails (and kills the wrap) past 10 s.
+    let (out, tmp) = run_wrap(&qemu_args(), "quit\n", Duration::from_secs(10));
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    assert!(start.elapsed() < Duration::from_secs(10));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("(QEMU) {\"return\": {}}\n"),
         "{}",
@@ -484,9 +483,8 @@ fn sigkill_of_the_wrap_still_stops_qemu() {
 
 #[test]
 fn missing_qemu_binary() {
-    let start = Instant::now();
-    let (out, tmp) = run_wrap(&["--", "/nonexistent/qemu"], "", Duration::from_secs(10));
-    assert!(start.elapsed() < Duration::from_secs(5));
+    // run_wrap fails (and kills the wrap) past 5 s: an error, not a hang.
+    let (out, tmp) = run_wrap(&["--", "/nonexistent/qemu"], "", Duration::from_secs(5));
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
@@ -498,13 +496,12 @@ fn missing_qemu_binary() {
 
 #[test]
 fn qemu_exiting_at_once_is_a_clear_error() {
-    let start = Instant::now();
+    // run_wrap fails (and kills the wrap) past 10 s: an error, not a hang.
     let (out, tmp) = run_wrap(
         &["--", "qemu-system-x86_64", "-M", "nosuchmachine"],
         "query-status\n",
-        Duration::from_secs(20),
+        Duration::from_secs(10),
     );
-    assert!(start.elapsed() < Duration::from_secs(10));
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     // QEMU's own complaint, then ours as the last line.

@@ -506,10 +506,15 @@ pub fn describe_difference(
 /// collect the reply to it (events that arrive meanwhile are skipped).
 /// Returns the replies, as received (without the line terminator).
 pub fn qmp_raw(socket: &Path, lines: &[&str]) -> Vec<String> {
+    qmp_raw_within(socket, lines, Duration::from_secs(20))
+}
+
+/// [`qmp_raw`], failing when any read waits longer than `timeout`.
+pub fn qmp_raw_within(socket: &Path, lines: &[&str], timeout: Duration) -> Vec<String> {
     let stream = UnixStream::connect(socket)
         .unwrap_or_else(|e| panic!("qmp_raw: connect {}: {e}", socket.display()));
     stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
+        .set_read_timeout(Some(timeout))
         .expect("set_read_timeout");
     let mut writer = stream.try_clone().expect("clone stream");
     let mut reader = BufReader::new(stream);
