@@ -120,6 +120,12 @@ impl Decoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Drop everything buffered, including a partial message.
+    pub fn reset(&mut self) {
+        self.discard_buffer();
+        self.mode = Mode::Idle;
+    }
+
     /// Bytes currently held in the buffer.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start

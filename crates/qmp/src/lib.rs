@@ -44,9 +44,11 @@ pub mod client;
 pub mod framing;
 pub mod message;
 pub mod server;
+pub mod transport;
 
 pub use address::{Address, AddressError};
 pub use client::{Client, ClientOptions, Error, Incoming, Pending};
 pub use framing::{encode, Decoder, FrameError};
 pub use message::{command, Event, Greeting, Message, Object, Reply};
 pub use server::Listener;
+pub use transport::{Handshake, StreamTransport, Transport};

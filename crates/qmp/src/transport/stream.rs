@@ -1,0 +1,389 @@
+//! Byte-stream transports: a UNIX or TCP socket, or the pipes of a child
+//! process (such as `ssh`), split into JSON messages by the [`Decoder`].
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use super::{Closer, Halves, Received, Sink, Source, Transport};
+use crate::framing::Decoder;
+use crate::message::Object;
+
+/// Size of each read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Largest message accepted by default, in bytes.
+pub const DEFAULT_MAX_MESSAGE: usize = 256 << 20;
+
+/// A transport over a byte stream.
+pub struct StreamTransport {
+    reader: Box<dyn Read + Send>,
+    writer: Box<dyn Write + Send>,
+    /// The UNIX socket, for sending file descriptors.
+    unix: Option<UnixStream>,
+    closer: Closer,
+    max_message: usize,
+    delimiters: bool,
+}
+
+impl std::fmt::Debug for StreamTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamTransport")
+            .field("passes_fds", &self.unix.is_some())
+            .field("max_message", &self.max_message)
+            .field("delimiters", &self.delimiters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamTransport {
+    /// A connected UNIX socket; it can pass file descriptors.
+    pub fn unix(stream: UnixStream) -> io::Result<StreamTransport> {
+        let control = stream.try_clone()?;
+        let writer = stream.try_clone()?;
+        let unix = stream.try_clone()?;
+        Ok(StreamTransport {
+            reader: Box::new(stream),
+            writer: Box::new(writer),
+            unix: Some(unix),
+            closer: Arc::new(move || {
+                let _ = control.shutdown(Shutdown::Both);
+            }),
+            max_message: DEFAULT_MAX_MESSAGE,
+            delimiters: false,
+        })
+    }
+
+    /// A connected TCP socket.
+    pub fn tcp(stream: TcpStream) -> io::Result<StreamTransport> {
+        let control = stream.try_clone()?;
+        let writer = stream.try_clone()?;
+        // Commands are small and latency matters more than packet count.
+        let _ = stream.set_nodelay(true);
+        Ok(StreamTransport {
+            reader: Box::new(stream),
+            writer: Box::new(writer),
+            unix: None,
+            closer: Arc::new(move || {
+                let _ = control.shutdown(Shutdown::Both);
+            }),
+            max_message: DEFAULT_MAX_MESSAGE,
+            delimiters: false,
+        })
+    }
+
+    /// Any reader and writer (say, the pipes of a child process), with
+    /// `closer` to end them (say, killing the child).
+    pub fn pipes(
+        reader: Box<dyn Read + Send>,
+        writer: Box<dyn Write + Send>,
+        closer: Closer,
+    ) -> StreamTransport {
+        StreamTransport {
+            reader,
+            writer,
+            unix: None,
+            closer,
+            max_message: DEFAULT_MAX_MESSAGE,
+            delimiters: false,
+        }
+    }
+
+    /// Refuse messages longer than `limit` bytes (default 256 MiB): they are
+    /// discarded and reported as [`crate::FrameError::TooLarge`].
+    pub fn max_message(mut self, limit: usize) -> StreamTransport {
+        self.max_message = limit;
+        self
+    }
+
+    /// Report `0xFF` bytes as [`Received::Delimiter`] (for a guest agent),
+    /// dropping any partial message before them.
+    pub fn delimiters(mut self, on: bool) -> StreamTransport {
+        self.delimiters = on;
+        self
+    }
+}
+
+impl Transport for StreamTransport {
+    fn passes_fds(&self) -> bool {
+        self.unix.is_some()
+    }
+
+    fn split(self: Box<Self>) -> io::Result<Halves> {
+        let this = *self;
+        Ok(Halves {
+            source: Box::new(StreamSource {
+                reader: this.reader,
+                decoder: Decoder::new(this.max_message),
+                buf: vec![0; READ_CHUNK],
+                delimiters: this.delimiters,
+                pending: Vec::new(),
+                at_delimiter: false,
+                eof: false,
+            }),
+            sink: Box::new(StreamSink {
+                writer: this.writer,
+                unix: this.unix,
+            }),
+            closer: this.closer,
+        })
+    }
+}
+
+struct StreamSource {
+    reader: Box<dyn Read + Send>,
+    decoder: Decoder,
+    buf: Vec<u8>,
+    delimiters: bool,
+    /// Bytes read after a delimiter, not yet fed to the decoder.
+    pending: Vec<u8>,
+    /// A delimiter was found: it is reported once the complete frames
+    /// before it have been.
+    at_delimiter: bool,
+    eof: bool,
+}
+
+impl StreamSource {
+    /// Feed `bytes` to the decoder, stopping at a delimiter. Returns `true`
+    /// when one was found (what follows it is kept in `pending`).
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        if self.delimiters {
+            if let Some(at) = bytes.iter().position(|b| *b == 0xff) {
+                self.decoder.feed(&bytes[..at]);
+                self.pending.extend_from_slice(&bytes[at + 1..]);
+                return true;
+            }
+        }
+        self.decoder.feed(bytes);
+        false
+    }
+}
+
+impl Source for StreamSource {
+    fn receive(&mut self, raw: &mut dyn FnMut(&[u8])) -> io::Result<Option<Received>> {
+        loop {
+            if let Some(frame) = self.decoder.next_message_with_raw(raw) {
+                return Ok(Some(Received::Frame(frame)));
+            }
+            if self.at_delimiter {
+                // Whatever partial message came before the 0xFF is stale.
+                self.at_delimiter = false;
+                self.decoder.reset();
+                return Ok(Some(Received::Delimiter));
+            }
+            if !self.pending.is_empty() {
+                let pending = std::mem::take(&mut self.pending);
+                self.at_delimiter = self.feed(&pending);
+                continue;
+            }
+            if self.eof {
+                return Ok(None);
+            }
+            let n = loop {
+                match self.reader.read(&mut self.buf) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            };
+            if n == 0 {
+                self.eof = true;
+                continue;
+            }
+            let chunk = std::mem::take(&mut self.buf);
+            self.at_delimiter = self.feed(&chunk[..n]);
+            self.buf = chunk;
+        }
+    }
+}
+
+struct StreamSink {
+    writer: Box<dyn Write + Send>,
+    unix: Option<UnixStream>,
+}
+
+impl Sink for StreamSink {
+    fn send(&mut self, _msg: &Object, encoded: &[u8], fds: &[RawFd]) -> io::Result<()> {
+        if fds.is_empty() {
+            self.writer.write_all(encoded)?;
+            return self.writer.flush();
+        }
+        match &self.unix {
+            Some(sock) => send_with_fds(sock, encoded, fds),
+            None => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this connection cannot pass file descriptors (only a UNIX socket can)",
+            )),
+        }
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.writer.write_all(bytes)?;
+        self.writer.flush()
+    }
+}
+
+/// Write `bytes` on `sock`, the descriptors attached to the first byte
+/// (SCM_RIGHTS), the rest as plain writes.
+fn send_with_fds(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let fd_bytes = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as libc::c_uint) } as usize;
+    // u64 elements keep the control buffer aligned for cmsghdr.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg_control points to `space` bytes, enough for one cmsghdr
+    // carrying `fds.len()` descriptors; CMSG_FIRSTHDR and CMSG_DATA stay
+    // inside that buffer.
+    let sent = unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as libc::c_uint) as _;
+        std::ptr::copy_nonoverlapping(
+            fds.as_ptr().cast::<u8>(),
+            libc::CMSG_DATA(cmsg),
+            fd_bytes,
+        );
+        loop {
+            let n = libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
+            if n >= 0 {
+                break n as usize;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    };
+    // The descriptors went with the first bytes; the rest is plain data.
+    let mut rest = &bytes[sent..];
+    let mut w = sock;
+    while !rest.is_empty() {
+        match w.write(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing::FrameError;
+
+    fn frames(t: StreamTransport) -> Vec<String> {
+        let mut halves = Box::new(t).split().unwrap();
+        let mut out = Vec::new();
+        while let Some(r) = halves.source.receive(&mut |_| {}).unwrap() {
+            out.push(match r {
+                Received::Frame(Ok(obj)) => serde_json::to_string(&obj).unwrap(),
+                Received::Frame(Err(FrameError::NotJson { text, .. })) => format!("bad {text}"),
+                Received::Frame(Err(e)) => format!("err {e}"),
+                Received::Delimiter => "FF".to_owned(),
+            });
+        }
+        out
+    }
+
+    fn pipe_transport(input: &'static [u8], delimiters: bool) -> StreamTransport {
+        StreamTransport::pipes(Box::new(input), Box::new(io::sink()), Arc::new(|| {}))
+            .delimiters(delimiters)
+    }
+
+    #[test]
+    fn delimiter_drops_the_partial_message_before_it() {
+        let input = b"{\"return\": 1}\n{\"stale\": \xff{\"return\": 2}\n\xff\xff{\"return\": 3}";
+        assert_eq!(
+            frames(pipe_transport(input, true)),
+            [
+                r#"{"return":1}"#,
+                "FF",
+                r#"{"return":2}"#,
+                "FF",
+                "FF",
+                r#"{"return":3}"#
+            ]
+        );
+    }
+
+    #[test]
+    fn without_delimiters_0xff_is_just_bad_bytes() {
+        let out = frames(pipe_transport(b"{\"a\": \"\xff\"}\n{\"b\": 1}", false));
+        assert_eq!(out, ["err message is not valid UTF-8", r#"{"b":1}"#]);
+    }
+
+    #[test]
+    fn fds_travel_over_a_unix_socket() {
+        use std::os::fd::FromRawFd;
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = StreamTransport::unix(a).unwrap();
+        assert!(t.passes_fds());
+        let mut halves = Box::new(t).split().unwrap();
+        let file = tempfile::tempfile().unwrap();
+        halves
+            .sink
+            .send(&Object::new(), b"{\"x\": 1}\n", &[file.as_raw_fd()])
+            .unwrap();
+        // Receive it by hand: one descriptor, and the bytes.
+        let mut buf = [0u8; 64];
+        let mut control = [0u64; 8];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: as in send_with_fds, with buffers of the stated sizes.
+        let (n, fd) = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&control) as _;
+            let n = libc::recvmsg(b.as_raw_fd(), &mut msg, 0);
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            assert!(!cmsg.is_null());
+            let mut fd: RawFd = -1;
+            std::ptr::copy_nonoverlapping(
+                libc::CMSG_DATA(cmsg),
+                (&mut fd as *mut RawFd).cast::<u8>(),
+                std::mem::size_of::<RawFd>(),
+            );
+            (n, fd)
+        };
+        assert_eq!(&buf[..n as usize], b"{\"x\": 1}\n");
+        // SAFETY: the descriptor was just received and is ours.
+        let mut received = unsafe { std::fs::File::from_raw_fd(fd) };
+        received.write_all(b"hello").unwrap();
+        let mut back = String::new();
+        use std::io::Seek;
+        let mut original = file;
+        original.seek(io::SeekFrom::Start(0)).unwrap();
+        original.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "hello");
+    }
+
+    #[test]
+    fn tcp_cannot_pass_fds() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let t = StreamTransport::tcp(c).unwrap();
+        assert!(!t.passes_fds());
+        let mut halves = Box::new(t).split().unwrap();
+        let e = halves.sink.send(&Object::new(), b"{}\n", &[0]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported);
+    }
+}
