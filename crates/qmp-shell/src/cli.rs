@@ -13,7 +13,8 @@ use clap::{Args, Parser, ValueEnum};
 pub mod exit {
     /// End of input reached, every command was sent and answered.
     pub const OK: i32 = 0;
-    /// Could not connect, lost the connection, or the server broke the protocol.
+    /// Could not connect, lost the connection, the server broke the
+    /// protocol, or standard output could not be written.
     pub const FATAL: i32 = 1;
     /// Bad command-line usage (unknown option, bad port, missing address).
     pub const USAGE: i32 = 2;
@@ -26,10 +27,11 @@ const EXIT_HELP: &str = "\
 Exit status:
   0  end of input; every command was sent and answered
   1  could not connect, the server went away, no reply within --timeout,
-     or the server broke the protocol
+     the server broke the protocol, or standard output could not be written
   2  command-line usage error
   3  with -c or --exit-status: at least one command got an error reply
      or could not be parsed
+  128+N  ended by signal N (SIGINT 130 on a pipe, SIGHUP 129, SIGTERM 143)
 
 Commands:  <command-name> [arg-name1=arg1] ... [arg-nameN=argN]
   device_add driver=e1000 id=net1
@@ -79,9 +81,9 @@ pub struct Common {
     #[arg(long)]
     pub exit_status: bool,
 
-    /// Give up waiting for a reply after SECONDS (default: wait forever;
-    /// the greeting is always bounded, by this or 10 s)
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    /// Give up waiting for a reply after SECONDS, more than 0 (default: wait
+    /// forever; the greeting is always bounded, by this or 10 s)
+    #[arg(long, value_name = "SECONDS", value_parser = parse_positive_seconds)]
     pub timeout: Option<Duration>,
 
     /// Colour JSON output
@@ -135,13 +137,20 @@ pub struct ShellArgs {
     long_about = "Launch QEMU and connect to it with qmp-shell in a single command.\n\n\
         The QEMU command line (default: qemu-system-x86_64) gets `-qmp unix:SOCKET` \
         appended, where SOCKET lives in a private temporary directory. When the shell \
-        ends, QEMU is stopped and the directory removed.",
+        ends, QEMU is stopped (with `quit`, then signals) and the directory removed.\n\n\
+        The options are qmp-shell's, except -N/--skip-negotiation and --retry/--retry-delay, \
+        which only qmp-shell has (the wrap always talks QMP to the QEMU it started). The \
+        first argument that is not one of these options starts the QEMU command line.",
     override_usage = "qmp-shell-wrap [-h] [-H] [-v] [-p] [-l LOGFILE] [OPTIONS] [--] [QEMU ARGV...]",
     after_help = EXIT_HELP
 )]
 pub struct WrapArgs {
     #[command(flatten)]
     pub common: Common,
+
+    /// Run this command and exit (repeatable); no banner or prompt
+    #[arg(short = 'c', long = "command", value_name = "CMD")]
+    pub commands: Vec<String>,
 
     /// QEMU command line to invoke
     #[arg(
@@ -150,6 +159,19 @@ pub struct WrapArgs {
         value_name = "QEMU ARGV"
     )]
     pub command: Vec<String>,
+}
+
+/// Options of `qmp-shell` that `qmp-shell-wrap` does not take.
+pub const SHELL_ONLY_OPTIONS: [&str; 4] = ["-N", "--skip-negotiation", "--retry", "--retry-delay"];
+
+fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
+    let d = parse_seconds(text)?;
+    if d.is_zero() {
+        return Err(format!(
+            "must be more than 0 (leave --timeout out to wait forever): {text}"
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -165,8 +187,12 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 
 /// The argparse-style error the reference prints for a bad address, then exit 2.
 pub fn usage_error(program: &str, usage: &str, message: &str) -> ! {
-    eprintln!("usage: {usage}");
-    eprintln!("{program}: error: {message}");
+    use std::io::Write;
+    // Never panic on a closed standard error.
+    let _ = write!(
+        std::io::stderr(),
+        "usage: {usage}\n{program}: error: {message}\n"
+    );
     std::process::exit(exit::USAGE)
 }
 
@@ -203,8 +229,23 @@ mod tests {
     #[test]
     fn seconds() {
         assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("nan").is_err());
         assert!(parse_seconds("x").is_err());
+        assert!(parse_positive_seconds("0").is_err());
+        assert!(parse_positive_seconds("0.0").is_err());
+        assert_eq!(
+            parse_positive_seconds("0.5"),
+            Ok(Duration::from_millis(500))
+        );
+    }
+
+    #[test]
+    fn wrap_takes_dash_c() {
+        let a =
+            WrapArgs::try_parse_from(["w", "-c", "query-status", "qemu", "-M", "none"]).unwrap();
+        assert_eq!(a.commands, ["query-status"]);
+        assert_eq!(a.command, ["qemu", "-M", "none"]);
     }
 }

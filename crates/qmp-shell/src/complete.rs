@@ -51,6 +51,8 @@ pub struct Knowledge {
     pub schema: Arc<OnceLock<Schema>>,
     /// The shell is inside a multi-line `transaction(`.
     pub in_transaction: Arc<AtomicBool>,
+    /// Ctrl-C was pressed: the line ends whatever it holds.
+    pub ctrl_c: Arc<AtomicBool>,
 }
 
 /// The rustyline helper of the shell.
@@ -116,7 +118,10 @@ impl Validator for ShellHelper {
     /// A line starting with `{` is raw JSON: keep reading lines until its
     /// braces balance.
     fn validate(&self, ctx: &mut ValidationContext<'_>) -> rustyline::Result<ValidationResult> {
-        if self.whole_line || !raw_json_incomplete(ctx.input()) {
+        if self.whole_line
+            || self.knowledge.ctrl_c.load(Ordering::SeqCst)
+            || !raw_json_incomplete(ctx.input())
+        {
             Ok(ValidationResult::Valid(None))
         } else {
             Ok(ValidationResult::Incomplete)

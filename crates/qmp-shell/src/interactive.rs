@@ -1,127 +1,210 @@
-//! The interactive shell on a terminal.
+//! The driver for a terminal.
 //!
-//! Line editing, history and completion come from rustyline. Events are
-//! printed the moment they arrive, above the prompt, by a thread that owns
-//! rustyline's external printer. Completion data (the QMP schema, HMP
-//! command lists, the guest agent's commands) is fetched in the background.
-//! On top of the shorthand language this mode understands `help [NAME]`
-//! (from the schema) and raw JSON messages (a line starting with `{`, read
-//! over several lines until its braces balance).
+//! Line editing, history and completion come from rustyline. Events,
+//! warnings and late replies are printed the moment they arrive, above the
+//! prompt, by a thread that owns rustyline's external printer. Completion
+//! data (the QMP schema, HMP command lists, the guest agent's commands) is
+//! fetched in the background, out of the `-l` log.
+//!
+//! Lines typed ahead or pasted all run, in order. Ctrl-C means one thing:
+//! stop what is going on. At the prompt it clears the line (twice within a
+//! second on an empty line: exit); at a `TRANS>` prompt it abandons the
+//! transaction; while replies are awaited it stops waiting for them (late
+//! replies are shown as such) and returns to the prompt. It never reaches
+//! QEMU.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rustyline::config::{CompletionType, Config as EditorConfig};
+use rustyline::config::{Behavior, CompletionType, Config as EditorConfig};
 use rustyline::error::ReadlineError;
 use rustyline::history::{DefaultHistory, History};
-use rustyline::{Editor, ExternalPrinter};
+use rustyline::{
+    Cmd, ConditionalEventHandler, Editor, Event, EventContext, EventHandler, ExternalPrinter,
+    KeyEvent, RepeatCount,
+};
 use serde_json::Value;
 
-use qmp::{Client, Incoming, Object};
+use qmp::{Client, Incoming, Request};
 
 use crate::cli::exit;
 use crate::complete::{Knowledge, ShellHelper};
+use crate::files::{history_path, open_private, Existing};
 use crate::hmp;
-use crate::render;
-use crate::repl::{history_path, open_private, HISTORY_SIZE};
-use crate::schema::Schema;
-use crate::session::{banner, parse_error, Engine, Flow, Item, Printer};
+use crate::render::{self, Style};
+use crate::session::{fetch_schema, Engine, LOOKUP_TIMEOUT};
+use crate::signals;
+use crate::wording::shown;
 
-/// How long background look-ups may take.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Entries kept in the history file, as the reference does.
+pub const HISTORY_SIZE: usize = 1024;
 
-/// Learn completion data in the background (the first prompt never waits).
+/// Two Ctrl-C on an empty line within this time exit.
+const DOUBLE_CTRL_C: Duration = Duration::from_secs(1);
+
+/// Learn completion data in the background (the first prompt never waits),
+/// keeping these look-ups out of the `-l` log: the log records what the
+/// user did.
 fn learn(client: Arc<Client>, knowledge: Knowledge, hmp_mode: bool, guest_agent: bool) {
-    thread::spawn(move || {
-        if hmp_mode {
-            let mut list = Vec::new();
-            for (query, parse) in [
-                ("help", hmp::names_from_help as fn(&str) -> Vec<String>),
-                ("info", hmp::names_from_info),
-            ] {
-                if let Ok(reply) = client.call(hmp::command(query, None), Some(LOOKUP_TIMEOUT)) {
-                    if let Some(text) = reply.ret().and_then(Value::as_str) {
-                        list.extend(parse(text));
+    let call = |client: &Client, msg| {
+        client
+            .submit(Request::new(msg).unlogged())
+            .and_then(|p| p.wait(Some(LOOKUP_TIMEOUT)))
+    };
+    let _ = thread::Builder::new()
+        .name("learn".to_owned())
+        .spawn(move || {
+            if hmp_mode {
+                let mut list = Vec::new();
+                for (query, parse) in [
+                    ("help", hmp::names_from_help as fn(&str) -> Vec<String>),
+                    ("info", hmp::names_from_info),
+                ] {
+                    if let Ok(reply) = call(&client, hmp::command(query, None)) {
+                        if let Some(text) = reply.ret().and_then(Value::as_str) {
+                            list.extend(parse(text));
+                        }
                     }
                 }
-            }
-            knowledge.names.set(list);
-        } else if guest_agent {
-            knowledge.names.set(guest_agent_commands(&client));
-        } else {
-            if let Ok(schema) = fetch_schema(&client) {
-                let _ = knowledge.schema.set(schema);
-                return;
-            }
-            // No schema (a very old QEMU): command names only.
-            if let Ok(reply) = client.execute("query-commands", None, Some(LOOKUP_TIMEOUT)) {
-                if let Some(cmds) = reply.ret().and_then(Value::as_array) {
-                    knowledge.names.set(
-                        cmds.iter()
-                            .filter_map(|c| c.get("name").and_then(Value::as_str))
-                            .map(str::to_string)
-                            .collect(),
-                    );
+                knowledge.names.set(list);
+            } else if guest_agent {
+                let Ok(reply) = call(&client, qmp::command("guest-info", None)) else {
+                    return;
+                };
+                knowledge.names.set(
+                    reply
+                        .ret()
+                        .and_then(|r| r.get("supported_commands"))
+                        .and_then(Value::as_array)
+                        .map(|cmds| {
+                            cmds.iter()
+                                .filter(|c| {
+                                    c.get("enabled").and_then(Value::as_bool) != Some(false)
+                                })
+                                .filter_map(|c| c.get("name").and_then(Value::as_str))
+                                .map(str::to_string)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                );
+            } else if knowledge.schema.get().is_none() {
+                if let Ok(schema) = fetch_schema(&client, Some(LOOKUP_TIMEOUT)) {
+                    let _ = knowledge.schema.set(schema);
                 }
             }
+        });
+}
+
+/// Print events, warnings and late replies as they arrive, above the
+/// prompt; when the connection drops, make the editor return so the shell
+/// says so at once.
+fn print_live(client: Arc<Client>, mut printer: Printer, style: Style, gone: Arc<AtomicBool>) {
+    let _ = thread::Builder::new()
+        .name("events".to_owned())
+        .spawn(move || {
+            while let Some(incoming) = client.next_incoming(None) {
+                let text = match incoming {
+                    Incoming::Event(event) => {
+                        let mut text = render::to_string(&Value::Object(event.body), style);
+                        text.push('\n');
+                        text
+                    }
+                    Incoming::Warning(warning) => format!("warning: {warning}\n"),
+                    Incoming::LateReply(reply) => {
+                        let mut text = String::from("late reply (the command was abandoned): ");
+                        text.push_str(&render::to_string(&Value::Object(shown(reply)), style));
+                        text.push('\n');
+                        text
+                    }
+                };
+                if printer.print(text).is_err() {
+                    break;
+                }
+            }
+            gone.store(true, Ordering::SeqCst);
+            signals::wake_readline();
+            // The editor may be between two reads: keep knocking until the
+            // main thread has left it.
+            while signals::readline_active() {
+                thread::sleep(Duration::from_millis(20));
+                signals::wake_readline();
+            }
+        });
+}
+
+/// Where live output goes: rustyline's printer when standard output is the
+/// terminal, else standard output itself.
+enum Printer {
+    Editor(Box<dyn ExternalPrinter + Send>),
+    Stdout,
+}
+
+impl Printer {
+    fn print(&mut self, text: String) -> rustyline::Result<()> {
+        match self {
+            Printer::Editor(p) => p.print(text),
+            Printer::Stdout => {
+                let mut out = io::stdout().lock();
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
+                Ok(())
+            }
         }
-    });
-}
-
-/// The enabled commands `guest-info` lists.
-fn guest_agent_commands(client: &Client) -> Vec<String> {
-    let Ok(reply) = client.execute("guest-info", None, Some(LOOKUP_TIMEOUT)) else {
-        return Vec::new();
-    };
-    reply
-        .ret()
-        .and_then(|r| r.get("supported_commands"))
-        .and_then(Value::as_array)
-        .map(|cmds| {
-            cmds.iter()
-                .filter(|c| c.get("enabled").and_then(Value::as_bool) != Some(false))
-                .filter_map(|c| c.get("name").and_then(Value::as_str))
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn fetch_schema(client: &Client) -> Result<Schema, String> {
-    let reply = client
-        .execute("query-qmp-schema", None, Some(LOOKUP_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    match reply.ret() {
-        Some(ret) if ret.is_array() => Ok(Schema::from_value(ret)),
-        _ => Err("query-qmp-schema failed".to_string()),
     }
 }
 
-/// Print events and warnings as they arrive, above the prompt.
-fn print_live(
-    client: Arc<Client>,
-    mut printer: impl ExternalPrinter + Send + 'static,
-    style: render::Style,
-) {
-    thread::spawn(move || {
-        while let Some(incoming) = client.next_incoming(None) {
-            let text = match incoming {
-                Incoming::Event(event) => {
-                    let mut text = render::to_string(&Value::Object(event.body), style);
-                    text.push('\n');
-                    text
-                }
-                Incoming::Warning(warning) => format!("warning: {warning}\n"),
-            };
-            if printer.print(text).is_err() {
-                break;
-            }
+/// Ctrl-C at the prompt: records that it was pressed, and whether on an
+/// empty line, then ends the line. (Rustyline's own interrupt would drop
+/// whatever was typed ahead after it.)
+struct CtrlC {
+    pressed: Arc<AtomicBool>,
+    empty: Arc<AtomicBool>,
+}
+
+impl ConditionalEventHandler for CtrlC {
+    fn handle(&self, _: &Event, _: RepeatCount, _: bool, ctx: &EventContext) -> Option<Cmd> {
+        self.empty.store(ctx.line().is_empty(), Ordering::SeqCst);
+        self.pressed.store(true, Ordering::SeqCst);
+        Some(Cmd::AcceptLine)
+    }
+}
+
+/// What Ctrl-C at a prompt does.
+#[derive(Default)]
+struct CtrlCState {
+    /// When Ctrl-C was last pressed on an empty line.
+    last_empty: Option<Instant>,
+}
+
+impl CtrlCState {
+    fn reset(&mut self) {
+        self.last_empty = None;
+    }
+
+    /// Ctrl-C at the prompt (`empty`: on an empty line). Returns `true`
+    /// when the shell should exit: twice on an empty line within
+    /// [`DOUBLE_CTRL_C`].
+    fn pressed(&mut self, engine: &mut Engine, empty: bool) -> bool {
+        if engine.abandon_transaction() || !empty {
+            self.reset();
+            return false;
         }
-    });
+        let now = Instant::now();
+        if self
+            .last_empty
+            .is_some_and(|t| now.duration_since(t) < DOUBLE_CTRL_C)
+        {
+            engine.queue_text("\n".to_owned());
+            return true;
+        }
+        self.last_empty = Some(now);
+        engine.note("(to exit, press Ctrl-C again or Ctrl-D)\n");
+        false
+    }
 }
 
 fn load_history(editor: &mut Editor<ShellHelper, DefaultHistory>, path: &Path) {
@@ -147,157 +230,167 @@ fn save_history(editor: &Editor<ShellHelper, DefaultHistory>, path: &Path) -> io
         text.push_str(&entry.replace('\n', " "));
         text.push('\n');
     }
-    open_private(path)?.write_all(text.as_bytes())
-}
-
-/// `help [NAME]` in QMP mode, from the schema (fetched now if need be).
-fn help(knowledge: &Knowledge, client: &Client, name: Option<&str>) -> Item {
-    if knowledge.schema.get().is_none() {
-        match fetch_schema(client) {
-            Ok(schema) => {
-                let _ = knowledge.schema.set(schema);
-            }
-            Err(err) => {
-                return Item::Err {
-                    text: format!("help: cannot read the QMP schema: {err}\n"),
-                    failed: true,
-                }
-            }
-        }
-    }
-    let Some(schema) = knowledge.schema.get() else {
-        return Item::Out(String::new());
-    };
-    match schema.help(name) {
-        Some(mut text) => {
-            if !text.ends_with('\n') {
-                text.push('\n');
-            }
-            Item::Out(text)
-        }
-        None => Item::Err {
-            text: format!(
-                "help: no command or event named '{}'\n",
-                name.unwrap_or_default()
-            ),
-            failed: true,
-        },
-    }
+    open_private(path, Existing::Truncate)?.write_all(text.as_bytes())
 }
 
 /// Run an interactive session on the terminal and return the exit status.
 ///
-/// `guest_agent` (`-N`): complete from `guest-info` instead of the schema.
-pub fn run(mut engine: Engine, exit_status: bool, guest_agent: bool) -> i32 {
-    let client = engine.client().clone();
+/// `style`: how live events are printed (as replies are).
+pub fn run(mut engine: Engine, style: Style) -> i32 {
+    let client = Arc::clone(engine.client());
     let cfg = engine.config().clone();
-    // At the prompt Ctrl-C is a key (the terminal is in raw mode); while a
-    // reply is awaited it is a signal, which must not end the shell either
-    // (nor lose its history): catch it and let the wait go on.
-    let _ = signal_hook::flag::register(
-        signal_hook::consts::SIGINT,
-        Arc::new(std::sync::atomic::AtomicBool::new(false)),
-    );
+    signals::install(false);
+    signals::watch(engine.doorbell());
+    let stdout_tty = io::stdout().is_terminal();
     let config = EditorConfig::builder()
         .max_history_size(HISTORY_SIZE)
         .map(|b| b.history_ignore_space(true))
         .map(|b| b.auto_add_history(false))
         .map(|b| b.completion_type(CompletionType::List))
+        // Standard output is not the terminal (`| tee`): edit on the
+        // terminal itself, so no editing codes reach standard output.
+        .map(|b| {
+            b.behavior(if stdout_tty {
+                Behavior::Stdio
+            } else {
+                Behavior::PreferTerm
+            })
+        })
         .map(|b| b.build())
         .unwrap_or_default();
     let mut editor: Editor<ShellHelper, DefaultHistory> = match Editor::with_config(config) {
         Ok(editor) => editor,
         Err(err) => {
-            eprintln!("ERROR: cannot set up the terminal: {err}");
+            let _ = writeln!(io::stderr(), "ERROR: cannot set up the terminal: {err}");
             return exit::FATAL;
         }
     };
-    let knowledge = Knowledge::default();
+    let knowledge = Knowledge {
+        schema: engine.schema_cache(),
+        ..Knowledge::default()
+    };
+    let empty_ctrl_c = Arc::new(AtomicBool::new(false));
+    editor.bind_sequence(
+        KeyEvent::ctrl('C'),
+        EventHandler::Conditional(Box::new(CtrlC {
+            pressed: Arc::clone(&knowledge.ctrl_c),
+            empty: Arc::clone(&empty_ctrl_c),
+        })),
+    );
     editor.set_helper(Some(ShellHelper::new(knowledge.clone(), cfg.hmp)));
-    learn(client.clone(), knowledge.clone(), cfg.hmp, guest_agent);
+    learn(
+        Arc::clone(&client),
+        knowledge.clone(),
+        cfg.hmp,
+        cfg.guest_agent,
+    );
     let history = history_path();
     if let Some(path) = &history {
         load_history(&mut editor, path);
     }
 
-    let mut printer = Printer::new(io::stdout(), io::stderr(), client.clone(), cfg.clone());
-    if let Ok(external) = editor.create_external_printer() {
-        printer.set_live_events(true);
-        print_live(client.clone(), external, cfg.style);
-    }
-    let _ = printer.out(&banner(cfg.hmp, &client));
-    let _ = printer.flush();
-    let mut code = exit::OK;
+    let gone = Arc::new(AtomicBool::new(false));
+    let printer = match (stdout_tty, editor.create_external_printer()) {
+        (true, Ok(p)) => Printer::Editor(Box::new(p)),
+        _ => Printer::Stdout,
+    };
+    print_live(Arc::clone(&client), printer, style, Arc::clone(&gone));
+
+    engine.banner();
+    let mut ctrl_c = CtrlCState::default();
+    let mut seen_interrupts = signals::interrupts();
     loop {
+        engine.settle(&|| false);
+        if let Some(sig) = signals::terminating() {
+            engine.stop_with(128 + sig);
+        }
+        if gone.load(Ordering::SeqCst) && engine.stopped().is_none() {
+            engine.disconnected();
+        }
+        if engine.stopped().is_some() {
+            break;
+        }
+        // A Ctrl-C typed while no prompt was shown arrives as a signal:
+        // it counts as one at an empty prompt.
+        let interrupts = signals::interrupts();
+        if interrupts != seen_interrupts {
+            seen_interrupts = interrupts;
+            if ctrl_c.pressed(&mut engine, true) {
+                break;
+            }
+            continue;
+        }
         knowledge
             .in_transaction
             .store(engine.in_transaction(), Ordering::Relaxed);
         let prompt = engine.prompt();
-        let line = match editor.readline(prompt) {
-            Ok(line) => line,
-            // Ctrl-C clears the line; it never ends the shell at the prompt.
-            Err(ReadlineError::Interrupted) => continue,
+        signals::in_readline(true);
+        let read = if gone.load(Ordering::SeqCst) || signals::terminating().is_some() {
+            // Do not block: the session ends.
+            Err(ReadlineError::Interrupted)
+        } else {
+            editor.readline(prompt)
+        };
+        signals::in_readline(false);
+        match read {
+            Ok(_) if knowledge.ctrl_c.swap(false, Ordering::SeqCst) => {
+                // The half-typed line is dropped.
+                if ctrl_c.pressed(&mut engine, empty_ctrl_c.load(Ordering::SeqCst)) {
+                    break;
+                }
+            }
+            Ok(text) => {
+                ctrl_c.reset();
+                let lines: Vec<&str> = text.split('\n').collect();
+                for (i, line) in lines.iter().enumerate() {
+                    // A line starting with a space stays out of history.
+                    if !line.trim().is_empty() && !line.starts_with(' ') {
+                        let _ = editor.add_history_entry(*line);
+                    }
+                    engine.line(line);
+                    let before = seen_interrupts;
+                    let interrupted = engine.settle(&|| signals::interrupts() != before);
+                    seen_interrupts = signals::interrupts();
+                    if engine.stopped().is_some() {
+                        break;
+                    }
+                    let rest = lines.len() - i - 1;
+                    if interrupted && rest > 0 {
+                        engine.note(&format!(
+                            "(the {} pasted after it not run)\n",
+                            if rest == 1 {
+                                "line".to_owned()
+                            } else {
+                                format!("{rest} lines")
+                            }
+                        ));
+                        break;
+                    }
+                }
+            }
+            // A signal (SIGINT sent to wake us): the loop's checks decide.
+            Err(ReadlineError::Interrupted) => {}
             Err(ReadlineError::Eof) => {
-                let _ = printer.out("\n");
-                let _ = printer.flush();
+                engine.end_of_input();
+                engine.queue_text("\n".to_owned());
                 break;
             }
             Err(err) => {
-                eprintln!("ERROR: reading input: {err}");
-                code = exit::FATAL;
+                engine.note(&format!("ERROR: reading input: {err}\n"));
+                engine.stop_with(exit::FATAL);
                 break;
             }
-        };
-        // A line starting with a space is kept out of history (secrets).
-        if !line.trim().is_empty() && !line.starts_with(' ') {
-            let _ = editor.add_history_entry(line.as_str());
-        }
-        let mut items = Vec::new();
-        let trimmed = line.trim();
-        if !cfg.hmp && !engine.in_transaction() && trimmed.starts_with('{') {
-            match serde_json::from_str::<Object>(trimmed) {
-                Ok(msg) => engine.handle_raw(msg, &mut items),
-                Err(err) => items.push(parse_error(&format!("not a JSON object: {err}"))),
-            }
-        } else if !cfg.hmp && !guest_agent && (trimmed == "help" || trimmed.starts_with("help ")) {
-            let name = trimmed
-                .strip_prefix("help")
-                .map(str::trim)
-                .filter(|n| !n.is_empty());
-            items.push(help(&knowledge, &client, name));
-        } else {
-            engine.handle_line(&line, &mut items);
-        }
-        let mut stop = None;
-        for item in items {
-            match printer.emit(item) {
-                Ok(Flow::Continue) => {}
-                Ok(Flow::Stop(c)) => {
-                    stop = Some(c);
-                    break;
-                }
-                Err(_) => {
-                    stop = Some(exit::OK);
-                    break;
-                }
-            }
-        }
-        let _ = printer.flush();
-        if let Some(c) = stop {
-            code = c;
-            break;
         }
     }
+    engine.settle(&|| false);
     if let Some(path) = &history {
         if let Err(err) = save_history(&editor, path) {
-            eprintln!(
+            let _ = writeln!(
+                io::stderr(),
                 "warning: failed to save history file '{}': {err}",
                 path.display()
             );
         }
     }
-    if code == exit::OK && exit_status && printer.failures() > 0 {
-        code = exit::COMMAND_FAILED;
-    }
-    code
+    engine.exit_code()
 }

@@ -5,22 +5,30 @@
 //!
 //! * ground floor, pure: [`shorthand`] turns a command line into a QMP
 //!   command; [`render`] prints JSON exactly as Python's `json.dumps` does;
-//!   [`hmp`] builds and prints human-monitor commands; [`cli`] defines the
-//!   arguments.
-//! * [`session`]: lines in, commands out, replies printed in input order.
-//! * [`schema`], [`complete`] and [`interactive`]: the terminal (line
-//!   editing, schema-aware completion, `help`, history, live events).
-//! * [`repl`]: the pipelined script mode.
+//!   [`wording`] words errors as the reference does; [`hmp`] builds and
+//!   prints human-monitor commands; [`schema`] answers questions about the
+//!   QMP schema; [`cli`] defines the arguments.
+//! * [`output`] (how things are printed), [`files`] (files that may hold
+//!   secrets), [`doorbell`] and [`signals`] (waking the engine).
+//! * [`session`]: the engine. Lines in, commands out, replies printed in
+//!   input order; it alone decides when a session ends and its exit status.
+//! * the drivers, which only feed the engine lines: [`script`] (pipes and
+//!   `-c`) and [`interactive`] (a terminal, with [`complete`]).
 //! * [`app`] and [`wrap`]: the two programs.
 
 pub mod app;
 pub mod cli;
 pub mod complete;
+pub mod doorbell;
+pub mod files;
 pub mod hmp;
 pub mod interactive;
+pub mod output;
 pub mod render;
-pub mod repl;
 pub mod schema;
+pub mod script;
 pub mod session;
 pub mod shorthand;
+pub mod signals;
+pub mod wording;
 pub mod wrap;

@@ -2,25 +2,32 @@
 //!
 //! The socket lives in a private (0700) temporary directory. QEMU is started
 //! directly (no shell in between) with `-qmp unix:SOCKET` appended, in its own
-//! process group (so a Ctrl-C meant for the shell does not kill it) and with
-//! a parent-death signal (so it never outlives us). Whatever way the session
-//! ends (end of input, `quit`, a signal) QEMU is stopped and the directory
-//! removed.
+//! process group (so a Ctrl-C meant for the shell never reaches it) and with
+//! a parent-death signal. The wrap is a child subreaper, and learns QEMU's
+//! pid from the socket (SO_PEERCRED), so it finds QEMU even when what it
+//! started is a launcher script that does not `exec`, or QEMU daemonized
+//! itself. Whatever way the session ends (end of input, `quit`, a signal),
+//! QEMU is asked to `quit` over QMP, then signalled (its process group, then
+//! SIGKILL after a grace period), and the directory is removed: nothing is
+//! left running.
 
 use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
 use qmp::{Client, Listener};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::app::{client_options, die, run_session};
-use crate::cli::{exit, WrapArgs};
+use crate::app::{client_options, die, is_interactive, run_session, SharedLog};
+use crate::cli::{self, WrapArgs, SHELL_ONLY_OPTIONS};
+use crate::signals;
+use crate::wording::client_error;
 
 /// The QEMU started when no command line is given.
 pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
@@ -28,12 +35,22 @@ pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 /// How long QEMU gets to connect to our socket.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long QEMU gets to answer `quit` and exit.
+const QUIT_GRACE: Duration = Duration::from_secs(3);
+
 /// How long QEMU gets to exit after SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+const TERM_GRACE: Duration = Duration::from_secs(2);
+
+const USAGE: &str = "qmp-shell-wrap [-h] [-H] [-v] [-p] [-l LOGFILE] [OPTIONS] [--] [QEMU ARGV...]";
+
+/// `path` as a value inside a QEMU option list: commas doubled.
+pub fn qemu_option_value(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
 
 /// The QEMU argv for the wrap's arguments: the default binary when none is
 /// given, a leading `--` dropped, and the `-qmp` option appended.
-pub fn qemu_argv(mut command: Vec<String>, socket: &std::path::Path) -> Vec<String> {
+pub fn qemu_argv(mut command: Vec<String>, socket: &Path) -> Vec<String> {
     if command.first().map(String::as_str) == Some("--") {
         command.remove(0);
     }
@@ -41,81 +58,156 @@ pub fn qemu_argv(mut command: Vec<String>, socket: &std::path::Path) -> Vec<Stri
         command.push(DEFAULT_QEMU.to_string());
     }
     command.push("-qmp".to_string());
-    command.push(format!("unix:{}", socket.display()));
+    command.push(format!("unix:{}", qemu_option_value(socket)));
     command
 }
 
-/// Stop QEMU: SIGTERM (QEMU's own clean shutdown), then SIGKILL.
-fn stop_child(child: &mut Child) {
-    if let Ok(None) = child.try_wait() {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+/// The pid of the process at the other end of a UNIX socket.
+fn peer_pid(stream: &UnixStream) -> Option<i32> {
+    // SAFETY: getsockopt(2) writes at most `len` bytes into `cred`.
+    unsafe {
+        let mut cred: libc::ucred = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        );
+        (rc == 0 && cred.pid > 0).then_some(cred.pid)
+    }
+}
+
+/// Whether `pid` has exited (reaping it when it is our child).
+fn gone(pid: i32) -> bool {
+    let mut status = 0;
+    // SAFETY: waitpid(2) with WNOHANG never blocks.
+    match unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } {
+        r if r == pid => return true,
+        0 => return false,
+        _ => {}
+    }
+    // Not our child (yet): does it exist, and is it more than a zombie?
+    // SAFETY: kill(pid, 0) only probes.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return true;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))
+        })
+        .is_none_or(|state| state == "Z" || state == "X")
+}
+
+/// Reap every child that has exited (orphans reparented to us included).
+fn reap_all() {
+    let mut status = 0;
+    // SAFETY: waitpid(2) with WNOHANG never blocks.
+    while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
+}
+
+/// The QEMU we started: the direct child (QEMU itself, or a launcher), its
+/// process group, and the process that connected to our socket.
+struct Qemu {
+    child: Child,
+    pgid: i32,
+    /// Shared with the emergency cleanup.
+    peer: Arc<AtomicI32>,
+}
+
+impl Qemu {
+    fn pids(&self) -> Vec<i32> {
+        let mut pids = vec![self.pgid];
+        let peer = self.peer.load(Ordering::SeqCst);
+        if peer > 0 && peer != self.pgid {
+            pids.push(peer);
         }
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
+        pids
+    }
+
+    /// Everything gone: the direct child, the connected peer, and every
+    /// member of the process group.
+    fn all_gone(&self) -> bool {
+        reap_all();
+        // SAFETY: kill(-pgid, 0) only probes the group.
+        let group_gone = unsafe { libc::kill(-self.pgid, 0) } != 0;
+        group_gone && self.pids().into_iter().all(gone)
+    }
+
+    fn wait_gone(&self, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        loop {
+            if self.all_gone() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = child.kill();
     }
-    let _ = child.wait();
-}
 
-/// The signal being handled (0: none). Once set, the signal thread owns the
-/// cleanup and the exit status (128 + signal).
-static SIGNALLED: AtomicI32 = AtomicI32::new(0);
-
-/// When a signal is being handled, leave the cleanup and the exit to the
-/// signal thread: stopping QEMU makes the main thread see it exit (or
-/// disconnect), and without this it would race to exit with status 1 and
-/// an error message.
-fn park_if_signalled() {
-    while SIGNALLED.load(Ordering::SeqCst) != 0 {
-        std::thread::park();
-    }
-}
-
-/// Stop QEMU and remove the directory from a signal-handling thread.
-fn cleanup_on_signals(pid: Arc<AtomicI32>, dir: PathBuf) {
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
-        return;
-    };
-    std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            SIGNALLED.store(sig, Ordering::SeqCst);
-            let pid = pid.load(Ordering::SeqCst);
-            if pid > 0 {
-                // SAFETY: kill(2) on the child we started.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                }
-                let deadline = Instant::now() + STOP_GRACE;
-                // SAFETY: kill(pid, 0) only probes for existence.
-                while Instant::now() < deadline && unsafe { libc::kill(pid, 0) } == 0 {
-                    let mut status = 0;
-                    // SAFETY: reaping our own child, non-blocking.
-                    if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                // SAFETY: as above; harmless if it is already gone.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our process group and on the peer pid.
+        unsafe {
+            libc::kill(-self.pgid, sig);
+            let peer = self.peer.load(Ordering::SeqCst);
+            if peer > 0 {
+                libc::kill(peer, sig);
             }
-            let _ = std::fs::remove_dir_all(&dir);
-            std::process::exit(128 + sig);
         }
-    });
+    }
+
+    /// Stop QEMU: `quit` over QMP (no "terminating on signal" message),
+    /// then SIGTERM to its process group and itself, then SIGKILL.
+    fn stop(&mut self, client: Option<&Client>) {
+        if let Some(client) = client.filter(|c| c.is_connected()) {
+            let _ = client.execute("quit", None, Some(QUIT_GRACE));
+        }
+        if !self.wait_gone(QUIT_GRACE) {
+            self.signal(libc::SIGTERM);
+            if !self.wait_gone(TERM_GRACE) {
+                self.signal(libc::SIGKILL);
+                self.wait_gone(TERM_GRACE);
+            }
+        }
+        let _ = self.child.try_wait();
+        reap_all();
+    }
 }
 
 /// The `qmp-shell-wrap` program; returns the exit status.
 pub fn main() -> i32 {
     let args = WrapArgs::parse();
+    if let Some(first) = args.command.first() {
+        let option = first.split('=').next().unwrap_or(first);
+        if SHELL_ONLY_OPTIONS.contains(&option) {
+            cli::usage_error(
+                "qmp-shell-wrap",
+                USAGE,
+                &format!(
+                    "{option} is a qmp-shell option; qmp-shell-wrap does not take it \
+                     (it always talks QMP to the QEMU it starts)"
+                ),
+            );
+        }
+    }
+    signals::install(!is_interactive(&args.common, &args.commands));
+    // Orphans of what we start (a daemonized QEMU) become our children.
+    // SAFETY: prctl(2) with plain integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+    let log = match &args.common.logfile {
+        Some(path) => match SharedLog::open(path) {
+            Ok(log) => Some(log),
+            Err(msg) => return die(&msg),
+        },
+        None => None,
+    };
     let dir = match tempfile::Builder::new()
         .prefix("qmp-shell-wrap-")
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
@@ -130,9 +222,6 @@ pub fn main() -> i32 {
         Err(err) => return die(&format!("cannot listen on {}: {err}", socket.display())),
     };
     let argv = qemu_argv(args.command.clone(), &socket);
-    let pid = Arc::new(AtomicI32::new(0));
-    cleanup_on_signals(pid.clone(), dir.path().to_path_buf());
-
     let mut command = Command::new(&argv[0]);
     command
         .args(&argv[1..])
@@ -153,14 +242,33 @@ pub fn main() -> i32 {
         }
         Err(err) => return die(&format!("cannot start '{}': {err}", argv[0])),
     };
-    pid.store(child.id() as i32, Ordering::SeqCst);
-    let child = Arc::new(Mutex::new(child));
+    let pgid = child.id() as i32;
+    let peer = Arc::new(AtomicI32::new(0));
+    {
+        let peer = Arc::clone(&peer);
+        let dir: PathBuf = dir.path().to_path_buf();
+        signals::on_emergency(Box::new(move || {
+            // SAFETY: kill(2) on what we started.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+                let p = peer.load(Ordering::SeqCst);
+                if p > 0 {
+                    libc::kill(p, libc::SIGKILL);
+                }
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }));
+    }
+    let mut qemu = Qemu { child, pgid, peer };
 
+    let mut client = None;
     let code = (|| {
         let mut exited = None;
         let mut give_up = || {
-            let mut guard = child.lock().unwrap_or_else(|e| e.into_inner());
-            match guard.try_wait() {
+            if signals::terminating().is_some() {
+                return true;
+            }
+            match qemu.child.try_wait() {
                 Ok(Some(status)) => {
                     exited = Some(status);
                     true
@@ -171,7 +279,9 @@ pub fn main() -> i32 {
         let stream = match listener.accept(ACCEPT_TIMEOUT, &mut give_up) {
             Ok(Some(stream)) => stream,
             Ok(None) => {
-                park_if_signalled();
+                if let Some(sig) = signals::terminating() {
+                    return 128 + sig;
+                }
                 let status = exited.map(|s| s.to_string()).unwrap_or_default();
                 return die(&format!("QEMU exited before connecting ({status})"));
             }
@@ -183,36 +293,35 @@ pub fn main() -> i32 {
             }
             Err(err) => return die(&format!("waiting for QEMU to connect: {err}")),
         };
-        let opts = match client_options(&args.common, true) {
-            Ok(opts) => opts,
-            Err(msg) => return die(&msg),
+        if let Some(pid) = peer_pid(&stream) {
+            qemu.peer.store(pid, Ordering::SeqCst);
+        }
+        let opts = client_options(&args.common, true, log.as_ref());
+        let c = match Client::from_unix_stream(stream, opts) {
+            Ok(c) => Arc::new(c),
+            Err(err) => return die(&format!("QEMU connected but {}", client_error(&err))),
         };
-        let client = match Client::from_unix_stream(stream, opts) {
-            Ok(client) => client,
-            Err(err) => return die(&format!("QEMU connected but {err}")),
-        };
-        run_session(client, &args.common, Vec::new(), false)
+        client = Some(Arc::clone(&c));
+        run_session(c, &args.common, args.commands.clone(), false)
     })();
-    park_if_signalled();
-
-    let mut guard = child.lock().unwrap_or_else(|e| e.into_inner());
-    stop_child(&mut guard);
-    pid.store(0, Ordering::SeqCst);
+    qemu.stop(client.as_deref());
+    if let Some(c) = &client {
+        c.close();
+    }
     drop(listener);
     if let Err(err) = dir.close() {
-        eprintln!("warning: could not remove the socket directory: {err}");
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("warning: could not remove the socket directory: {err}\n"),
+        );
     }
-    if code == exit::OK {
-        exit::OK
-    } else {
-        code
-    }
+    signals::restore_terminal();
+    code
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     #[test]
     fn argv_defaults_and_appends_the_socket() {
@@ -225,5 +334,11 @@ mod tests {
             qemu_argv(vec!["--".into(), "qemu".into(), "-S".into()], s),
             ["qemu", "-S", "-qmp", "unix:/tmp/d/qmp.sock"]
         );
+    }
+
+    #[test]
+    fn commas_in_the_socket_path_are_doubled() {
+        let s = Path::new("/tmp/a,b/qmp.sock");
+        assert_eq!(qemu_argv(vec![], s)[2], "unix:/tmp/a,,b/qmp.sock");
     }
 }

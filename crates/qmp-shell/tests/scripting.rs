@@ -174,7 +174,8 @@ fn c_with_hmp() {
 fn json_prints_exactly_one_line_per_reply() {
     let peer = Peer::qemu_none();
     // -p is overridden by --json: still one line per reply, even for the
-    // 200 KB schema. A parse error prints nothing on stdout.
+    // 200 KB schema. A parse error prints an error object, so that output
+    // lines stay aligned with input lines.
     let input = "query-status\n\
                  query-name\n\
                  qom-list path=/machine\n\
@@ -185,7 +186,7 @@ fn json_prints_exactly_one_line_per_reply() {
     let out = shell(&peer, &["--json", "-p"], input);
     assert_status(&out, 0);
     let replies = json_lines(&out.stdout);
-    assert_eq!(replies.len(), 6, "{}", show(&out));
+    assert_eq!(replies.len(), 7, "{}", show(&out));
     for (i, reply) in replies.iter().enumerate() {
         let obj = reply.as_object().expect("each reply is an object");
         assert!(
@@ -203,7 +204,12 @@ fn json_prints_exactly_one_line_per_reply() {
         .as_array()
         .is_some_and(|a| a.len() > 100));
     assert_eq!(error_class(&replies[4]), Some("CommandNotFound"));
-    assert!(replies[5]["return"]["qemu"]["major"].is_u64());
+    assert_eq!(error_class(&replies[5]), Some("ParseError"));
+    assert_eq!(
+        replies[5]["error"]["desc"],
+        "Expected a key=value pair, got 'unparsable'"
+    );
+    assert!(replies[6]["return"]["qemu"]["major"].is_u64());
     let stdout = text(&out.stdout);
     assert!(!stdout.contains("Welcome") && !stdout.contains("(QEMU)"));
     // Compact, as json.dumps() without indent.
@@ -279,7 +285,9 @@ fn exit_status_with_a_parse_error() {
     assert_status(&without, 0);
     let json = shell(&peer, &["--json", "--exit-status"], input);
     assert_status(&json, 3);
-    assert_eq!(json_lines(&json.stdout).len(), 2, "{}", show(&json));
+    let lines = json_lines(&json.stdout);
+    assert_eq!(lines.len(), 3, "{}", show(&json));
+    assert_eq!(error_class(&lines[1]), Some("ParseError"));
 }
 
 #[test]

@@ -33,10 +33,9 @@ fn main() -> ExitCode {
     }
     match client.execute("query-status", None, Some(Duration::from_secs(10))) {
         Ok(reply) => {
-            let body = reply.display_body();
             println!(
                 "{}",
-                serde_json::to_string_pretty(&body).unwrap_or_else(|e| e.to_string())
+                serde_json::to_string_pretty(&reply.body).unwrap_or_else(|e| e.to_string())
             );
             if reply.is_error() {
                 ExitCode::FAILURE

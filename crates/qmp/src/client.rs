@@ -1,13 +1,18 @@
-//! A blocking QMP client with a reader thread.
+//! A blocking QMP client over any [`Transport`], with a reader thread and a
+//! writer thread.
 //!
-//! [`Client`] writes commands from the caller's thread and reads everything the
-//! server sends on a background thread, which routes replies to the requests
-//! waiting for them ([`Pending`]) and queues events and warnings
-//! ([`Incoming`]). Many requests may be in flight at once (pipelining).
+//! [`Client::submit`] queues a request and returns at once with a
+//! [`Pending`]; the writer thread sends requests in order, and the reader
+//! thread routes each reply to the request waiting for it (by id) and queues
+//! events and warnings ([`Incoming`]). Many requests may be in flight at
+//! once (pipelining). When the server enabled out-of-band execution, at most
+//! [`OOB_INBAND_WINDOW`] in-band requests are left unanswered at a time, so
+//! an `exec-oob` request never waits behind them in a suspended monitor.
 
-use std::collections::VecDeque;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -17,14 +22,28 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::address::Address;
-use crate::framing::{encode, truncate, Decoder, FrameError};
+use crate::framing::{encode, truncate, FrameError};
 use crate::message::{command, Event, Greeting, Message, Object, Reply};
-
-/// Size of each read from the socket.
-const READ_CHUNK: usize = 16 * 1024;
+use crate::transport::{Closer, Handshake, Received, Sink, Source, StreamTransport, Transport};
 
 /// How much of an unexpected message goes into warnings and errors.
 const TEXT_IN_MESSAGES: usize = 200;
+
+/// In-band requests left unanswered at most when out-of-band execution is
+/// on. QEMU stops reading a monitor whose queue holds 8 in-band requests,
+/// and would then not see an out-of-band one either.
+pub const OOB_INBAND_WINDOW: usize = 7;
+
+/// Events kept at most in the queue of a client (older ones are dropped,
+/// with a warning).
+pub const MAX_QUEUED_EVENTS: usize = 100_000;
+
+/// Bytes of events (as received) kept at most in the queue of a client.
+pub const MAX_QUEUED_EVENT_BYTES: usize = 16 << 20;
+
+/// How long to wait for a reply to the probe sent when no greeting came, to
+/// tell a guest agent from a busy monitor.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Options for [`Client`] construction.
 pub struct ClientOptions {
@@ -32,20 +51,24 @@ pub struct ClientOptions {
     pub read_greeting: bool,
     /// Send `qmp_capabilities` after the greeting (`false` for qemu-ga).
     pub negotiate: bool,
+    /// Enable out-of-band execution when the greeting offers it, as QEMU's
+    /// own clients do. Default: on.
+    pub oob: bool,
     /// How long to wait for the greeting, and then for the `qmp_capabilities`
     /// reply. `None` waits forever. Default: 10 seconds.
     pub greeting_timeout: Option<Duration>,
-    /// Largest message accepted from the server, in bytes. Default: 256 MiB.
+    /// Largest message accepted from a socket, in bytes ([`Client::connect`]
+    /// only). Default: 256 MiB.
     pub max_message: usize,
     /// Where to log traffic: every message sent (compact JSON, exactly as
     /// sent) and received (raw text, trailing whitespace trimmed), one per
     /// line, flushed after each line. Write errors are ignored.
     pub log: Option<Box<dyn Write + Send>>,
-    /// Resynchronise with a guest agent before anything else: send a `0xFF`
-    /// byte and `guest-sync-delimited`, drop every byte up to the `0xFF` the
-    /// agent puts before its reply, and every reply until the one carrying
-    /// our sync id. Stale bytes left in the channel are thus discarded.
-    /// Bounded by `greeting_timeout`. Default: off.
+    /// Resynchronise with a guest agent first: send a `0xFF` byte and
+    /// `guest-sync-delimited`, and drop everything received before its
+    /// reply. A best effort: when the agent refuses, or is not a guest
+    /// agent, or does not answer within `greeting_timeout`, a warning is
+    /// queued and the session goes on. Default: off.
     pub guest_sync: bool,
 }
 
@@ -54,8 +77,9 @@ impl Default for ClientOptions {
         ClientOptions {
             read_greeting: true,
             negotiate: true,
+            oob: true,
             greeting_timeout: Some(Duration::from_secs(10)),
-            max_message: 256 << 20,
+            max_message: crate::transport::stream::DEFAULT_MAX_MESSAGE,
             log: None,
             guest_sync: false,
         }
@@ -67,9 +91,11 @@ impl std::fmt::Debug for ClientOptions {
         f.debug_struct("ClientOptions")
             .field("read_greeting", &self.read_greeting)
             .field("negotiate", &self.negotiate)
+            .field("oob", &self.oob)
             .field("greeting_timeout", &self.greeting_timeout)
             .field("max_message", &self.max_message)
             .field("log", &self.log.as_ref().map(|_| "..."))
+            .field("guest_sync", &self.guest_sync)
             .finish()
     }
 }
@@ -79,17 +105,20 @@ impl std::fmt::Debug for ClientOptions {
 pub enum Incoming {
     /// An asynchronous event.
     Event(Event),
+    /// The reply to a request that was abandoned with
+    /// [`Pending::abandon`]`(true)`.
+    LateReply(Reply),
     /// Something unexpected that did not belong to any request: an undecodable
-    /// frame, a reply with an unknown id, an unknown kind of message.
+    /// frame, a reply with an unknown id, an unknown kind of message, events
+    /// dropped from a full queue.
     Warning(String),
 }
 
 /// Errors of [`Client`] operations.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An I/O error, e.g. while connecting. OS errors display Python-style:
-    /// `[Errno 2] No such file or directory`.
-    #[error("{}", python_io_error(.0))]
+    /// An I/O error, e.g. while connecting.
+    #[error("{0}")]
     Io(#[from] io::Error),
     /// No valid greeting: the connection closed first, the wait timed out, or
     /// something else arrived. Displays the reason only.
@@ -107,84 +136,216 @@ pub enum Error {
     /// An undecodable frame arrived where a reply was expected, or similar.
     #[error("{0}")]
     Protocol(String),
+    /// The request could not be sent as asked (e.g. file descriptors over a
+    /// transport that cannot carry them); the connection is still usable.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
-/// Format an I/O error like Python's `OSError.__str__`: `[Errno N] strerror`
-/// for OS errors, Rust's text otherwise.
-pub fn python_io_error(err: &io::Error) -> String {
-    match err.raw_os_error() {
-        Some(code) => {
-            let text = io::Error::from_raw_os_error(code).to_string();
-            let suffix = format!(" (os error {code})");
-            let text = text.strip_suffix(&suffix).unwrap_or(&text);
-            format!("[Errno {code}] {text}")
-        }
-        None => err.to_string(),
-    }
-}
-
-/// A connected socket of either kind.
+/// A request to send: a message, and how to send it.
 #[derive(Debug)]
-enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
+pub struct Request {
+    msg: Object,
+    fds: Vec<OwnedFd>,
+    logged: bool,
 }
 
-impl Stream {
-    fn try_clone(&self) -> io::Result<Stream> {
-        Ok(match self {
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-        })
-    }
-
-    fn shutdown(&self) {
-        let _ = match self {
-            Stream::Unix(s) => s.shutdown(Shutdown::Both),
-            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
-        };
-    }
-
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.set_read_timeout(t),
-            Stream::Tcp(s) => s.set_read_timeout(t),
+impl Request {
+    /// A request for `msg` (a command object; an `"id"` is added when it
+    /// has none).
+    pub fn new(msg: Object) -> Request {
+        Request {
+            msg,
+            fds: Vec::new(),
+            logged: true,
         }
     }
 
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.read(buf),
-            Stream::Tcp(s) => s.read(buf),
-        }
+    /// Attach file descriptors (SCM_RIGHTS); they are closed once sent.
+    pub fn with_fds(mut self, fds: Vec<OwnedFd>) -> Request {
+        self.fds = fds;
+        self
     }
 
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.write_all(buf),
-            Stream::Tcp(s) => s.write_all(buf),
-        }
+    /// Keep this request and its reply out of the traffic log (for requests
+    /// the user did not ask for, such as a background schema fetch).
+    pub fn unlogged(mut self) -> Request {
+        self.logged = false;
+        self
+    }
+
+    /// Whether this is an out-of-band request (`"exec-oob"`).
+    pub fn is_oob(&self) -> bool {
+        self.msg.contains_key("exec-oob")
     }
 }
 
-/// A request waiting for its reply, in send order.
+/// What happens to the reply of an abandoned request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Late {
+    /// Still awaited.
+    No,
+    /// Discard it.
+    Drop,
+    /// Queue it as [`Incoming::LateReply`].
+    Report,
+}
+
+/// A request, from submission until its reply.
 #[derive(Debug)]
 struct Waiter {
     seq: u64,
     id: Value,
     assigned: bool,
-    /// The caller gave up (timed out or dropped its [`Pending`]).
-    abandoned: bool,
+    oob: bool,
+    logged: bool,
+    written: bool,
+    late: Late,
+}
+
+/// A message waiting for the writer thread.
+#[derive(Debug)]
+enum Outgoing {
+    Message {
+        seq: u64,
+        oob: bool,
+        logged: bool,
+        msg: Object,
+        fds: Vec<OwnedFd>,
+    },
+    Raw(Vec<u8>),
 }
 
 #[derive(Debug, Default)]
 struct State {
+    /// The reader thread is running.
     connected: bool,
-    /// Outstanding requests, oldest first.
+    /// Writing failed: nothing more can be sent.
+    write_failed: bool,
+    /// Why the connection ended, when the transport said.
+    end_reason: Option<String>,
+    /// The greeting (or why there is none), once the reader saw it.
+    greeting: Option<Result<Greeting, String>>,
+    awaiting_greeting: bool,
+    /// Requests submitted and not yet answered, in submission order.
     waiting: VecDeque<Waiter>,
     /// Results not yet collected, by request sequence number.
-    done: Vec<(u64, Result<Reply, Error>)>,
-    incoming: VecDeque<Incoming>,
+    done: HashMap<u64, Result<Reply, Error>>,
+    /// Messages not yet written.
+    outgoing: VecDeque<Outgoing>,
+    /// In-band requests written and not yet answered.
+    inband_in_flight: usize,
+    /// At most this many in-band requests unanswered (out-of-band on).
+    window: Option<usize>,
+    /// Queued items, with the size of each event as received.
+    incoming: VecDeque<(Incoming, usize)>,
+    queued_events: usize,
+    queued_event_bytes: usize,
+    /// Queued items that are not events.
+    notices: usize,
+    dropped_events: u64,
+    /// While resynchronising with a guest agent: the id of the
+    /// `guest-sync-delimited` request; other replies are stale.
+    syncing: Option<Value>,
+    /// Unanswered requests kept out of the log.
+    unlogged: usize,
+}
+
+impl State {
+    /// Fail every request still waiting and mark the connection closed.
+    fn fail_all(&mut self) {
+        self.connected = false;
+        self.outgoing.clear();
+        for w in std::mem::take(&mut self.waiting) {
+            if w.late == Late::No {
+                self.done.insert(w.seq, Err(Error::Disconnected));
+            }
+        }
+        self.inband_in_flight = 0;
+        self.unlogged = 0;
+    }
+
+    /// Queue `item`; `size` is an event's size as received. Beyond
+    /// [`MAX_QUEUED_EVENTS`] events or [`MAX_QUEUED_EVENT_BYTES`] bytes of
+    /// them, the oldest events are dropped (and counted).
+    fn queue(&mut self, item: Incoming, size: usize) {
+        if matches!(item, Incoming::Event(_)) {
+            while self.queued_events > 0
+                && (self.queued_events >= MAX_QUEUED_EVENTS
+                    || self.queued_event_bytes + size > MAX_QUEUED_EVENT_BYTES)
+            {
+                let Some(at) = self
+                    .incoming
+                    .iter()
+                    .position(|(i, _)| matches!(i, Incoming::Event(_)))
+                else {
+                    break;
+                };
+                if let Some((_, old)) = self.incoming.remove(at) {
+                    self.queued_events -= 1;
+                    self.queued_event_bytes -= old;
+                    self.dropped_events += 1;
+                }
+            }
+            self.queued_events += 1;
+            self.queued_event_bytes += size;
+            self.incoming.push_back((item, size));
+        } else {
+            self.notices += 1;
+            self.incoming.push_back((item, 0));
+        }
+    }
+
+    fn take_incoming(&mut self) -> Option<Incoming> {
+        if self.dropped_events > 0 {
+            let n = std::mem::take(&mut self.dropped_events);
+            return Some(Incoming::Warning(format!(
+                "{n} older events were dropped (more than {MAX_QUEUED_EVENTS} events \
+                 or {} MiB queued)",
+                MAX_QUEUED_EVENT_BYTES >> 20
+            )));
+        }
+        let (item, size) = self.incoming.pop_front()?;
+        if matches!(item, Incoming::Event(_)) {
+            self.queued_events -= 1;
+            self.queued_event_bytes -= size;
+        } else {
+            self.notices -= 1;
+        }
+        Some(item)
+    }
+
+    /// The oldest queued item that is not an event.
+    fn take_notice(&mut self) -> Option<Incoming> {
+        if self.notices == 0 {
+            return None;
+        }
+        let at = self
+            .incoming
+            .iter()
+            .position(|(i, _)| !matches!(i, Incoming::Event(_)))?;
+        self.notices -= 1;
+        self.incoming.remove(at).map(|(item, _)| item)
+    }
+
+    /// Index of the next message the writer may send: the first
+    /// out-of-band one, else the oldest if the window allows.
+    fn next_sendable(&self) -> Option<usize> {
+        if let Some(i) = self
+            .outgoing
+            .iter()
+            .position(|o| matches!(o, Outgoing::Message { oob: true, .. }))
+        {
+            return Some(i);
+        }
+        match self.outgoing.front()? {
+            Outgoing::Raw(_) => Some(0),
+            Outgoing::Message { .. } => match self.window {
+                Some(w) if self.inband_in_flight >= w => None,
+                _ => Some(0),
+            },
+        }
+    }
 }
 
 type Notify = Arc<dyn Fn() + Send + Sync>;
@@ -192,12 +353,16 @@ type Log = Box<dyn Write + Send>;
 
 struct Shared {
     state: Mutex<State>,
-    /// Signalled when a result is stored or the connection drops.
+    /// Signalled when a result is stored, the greeting arrives or the
+    /// connection drops.
     replies: Condvar,
     /// Signalled when something is queued in `incoming` or the connection drops.
     incoming: Condvar,
+    /// Signalled when there is something for the writer thread to do.
+    writer: Condvar,
     notify: Mutex<Option<Notify>>,
     log: Mutex<Option<Log>>,
+    closer: Closer,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -214,6 +379,10 @@ impl Shared {
         }
     }
 
+    fn has_log(&self) -> bool {
+        lock(&self.log).is_some()
+    }
+
     fn notify(&self) {
         let f = lock(&self.notify).clone();
         if let Some(f) = f {
@@ -221,83 +390,191 @@ impl Shared {
         }
     }
 
-    fn queue(&self, item: Incoming) {
-        lock(&self.state).incoming.push_back(item);
-        self.incoming.notify_all();
-        self.notify();
-    }
-
     /// Mark the connection closed and fail every outstanding request.
-    fn disconnect(&self) {
+    fn disconnect(&self, reason: Option<String>) {
         {
             let mut st = lock(&self.state);
-            if !st.connected && st.waiting.is_empty() {
+            if !st.connected && st.waiting.is_empty() && st.greeting.is_some() {
                 return;
             }
-            st.connected = false;
-            let waiting = std::mem::take(&mut st.waiting);
-            for w in waiting {
-                if !w.abandoned {
-                    st.done.push((w.seq, Err(Error::Disconnected)));
-                }
+            if st.end_reason.is_none() {
+                st.end_reason = reason;
+            }
+            st.fail_all();
+            if st.awaiting_greeting && st.greeting.is_none() {
+                let why = st
+                    .end_reason
+                    .clone()
+                    .unwrap_or_else(|| "connection closed before the greeting".to_owned());
+                st.greeting = Some(Err(why));
             }
         }
         self.replies.notify_all();
         self.incoming.notify_all();
+        self.writer.notify_all();
         self.notify();
     }
 
-    /// Route one decoded frame.
-    fn route(&self, frame: Result<Object, FrameError>) {
+    /// Writing failed (the peer closed, say). Requests not written fail at
+    /// once; those written still get the replies the reader finds before
+    /// the end of the stream, which fails the rest.
+    fn write_failed(&self) {
+        {
+            let mut st = lock(&self.state);
+            st.write_failed = true;
+            st.outgoing.clear();
+            let waiting = std::mem::take(&mut st.waiting);
+            for w in waiting {
+                if w.written {
+                    st.waiting.push_back(w);
+                    continue;
+                }
+                if !w.logged {
+                    st.unlogged = st.unlogged.saturating_sub(1);
+                }
+                if w.late == Late::No {
+                    st.done.insert(w.seq, Err(Error::Disconnected));
+                }
+            }
+        }
+        self.replies.notify_all();
+        self.notify();
+    }
+
+    fn queue(&self, item: Incoming, size: usize) {
+        lock(&self.state).queue(item, size);
+        self.incoming.notify_all();
+        self.notify();
+    }
+
+    /// Route one received frame.
+    fn route(&self, frame: Result<Object, FrameError>, size: usize) {
+        let mut st = lock(&self.state);
+        if st.awaiting_greeting && st.greeting.is_none() {
+            st.greeting = Some(match frame {
+                Ok(obj) => match Message::classify(obj) {
+                    Message::Greeting(g) => Ok(g),
+                    Message::Reply(Reply { body, .. })
+                    | Message::Event(Event { body })
+                    | Message::Other(body) => {
+                        Err(format!("expected a QMP greeting, got: {}", compact(&body)))
+                    }
+                },
+                Err(e) => Err(format!("expected a QMP greeting, got: {e}")),
+            });
+            drop(st);
+            self.replies.notify_all();
+            return;
+        }
         match frame {
             Ok(obj) => match Message::classify(obj) {
-                Message::Reply(reply) => self.route_reply(reply),
-                Message::Event(ev) => self.queue(Incoming::Event(ev)),
-                Message::Greeting(g) => self.queue(Incoming::Warning(format!(
-                    "ignoring unexpected greeting: {}",
-                    compact(&g.body)
-                ))),
-                Message::Other(obj) => self.queue(Incoming::Warning(format!(
-                    "ignoring unexpected message: {}",
-                    compact(&obj)
-                ))),
+                Message::Reply(reply) => self.route_reply(st, reply),
+                Message::Event(ev) => {
+                    if st.syncing.is_some() {
+                        return;
+                    }
+                    st.queue(Incoming::Event(ev), size);
+                    drop(st);
+                    self.incoming.notify_all();
+                    self.notify();
+                }
+                Message::Greeting(g) => {
+                    let text = if st.syncing.is_some() {
+                        "the server sent a QMP greeting: this is a QMP monitor, not a \
+                         guest agent (leave out -N)"
+                            .to_owned()
+                    } else {
+                        format!("ignoring unexpected greeting: {}", compact(&g.body))
+                    };
+                    drop(st);
+                    self.queue(Incoming::Warning(text), 0);
+                }
+                Message::Other(obj) => {
+                    drop(st);
+                    self.queue(
+                        Incoming::Warning(format!(
+                            "ignoring unexpected message: {}",
+                            compact(&obj)
+                        )),
+                        0,
+                    );
+                }
             },
             Err(e) => {
+                if st.syncing.is_some() {
+                    // Stale bytes before the agent's reply.
+                    return;
+                }
                 let reason = e.to_string();
-                let delivered = {
-                    let mut st = lock(&self.state);
-                    match st.waiting.pop_front() {
-                        Some(w) => {
-                            if !w.abandoned {
-                                st.done.push((w.seq, Err(Error::Protocol(reason.clone()))));
-                            }
-                            true
+                match st.waiting.iter().position(|w| w.written) {
+                    Some(i) => {
+                        let w = st.waiting.remove(i).expect("index from position");
+                        self.answered(&mut st, &w);
+                        if w.late == Late::No {
+                            st.done.insert(w.seq, Err(Error::Protocol(reason)));
                         }
-                        None => false,
+                        drop(st);
+                        self.replies.notify_all();
+                        self.writer.notify_all();
+                        self.notify();
                     }
-                };
-                if delivered {
-                    self.replies.notify_all();
-                } else {
-                    self.queue(Incoming::Warning(reason));
+                    None => {
+                        drop(st);
+                        self.queue(Incoming::Warning(reason), 0);
+                    }
                 }
             }
         }
     }
 
-    fn route_reply(&self, mut reply: Reply) {
-        let mut st = lock(&self.state);
+    /// Book-keeping when a request got its answer.
+    fn answered(&self, st: &mut State, w: &Waiter) {
+        if w.written && !w.oob {
+            st.inband_in_flight = st.inband_in_flight.saturating_sub(1);
+        }
+        if !w.logged {
+            st.unlogged = st.unlogged.saturating_sub(1);
+        }
+    }
+
+    fn route_reply(&self, mut st: MutexGuard<'_, State>, mut reply: Reply) {
+        if let Some(sync_id) = st.syncing.clone() {
+            // Resynchronising: only the reply to our guest-sync-delimited counts.
+            if reply.id().is_none_or(|id| !same_id(&sync_id, id)) {
+                return;
+            }
+        }
         let index = match reply.id() {
-            None => (!st.waiting.is_empty()).then_some(0),
-            Some(id) => st.waiting.iter().position(|w| same_id(&w.id, id)),
+            None => st.waiting.iter().position(|w| w.written),
+            Some(id) => st
+                .waiting
+                .iter()
+                .position(|w| w.written && same_id(&w.id, id)),
         };
         match index.and_then(|i| st.waiting.remove(i)) {
             Some(w) => {
-                if !w.abandoned {
-                    reply.assigned_id = w.assigned;
-                    st.done.push((w.seq, Ok(reply)));
-                    drop(st);
-                    self.replies.notify_all();
+                self.answered(&mut st, &w);
+                match w.late {
+                    Late::No => {
+                        reply.assigned_id = w.assigned;
+                        st.done.insert(w.seq, Ok(reply));
+                        drop(st);
+                        self.replies.notify_all();
+                        self.writer.notify_all();
+                        self.notify();
+                    }
+                    Late::Drop => {
+                        drop(st);
+                        self.writer.notify_all();
+                    }
+                    Late::Report => {
+                        reply.assigned_id = w.assigned;
+                        st.queue(Incoming::LateReply(reply), 0);
+                        drop(st);
+                        self.incoming.notify_all();
+                        self.writer.notify_all();
+                        self.notify();
+                    }
                 }
             }
             None if !st.connected => {}
@@ -307,10 +584,10 @@ impl Shared {
                     Some(id) => format!("ignoring reply with unknown id {}", compact_value(id)),
                     None => "ignoring reply with no request pending".to_owned(),
                 };
-                self.queue(Incoming::Warning(format!(
-                    "{what}: {}",
-                    compact(&reply.body)
-                )));
+                self.queue(
+                    Incoming::Warning(format!("{what}: {}", compact(&reply.body))),
+                    0,
+                );
             }
         }
     }
@@ -345,23 +622,16 @@ fn compact_value(v: &Value) -> String {
     )
 }
 
-/// The writing side, serialized by a mutex so that the order of requests in
-/// `State::waiting` is the order on the wire.
-struct Writer {
-    stream: Stream,
-    next_id: u64,
-}
-
 /// A connected QMP client. `Send + Sync`: share it with `Arc`.
 pub struct Client {
     shared: Arc<Shared>,
-    writer: Mutex<Writer>,
-    /// A handle used only to shut the socket down.
-    control: Stream,
     greeting: Option<Greeting>,
-    reader: Mutex<Option<JoinHandle<()>>>,
-    reader_id: Option<ThreadId>,
+    oob: bool,
+    passes_fds: bool,
+    next_id: AtomicU64,
     next_seq: AtomicU64,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    thread_ids: Vec<ThreadId>,
 }
 
 impl std::fmt::Debug for Client {
@@ -369,18 +639,21 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("greeting", &self.greeting)
             .field("connected", &self.is_connected())
+            .field("oob", &self.oob)
             .finish_non_exhaustive()
     }
 }
 
-/// A request that was sent and whose reply has not been collected yet.
+/// A request that was submitted and whose reply has not been collected yet.
 ///
 /// Dropping it without waiting is fine: its reply is discarded on arrival.
 pub struct Pending {
-    shared: Arc<Shared>,
+    /// `None` for a [`Pending::resolved`] one.
+    shared: Option<Arc<Shared>>,
     seq: u64,
     id: Value,
     finished: bool,
+    ready: Option<Result<Reply, Error>>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -393,20 +666,51 @@ impl std::fmt::Debug for Pending {
 }
 
 impl Pending {
+    /// A request answered already, with `result`: for output that must keep
+    /// its place among real replies.
+    pub fn resolved(result: Result<Reply, Error>) -> Pending {
+        Pending {
+            shared: None,
+            seq: 0,
+            id: Value::Null,
+            finished: false,
+            ready: Some(result),
+        }
+    }
+
     /// The id used to route the reply (the caller's, or the one assigned).
     pub fn id(&self) -> &Value {
         &self.id
+    }
+
+    /// The result if it has arrived; `None` while the reply is awaited (or
+    /// once the result was taken).
+    pub fn try_take(&mut self) -> Option<Result<Reply, Error>> {
+        if self.finished {
+            return None;
+        }
+        let result = match &self.shared {
+            None => self.ready.take(),
+            Some(shared) => lock(&shared.state).done.remove(&self.seq),
+        };
+        if result.is_some() {
+            self.finished = true;
+        }
+        result
     }
 
     /// Wait for the reply, up to `timeout` (`None`: forever, or until the
     /// connection drops). On [`Error::Timeout`] the request is abandoned and a
     /// late reply is discarded.
     pub fn wait(mut self, timeout: Option<Duration>) -> Result<Reply, Error> {
+        let Some(shared) = self.shared.clone() else {
+            self.finished = true;
+            return self.ready.take().unwrap_or(Err(Error::Disconnected));
+        };
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let mut st = lock(&self.shared.state);
+        let mut st = lock(&shared.state);
         loop {
-            if let Some(i) = st.done.iter().position(|(s, _)| *s == self.seq) {
-                let (_, result) = st.done.swap_remove(i);
+            if let Some(result) = st.done.remove(&self.seq) {
                 self.finished = true;
                 return result;
             }
@@ -417,11 +721,7 @@ impl Pending {
             }
             match deadline {
                 None => {
-                    st = self
-                        .shared
-                        .replies
-                        .wait(st)
-                        .unwrap_or_else(|e| e.into_inner());
+                    st = shared.replies.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
                 Some(deadline) => {
                     let now = Instant::now();
@@ -430,14 +730,36 @@ impl Pending {
                         // Drop marks the request abandoned.
                         return Err(Error::Timeout(timeout.unwrap_or_default()));
                     }
-                    st = self
-                        .shared
+                    st = shared
                         .replies
                         .wait_timeout(st, deadline - now)
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
                 }
             }
+        }
+    }
+
+    /// Stop waiting. With `report`, the reply is queued as
+    /// [`Incoming::LateReply`] when it comes; otherwise it is discarded.
+    /// A result that already arrived is reported (or discarded) at once.
+    pub fn abandon(mut self, report: bool) {
+        self.finished = true;
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let mut st = lock(&shared.state);
+        if let Some(result) = st.done.remove(&self.seq) {
+            if let (Ok(reply), true) = (result, report) {
+                st.queue(Incoming::LateReply(reply), 0);
+                drop(st);
+                shared.incoming.notify_all();
+                shared.notify();
+            }
+            return;
+        }
+        if let Some(w) = st.waiting.iter_mut().find(|w| w.seq == self.seq) {
+            w.late = if report { Late::Report } else { Late::Drop };
         }
     }
 }
@@ -447,121 +769,241 @@ impl Drop for Pending {
         if self.finished {
             return;
         }
-        let mut st = lock(&self.shared.state);
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let mut st = lock(&shared.state);
         if let Some(w) = st.waiting.iter_mut().find(|w| w.seq == self.seq) {
-            w.abandoned = true;
+            w.late = Late::Drop;
         }
-        st.done.retain(|(s, _)| *s != self.seq);
+        st.done.remove(&self.seq);
     }
 }
 
 impl Client {
     /// Connect to `addr`, then read the greeting and negotiate as `opts` says.
     pub fn connect(addr: &Address, opts: ClientOptions) -> Result<Client, Error> {
-        match addr {
-            Address::Unix(path) => Client::from_unix_stream(UnixStream::connect(path)?, opts),
+        let transport = match addr {
+            Address::Unix(path) => StreamTransport::unix(UnixStream::connect(path)?)?,
             Address::Tcp { host, port } => {
-                let host = if host.is_empty() { "localhost" } else { host };
-                Client::from_tcp_stream(TcpStream::connect((host, *port))?, opts)
+                let host: &str = if host.is_empty() { "localhost" } else { host };
+                StreamTransport::tcp(TcpStream::connect((host, *port))?)?
             }
-        }
+        };
+        let transport = transport
+            .max_message(opts.max_message)
+            .delimiters(opts.guest_sync);
+        Client::open(Box::new(transport), opts)
     }
 
     /// Use an already connected UNIX socket (e.g. from [`crate::Listener`]).
     pub fn from_unix_stream(s: UnixStream, opts: ClientOptions) -> Result<Client, Error> {
-        Client::start(Stream::Unix(s), opts)
+        let t = StreamTransport::unix(s)?
+            .max_message(opts.max_message)
+            .delimiters(opts.guest_sync);
+        Client::open(Box::new(t), opts)
     }
 
     /// Use an already connected TCP socket.
     pub fn from_tcp_stream(s: TcpStream, opts: ClientOptions) -> Result<Client, Error> {
-        Client::start(Stream::Tcp(s), opts)
+        let t = StreamTransport::tcp(s)?
+            .max_message(opts.max_message)
+            .delimiters(opts.guest_sync);
+        Client::open(Box::new(t), opts)
     }
 
-    fn start(stream: Stream, mut opts: ClientOptions) -> Result<Client, Error> {
+    /// Start a session on any transport: read the greeting, resynchronise
+    /// with a guest agent and negotiate, as the transport and `opts` say.
+    pub fn open(transport: Box<dyn Transport>, mut opts: ClientOptions) -> Result<Client, Error> {
+        let handshake = transport.handshake();
+        let passes_fds = transport.passes_fds();
+        let halves = transport.split()?;
+        let (greeting, awaiting_greeting) = match &handshake {
+            Handshake::Server => (None, opts.read_greeting),
+            Handshake::Negotiated(g) => (g.clone().map(Ok), false),
+        };
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 connected: true,
+                awaiting_greeting,
+                greeting,
                 ..State::default()
             }),
             replies: Condvar::new(),
             incoming: Condvar::new(),
+            writer: Condvar::new(),
             notify: Mutex::new(None),
             log: Mutex::new(opts.log.take()),
+            closer: halves.closer.clone(),
         });
-        let mut decoder = Decoder::new(opts.max_message);
-        let mut read_stream = stream.try_clone()?;
-        let control = stream.try_clone()?;
-
-        let greeting = if opts.read_greeting {
-            let g = read_greeting(
-                &mut read_stream,
-                &mut decoder,
-                &shared,
-                opts.greeting_timeout,
-            );
-            if g.is_err() {
-                control.shutdown();
-            }
-            Some(g?)
-        } else {
-            None
+        let reader = {
+            let shared = Arc::clone(&shared);
+            let source = halves.source;
+            thread::Builder::new()
+                .name("qmp-reader".to_owned())
+                .spawn(move || reader_loop(source, &shared))?
         };
-        if opts.guest_sync {
-            let mut writer = stream.try_clone()?;
-            let synced = guest_sync(
-                &mut writer,
-                &mut read_stream,
-                &mut decoder,
-                &shared,
-                opts.greeting_timeout,
-            );
-            if synced.is_err() {
-                control.shutdown();
+        let writer = {
+            let shared = Arc::clone(&shared);
+            let sink = halves.sink;
+            thread::Builder::new()
+                .name("qmp-writer".to_owned())
+                .spawn(move || writer_loop(sink, &shared))
+        };
+        let writer = match writer {
+            Ok(w) => w,
+            Err(e) => {
+                (shared.closer)();
+                shared.disconnect(None);
+                let _ = reader.join();
+                return Err(Error::Io(e));
             }
-            synced?;
-        }
-        read_stream.set_read_timeout(None)?;
-
-        let reader_shared = Arc::clone(&shared);
-        let handle = thread::Builder::new()
-            .name("qmp-reader".to_owned())
-            .spawn(move || reader_loop(read_stream, decoder, &reader_shared))?;
-        let reader_id = Some(handle.thread().id());
-
-        let client = Client {
+        };
+        let mut client = Client {
+            thread_ids: vec![reader.thread().id(), writer.thread().id()],
+            threads: Mutex::new(vec![reader, writer]),
             shared,
-            writer: Mutex::new(Writer { stream, next_id: 1 }),
-            control,
-            greeting,
-            reader: Mutex::new(Some(handle)),
-            reader_id,
+            greeting: None,
+            oob: false,
+            passes_fds,
+            next_id: AtomicU64::new(1),
             next_seq: AtomicU64::new(1),
         };
-
-        if opts.negotiate {
-            match client.execute("qmp_capabilities", None, opts.greeting_timeout) {
-                Ok(reply) if reply.ret().is_some() => {}
-                Ok(reply) => {
-                    let why = reply
-                        .error_desc()
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| compact(&reply.body));
-                    return Err(Error::Negotiation(why));
-                }
-                Err(Error::Timeout(_)) => {
-                    return Err(Error::Negotiation(
-                        "timed out waiting for the qmp_capabilities reply".to_owned(),
-                    ))
-                }
-                Err(Error::Disconnected) => {
-                    return Err(Error::Negotiation(
-                        "connection closed during capabilities negotiation".to_owned(),
-                    ))
-                }
-                Err(e) => return Err(Error::Negotiation(e.to_string())),
+        // On error, dropping `client` closes the transport and joins.
+        client.greeting = match &handshake {
+            Handshake::Server if opts.read_greeting => {
+                Some(client.await_greeting(opts.greeting_timeout)?)
+            }
+            Handshake::Server => None,
+            Handshake::Negotiated(g) => g.clone(),
+        };
+        if opts.guest_sync {
+            client.guest_sync(opts.greeting_timeout);
+        }
+        if opts.negotiate && handshake == Handshake::Server {
+            let offered = client
+                .greeting
+                .as_ref()
+                .is_some_and(|g| g.capabilities().iter().any(|c| c == "oob"));
+            let enable_oob = opts.oob && offered;
+            client.negotiate(enable_oob, opts.greeting_timeout)?;
+            if enable_oob {
+                client.oob = true;
+                lock(&client.shared.state).window = Some(OOB_INBAND_WINDOW);
             }
         }
         Ok(client)
+    }
+
+    fn await_greeting(&self, timeout: Option<Duration>) -> Result<Greeting, Error> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut st = lock(&self.shared.state);
+        loop {
+            if let Some(g) = st.greeting.clone() {
+                return g.map_err(Error::NoGreeting);
+            }
+            match deadline {
+                None => {
+                    st = self
+                        .shared
+                        .replies
+                        .wait(st)
+                        .unwrap_or_else(|e| e.into_inner())
+                }
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        // Stop treating the next message as the greeting.
+                        st.awaiting_greeting = false;
+                        drop(st);
+                        return Err(Error::NoGreeting(self.no_greeting_hint()));
+                    }
+                    st = self
+                        .shared
+                        .replies
+                        .wait_timeout(st, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// No greeting came: tell a guest agent (which sends none and answers
+    /// commands at once) from a monitor that serves another client.
+    fn no_greeting_hint(&self) -> String {
+        let probe = self
+            .submit(Request::new(command("guest-ping", None)).unlogged())
+            .and_then(|p| p.wait(Some(PROBE_TIMEOUT)));
+        match probe {
+            Ok(reply) if !reply.is_error() => {
+                "no greeting: this looks like a guest agent, which sends none (use -N)".to_owned()
+            }
+            _ => "timed out waiting for the greeting (another client may be attached: \
+                       QEMU serves one client per monitor at a time)"
+                .to_owned(),
+        }
+    }
+
+    fn guest_sync(&self, timeout: Option<Duration>) {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let token = i64::from(std::process::id()) << 20 ^ i64::from(nanos >> 10);
+        let id = Value::String(format!("qmp-sync-{token}"));
+        let mut args = Object::new();
+        args.insert("id".to_owned(), Value::from(token));
+        let mut msg = command("guest-sync-delimited", Some(args));
+        msg.insert("id".to_owned(), id.clone());
+        {
+            let mut st = lock(&self.shared.state);
+            st.syncing = Some(id);
+            st.outgoing.push_back(Outgoing::Raw(vec![0xff]));
+        }
+        let result = self.submit(Request::new(msg)).and_then(|p| p.wait(timeout));
+        lock(&self.shared.state).syncing = None;
+        let problem = match result {
+            Ok(reply) if reply.ret().and_then(Value::as_i64) == Some(token) => return,
+            Ok(reply) => match reply.error_desc() {
+                Some(desc) => desc.to_owned(),
+                None => format!("unexpected reply {}", compact(&reply.body)),
+            },
+            Err(Error::Timeout(_)) => "no answer".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        self.shared.queue(
+            Incoming::Warning(format!(
+                "guest agent resynchronisation (guest-sync-delimited) failed: {problem}; \
+                 carrying on without it"
+            )),
+            0,
+        );
+    }
+
+    fn negotiate(&self, oob: bool, timeout: Option<Duration>) -> Result<(), Error> {
+        let args = oob.then(|| {
+            let mut a = Object::new();
+            a.insert("enable".to_owned(), Value::from(vec![Value::from("oob")]));
+            a
+        });
+        match self.execute("qmp_capabilities", args, timeout) {
+            Ok(reply) if reply.ret().is_some() => Ok(()),
+            Ok(reply) => {
+                let why = reply
+                    .error_desc()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| compact(&reply.body));
+                Err(Error::Negotiation(why))
+            }
+            Err(Error::Timeout(_)) => Err(Error::Negotiation(
+                "timed out waiting for the qmp_capabilities reply".to_owned(),
+            )),
+            Err(Error::Disconnected) => Err(Error::Negotiation(
+                "connection closed during capabilities negotiation".to_owned(),
+            )),
+            Err(e) => Err(Error::Negotiation(e.to_string())),
+        }
     }
 
     /// The server's greeting (`None` when `read_greeting` was off).
@@ -569,18 +1011,38 @@ impl Client {
         self.greeting.as_ref()
     }
 
-    /// Write one message and return at once; many may be in flight.
+    /// Whether out-of-band execution was negotiated.
+    pub fn oob_enabled(&self) -> bool {
+        self.oob
+    }
+
+    /// Whether file descriptors can be attached to requests.
+    pub fn passes_fds(&self) -> bool {
+        self.passes_fds
+    }
+
+    /// Queue a request and return at once; many may be in flight.
     ///
-    /// If `msg` has no `"id"`, the client adds a unique integer id (counting
-    /// from 1) and the reply gets `assigned_id = true`. Otherwise the given
-    /// id routes the reply. Should a user id equal an assigned one, replies
-    /// still pair correctly: QMP answers in order, and a reply goes to the
-    /// oldest request waiting for its id.
+    /// If the message has no `"id"`, the client adds a unique integer id
+    /// (counting from 1) and the reply gets `assigned_id = true`. Otherwise
+    /// the given id routes the reply. Should a user id equal an assigned
+    /// one, replies still pair correctly: QMP answers in order, and a reply
+    /// goes to the oldest request waiting for its id.
     ///
     /// An empty `"arguments": {}` is left out on the wire: QMP treats it as
     /// absent, and QEMU's time per command grows with the bytes it parses
     /// (short messages keep pipelined scripts near the raw-socket limit).
-    pub fn send(&self, mut msg: Object) -> Result<Pending, Error> {
+    pub fn submit(&self, request: Request) -> Result<Pending, Error> {
+        let Request {
+            mut msg,
+            fds,
+            logged,
+        } = request;
+        if !fds.is_empty() && !self.passes_fds {
+            return Err(Error::Unsupported(
+                "this connection cannot pass file descriptors (only a UNIX socket can)".to_owned(),
+            ));
+        }
         if msg
             .get("arguments")
             .and_then(Value::as_object)
@@ -588,58 +1050,53 @@ impl Client {
         {
             msg.shift_remove("arguments");
         }
-        let mut writer = lock(&self.writer);
+        let oob = msg.contains_key("exec-oob");
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let mut st = lock(&self.shared.state);
+        if !st.connected || st.write_failed {
+            return Err(Error::Disconnected);
+        }
         let (id, assigned) = match msg.get("id") {
             Some(id) => (id.clone(), false),
             None => {
-                let id = Value::from(writer.next_id);
-                writer.next_id += 1;
+                let id = Value::from(self.next_id.fetch_add(1, Ordering::Relaxed));
                 msg.insert("id".to_owned(), id.clone());
                 (id, true)
             }
         };
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut st = lock(&self.shared.state);
-            if !st.connected {
-                return Err(Error::Disconnected);
-            }
-            st.waiting.push_back(Waiter {
-                seq,
-                id: id.clone(),
-                assigned,
-                abandoned: false,
-            });
+        st.waiting.push_back(Waiter {
+            seq,
+            id: id.clone(),
+            assigned,
+            oob,
+            logged,
+            written: false,
+            late: Late::No,
+        });
+        if !logged {
+            st.unlogged += 1;
         }
-        let pending = Pending {
-            shared: Arc::clone(&self.shared),
+        st.outgoing.push_back(Outgoing::Message {
+            seq,
+            oob,
+            logged,
+            msg,
+            fds,
+        });
+        drop(st);
+        self.shared.writer.notify_all();
+        Ok(Pending {
+            shared: Some(Arc::clone(&self.shared)),
             seq,
             id,
             finished: false,
-        };
-        let bytes = encode(&msg);
-        self.shared.log_line(&bytes[..bytes.len() - 1]);
-        match writer.stream.write_all(&bytes) {
-            Ok(()) => Ok(pending),
-            Err(e) => {
-                drop(pending);
-                let mut st = lock(&self.shared.state);
-                st.waiting.retain(|w| w.seq != seq);
-                if !st.connected
-                    || matches!(
-                        e.kind(),
-                        io::ErrorKind::BrokenPipe
-                            | io::ErrorKind::ConnectionReset
-                            | io::ErrorKind::ConnectionAborted
-                            | io::ErrorKind::NotConnected
-                    )
-                {
-                    Err(Error::Disconnected)
-                } else {
-                    Err(Error::Io(e))
-                }
-            }
-        }
+            ready: None,
+        })
+    }
+
+    /// [`submit`](Client::submit) a plain message.
+    pub fn send(&self, msg: Object) -> Result<Pending, Error> {
+        self.submit(Request::new(msg))
     }
 
     /// Send `msg` and wait for its reply, up to `timeout` (`None`: forever).
@@ -657,9 +1114,18 @@ impl Client {
         self.call(command(name, args), timeout)
     }
 
-    /// Take everything queued so far (events and warnings), in arrival order.
+    /// Take everything queued so far (events, late replies and warnings),
+    /// in arrival order.
     pub fn drain_incoming(&self) -> Vec<Incoming> {
-        lock(&self.shared.state).incoming.drain(..).collect()
+        let mut st = lock(&self.shared.state);
+        std::iter::from_fn(|| st.take_incoming()).collect()
+    }
+
+    /// Take the queued warnings and late replies, leaving events queued
+    /// (for a shell that prints events only when asked).
+    pub fn drain_notices(&self) -> Vec<Incoming> {
+        let mut st = lock(&self.shared.state);
+        std::iter::from_fn(|| st.take_notice()).collect()
     }
 
     /// Wait up to `timeout` (`None`: forever) for the next queued item.
@@ -669,7 +1135,7 @@ impl Client {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut st = lock(&self.shared.state);
         loop {
-            if let Some(item) = st.incoming.pop_front() {
+            if let Some(item) = st.take_incoming() {
                 return Some(item);
             }
             if !st.connected {
@@ -696,12 +1162,12 @@ impl Client {
         }
     }
 
-    /// Register a callback run on the reader thread whenever something is
-    /// queued for [`drain_incoming`](Client::drain_incoming), and once when the
-    /// connection drops. Keep it cheap; it must not block on this client's
-    /// replies.
-    pub fn set_incoming_notify(&self, f: Box<dyn Fn() + Send + Sync>) {
-        *lock(&self.shared.notify) = Some(Arc::from(f));
+    /// Register a callback run (on the client's threads) whenever a reply
+    /// arrives, something is queued for
+    /// [`drain_incoming`](Client::drain_incoming), or the connection drops.
+    /// Keep it cheap; it must not block on this client.
+    pub fn set_notify(&self, f: Arc<dyn Fn() + Send + Sync>) {
+        *lock(&self.shared.notify) = Some(f);
     }
 
     /// `false` once the connection is closed (by either side).
@@ -709,194 +1175,177 @@ impl Client {
         lock(&self.shared.state).connected
     }
 
-    /// Shut the socket down. Waiting requests get [`Error::Disconnected`].
+    /// Why the connection ended, when the transport gave a reason (ssh's
+    /// message, say).
+    pub fn end_reason(&self) -> Option<String> {
+        lock(&self.shared.state).end_reason.clone()
+    }
+
+    /// Requests submitted and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.shared.state).waiting.len()
+    }
+
+    /// Close the connection. Waiting requests get [`Error::Disconnected`].
     pub fn close(&self) {
-        self.control.shutdown();
-        self.shared.disconnect();
+        (self.shared.closer)();
+        self.shared.disconnect(None);
     }
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
         self.close();
-        let handle = lock(&self.reader).take();
-        if let Some(handle) = handle {
-            // The last reference may be dropped by the notify callback on the
-            // reader thread itself; never join ourselves.
-            if Some(thread::current().id()) != self.reader_id {
-                let _ = handle.join();
+        let me = thread::current().id();
+        let handles = std::mem::take(&mut *lock(&self.threads));
+        for handle in handles {
+            // The last reference may be dropped by the notify callback on a
+            // client thread itself; never join ourselves.
+            if self.thread_ids.contains(&me) && handle.thread().id() == me {
+                continue;
             }
+            let _ = handle.join();
         }
     }
 }
 
-/// One read bounded by `deadline`: `Some(n)` bytes (`Some(0)` at end of
-/// stream), `None` once the deadline has passed. Interrupted reads are retried.
-fn read_some(
-    stream: &mut Stream,
-    buf: &mut [u8],
-    deadline: Option<Instant>,
-) -> Result<Option<usize>, Error> {
-    loop {
-        match deadline {
-            Some(deadline) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Ok(None);
+fn reader_loop(mut source: Box<dyn Source>, shared: &Shared) {
+    let logging = shared.has_log();
+    // The raw text of the current frame when its logging must wait until
+    // it is routed (an unlogged request is outstanding).
+    let mut held: Option<Vec<u8>> = None;
+    let mut size = 0;
+    let reason = loop {
+        let received = source.receive(&mut |raw| {
+            size = raw.len();
+            if !logging {
+                return;
+            }
+            if lock(&shared.state).unlogged > 0 {
+                held = Some(raw.to_vec());
+            } else {
+                shared.log_line(raw);
+            }
+        });
+        match received {
+            Ok(Some(Received::Frame(frame))) => {
+                let hold = held.take();
+                // A reply to an unlogged request stays out of the log.
+                let unlogged_reply = hold.is_some()
+                    && match &frame {
+                        Ok(obj) => reply_is_unlogged(shared, obj),
+                        Err(_) => false,
+                    };
+                if let (Some(raw), false) = (hold, unlogged_reply) {
+                    shared.log_line(&raw);
                 }
-                stream.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))?;
+                shared.route(frame, size);
             }
-            None => stream.set_read_timeout(None)?,
+            Ok(Some(Received::Delimiter)) => {}
+            Ok(None) => break None,
+            // A transport's own explanation (ssh's message, say); an OS
+            // error on a socket just means the peer went away.
+            Err(e) if e.raw_os_error().is_none() => break Some(e.to_string()),
+            Err(_) => break None,
         }
-        match stream.read(buf) {
-            Ok(n) => return Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(Error::Io(e)),
-        }
-    }
+    };
+    shared.disconnect(reason);
 }
 
-/// The guest agent's resynchronisation (see [`ClientOptions::guest_sync`]).
-fn guest_sync(
-    writer: &mut Stream,
-    stream: &mut Stream,
-    decoder: &mut Decoder,
-    shared: &Shared,
-    timeout: Option<Duration>,
-) -> Result<(), Error> {
-    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let id = i64::from(std::process::id()) << 20 ^ i64::from(nanos >> 10);
-    let mut args = Object::new();
-    args.insert("id".to_owned(), Value::from(id));
-    let msg = crate::message::command("guest-sync-delimited", Some(args));
-    let encoded = encode(&msg);
-    shared.log_line(&encoded[..encoded.len().saturating_sub(1)]);
-    writer.write_all(b"\xff")?;
-    writer.write_all(&encoded)?;
-    let failed = |why: &str| Error::Negotiation(format!("guest agent resynchronisation: {why}"));
-    let mut buf = vec![0u8; READ_CHUNK];
-    // Everything before the agent's 0xFF sentinel is stale: drop it.
-    loop {
-        let n = match read_some(stream, &mut buf, deadline)? {
-            None => return Err(failed("timed out waiting for the 0xFF delimiter")),
-            Some(0) => return Err(failed("connection closed")),
-            Some(n) => n,
-        };
-        if let Some(at) = buf[..n].iter().position(|b| *b == 0xff) {
-            decoder.feed(&buf[at + 1..n]);
-            break;
-        }
+/// Whether `obj` is the reply to a request kept out of the log.
+fn reply_is_unlogged(shared: &Shared, obj: &Object) -> bool {
+    if !(obj.contains_key("return") || obj.contains_key("error")) {
+        return false;
     }
-    // Then replies, until the one with our id (older ones are stale too).
+    let st = lock(&shared.state);
+    let w = match obj.get("id") {
+        None => st.waiting.iter().find(|w| w.written),
+        Some(id) => st.waiting.iter().find(|w| w.written && same_id(&w.id, id)),
+    };
+    w.is_some_and(|w| !w.logged)
+}
+
+fn writer_loop(mut sink: Box<dyn Sink>, shared: &Shared) {
     loop {
-        while let Some(frame) = decoder.next_message_with_raw(&mut |raw| shared.log_line(raw)) {
-            if let Ok(obj) = frame {
-                if let Some(ret) = obj.get("return") {
-                    if ret.as_i64() == Some(id) {
-                        return Ok(());
+        let item = {
+            let mut st = lock(&shared.state);
+            loop {
+                if !st.connected || st.write_failed {
+                    return;
+                }
+                if let Some(i) = st.next_sendable() {
+                    let item = st.outgoing.remove(i).expect("index from next_sendable");
+                    if let Outgoing::Message { seq, oob, .. } = &item {
+                        if let Some(w) = st.waiting.iter_mut().find(|w| w.seq == *seq) {
+                            w.written = true;
+                        }
+                        if !oob {
+                            st.inband_in_flight += 1;
+                        }
                     }
+                    break item;
+                }
+                st = shared.writer.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        match item {
+            Outgoing::Raw(bytes) => {
+                if sink.send_raw(&bytes).is_err() {
+                    break;
                 }
             }
-        }
-        match read_some(stream, &mut buf, deadline)? {
-            None => {
-                return Err(failed(
-                    "timed out waiting for the guest-sync-delimited reply",
-                ))
+            Outgoing::Message {
+                seq,
+                oob,
+                logged,
+                msg,
+                fds,
+            } => {
+                let bytes = encode(&msg);
+                if logged {
+                    shared.log_line(&bytes[..bytes.len() - 1]);
+                }
+                let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+                match sink.send(&msg, &bytes, &raw) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                        // This request only: the connection is fine.
+                        let mut st = lock(&shared.state);
+                        if let Some(i) = st.waiting.iter().position(|w| w.seq == seq) {
+                            let w = st.waiting.remove(i).expect("index from position");
+                            if !oob {
+                                st.inband_in_flight = st.inband_in_flight.saturating_sub(1);
+                            }
+                            if !w.logged {
+                                st.unlogged = st.unlogged.saturating_sub(1);
+                            }
+                            if w.late == Late::No {
+                                st.done.insert(seq, Err(Error::Unsupported(e.to_string())));
+                            }
+                        }
+                        drop(st);
+                        shared.replies.notify_all();
+                        shared.notify();
+                    }
+                    Err(_) => break,
+                }
+                drop(fds);
             }
-            Some(0) => return Err(failed("connection closed")),
-            Some(n) => decoder.feed(&buf[..n]),
         }
     }
-}
-
-fn read_greeting(
-    stream: &mut Stream,
-    decoder: &mut Decoder,
-    shared: &Shared,
-    timeout: Option<Duration>,
-) -> Result<Greeting, Error> {
-    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-    let timed_out = || Error::NoGreeting("timed out waiting for the greeting".to_owned());
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
-        if let Some(frame) = decoder.next_message_with_raw(&mut |raw| shared.log_line(raw)) {
-            return match frame {
-                Ok(obj) => match Message::classify(obj) {
-                    Message::Greeting(g) => Ok(g),
-                    Message::Reply(Reply { body, .. })
-                    | Message::Event(crate::Event { body })
-                    | Message::Other(body) => Err(Error::NoGreeting(format!(
-                        "expected a QMP greeting, got: {}",
-                        compact(&body)
-                    ))),
-                },
-                Err(e) => Err(Error::NoGreeting(format!(
-                    "expected a QMP greeting, got: {e}"
-                ))),
-            };
-        }
-        match read_some(stream, &mut buf, deadline)? {
-            None => return Err(timed_out()),
-            Some(0) => {
-                return Err(Error::NoGreeting(
-                    "connection closed before the greeting".to_owned(),
-                ))
-            }
-            Some(n) => decoder.feed(&buf[..n]),
-        }
-    }
-}
-
-fn reader_loop(mut stream: Stream, mut decoder: Decoder, shared: &Shared) {
-    let mut buf = vec![0u8; READ_CHUNK];
-    // Frames already buffered (sent right after the greeting) come first.
-    loop {
-        while let Some(frame) = decoder.next_message_with_raw(&mut |raw| shared.log_line(raw)) {
-            shared.route(frame);
-        }
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => decoder.feed(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    shared.disconnect();
+    shared.write_failed();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader, Read};
 
     #[test]
     fn client_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<Client>();
         check::<Pending>();
-    }
-
-    #[test]
-    fn io_errors_display_python_style() {
-        let e = Error::Io(io::Error::from_raw_os_error(libc::ENOENT));
-        assert_eq!(e.to_string(), "[Errno 2] No such file or directory");
-        let e = Error::Io(io::Error::from_raw_os_error(libc::ECONNREFUSED));
-        assert_eq!(e.to_string(), "[Errno 111] Connection refused");
-        let e = Error::Io(io::Error::other("custom"));
-        assert_eq!(e.to_string(), "custom");
-        assert_eq!(Error::Disconnected.to_string(), "Disconnected");
     }
 
     #[test]
@@ -925,11 +1374,13 @@ mod tests {
     fn read_line(s: &mut UnixStream) -> String {
         let mut out = Vec::new();
         let mut b = [0u8; 1];
-        while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+        while s.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
             out.push(b[0]);
         }
-        String::from_utf8(out).unwrap()
+        String::from_utf8_lossy(&out).into_owned()
     }
+
+    const T: Option<Duration> = Some(Duration::from_secs(30));
 
     #[test]
     fn idless_reply_and_garbage_go_to_oldest_and_unknown_ids_warn() {
@@ -955,17 +1406,18 @@ mod tests {
         let mut m = command("c", None);
         m.insert("id".into(), "mine".into());
         let p3 = client.send(m).unwrap();
-        let t = Some(Duration::from_secs(10));
-        let r1 = p1.wait(t).unwrap();
+        let r1 = p1.wait(T).unwrap();
         assert_eq!(r1.error_desc(), Some("JSON parse error"));
-        assert!(matches!(p2.wait(t), Err(Error::Protocol(_))));
-        let r3 = p3.wait(t).unwrap();
+        assert!(matches!(p2.wait(T), Err(Error::Protocol(_))));
+        let r3 = p3.wait(T).unwrap();
         assert!(!r3.assigned_id);
         assert_eq!(r3.ret(), Some(&Value::from(3)));
+        let notices = client.drain_notices();
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert!(matches!(&notices[0], Incoming::Warning(w) if w.contains("unknown id \"nope\"")));
         let inc = client.drain_incoming();
-        assert_eq!(inc.len(), 2, "{inc:?}");
-        assert!(matches!(&inc[0], Incoming::Warning(w) if w.contains("unknown id \"nope\"")));
-        assert!(matches!(&inc[1], Incoming::Event(e) if e.name() == Some("X")));
+        assert_eq!(inc.len(), 1, "{inc:?}");
+        assert!(matches!(&inc[0], Incoming::Event(e) if e.name() == Some("X")));
         client.close();
         assert!(matches!(
             client.send(command("d", None)),
@@ -984,23 +1436,37 @@ mod tests {
         assert!(!client.is_connected());
     }
 
+    /// The peer answers a request only once the test allows it, through a
+    /// channel: no sleeps, so the order of events is certain.
     #[test]
-    fn timeout_then_late_reply_is_discarded() {
-        let client = pair(no_handshake(), |mut s| {
-            read_line(&mut s);
-            thread::sleep(Duration::from_millis(300));
-            s.write_all(b"{\"return\": 1}\r\n").unwrap();
-            read_line(&mut s);
-            s.write_all(b"{\"return\": 2}\r\n").unwrap();
+    fn timed_out_then_late_reply_is_discarded_and_abandoned_one_reported() {
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<&'static [u8]>();
+        let client = pair(no_handshake(), move |mut s| {
+            while let Ok(reply) = go_rx.recv() {
+                read_line(&mut s);
+                s.write_all(reply).unwrap();
+            }
             let _ = s.read_to_end(&mut Vec::new());
         });
-        let r = client.execute("a", None, Some(Duration::from_millis(50)));
+        // A request whose wait times out: its late reply is discarded.
+        let r = client.execute("a", None, Some(Duration::from_millis(1)));
         assert!(matches!(r, Err(Error::Timeout(_))));
-        thread::sleep(Duration::from_millis(400));
-        let r = client
-            .execute("b", None, Some(Duration::from_secs(10)))
-            .unwrap();
-        assert_eq!(r.ret(), Some(&Value::from(2)));
+        go_tx.send(b"{\"return\": 1, \"id\": 1}\r\n").unwrap();
+        // An abandoned request with report: its reply is queued as late.
+        let p = client.send(command("b", None)).unwrap();
+        p.abandon(true);
+        go_tx.send(b"{\"return\": 2, \"id\": 2}\r\n").unwrap();
+        match client.next_incoming(T) {
+            Some(Incoming::LateReply(r)) => {
+                assert_eq!(r.ret(), Some(&Value::from(2)));
+                assert!(r.assigned_id);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The next request is answered normally, and nothing else was queued.
+        let p = client.send(command("c", None)).unwrap();
+        go_tx.send(b"{\"return\": 3, \"id\": 3}\r\n").unwrap();
+        assert_eq!(p.wait(T).unwrap().ret(), Some(&Value::from(3)));
         assert!(client.drain_incoming().is_empty());
     }
 
@@ -1017,7 +1483,11 @@ mod tests {
 
         let (a, _b) = UnixStream::pair().unwrap();
         let e = Client::from_unix_stream(a, opts()).unwrap_err();
-        assert_eq!(e.to_string(), "timed out waiting for the greeting");
+        assert_eq!(
+            e.to_string(),
+            "timed out waiting for the greeting (another client may be attached: \
+             QEMU serves one client per monitor at a time)"
+        );
 
         let (a, mut b) = UnixStream::pair().unwrap();
         b.write_all(b"{\"hello\": 1}\n").unwrap();
@@ -1031,6 +1501,28 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("expected a QMP greeting, got: invalid JSON"));
+    }
+
+    #[test]
+    fn a_peer_that_answers_without_greeting_is_called_a_guest_agent() {
+        let (a, b) = UnixStream::pair().unwrap();
+        thread::spawn(move || {
+            let mut r = BufReader::new(b.try_clone().unwrap());
+            let mut w = b;
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                let reply = format!("{{\"return\": {{}}, \"id\": {}}}\n", v["id"]);
+                w.write_all(reply.as_bytes()).unwrap();
+                line.clear();
+            }
+        });
+        let opts = ClientOptions {
+            greeting_timeout: Some(Duration::from_millis(100)),
+            ..ClientOptions::default()
+        };
+        let e = Client::from_unix_stream(a, opts).unwrap_err();
+        assert!(e.to_string().contains("use -N"), "{e}");
     }
 
     #[test]
@@ -1048,6 +1540,59 @@ mod tests {
         assert!(matches!(&e, Error::Negotiation(d) if d == "nope"), "{e:?}");
     }
 
+    /// With OOB offered, the client enables it, keeps at most
+    /// OOB_INBAND_WINDOW in-band requests unanswered, and lets an
+    /// out-of-band request overtake the ones held back.
+    #[test]
+    fn oob_negotiation_window_and_overtaking() {
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let (a, b) = UnixStream::pair().unwrap();
+        thread::spawn(move || {
+            let mut w = b.try_clone().unwrap();
+            let mut r = BufReader::new(b);
+            w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": [\"oob\"]}}\r\n")
+                .unwrap();
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            tx.send(line.clone()).unwrap();
+            w.write_all(b"{\"return\": {}, \"id\": 1}\r\n").unwrap();
+            // Read everything the client sends until it stops (the window
+            // is full), answering nothing; report each line.
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let v: Value = serde_json::from_str(&line).unwrap();
+                tx.send(line.clone()).unwrap();
+                if v.get("exec-oob").is_some() {
+                    let reply = format!("{{\"return\": \"oob\", \"id\": {}}}\r\n", v["id"]);
+                    w.write_all(reply.as_bytes()).unwrap();
+                }
+            }
+        });
+        let client = Client::from_unix_stream(a, ClientOptions::default()).unwrap();
+        assert!(client.oob_enabled());
+        let first = rx.recv().unwrap();
+        assert!(first.contains("\"enable\":[\"oob\"]"), "{first}");
+        let _held: Vec<Pending> = (0..20)
+            .map(|_| client.send(command("query-status", None)).unwrap())
+            .collect();
+        // The peer sees exactly the window's worth of in-band requests...
+        for _ in 0..OOB_INBAND_WINDOW {
+            let line = rx.recv().unwrap();
+            assert!(line.contains("query-status"), "{line}");
+        }
+        // ... and the next thing it reads is the out-of-band request,
+        // although 13 in-band ones were queued before it.
+        let mut oob = Object::new();
+        oob.insert("exec-oob".into(), "query-yank".into());
+        let reply = client.call(oob, T).unwrap();
+        assert_eq!(reply.ret(), Some(&Value::from("oob")));
+        let next = rx.recv().unwrap();
+        assert!(next.contains("exec-oob"), "{next}");
+    }
+
     #[test]
     fn many_events_before_a_reply() {
         let client = pair(no_handshake(), |mut s| {
@@ -1062,12 +1607,80 @@ mod tests {
             s.write_all(&out).unwrap();
             let _ = s.read_to_end(&mut Vec::new());
         });
-        let start = Instant::now();
-        let r = client
-            .execute("x", None, Some(Duration::from_secs(30)))
-            .unwrap();
+        let r = client.execute("x", None, T).unwrap();
         assert!(r.ret().is_some());
-        assert!(start.elapsed() < Duration::from_secs(10));
         assert_eq!(client.drain_incoming().len(), 20000);
+    }
+
+    #[test]
+    fn event_queue_is_bounded_by_bytes() {
+        // Events of about 64 KiB: far fewer than the count bound fit in
+        // the byte bound.
+        let per = 64 << 10;
+        let n = MAX_QUEUED_EVENT_BYTES / per + 50;
+        let client = pair(no_handshake(), move |mut s| {
+            read_line(&mut s);
+            let pad = "x".repeat(per);
+            for i in 0..n {
+                let ev =
+                    format!("{{\"event\": \"E\", \"data\": {{\"i\": {i}, \"p\": \"{pad}\"}}}}\r\n");
+                s.write_all(ev.as_bytes()).unwrap();
+            }
+            s.write_all(b"{\"return\": {}}\r\n").unwrap();
+            let _ = s.read_to_end(&mut Vec::new());
+        });
+        client.execute("x", None, T).unwrap();
+        let items = client.drain_incoming();
+        let Incoming::Warning(w) = &items[0] else {
+            panic!("{:?}", items[0]);
+        };
+        assert!(w.contains("older events were dropped"), "{w}");
+        let kept = items.len() - 1;
+        assert!(kept < n && kept * per <= MAX_QUEUED_EVENT_BYTES, "{kept}");
+        // The newest events are the ones kept.
+        let Incoming::Event(last) = items.last().unwrap() else {
+            panic!()
+        };
+        assert_eq!(last.body["data"]["i"], Value::from(n - 1));
+    }
+
+    #[test]
+    fn unlogged_requests_stay_out_of_the_log() {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                lock(&self.0).extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Buf::default();
+        let opts = ClientOptions {
+            log: Some(Box::new(log.clone())),
+            ..no_handshake()
+        };
+        let client = pair(opts, |b| {
+            let mut r = BufReader::new(b.try_clone().unwrap());
+            let mut w = b;
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                let reply = format!("{{\"return\": {}, \"id\": {}}}\n", v["execute"], v["id"]);
+                w.write_all(reply.as_bytes()).unwrap();
+                line.clear();
+            }
+        });
+        client
+            .submit(Request::new(command("hidden", None)).unlogged())
+            .unwrap()
+            .wait(T)
+            .unwrap();
+        client.execute("shown", None, T).unwrap();
+        let text = String::from_utf8(lock(&log.0).clone()).unwrap();
+        assert!(!text.contains("hidden"), "{text}");
+        assert_eq!(text.matches("shown").count(), 2, "{text}");
     }
 }

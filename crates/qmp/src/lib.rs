@@ -7,9 +7,12 @@
 //!   incrementally, with a size limit and no recursion; [`encode`] writes one.
 //! * [`address`]: [`Address`], a UNIX socket path or `HOST:PORT`, parsed like
 //!   the reference `qmp-shell`.
-//! * [`client`]: [`Client`], a thread-safe blocking client with a reader
-//!   thread, pipelining ([`Client::send`] returns a [`Pending`]) and an event
-//!   queue ([`Client::drain_incoming`]).
+//! * [`transport`]: [`Transport`], whatever carries QMP messages (a UNIX or
+//!   TCP socket: [`StreamTransport`]).
+//! * [`client`]: [`Client`], a thread-safe blocking client over any
+//!   transport, with a reader and a writer thread, pipelining
+//!   ([`Client::send`] returns a [`Pending`]), out-of-band commands and an
+//!   event queue ([`Client::drain_incoming`]).
 //! * [`server`]: [`Listener`], for letting QEMU connect to us
 //!   (`-qmp unix:PATH`).
 //!
@@ -29,7 +32,7 @@
 //!     println!("QEMU {major}.{minor}.{micro}");
 //! }
 //! let reply = client.execute("query-status", None, Some(Duration::from_secs(5)))?;
-//! println!("{}", serde_json::to_string(&reply.display_body())?);
+//! println!("{}", serde_json::to_string(&reply.body)?);
 //! for item in client.drain_incoming() {
 //!     println!("{item:?}");
 //! }
@@ -47,7 +50,7 @@ pub mod server;
 pub mod transport;
 
 pub use address::{Address, AddressError};
-pub use client::{Client, ClientOptions, Error, Incoming, Pending};
+pub use client::{Client, ClientOptions, Error, Incoming, Pending, Request};
 pub use framing::{encode, Decoder, FrameError};
 pub use message::{command, Event, Greeting, Message, Object, Reply};
 pub use server::Listener;

@@ -92,25 +92,6 @@ impl Reply {
     pub fn error_desc(&self) -> Option<&str> {
         self.body.get("error")?.get("desc")?.as_str()
     }
-
-    /// The body to show a user: without the `"id"` when the client assigned it
-    /// (key order otherwise kept), else an unchanged copy of the body.
-    pub fn display_body(&self) -> Object {
-        let mut body = self.body.clone();
-        if self.assigned_id {
-            body.shift_remove("id");
-        }
-        body
-    }
-
-    /// [`display_body`](Reply::display_body) without copying the body.
-    pub fn into_display_body(self) -> Object {
-        let mut body = self.body;
-        if self.assigned_id {
-            body.shift_remove("id");
-        }
-        body
-    }
 }
 
 /// An asynchronous event: an object with an `"event"` key.
@@ -227,28 +208,5 @@ mod tests {
         };
         assert_eq!(g.version(), None);
         assert!(g.capabilities().is_empty());
-    }
-
-    #[test]
-    fn display_body_removes_assigned_id_only() {
-        let body = obj(r#"{"return": {}, "id": "__qmp#1", "z": 1}"#);
-        let r = Reply {
-            body: body.clone(),
-            assigned_id: true,
-        };
-        let shown = r.display_body();
-        assert_eq!(
-            serde_json::to_string(&shown).unwrap(),
-            r#"{"return":{},"z":1}"#
-        );
-        assert_eq!(r.id(), Some(&Value::String("__qmp#1".into())));
-        let r = Reply {
-            body,
-            assigned_id: false,
-        };
-        assert_eq!(
-            serde_json::to_string(&r.display_body()).unwrap(),
-            r#"{"return":{},"id":"__qmp#1","z":1}"#
-        );
     }
 }

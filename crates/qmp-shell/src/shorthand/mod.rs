@@ -57,6 +57,8 @@ pub enum Parsed {
 pub struct Parser {
     /// The actions of the open transaction, if one is open.
     actions: Option<Vec<Value>>,
+    /// Actions dropped unsent, for [`Parser::take_abandoned`].
+    abandoned: Option<usize>,
 }
 
 const OPEN_TRANSACTION: &str = "transaction(";
@@ -80,13 +82,15 @@ impl Parser {
     /// * Outside a transaction, the line is a command (`)` included: it is a
     ///   command named `)`, as in the reference).
     ///
-    /// A parse error in an action drops that action. If the line also opened
-    /// the transaction, the transaction is abandoned (the reference stays in
-    /// it); otherwise the transaction stays open, as in the reference.
+    /// A parse error in an action abandons the whole transaction: nothing of
+    /// it is sent (the reference drops only the bad line, and stays in the
+    /// transaction when the bad line opened it). See
+    /// [`take_abandoned`](Parser::take_abandoned).
     pub fn parse_line(&mut self, line: &str) -> Result<Parsed, ParseError> {
         let mut tokens = tokenize(line);
         let mut opened = false;
         if tokens.first().map(String::as_str) == Some(OPEN_TRANSACTION) {
+            self.drop_transaction();
             self.actions = Some(Vec::new());
             tokens.remove(0);
             opened = true;
@@ -122,9 +126,7 @@ impl Parser {
         }
         let mut data = Object::new();
         if let Err(e) = parse_arguments(rest, &mut data) {
-            if opened {
-                self.actions = None;
-            }
+            self.drop_transaction();
             return Err(e);
         }
         let mut action = Object::new();
@@ -152,9 +154,23 @@ impl Parser {
         }
     }
 
-    /// Drop a half-built transaction (Ctrl-C, say); no-op when none is open.
-    pub fn abort_transaction(&mut self) {
-        self.actions = None;
+    /// Drop a half-built transaction (Ctrl-C, end of input); returns how
+    /// many actions it had, or `None` when none was open.
+    pub fn abort_transaction(&mut self) -> Option<usize> {
+        self.actions.take().map(|a| a.len())
+    }
+
+    /// How many actions were dropped, unsent, since the last call: a
+    /// transaction abandoned by a parse error, or by `transaction(` opening a
+    /// new one. `None` when no action was lost.
+    pub fn take_abandoned(&mut self) -> Option<usize> {
+        std::mem::take(&mut self.abandoned)
+    }
+
+    fn drop_transaction(&mut self) {
+        if let Some(n) = self.actions.take().map(|a| a.len()).filter(|n| *n > 0) {
+            self.abandoned = Some(self.abandoned.unwrap_or(0) + n);
+        }
     }
 }
 

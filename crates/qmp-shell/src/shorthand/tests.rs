@@ -330,21 +330,25 @@ fn error_on_the_opening_line_abandons_the_transaction() {
 }
 
 #[test]
-fn error_on_a_later_line_drops_only_that_line() {
+fn error_on_a_later_line_abandons_the_whole_transaction() {
     let mut p = Parser::new();
     p.parse_line("transaction(").unwrap();
     p.parse_line("a x=1").unwrap();
+    p.parse_line("a x=2").unwrap();
+    assert_eq!(p.take_abandoned(), None);
     assert_eq!(
-        p.parse_line("b oops )"),
+        p.parse_line("b oops"),
         Err(ParseError("Expected a key=value pair, got 'oops'".into()))
     );
-    assert!(p.in_transaction()); // the `)` of the bad line is lost too
-    let Ok(Parsed::Command(c)) = p.parse_line(")") else {
-        panic!()
-    };
+    assert!(!p.in_transaction());
+    assert_eq!(p.take_abandoned(), Some(2));
+    assert_eq!(p.take_abandoned(), None);
+    // The closing line is now a command of its own, as outside a transaction.
     assert_eq!(
-        c["arguments"]["actions"],
-        json!([{"type": "a", "data": {"x": 1}}])
+        p.parse_line(")"),
+        Ok(Parsed::Command(cmd_obj(
+            json!({"execute": ")", "arguments": {}})
+        )))
     );
 }
 
@@ -354,6 +358,7 @@ fn reopening_resets_and_abort_drops() {
     p.parse_line("transaction(").unwrap();
     p.parse_line("a").unwrap();
     p.parse_line("transaction( b").unwrap();
+    assert_eq!(p.take_abandoned(), Some(1));
     let Ok(Parsed::Command(c)) = p.parse_line(")") else {
         panic!()
     };
@@ -364,9 +369,9 @@ fn reopening_resets_and_abort_drops() {
 
     p.parse_line("transaction(").unwrap();
     p.parse_line("a").unwrap();
-    p.abort_transaction();
+    assert_eq!(p.abort_transaction(), Some(1));
     assert!(!p.in_transaction());
-    p.abort_transaction();
+    assert_eq!(p.abort_transaction(), None);
     assert_eq!(
         p.parse_line(")"),
         Ok(Parsed::Command(cmd_obj(

@@ -108,6 +108,11 @@ pub fn storage_daemon() -> Peer {
 
 /// `qemu-ga` listening on `qga.sock`.
 pub fn guest_agent() -> Peer {
+    guest_agent_blocking("guest-exec,guest-file-open,guest-shutdown,guest-set-user-password")
+}
+
+/// `qemu-ga` with the commands in `blocked` (comma-separated) disabled.
+pub fn guest_agent_blocking(blocked: &str) -> Peer {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(dir.path().join("state")).expect("mkdir state");
     let d = dir.path().to_str().expect("utf-8 tempdir").to_owned();
@@ -120,7 +125,7 @@ pub fn guest_agent() -> Peer {
             "-t",
             &format!("{d}/state"),
             "-b",
-            "guest-exec,guest-file-open,guest-shutdown,guest-set-user-password",
+            blocked,
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

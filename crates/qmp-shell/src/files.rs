@@ -1,0 +1,214 @@
+//! Opening the files that may hold secrets (the `-l` log, the history) and
+//! nothing else: regular files the user owns are created and kept mode
+//! 0600; a device, a FIFO, `/dev/stderr` or somebody else's file is written
+//! to as it is and never chmod'ed; a symlink planted by another user in a
+//! sticky directory such as `/tmp` is not followed.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Mode of the files this module creates.
+const PRIVATE: u32 = 0o600;
+
+/// How [`open_private`] treats existing content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Start the file afresh (a regular file is truncated).
+    Truncate,
+    /// Write after what is there.
+    Append,
+}
+
+/// `~/.qmp-shell_history`, shared with the reference.
+pub fn history_path() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|home| Path::new(&home).join(".qmp-shell_history"))
+}
+
+/// Open `path` for writing a file that may hold secrets.
+///
+/// * A new file is created with mode 0600; the descriptor is `O_CLOEXEC`.
+/// * An existing regular file owned by the user is tightened to 0600 and,
+///   with [`Existing::Truncate`], emptied.
+/// * Anything else (a device such as `/dev/null`, a FIFO, a terminal,
+///   `/dev/stderr`, a file of another user that we may write) is written to
+///   as it is: never chmod'ed, never truncated.
+/// * A symlink is followed, except one owned by another user in a sticky
+///   directory (the `/tmp` symlink attack), which is refused.
+pub fn open_private(path: &Path, existing: Existing) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.write(true)
+        .create(true)
+        .append(existing == Existing::Append)
+        .mode(PRIVATE)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW);
+    let file = match opts.open(path) {
+        Ok(file) => file,
+        // ELOOP: the last component is a symlink (EACCES when the kernel's
+        // own protected_symlinks refused it first).
+        Err(e)
+            if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::EACCES))
+                && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) =>
+        {
+            check_symlink(path)?;
+            let mut follow = OpenOptions::new();
+            follow
+                .write(true)
+                .create(true)
+                .append(existing == Existing::Append)
+                .mode(PRIVATE)
+                .custom_flags(libc::O_CLOEXEC);
+            follow.open(path)?
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    // SAFETY: geteuid(2) cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.file_type().is_file() && meta.uid() == me {
+        if meta.mode() & 0o777 != PRIVATE {
+            file.set_permissions(std::fs::Permissions::from_mode(PRIVATE))?;
+        }
+        if existing == Existing::Truncate {
+            file.set_len(0)?;
+        }
+    }
+    Ok(file)
+}
+
+/// Refuse a symlink owned by someone else in a sticky directory (as
+/// Linux's `fs.protected_symlinks` does): in `/tmp`, another user could
+/// point it at one of our files.
+fn check_symlink(path: &Path) -> io::Result<()> {
+    let link = std::fs::symlink_metadata(path)?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = std::fs::metadata(parent)?;
+    // SAFETY: geteuid(2) cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let sticky = dir.mode() & libc::S_ISVTX != 0;
+    if sticky && link.uid() != me && link.uid() != dir.uid() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "refusing to follow {}: a symlink of another user in a sticky directory",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::symlink;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn new_file_is_0600_and_existing_is_tightened_and_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        open_private(&p, Existing::Truncate)
+            .unwrap()
+            .write_all(b"one\n")
+            .unwrap();
+        assert_eq!(mode(&p), 0o600);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        open_private(&p, Existing::Append)
+            .unwrap()
+            .write_all(b"two\n")
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "one\ntwo\n");
+        assert_eq!(mode(&p), 0o600);
+        open_private(&p, Existing::Truncate).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "");
+    }
+
+    #[test]
+    fn devices_and_symlinks_to_them_are_left_alone() {
+        let before = mode(Path::new("/dev/null"));
+        open_private(Path::new("/dev/null"), Existing::Truncate)
+            .unwrap()
+            .write_all(b"x")
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("history");
+        symlink("/dev/null", &link).unwrap();
+        open_private(&link, Existing::Truncate)
+            .unwrap()
+            .write_all(b"x")
+            .unwrap();
+        assert_eq!(mode(Path::new("/dev/null")), before);
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+
+    #[test]
+    fn fifo_is_not_chmod_ed() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        // A reader, so that opening for writing does not block.
+        let reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        open_private(&fifo, Existing::Truncate).unwrap();
+        drop(reader);
+        assert_eq!(mode(&fifo), 0o644);
+    }
+
+    #[test]
+    fn another_users_symlink_in_a_sticky_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let link = dir.path().join("log");
+        symlink(&victim, &link).unwrap();
+        // SAFETY: geteuid(2) cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            // Root can give the symlink to another user, as an attacker's.
+            let c = std::ffi::CString::new(link.to_str().unwrap()).unwrap();
+            // SAFETY: lchown(2) with a valid NUL-terminated path.
+            assert_eq!(unsafe { libc::lchown(c.as_ptr(), 65534, 65534) }, 0);
+            let e = open_private(&link, Existing::Truncate).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+            assert!(e.to_string().contains("sticky directory"), "{e}");
+            assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        }
+        // Our own symlink there is followed.
+        let c = std::ffi::CString::new(link.to_str().unwrap()).unwrap();
+        // SAFETY: as above.
+        let me = unsafe { libc::geteuid() };
+        // SAFETY: lchown(2) with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::lchown(c.as_ptr(), me, me) }, 0);
+        open_private(&link, Existing::Truncate).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "");
+    }
+
+    #[test]
+    fn dangling_symlink_in_a_normal_directory_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real");
+        let link = dir.path().join("link");
+        symlink(&target, &link).unwrap();
+        open_private(&link, Existing::Truncate).unwrap();
+        assert_eq!(mode(&target), 0o600);
+    }
+}

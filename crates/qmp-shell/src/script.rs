@@ -1,0 +1,243 @@
+//! The driver for input that is not a terminal: a pipe, a file, or `-c`.
+//!
+//! A thread reads lines into a bounded [`LineQueue`]; the engine takes
+//! them as fast as it can send them (pipelining) and prints replies in
+//! input order. Neither side ever blocks on the other in a way that ending
+//! the session could depend on: the queue can be closed from either end
+//! at any time, and the engine sleeps only on its doorbell. Unless the
+//! session is quiet (`-c`, `--json`), the banner and a prompt before each
+//! line are printed (and a newline at end of input), as the reference does
+//! on a pipe.
+
+use std::collections::VecDeque;
+use std::io::BufRead;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+
+use crate::doorbell::Doorbell;
+use crate::session::Engine;
+use crate::signals;
+
+/// Lines read ahead at most.
+const READ_AHEAD: usize = 1024;
+
+/// Where input lines come from: each a line, or why it could not be read.
+pub type Lines = Box<dyn Iterator<Item = Result<String, String>> + Send>;
+
+/// Lines of standard input (or any reader): split at `\n` only, like
+/// Python's `input()`; a line that is not UTF-8 is reported, not fatal. A
+/// read error ends the input, after a message.
+pub fn reader_lines<R: BufRead + Send + 'static>(mut reader: R) -> Lines {
+    Box::new(std::iter::from_fn(move || {
+        let mut buf = Vec::new();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) => None,
+            Ok(_) => {
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                }
+                Some(String::from_utf8(buf).map_err(|_| "input is not valid UTF-8".to_string()))
+            }
+            Err(err) => Some(Err(format!("reading input: {err}"))),
+        }
+    }))
+}
+
+/// What [`LineQueue::pop`] found.
+#[derive(Debug, PartialEq)]
+pub enum Pop {
+    /// The next line.
+    Line(Result<String, String>),
+    /// Nothing yet.
+    Empty,
+    /// Input ended and every line was taken.
+    Ended,
+}
+
+#[derive(Default)]
+struct QueueState {
+    lines: VecDeque<Result<String, String>>,
+    ended: bool,
+    closed: bool,
+}
+
+/// A bounded queue of input lines between a reader thread and the engine.
+/// The reader waits when it is full; [`close`](LineQueue::close) releases
+/// it at once, whatever is buffered.
+pub struct LineQueue {
+    state: Mutex<QueueState>,
+    space: Condvar,
+    bell: Arc<Doorbell>,
+}
+
+impl LineQueue {
+    /// Start a thread reading `lines` into a new queue; `bell` rings for
+    /// every line and at the end.
+    pub fn spawn(lines: Lines, bell: Arc<Doorbell>) -> Arc<LineQueue> {
+        let queue = Arc::new(LineQueue {
+            state: Mutex::new(QueueState::default()),
+            space: Condvar::new(),
+            bell,
+        });
+        let q = Arc::clone(&queue);
+        // Detached: a read blocked on an idle terminal or pipe cannot be
+        // interrupted, and must not keep the session alive.
+        let _ = thread::Builder::new()
+            .name("input".to_owned())
+            .spawn(move || {
+                for line in lines {
+                    if !q.push(line) {
+                        return;
+                    }
+                }
+                q.lock().ended = true;
+                q.bell.ring();
+            });
+        queue
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Add a line, waiting for room; `false` once the queue is closed.
+    fn push(&self, line: Result<String, String>) -> bool {
+        let mut st = self.lock();
+        while st.lines.len() >= READ_AHEAD && !st.closed {
+            st = self.space.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        if st.closed {
+            return false;
+        }
+        st.lines.push_back(line);
+        drop(st);
+        self.bell.ring();
+        true
+    }
+
+    /// Take the next line without waiting.
+    pub fn pop(&self) -> Pop {
+        let mut st = self.lock();
+        match st.lines.pop_front() {
+            Some(line) => {
+                drop(st);
+                self.space.notify_all();
+                Pop::Line(line)
+            }
+            None if st.ended => Pop::Ended,
+            None => Pop::Empty,
+        }
+    }
+
+    /// Stop reading: the reader thread ends at its next line, and what is
+    /// buffered is dropped.
+    pub fn close(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        st.lines.clear();
+        drop(st);
+        self.space.notify_all();
+    }
+}
+
+/// Run a session on `lines` and return the exit status.
+pub fn run(mut engine: Engine, lines: Lines) -> i32 {
+    let bell = Arc::clone(engine.doorbell());
+    signals::watch(&bell);
+    let queue = LineQueue::spawn(lines, Arc::clone(&bell));
+    if engine.config().prompts {
+        engine.banner();
+        engine.queue_prompt();
+    }
+    let mut ended = false;
+    loop {
+        let seen = bell.seen();
+        if let Some(sig) = signals::terminating() {
+            engine.stop_with(128 + sig);
+            break;
+        }
+        engine.pump();
+        if engine.stopped().is_some() {
+            break;
+        }
+        if engine.wants_input() && !ended {
+            match queue.pop() {
+                Pop::Line(Ok(line)) => {
+                    engine.line(&line);
+                    engine.queue_prompt();
+                    continue;
+                }
+                Pop::Line(Err(reason)) => {
+                    engine.unreadable_line(&reason);
+                    engine.queue_prompt();
+                    continue;
+                }
+                Pop::Ended => {
+                    ended = true;
+                    engine.end_of_input();
+                    if engine.config().prompts {
+                        engine.queue_text("\n".to_owned());
+                    }
+                    continue;
+                }
+                Pop::Empty => {}
+            }
+        }
+        if ended && engine.is_idle() {
+            break;
+        }
+        // Prompts and replies so far go out before we sleep.
+        engine.flush();
+        bell.wait(seen, engine.deadline());
+    }
+    queue.close();
+    engine.exit_code()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn closing_releases_a_reader_blocked_on_a_full_queue() {
+        let bell = Arc::new(Doorbell::new());
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        // An endless input: the reader fills the queue and waits for room.
+        // The sender lives in the iterator: it is dropped when the reader
+        // thread ends.
+        let lines: Lines = Box::new(std::iter::repeat_with(move || {
+            let _keep = &tx;
+            Ok("x".to_owned())
+        }));
+        let queue = LineQueue::spawn(lines, Arc::clone(&bell));
+        // Wait until it is full.
+        let start = Instant::now();
+        while queue.lock().lines.len() < READ_AHEAD {
+            let seen = bell.seen();
+            bell.wait(seen, Some(start + Duration::from_secs(30)));
+        }
+        assert!(matches!(queue.pop(), Pop::Line(Ok(_))));
+        queue.close();
+        assert_eq!(queue.pop(), Pop::Empty);
+        // The reader thread ends (and drops the sender).
+        assert!(rx.recv().is_err());
+    }
+
+    #[test]
+    fn end_of_input_after_the_last_line() {
+        let bell = Arc::new(Doorbell::new());
+        let lines: Lines = Box::new(vec![Ok("a".to_owned()), Err("bad".to_owned())].into_iter());
+        let queue = LineQueue::spawn(lines, Arc::clone(&bell));
+        let mut got = Vec::new();
+        loop {
+            let seen = bell.seen();
+            match queue.pop() {
+                Pop::Line(l) => got.push(l),
+                Pop::Ended => break,
+                Pop::Empty => bell.wait(seen, None),
+            }
+        }
+        assert_eq!(got, [Ok("a".to_owned()), Err("bad".to_owned())]);
+    }
+}

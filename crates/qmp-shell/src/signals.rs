@@ -1,0 +1,205 @@
+//! Signals: what Ctrl-C, SIGTERM and SIGHUP mean, in one place.
+//!
+//! A thread of our own receives SIGINT, SIGTERM and SIGHUP and turns them
+//! into state the session engine polls ([`interrupts`], [`terminating`]),
+//! ringing the engine's doorbells so it notices at once. At a terminal,
+//! SIGINT means "stop waiting" (the engine abandons the replies it awaits);
+//! elsewhere, and for SIGTERM and SIGHUP always, it means "end the session"
+//! with status 128 + the signal. The main thread returns through its normal
+//! path, so the terminal is restored, the history saved and QEMU stopped;
+//! should it not finish within [`GRACE`], the signal thread runs the
+//! registered emergency cleanups, restores the terminal and exits itself.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::doorbell::Doorbell;
+
+/// How long the main thread gets to end cleanly after SIGTERM or SIGHUP.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+static TERMINATE: AtomicI32 = AtomicI32::new(0);
+/// SIGINT ends the session (not at a terminal).
+static INTERRUPT_ENDS: AtomicBool = AtomicBool::new(true);
+
+/// The thread blocked in the line editor, if any (a `pthread_t`).
+static READLINE_THREAD: Mutex<Option<libc::pthread_t>> = Mutex::new(None);
+
+type Cleanup = Box<dyn Fn() + Send + Sync>;
+
+struct Registry {
+    bells: Vec<Weak<Doorbell>>,
+    cleanups: Vec<Cleanup>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    bells: Vec::new(),
+    cleanups: Vec::new(),
+});
+
+/// The terminal settings at start-up, restored on every exit path.
+static TERMIOS: OnceLock<Option<libc::termios>> = OnceLock::new();
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Start handling signals (once per process); remember the terminal's
+/// settings. `interrupt_ends`: SIGINT ends the session (pipes, `-c`)
+/// rather than abandoning a wait (a terminal).
+pub fn install(interrupt_ends: bool) {
+    INTERRUPT_ENDS.store(interrupt_ends, Ordering::SeqCst);
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        TERMIOS.get_or_init(save_terminal);
+        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+            return;
+        };
+        let _ = thread::Builder::new()
+            .name("signals".to_owned())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    handle(sig);
+                }
+            });
+    });
+}
+
+fn handle(sig: i32) {
+    if sig == SIGINT && !INTERRUPT_ENDS.load(Ordering::SeqCst) {
+        INTERRUPTS.fetch_add(1, Ordering::SeqCst);
+        ring_all();
+        return;
+    }
+    if TERMINATE.swap(sig, Ordering::SeqCst) != 0 {
+        // A second signal: do not wait any longer.
+        emergency_exit(sig);
+    }
+    ring_all();
+    wake_readline();
+    // The main thread normally ends the process well before this.
+    let deadline = Instant::now() + GRACE;
+    let _ = thread::Builder::new()
+        .name("signal-grace".to_owned())
+        .spawn(move || {
+            while Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+                wake_readline();
+            }
+            emergency_exit(sig);
+        });
+}
+
+/// Run the emergency cleanups, restore the terminal and exit 128 + `sig`.
+fn emergency_exit(sig: i32) -> ! {
+    let cleanups = std::mem::take(&mut registry().cleanups);
+    for cleanup in cleanups {
+        cleanup();
+    }
+    restore_terminal();
+    // SAFETY: _exit(2) ends the process at once, whatever other threads do.
+    unsafe { libc::_exit(128 + sig) }
+}
+
+fn ring_all() {
+    let bells: Vec<Arc<Doorbell>> = registry().bells.iter().filter_map(Weak::upgrade).collect();
+    for bell in bells {
+        bell.ring();
+    }
+}
+
+/// Ring `bell` whenever a signal arrives.
+pub fn watch(bell: &Arc<Doorbell>) {
+    let mut reg = registry();
+    reg.bells.retain(|b| b.strong_count() > 0);
+    reg.bells.push(Arc::downgrade(bell));
+}
+
+/// Run `cleanup` should the process have to exit from the signal thread
+/// (the main thread did not end within [`GRACE`] of SIGTERM or SIGHUP).
+pub fn on_emergency(cleanup: Cleanup) {
+    registry().cleanups.push(cleanup);
+}
+
+/// How many SIGINTs arrived (at a terminal, where they abandon a wait).
+pub fn interrupts() -> u64 {
+    INTERRUPTS.load(Ordering::SeqCst)
+}
+
+/// The signal that asked the session to end, if any.
+pub fn terminating() -> Option<i32> {
+    match TERMINATE.load(Ordering::SeqCst) {
+        0 => None,
+        sig => Some(sig),
+    }
+}
+
+/// Mark the current thread as blocked in the line editor (`true`) or not.
+/// While it is, [`wake_readline`] interrupts the editor.
+pub fn in_readline(inside: bool) {
+    let mut t = READLINE_THREAD.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: pthread_self(3) cannot fail.
+    *t = inside.then(|| unsafe { libc::pthread_self() });
+}
+
+/// Whether a thread is in the line editor.
+pub fn readline_active() -> bool {
+    READLINE_THREAD
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some()
+}
+
+/// Make the line editor return (as if Ctrl-C were pressed), so the main
+/// thread sees that the session must end. A no-op when no thread is in
+/// the editor.
+pub fn wake_readline() {
+    let t = *READLINE_THREAD.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(thread) = t {
+        // SAFETY: the thread registered itself and unregisters before it
+        // ends; the editor's own SIGINT handler turns this into an
+        // interrupted read.
+        unsafe {
+            libc::pthread_kill(thread, SIGINT);
+        }
+    }
+}
+
+fn save_terminal() -> Option<libc::termios> {
+    if !std::io::stdin().is_terminal() {
+        return None;
+    }
+    // SAFETY: tcgetattr(3) fills the zeroed struct on success.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        (libc::tcgetattr(libc::STDIN_FILENO, &mut t) == 0).then_some(t)
+    }
+}
+
+/// Put the terminal back as it was at start-up (echo, canonical mode),
+/// if it was changed (so a shell in the background is not stopped by
+/// SIGTTOU for nothing).
+pub fn restore_terminal() {
+    let Some(Some(saved)) = TERMIOS.get() else {
+        return;
+    };
+    // SAFETY: tcgetattr/tcsetattr(3) on standard input with a zeroed struct
+    // it fills, and settings tcgetattr returned earlier.
+    unsafe {
+        let mut now: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(libc::STDIN_FILENO, &mut now) == 0
+            && now.c_lflag == saved.c_lflag
+            && now.c_iflag == saved.c_iflag
+            && now.c_oflag == saved.c_oflag
+        {
+            return;
+        }
+        libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved);
+    }
+}

@@ -1,0 +1,75 @@
+//! Wording and shapes the reference shell (Python) gives its output, where
+//! the QMP library has its own: OS errors as Python's `OSError` prints them,
+//! replies without the id the client added.
+
+use std::io;
+
+use qmp::{Object, Reply};
+
+/// Format an I/O error like Python's `OSError.__str__`: `[Errno N] strerror`
+/// for OS errors, Rust's text otherwise.
+pub fn python_io_error(err: &io::Error) -> String {
+    match err.raw_os_error() {
+        Some(code) => {
+            let text = io::Error::from_raw_os_error(code).to_string();
+            let suffix = format!(" (os error {code})");
+            let text = text.strip_suffix(&suffix).unwrap_or(&text);
+            format!("[Errno {code}] {text}")
+        }
+        None => err.to_string(),
+    }
+}
+
+/// A client error in the reference's words: OS errors Python-style.
+pub fn client_error(err: &qmp::Error) -> String {
+    match err {
+        qmp::Error::Io(e) => python_io_error(e),
+        other => other.to_string(),
+    }
+}
+
+/// The reply as the user sees it: without the `"id"` when the client
+/// assigned it (the user did not write one), the key order kept.
+pub fn shown(reply: Reply) -> Object {
+    let mut body = reply.body;
+    if reply.assigned_id {
+        body.shift_remove("id");
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn io_errors_display_python_style() {
+        let e = io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(python_io_error(&e), "[Errno 2] No such file or directory");
+        let e = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(python_io_error(&e), "[Errno 111] Connection refused");
+        assert_eq!(python_io_error(&io::Error::other("custom")), "custom");
+        assert_eq!(client_error(&qmp::Error::Disconnected), "Disconnected");
+    }
+
+    #[test]
+    fn shown_removes_assigned_id_only() {
+        let body: Object =
+            serde_json::from_str(r#"{"return": {}, "id": "__qmp#1", "z": 1}"#).unwrap();
+        let r = Reply {
+            body: body.clone(),
+            assigned_id: true,
+        };
+        assert_eq!(
+            serde_json::to_string(&shown(r)).unwrap(),
+            r#"{"return":{},"z":1}"#
+        );
+        let r = Reply {
+            body,
+            assigned_id: false,
+        };
+        let kept = shown(r);
+        assert_eq!(kept.get("id"), Some(&Value::from("__qmp#1")));
+    }
+}
