@@ -464,6 +464,12 @@ impl Client {
                 let host = if host.is_empty() { "localhost" } else { host };
                 Client::from_tcp_stream(TcpStream::connect((host, *port))?, opts)
             }
+            // Reached through `transport::ssh`, which this client does not
+            // use yet (it runs on sockets, not on a `Transport`).
+            Address::Ssh { .. } => Err(Error::Io(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "ssh:// addresses need the transport-based client",
+            ))),
         }
     }
 
