@@ -4,12 +4,14 @@
 //! through ssh.
 //!
 //! ```text
-//! cargo run --release -p qmp --example ssh_pipeline -- ADDRESS [N] [RUNS]
+//! cargo run --release -p qmp --example ssh_pipeline -- ADDRESS [N] [RUNS] [serial]
 //! ```
 //!
 //! ADDRESS is a UNIX socket path or `ssh://[USER@]HOST[:PORT]/PATH` (ssh run
 //! as `$QMP_SSH_COMMAND` says). N defaults to 2000, RUNS to 5; each run is a
-//! new connection (connecting is not timed), and the median is printed last.
+//! new connection, timed separately (connect, greeting and negotiation),
+//! and the medians are printed last. With `serial`, each command waits for
+//! the previous reply (round-trip latency instead of throughput).
 
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
@@ -50,8 +52,9 @@ fn object(text: &str) -> Object {
     serde_json::from_str(text).unwrap_or_default()
 }
 
-/// One run: connect and negotiate, then time `n` pipelined commands.
-fn run(addr: &Address, n: u64) -> Result<f64, String> {
+/// One run: time connecting and negotiating, then `n` commands.
+fn run(addr: &Address, n: u64, serial: bool) -> Result<(f64, f64), String> {
+    let connect_start = Instant::now();
     let Halves {
         mut source,
         mut sink,
@@ -65,8 +68,20 @@ fn run(addr: &Address, n: u64) -> Result<f64, String> {
     sink.send(&caps, &qmp::encode(&caps), &[])
         .map_err(|e| e.to_string())?;
     next(&mut *source)?;
+    let connect_ms = connect_start.elapsed().as_secs_f64() * 1000.0;
 
     let start = Instant::now();
+    if serial {
+        for id in 0..n {
+            let msg = object(&format!(r#"{{"execute":"query-status","id":{id}}}"#));
+            sink.send(&msg, &qmp::encode(&msg), &[])
+                .map_err(|e| e.to_string())?;
+            while !next(&mut *source)?.contains_key("return") {}
+        }
+        let elapsed = start.elapsed().as_secs_f64() * 1000.0;
+        closer();
+        return Ok((connect_ms, elapsed));
+    }
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
         for id in 0..n {
             let msg = object(&format!(r#"{{"execute":"query-status","id":{id}}}"#));
@@ -89,7 +104,7 @@ fn run(addr: &Address, n: u64) -> Result<f64, String> {
         .map_err(|_| "writer panicked".to_owned())?
         .map_err(|e| e.to_string())?;
     closer();
-    Ok(elapsed)
+    Ok((connect_ms, elapsed))
 }
 
 fn main() -> ExitCode {
@@ -107,12 +122,19 @@ fn main() -> ExitCode {
     };
     let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(2000);
     let runs: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let serial = args.get(3).is_some_and(|s| s == "serial");
+    let mode = if serial { "serial" } else { "pipelined" };
     let mut times = Vec::new();
+    let mut connects = Vec::new();
     for i in 0..runs {
-        match run(&addr, n) {
-            Ok(ms) => {
-                println!("run {}: {n} commands in {ms:.1} ms", i + 1);
+        match run(&addr, n, serial) {
+            Ok((connect_ms, ms)) => {
+                println!(
+                    "run {}: connected in {connect_ms:.1} ms, {n} {mode} commands in {ms:.1} ms",
+                    i + 1
+                );
                 times.push(ms);
+                connects.push(connect_ms);
             }
             Err(e) => {
                 eprintln!("error: {e}");
@@ -121,11 +143,14 @@ fn main() -> ExitCode {
         }
     }
     times.sort_by(f64::total_cmp);
+    connects.sort_by(f64::total_cmp);
     if let (Some(min), Some(max)) = (times.first(), times.last()) {
         let median = times[times.len() / 2];
         println!(
-            "{addr}: median {median:.1} ms ({min:.1}-{max:.1}), {:.1} us/command",
-            median * 1000.0 / n as f64
+            "{addr}: {n} {mode} commands: median {median:.1} ms ({min:.1}-{max:.1}), \
+             {:.1} us/command; connect median {:.1} ms",
+            median * 1000.0 / n as f64,
+            connects[connects.len() / 2]
         );
     }
     ExitCode::SUCCESS
