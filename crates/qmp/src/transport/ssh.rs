@@ -61,7 +61,7 @@
 //!   the end of the stream before the greeting; or the ssh connection
 //!   broke). An end of stream with ssh still running and silent (QEMU
 //!   closed the socket) stays a plain end of stream, as after
-//!   [`Closer`](super::Closer) was called;
+//!   the [`Closer`] was called;
 //! * from [`SshMonitor::failure`] at any time.
 //!
 //! # Process lifetime
@@ -122,7 +122,7 @@ const MAX_LINE: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshOptions {
     /// The ssh program and its leading options, e.g. `["ssh", "-F",
-    /// "/path/ssh_config"]`. Never empty.
+    /// "/path/ssh_config"]`. An empty command is refused.
     pub command: Vec<String>,
     /// How long to wait for ssh to log in and set up the forwarding;
     /// `None` waits as long as ssh does.
@@ -397,6 +397,7 @@ impl SshTransport {
         let owner = Arc::new(Owner {
             shared: Arc::clone(&shared),
             child: Mutex::new(Some(child)),
+            stdout: Mutex::new(None),
             control: Mutex::new(None),
             reader: Mutex::new(None),
         });
@@ -408,8 +409,9 @@ impl SshTransport {
 
         match wait_ready(stdout, opts.timeout) {
             Ok(Ready::Yes(stdout)) => {
-                // ssh holds the other end; nothing more is written on it.
-                drop(stdout);
+                // Kept open: ssh writes nothing more there, but should it,
+                // it must not die of SIGPIPE.
+                *lock(&owner.stdout) = Some(stdout);
             }
             Ok(Ready::Ended) => {
                 // ssh exited (or closed its output) before the forwarding
@@ -595,6 +597,8 @@ impl Shared {
 struct Owner {
     shared: Arc<Shared>,
     child: Mutex<Option<Child>>,
+    /// ssh's standard output, once the ready line was read from it.
+    stdout: Mutex<Option<ChildStdout>>,
     /// The connection to the forwarding, to shut it down.
     control: Mutex<Option<UnixStream>>,
     /// The standard-error reader thread and the write end of its wake-up
@@ -982,11 +986,11 @@ fn check_target(user: Option<&str>, host: &str, path: &Path) -> io::Result<()> {
     if host.is_empty() {
         return invalid("ssh: no host".to_owned());
     }
-    if host.starts_with('-') {
-        return invalid(format!("ssh: the host must not start with '-': {host}"));
+    if host.starts_with('-') || host.contains('\0') {
+        return invalid(format!("ssh: bad host {host:?}"));
     }
     if let Some(user) = user {
-        if user.is_empty() || user.starts_with('-') {
+        if user.is_empty() || user.starts_with('-') || user.contains('\0') {
             return invalid(format!("ssh: bad user name {user:?}"));
         }
     }
@@ -997,6 +1001,9 @@ fn check_target(user: Option<&str>, host: &str, path: &Path) -> io::Result<()> {
         ));
     }
     let bytes = path.as_os_str().as_bytes();
+    if bytes.contains(&0) {
+        return invalid("ssh: the remote socket path contains a NUL byte".to_owned());
+    }
     if bytes.windows(2).any(|w| w == b"${") {
         // ssh expands ${VAR} in forwarding paths, with no escape.
         return invalid(format!(
@@ -1332,6 +1339,9 @@ mod tests {
             (Some(""), "h", "/q"),
             (None, "h", "q.sock"),
             (None, "h", "/a/${HOME}/q"),
+            (None, "h", "/a\0b"),
+            (None, "h\0", "/q"),
+            (Some("u\0"), "h", "/q"),
         ] {
             let err = check_target(user, host, Path::new(path)).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{host} {path}");
