@@ -166,6 +166,19 @@ fn greeting_negotiation_and_query_status_through_ssh() {
 }
 
 #[test]
+fn remote_paths_with_colons_percents_and_backslashes_arrive_intact() {
+    let qemu = common::qemu();
+    let sshd = Sshd::start();
+    // ssh's -L syntax splits at ':', unescapes '\\' and expands '%' tokens.
+    let odd = sshd.dir().join("a:b%h\\c %%d");
+    std::os::unix::fs::symlink(qemu.path(), &odd).expect("symlink");
+    let mut s = Session::new(connect(&sshd, &odd.join("qmp.sock")).expect("connect"));
+    s.negotiate();
+    s.send(r#"{"execute": "query-status", "id": 1}"#);
+    assert_eq!(s.next_object()["return"]["status"], "running");
+}
+
+#[test]
 fn events_arrive_through_ssh() {
     let qemu = common::qemu();
     let sshd = Sshd::start();

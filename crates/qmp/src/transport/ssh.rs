@@ -27,6 +27,14 @@
 //! and carries QMP over that connection; ssh opens the channel to the
 //! remote socket when the connection arrives.
 //!
+//! `LogLevel=INFO` is there because ssh reports a channel that could not be
+//! opened (a missing remote socket) at that level, which a configured
+//! `LogLevel ERROR` would hide; ssh's messages are captured, never shown
+//! as such. In the `-L` specification, `:` and `\` in the paths are
+//! escaped with `\` and `%` is doubled, since OpenSSH (9.2 here) expands
+//! `%` tokens and `${VAR}` in forwarding paths; a remote path containing
+//! `${` cannot be expressed and is refused.
+//!
 //! OpenSSH takes the first value it gets for each option, and the options
 //! of `QMP_SSH_COMMAND` come first, so they override the defaults above:
 //! `QMP_SSH_COMMAND='ssh -o BatchMode=no'` lets ssh ask for a password.
