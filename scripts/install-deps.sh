@@ -23,6 +23,9 @@ CHECKS=(
     "hyperfine hyperfine"
     "/usr/bin/time time"
     "tmux tmux"
+    "ssh openssh-client"
+    "ssh-keygen openssh-client"
+    "/usr/sbin/sshd openssh-server"
 )
 
 have() {
@@ -96,6 +99,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
             exit 1
         fi
     done
+fi
+
+# sshd refuses to start without its privilege-separation directory, which
+# the package's init script would create (there is no init here);
+# the sshd test harness also creates it.
+if [ -x /usr/sbin/sshd ] && [ ! -d /run/sshd ]; then
+    $SUDO mkdir -p /run/sshd
 fi
 
 # The reference implementation: Python qemu.qmp 0.0.6.

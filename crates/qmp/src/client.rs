@@ -24,6 +24,7 @@ use serde_json::Value;
 use crate::address::Address;
 use crate::framing::{encode, truncate, FrameError};
 use crate::message::{command, Event, Greeting, Message, Object, Reply};
+use crate::transport::ssh::{SshOptions, SshTransport};
 use crate::transport::{Closer, Handshake, Received, Sink, Source, StreamTransport, Transport};
 
 /// How much of an unexpected message goes into warnings and errors.
@@ -788,6 +789,12 @@ impl Client {
             Address::Tcp { host, port } => {
                 let host: &str = if host.is_empty() { "localhost" } else { host };
                 StreamTransport::tcp(TcpStream::connect((host, *port))?)?
+            }
+            Address::Ssh { .. } => {
+                let t = SshTransport::connect_address(addr, &SshOptions::from_env()?)?
+                    .max_message(opts.max_message)
+                    .delimiters(opts.guest_sync);
+                return Client::open(Box::new(t), opts);
             }
         };
         let transport = transport

@@ -6,9 +6,11 @@
 //! * [`framing`]: [`Decoder`] splits a byte stream into JSON objects
 //!   incrementally, with a size limit and no recursion; [`encode`] writes one.
 //! * [`address`]: [`Address`], a UNIX socket path or `HOST:PORT`, parsed like
-//!   the reference `qmp-shell`.
-//! * [`transport`]: [`Transport`], whatever carries QMP messages (a UNIX or
-//!   TCP socket: [`StreamTransport`]).
+//!   the reference `qmp-shell`, plus QEMU's `unix:PATH` and `tcp:HOST:PORT`
+//!   and `ssh://[USER@]HOST[:PORT]/PATH`.
+//! * [`transport`]: the [`Transport`] trait and its implementations: byte
+//!   streams ([`StreamTransport`]) and a remote socket reached through the
+//!   system `ssh` ([`transport::ssh::SshTransport`]).
 //! * [`client`]: [`Client`], a thread-safe blocking client over any
 //!   transport, with a reader and a writer thread, pipelining
 //!   ([`Client::send`] returns a [`Pending`]), out-of-band commands and an

@@ -15,8 +15,10 @@ use std::sync::Arc;
 use crate::framing::FrameError;
 use crate::message::{Greeting, Object};
 
+pub mod ssh;
 pub mod stream;
 
+pub use ssh::SshTransport;
 pub use stream::StreamTransport;
 
 /// How a session begins on a transport.
