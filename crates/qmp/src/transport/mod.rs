@@ -15,6 +15,7 @@ use std::sync::Arc;
 use crate::framing::FrameError;
 use crate::message::{Greeting, Object};
 
+pub mod libvirt;
 pub mod stream;
 
 pub use stream::StreamTransport;
