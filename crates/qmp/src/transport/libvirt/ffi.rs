@@ -92,6 +92,8 @@ pub(super) const VIR_UUID_STRING_BUFLEN: usize = 36 + 1;
 pub(super) mod code {
     use std::ffi::c_int;
     pub const VIR_ERR_INVALID_DOMAIN: c_int = 7;
+    pub const VIR_ERR_OPERATION_FAILED: c_int = 9;
+    pub const VIR_ERR_SYSTEM_ERROR: c_int = 38;
     pub const VIR_ERR_NO_DOMAIN: c_int = 42;
     pub const VIR_ERR_AUTH_FAILED: c_int = 45;
     pub const VIR_ERR_OPERATION_INVALID: c_int = 55;

@@ -1043,6 +1043,19 @@ impl Sink for LibvirtSink {
                 session.queue.end_call(Some(reply_item(&text, id)));
                 Ok(())
             }
+            Err(e) if !session.agent && is_quit(msg) && quit_went_through(&e, &handles) => {
+                // QEMU answers `quit` with {"return": {}} and exits at once;
+                // libvirt often loses that answer as the monitor closes
+                // under it, and reports the closing instead.
+                let mut reply = Object::new();
+                reply.insert("return".to_owned(), Value::Object(Object::new()));
+                restore_id(&mut reply, id);
+                session.queue.end_call(Some(Item {
+                    frame: Ok(reply),
+                    raw: None,
+                }));
+                Ok(())
+            }
             Err(e) if !handles.alive() => {
                 session.queue.end();
                 session.queue.end_call(None);
@@ -1066,6 +1079,23 @@ impl Sink for LibvirtSink {
         // guest agent itself before every command).
         Ok(())
     }
+}
+
+/// Whether `msg` is QEMU's `quit`.
+fn is_quit(msg: &Object) -> bool {
+    msg.get("execute").and_then(Value::as_str) == Some("quit")
+}
+
+/// After `quit` failed: whether it failed because QEMU quit (the monitor
+/// closed, or the domain is gone), not for a reason of libvirt's own (say,
+/// a job lock that timed out, where the domain is still up).
+fn quit_went_through(e: &VirErr, handles: &Handles) -> bool {
+    matches!(
+        e.code,
+        code::VIR_ERR_OPERATION_FAILED
+            | code::VIR_ERR_SYSTEM_ERROR
+            | code::VIR_ERR_OPERATION_INVALID
+    ) || !handles.alive()
 }
 
 /// The command text for libvirt: the message without its `"id"` (libvirt
@@ -1160,22 +1190,19 @@ fn event_item(name: &str, seconds: c_longlong, micros: c_uint, details: Option<&
     let mut obj = Object::new();
     obj.insert("timestamp".to_owned(), Value::Object(timestamp));
     obj.insert("event".to_owned(), Value::from(name));
-    if let Some(details) = details {
-        // `data` is always an object in QMP; parse it with the decoder's
-        // limits (no recursion, bounded depth).
-        let mut decoder = Decoder::new(usize::MAX);
-        decoder.feed(details);
-        match decoder.next_message() {
-            Some(Ok(data)) => {
+    if let Some(details) = details.filter(|d| !d.trim_ascii().is_empty()) {
+        // `data` is always an object in QMP; parsed as a socket's frames are
+        // (no recursion, bounded depth).
+        match parse_frame(details) {
+            Ok(data) => {
                 obj.insert("data".to_owned(), Value::Object(data));
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 return Item {
                     frame: Err(e),
                     raw: Some(details.to_vec()),
                 }
             }
-            None => {}
         }
     }
     Item {
