@@ -102,12 +102,22 @@ fn unique_name(tag: &str) -> String {
     )
 }
 
-fn domain_xml(name: &str, dir: &Path) -> String {
+/// `agent`: with a guest agent channel (no guest runs an agent on it).
+fn domain_xml(name: &str, dir: &Path, agent: bool) -> String {
+    let channel = if agent {
+        format!(
+            "<channel type='unix'><source mode='bind' path='{}/agent.sock'/>\
+             <target type='virtio' name='org.qemu.guest_agent.0'/></channel>",
+            dir.display()
+        )
+    } else {
+        String::new()
+    };
     format!(
         "<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>\n\
          <name>{name}</name><memory unit='MiB'>64</memory><vcpu>2</vcpu>\n\
          <os><type arch='x86_64' machine='pc'>hvm</type></os>\n\
-         <devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices>\n\
+         <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>{channel}</devices>\n\
          <qemu:commandline><qemu:arg value='-qmp'/>\
          <qemu:arg value='unix:{}/side.sock,server=on,wait=off'/></qemu:commandline>\n\
          </domain>\n",
@@ -125,13 +135,13 @@ struct TestDomain {
 }
 
 impl TestDomain {
-    fn new(tag: &str) -> TestDomain {
+    fn new(tag: &str, agent: bool) -> TestDomain {
         let dir = tempfile::tempdir().expect("tempdir");
         // QEMU runs as another process and must reach the side socket.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod 0755");
         let name = unique_name(tag);
-        std::fs::write(dir.path().join("dom.xml"), domain_xml(&name, dir.path()))
+        std::fs::write(dir.path().join("dom.xml"), domain_xml(&name, dir.path(), agent))
             .expect("write dom.xml");
         TestDomain {
             name,
@@ -142,7 +152,12 @@ impl TestDomain {
 
     /// A running transient domain whose side socket accepts connections.
     fn start(tag: &str) -> TestDomain {
-        let d = TestDomain::new(tag);
+        TestDomain::start_with(tag, false)
+    }
+
+    /// A running transient domain, with a guest agent channel if `agent`.
+    fn start_with(tag: &str, agent: bool) -> TestDomain {
+        let d = TestDomain::new(tag, agent);
         let xml = d.dir.path().join("dom.xml");
         let out = virsh(&["create", xml.to_str().expect("utf-8 path")]);
         assert!(
@@ -160,7 +175,7 @@ impl TestDomain {
 
     /// A persistent domain that is not running.
     fn define(tag: &str) -> TestDomain {
-        let mut d = TestDomain::new(tag);
+        let mut d = TestDomain::new(tag, false);
         let xml = d.dir.path().join("dom.xml");
         let out = virsh(&["define", xml.to_str().expect("utf-8 path")]);
         assert!(
@@ -589,6 +604,40 @@ fn destroying_the_domain_ends_the_source() {
 }
 
 #[test]
+fn losing_the_connection_to_libvirtd_ends_the_source() {
+    let _g = shared();
+    let dom = TestDomain::start("lost");
+    // libvirt's `ext` transport runs a command that carries the connection
+    // on its standard input and output: here socat, to libvirtd's socket.
+    // Killing it cuts the connection as a network failure would.
+    let dir = dom.dir.path();
+    let pid_file = dir.join("relay.pid");
+    let script = dir.join("relay.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho $$ > '{}'\nexec socat - UNIX-CONNECT:/run/libvirt/libvirt-sock\n",
+            pid_file.display()
+        ),
+    )
+    .expect("write relay.sh");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let uri = format!("qemu+ext:///system?command={}", script.display());
+    let t = LibvirtTransport::open(Some(&uri), &dom.name, false).expect("open through the relay");
+    let mut s = Session::new(t);
+    assert!(s.execute(r#"{"execute":"query-status"}"#).contains_key("return"));
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("relay.pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    // SAFETY: kill(2) on the relay this test started (through libvirt).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    s.expect_end();
+    s.close();
+}
+
+#[test]
 fn file_descriptors_go_through_with_files() {
     let _g = shared();
     let dom = TestDomain::start("fds");
@@ -701,6 +750,21 @@ fn agent_mode_without_an_agent_channel_says_so() {
             .starts_with(&format!("domain {} has no guest agent", dom.name)),
         "{e}"
     );
+}
+
+#[test]
+fn agent_mode_with_no_agent_connected_says_so() {
+    let _g = shared();
+    let dom = TestDomain::start_with("agentch", true);
+    let e = LibvirtTransport::open(Some(URI), &dom.name, true).unwrap_err();
+    let LibvirtError::NoAgent { message, .. } = &e else {
+        panic!("expected NoAgent, got {e:?}");
+    };
+    assert!(message.contains("not connected"), "{message}");
+    // The monitor is still there for a monitor session.
+    let mut s = Session::new(dom.open());
+    assert!(s.execute(r#"{"execute":"query-status"}"#).contains_key("return"));
+    s.close();
 }
 
 #[test]
