@@ -141,8 +141,11 @@ impl TestDomain {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod 0755");
         let name = unique_name(tag);
-        std::fs::write(dir.path().join("dom.xml"), domain_xml(&name, dir.path(), agent))
-            .expect("write dom.xml");
+        std::fs::write(
+            dir.path().join("dom.xml"),
+            domain_xml(&name, dir.path(), agent),
+        )
+        .expect("write dom.xml");
         TestDomain {
             name,
             dir,
@@ -625,7 +628,9 @@ fn losing_the_connection_to_libvirtd_ends_the_source() {
     let uri = format!("qemu+ext:///system?command={}", script.display());
     let t = LibvirtTransport::open(Some(&uri), &dom.name, false).expect("open through the relay");
     let mut s = Session::new(t);
-    assert!(s.execute(r#"{"execute":"query-status"}"#).contains_key("return"));
+    assert!(s
+        .execute(r#"{"execute":"query-status"}"#)
+        .contains_key("return"));
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .expect("relay.pid")
         .trim()
@@ -763,7 +768,9 @@ fn agent_mode_with_no_agent_connected_says_so() {
     assert!(message.contains("not connected"), "{message}");
     // The monitor is still there for a monitor session.
     let mut s = Session::new(dom.open());
-    assert!(s.execute(r#"{"execute":"query-status"}"#).contains_key("return"));
+    assert!(s
+        .execute(r#"{"execute":"query-status"}"#)
+        .contains_key("return"));
     s.close();
 }
 

@@ -46,6 +46,10 @@
 //!   `{"timestamp": {"seconds": S, "microseconds": US}, "event": NAME, "data": {...}}`.
 //!   They and the replies come through different paths inside libvirt, so
 //!   an event QEMU sent just before a reply may be received just after it.
+//! * `human-monitor-command` goes through as QMP, so its reply is QEMU's own.
+//! * Agent mode: libvirt synchronises with the agent before each command;
+//!   `guest-sync-delimited` is sent as `guest-sync`, and the source reports
+//!   [`Received::Delimiter`] before its reply, as the agent would.
 //! * libvirt already negotiated capabilities with QEMU: the handshake is
 //!   [`Handshake::Negotiated`], with a greeting made from `query-version`.
 
@@ -338,6 +342,7 @@ impl Transport for LibvirtTransport {
         Ok(Halves {
             source: Box::new(LibvirtSource {
                 session: Arc::clone(&session),
+                pending: None,
             }),
             sink: Box::new(LibvirtSink { session }),
             closer,
@@ -896,6 +901,8 @@ unsafe extern "C" fn on_monitor_event(
 struct Item {
     frame: Result<Object, FrameError>,
     raw: Option<Vec<u8>>,
+    /// A `0xFF` delimiter is received first (see `guest-sync-delimited`).
+    delimited: bool,
 }
 
 #[derive(Default)]
@@ -938,6 +945,10 @@ impl Queue {
         self.ready.notify_all();
     }
 
+    fn is_closed(&self) -> bool {
+        lock(&self.state).closed
+    }
+
     fn ended(&self) -> bool {
         let s = lock(&self.state);
         s.ended || s.closed
@@ -977,20 +988,40 @@ impl Queue {
 
 struct LibvirtSource {
     session: Arc<Session>,
+    /// A frame whose delimiter was just received.
+    pending: Option<Item>,
 }
 
 impl Source for LibvirtSource {
     fn receive(&mut self, raw: &mut dyn FnMut(&[u8])) -> io::Result<Option<Received>> {
-        let Some(item) = self.session.queue.pop() else {
-            return Ok(None);
-        };
-        match (&item.raw, &item.frame) {
-            (Some(text), _) => raw(text),
-            (None, Ok(obj)) => raw(&serde_json::to_vec(obj).unwrap_or_default()),
-            (None, Err(_)) => {}
-        }
-        Ok(Some(Received::Frame(item.frame)))
+        Ok(next_received(&self.session.queue, &mut self.pending, raw))
     }
+}
+
+/// The source's next message from `queue`, a delimiter first for a
+/// delimited frame (which then waits in `pending`).
+fn next_received(
+    queue: &Queue,
+    pending: &mut Option<Item>,
+    raw: &mut dyn FnMut(&[u8]),
+) -> Option<Received> {
+    let item = match pending.take() {
+        Some(item) if !queue.is_closed() => item,
+        _ => queue.pop()?,
+    };
+    if item.delimited {
+        *pending = Some(Item {
+            delimited: false,
+            ..item
+        });
+        return Some(Received::Delimiter);
+    }
+    match (&item.raw, &item.frame) {
+        (Some(text), _) => raw(text),
+        (None, Ok(obj)) => raw(&serde_json::to_vec(obj).unwrap_or_default()),
+        (None, Err(_)) => {}
+    }
+    Some(Received::Frame(item.frame))
 }
 
 struct LibvirtSink {
@@ -1025,10 +1056,12 @@ impl Sink for LibvirtSink {
             ));
         }
         let id = msg.get("id");
-        let Some(cmd) = command_text(msg, encoded) else {
+        let (cmd, delimited) = libvirt_command(msg, encoded, session.agent);
+        let Some(cmd) = cmd else {
             session.queue.push(Item {
                 frame: Ok(error_reply(id, "the message contains a NUL character")),
                 raw: None,
+                delimited: false,
             });
             return Ok(());
         };
@@ -1040,7 +1073,9 @@ impl Sink for LibvirtSink {
         };
         match result {
             Ok(text) => {
-                session.queue.end_call(Some(reply_item(&text, id)));
+                let mut reply = reply_item(&text, id);
+                reply.delimited = delimited;
+                session.queue.end_call(Some(reply));
                 Ok(())
             }
             Err(e) if !session.agent && is_quit(msg) && quit_went_through(&e, &handles) => {
@@ -1053,6 +1088,7 @@ impl Sink for LibvirtSink {
                 session.queue.end_call(Some(Item {
                     frame: Ok(reply),
                     raw: None,
+                    delimited: false,
                 }));
                 Ok(())
             }
@@ -1068,6 +1104,7 @@ impl Sink for LibvirtSink {
                 session.queue.end_call(Some(Item {
                     frame: Ok(error_reply(id, &e.message)),
                     raw: None,
+                    delimited: false,
                 }));
                 Ok(())
             }
@@ -1081,9 +1118,14 @@ impl Sink for LibvirtSink {
     }
 }
 
+/// The command's name.
+fn execute_name(msg: &Object) -> Option<&str> {
+    msg.get("execute").and_then(Value::as_str)
+}
+
 /// Whether `msg` is QEMU's `quit`.
 fn is_quit(msg: &Object) -> bool {
-    msg.get("execute").and_then(Value::as_str) == Some("quit")
+    execute_name(msg) == Some("quit")
 }
 
 /// After `quit` failed: whether it failed because QEMU quit (the monitor
@@ -1098,11 +1140,36 @@ fn quit_went_through(e: &VirErr, handles: &Handles) -> bool {
     ) || !handles.alive()
 }
 
+/// The command to give libvirt for `msg` (`None` if it cannot be a C
+/// string), and whether its reply is to be preceded by a delimiter.
+///
+/// libvirt synchronises with a guest agent itself, before every command,
+/// and would choke on the 0xFF that `guest-sync-delimited` makes the agent
+/// send first: that command goes as `guest-sync`, and the source reports a
+/// delimiter before its reply, as the agent would have sent them.
+///
+/// Everything else goes as it is, `human-monitor-command` included: as
+/// QMP, not with libvirt's HMP flag (`VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP`).
+/// QEMU's own reply then comes back unchanged, `{"return": TEXT}` or QEMU's
+/// error with its class (a bad `cpu-index`, say), byte for byte what a
+/// direct socket gets; with the flag libvirt builds the command itself and
+/// hands back bare text, or an error of its own instead of QEMU's.
+fn libvirt_command(msg: &Object, encoded: &[u8], agent: bool) -> (Option<CString>, bool) {
+    if agent && execute_name(msg) == Some("guest-sync-delimited") {
+        let mut m = msg.clone();
+        m.insert("execute".to_owned(), Value::from("guest-sync"));
+        (command_text(&m, &[]), true)
+    } else {
+        (command_text(msg, encoded), false)
+    }
+}
+
 /// The command text for libvirt: the message without its `"id"` (libvirt
-/// adds its own and refuses a command that has one), as a C string.
+/// adds its own and refuses a command that has one), as a C string; made
+/// from `msg` unless `encoded` (its JSON text) can be used as it is.
 /// `None` if it contains a NUL character (JSON text cannot, unescaped).
 fn command_text(msg: &Object, encoded: &[u8]) -> Option<CString> {
-    let bytes = if msg.contains_key("id") {
+    let bytes = if msg.contains_key("id") || encoded.is_empty() {
         let mut m = msg.clone();
         m.shift_remove("id");
         serde_json::to_vec(&m).ok()?
@@ -1138,11 +1205,13 @@ fn reply_item(text: &[u8], id: Option<&Value>) -> Item {
             Item {
                 frame: Ok(obj),
                 raw: None,
+                delimited: false,
             }
         }
         Err(e) => Item {
             frame: Err(e),
             raw: Some(text.to_vec()),
+            delimited: false,
         },
     }
 }
@@ -1201,6 +1270,7 @@ fn event_item(name: &str, seconds: c_longlong, micros: c_uint, details: Option<&
                 return Item {
                     frame: Err(e),
                     raw: Some(details.to_vec()),
+                    delimited: false,
                 }
             }
         }
@@ -1208,6 +1278,7 @@ fn event_item(name: &str, seconds: c_longlong, micros: c_uint, details: Option<&
     Item {
         frame: Ok(obj),
         raw: None,
+        delimited: false,
     }
 }
 
@@ -1360,6 +1431,7 @@ mod tests {
         let item = Item {
             frame: Ok(obj(r#"{"return":{}}"#)),
             raw: None,
+            delimited: false,
         };
         q.end_call(Some(item));
         assert!(q.pop().is_some());
@@ -1368,9 +1440,47 @@ mod tests {
         q.push(Item {
             frame: Ok(Object::new()),
             raw: None,
+            delimited: false,
         });
         q.close();
         assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn guest_sync_delimited_goes_as_guest_sync_and_gets_a_delimiter() {
+        let m = obj(r#"{"execute":"guest-sync-delimited","arguments":{"id":123},"id":"s"}"#);
+        let (cmd, delimited) = libvirt_command(&m, &crate::encode(&m), true);
+        assert!(delimited);
+        assert_eq!(
+            cmd.unwrap().to_str().unwrap(),
+            r#"{"execute":"guest-sync","arguments":{"id":123}}"#
+        );
+        // On the monitor it is just an unknown command, sent as it is.
+        let (cmd, delimited) = libvirt_command(&m, &crate::encode(&m), false);
+        assert!(!delimited);
+        assert_eq!(
+            cmd.unwrap().to_str().unwrap(),
+            r#"{"execute":"guest-sync-delimited","arguments":{"id":123}}"#
+        );
+
+        let q = Queue::default();
+        let mut reply = reply_item(br#"{"return":123}"#, Some(&Value::from("s")));
+        reply.delimited = true;
+        q.push(reply);
+        q.end();
+        let mut pending = None;
+        let mut raws = Vec::new();
+        let mut raw = |b: &[u8]| raws.push(String::from_utf8_lossy(b).into_owned());
+        assert_eq!(
+            next_received(&q, &mut pending, &mut raw),
+            Some(Received::Delimiter)
+        );
+        assert_eq!(
+            next_received(&q, &mut pending, &mut raw),
+            Some(Received::Frame(Ok(obj(r#"{"return":123,"id":"s"}"#))))
+        );
+        assert_eq!(next_received(&q, &mut pending, &mut raw), None);
+        assert_eq!(raws, [r#"{"return":123,"id":"s"}"#]);
     }
 
     #[test]
