@@ -774,6 +774,55 @@ fn agent_mode_with_no_agent_connected_says_so() {
     s.close();
 }
 
+/// Set in the child process of `a_missing_library_says_how_to_install_it`.
+const HIDDEN_LIBVIRT: &str = "QMP_TEST_LIBVIRT_HIDDEN";
+
+#[test]
+fn a_missing_library_says_how_to_install_it() {
+    if std::env::var_os(HIDDEN_LIBVIRT).is_some() {
+        // In the child: libvirt.so.0 is an empty file here.
+        let e = LibvirtTransport::open(Some(URI), "x", false).unwrap_err();
+        let LibvirtError::LibraryMissing { library, .. } = &e else {
+            panic!("expected LibraryMissing, got {e:?}");
+        };
+        assert_eq!(library, "libvirt.so.0");
+        let text = e.to_string();
+        assert!(
+            text.contains("apt-get install libvirt0") && text.contains("dnf install libvirt-libs"),
+            "{text}"
+        );
+        assert_eq!(list_domains(None).unwrap_err(), e);
+        return;
+    }
+    let _g = shared();
+    // Run this test again in a private mount namespace where the library
+    // file is hidden under an empty one (root only, as the suite runs).
+    let exe = std::env::current_exe().expect("test binary");
+    let script = r#"lib=$(/sbin/ldconfig -p | awk '$1 == "libvirt.so.0" { print $NF; exit }')
+        [ -n "$lib" ] || { echo "libvirt.so.0 not in the loader cache" >&2; exit 2; }
+        mount --bind /dev/null "$(readlink -f "$lib")" && exec "$@""#;
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", script, "sh"])
+        .arg(exe)
+        .args([
+            "--exact",
+            "a_missing_library_says_how_to_install_it",
+            "--nocapture",
+        ])
+        .env(HIDDEN_LIBVIRT, "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run unshare");
+    assert!(
+        out.status.success(),
+        "the child failed: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+}
+
 #[test]
 fn list_domains_has_the_test_domain() {
     let _g = shared();
