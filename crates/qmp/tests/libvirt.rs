@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,18 +29,44 @@ const WAIT: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------- harness
 
-/// Tests hold this shared; the one that counts the process's threads and
-/// descriptors holds it exclusively, so no other session is open meanwhile.
-static EXCLUSIVE: RwLock<()> = RwLock::new(());
+/// Set in the environment of a test run again in a process of its own.
+const ALONE: &str = "QMP_TEST_LIBVIRT_ALONE";
 
-fn shared() -> RwLockReadGuard<'static, ()> {
-    ensure_libvirtd();
-    EXCLUSIVE.read().unwrap_or_else(|e| e.into_inner())
+/// Whether this is the test's own process (see [`run_alone`]).
+fn alone() -> bool {
+    std::env::var_os(ALONE).is_some()
 }
 
-fn exclusive() -> RwLockWriteGuard<'static, ()> {
-    ensure_libvirtd();
-    EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner())
+/// Run test `name` again, alone in a new process of this test binary (so
+/// no other test's sessions or threads are there), under `wrapper` (a
+/// command taking the rest as its arguments, or nothing); fail if it fails.
+fn run_alone(name: &str, wrapper: &[&str]) {
+    let exe = std::env::current_exe().expect("test binary");
+    let (program, args) = match wrapper.split_first() {
+        Some((first, rest)) => (
+            first.to_string(),
+            rest.iter().map(|a| a.to_string()).collect(),
+        ),
+        None => (exe.display().to_string(), Vec::new()),
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    if !wrapper.is_empty() {
+        cmd.arg(&exe);
+    }
+    let out = cmd
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(ALONE, "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name} failed in its own process: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn virsh(args: &[&str]) -> std::process::Output {
@@ -436,7 +462,7 @@ fn open_fds() -> usize {
 
 #[test]
 fn query_status_and_hmp_equal_the_side_socket() {
-    let _g = shared();
+    ensure_libvirtd();
     let dom = TestDomain::start("status");
     let mut side = dom.side();
     let t = dom.open();
@@ -478,7 +504,7 @@ fn query_status_and_hmp_equal_the_side_socket() {
 
 #[test]
 fn ids_are_restored() {
-    let _g = shared();
+    ensure_libvirtd();
     let dom = TestDomain::start("ids");
     let mut side = dom.side();
     let mut s = Session::new(dom.open());
@@ -514,7 +540,7 @@ fn ids_are_restored() {
 
 #[test]
 fn an_unknown_command_gets_qmps_error() {
-    let _g = shared();
+    ensure_libvirtd();
     let dom = TestDomain::start("unknown");
     let mut s = Session::new(dom.open());
     let r = s.execute(r#"{"execute":"no-such-command"}"#);
@@ -531,7 +557,7 @@ fn an_unknown_command_gets_qmps_error() {
 
 #[test]
 fn events_from_the_side_socket_arrive_as_qemu_sends_them() {
-    let _g = shared();
+    ensure_libvirtd();
     let dom = TestDomain::start("events");
     let mut side = dom.side();
     let s = Session::new(dom.open());
@@ -556,7 +582,7 @@ fn events_from_the_side_socket_arrive_as_qemu_sends_them() {
 
 #[test]
 fn an_event_with_data_keeps_it() {
-    let _g = shared();
+    ensure_libvirtd();
     let dom = TestDomain::start("evdata");
     let mut side = dom.side();
     let s = Session::new(dom.open());
@@ -572,7 +598,7 @@ fn an_event_with_data_keeps_it() {
 
 #[test]
 fn quit_gives_its_reply_then_shutdown_then_the_end() {
-    let _g = shared();
+    ensure_libvirtd();
     let dom = TestDomain::start("quit");
     let mut s = Session::new(dom.open());
     s.send(r#"{"execute":"quit","id":1}"#);
@@ -595,7 +621,7 @@ fn quit_gives_its_reply_then_shutdown_then_the_end() {
 
 #[test]
 fn destroying_the_domain_ends_the_source() {
-    let _g = shared();
+    ensure_libvirtd();
     let dom = TestDomain::start("destroy");
     let mut s = Session::new(dom.open());
     assert!(s
@@ -608,7 +634,7 @@ fn destroying_the_domain_ends_the_source() {
 
 #[test]
 fn losing_the_connection_to_libvirtd_ends_the_source() {
-    let _g = shared();
+    ensure_libvirtd();
     let dom = TestDomain::start("lost");
     // libvirt's `ext` transport runs a command that carries the connection
     // on its standard input and output: here socat, to libvirtd's socket.
@@ -644,7 +670,7 @@ fn losing_the_connection_to_libvirtd_ends_the_source() {
 
 #[test]
 fn file_descriptors_go_through_with_files() {
-    let _g = shared();
+    ensure_libvirtd();
     let dom = TestDomain::start("fds");
     let t = dom.open();
     assert!(
@@ -669,7 +695,7 @@ fn file_descriptors_go_through_with_files() {
 
 #[test]
 fn an_unknown_domain_is_named() {
-    let _g = shared();
+    ensure_libvirtd();
     let name = unique_name("missing");
     let e = LibvirtTransport::open(Some(URI), &name, false).unwrap_err();
     assert!(matches!(e, LibvirtError::NoSuchDomain { .. }), "{e:?}");
@@ -685,7 +711,7 @@ fn an_unknown_domain_is_named() {
 
 #[test]
 fn a_domain_is_found_by_id_and_uuid_too() {
-    let _g = shared();
+    ensure_libvirtd();
     let dom = TestDomain::start("lookup");
     let info = list_domains(Some(URI))
         .expect("list domains")
@@ -700,7 +726,7 @@ fn a_domain_is_found_by_id_and_uuid_too() {
 
 #[test]
 fn a_stopped_domain_is_not_running() {
-    let _g = shared();
+    ensure_libvirtd();
     let dom = TestDomain::define("stopped");
     let e = LibvirtTransport::open(Some(URI), &dom.name, false).unwrap_err();
     assert_eq!(
@@ -714,7 +740,7 @@ fn a_stopped_domain_is_not_running() {
 
 #[test]
 fn a_destroyed_transient_domain_is_gone() {
-    let _g = shared();
+    ensure_libvirtd();
     let dom = TestDomain::start("gone");
     dom.destroy();
     let e = LibvirtTransport::open(Some(URI), &dom.name, false).unwrap_err();
@@ -723,7 +749,7 @@ fn a_destroyed_transient_domain_is_gone() {
 
 #[test]
 fn a_bad_uri_cannot_connect() {
-    let _g = shared();
+    ensure_libvirtd();
     for uri in ["qemu:///nowhere", "nosuchdriver:///x"] {
         let e = LibvirtTransport::open(Some(uri), "x", false).unwrap_err();
         assert!(
@@ -742,7 +768,7 @@ fn a_bad_uri_cannot_connect() {
 
 #[test]
 fn agent_mode_without_an_agent_channel_says_so() {
-    let _g = shared();
+    ensure_libvirtd();
     let dom = TestDomain::start("agent");
     let e = LibvirtTransport::open(Some(URI), &dom.name, true).unwrap_err();
     let LibvirtError::NoAgent { domain, message } = &e else {
@@ -759,7 +785,7 @@ fn agent_mode_without_an_agent_channel_says_so() {
 
 #[test]
 fn agent_mode_with_no_agent_connected_says_so() {
-    let _g = shared();
+    ensure_libvirtd();
     let dom = TestDomain::start_with("agentch", true);
     let e = LibvirtTransport::open(Some(URI), &dom.name, true).unwrap_err();
     let LibvirtError::NoAgent { message, .. } = &e else {
@@ -774,13 +800,10 @@ fn agent_mode_with_no_agent_connected_says_so() {
     s.close();
 }
 
-/// Set in the child process of `a_missing_library_says_how_to_install_it`.
-const HIDDEN_LIBVIRT: &str = "QMP_TEST_LIBVIRT_HIDDEN";
-
 #[test]
 fn a_missing_library_says_how_to_install_it() {
-    if std::env::var_os(HIDDEN_LIBVIRT).is_some() {
-        // In the child: libvirt.so.0 is an empty file here.
+    if alone() {
+        // libvirt.so.0 is an empty file here.
         let e = LibvirtTransport::open(Some(URI), "x", false).unwrap_err();
         let LibvirtError::LibraryMissing { library, .. } = &e else {
             panic!("expected LibraryMissing, got {e:?}");
@@ -794,38 +817,20 @@ fn a_missing_library_says_how_to_install_it() {
         assert_eq!(list_domains(None).unwrap_err(), e);
         return;
     }
-    let _g = shared();
-    // Run this test again in a private mount namespace where the library
-    // file is hidden under an empty one (root only, as the suite runs).
-    let exe = std::env::current_exe().expect("test binary");
-    let script = r#"lib=$(/sbin/ldconfig -p | awk '$1 == "libvirt.so.0" { print $NF; exit }')
+    // Again, in a private mount namespace where the library file is hidden
+    // under an empty one (root only, as the suite runs).
+    let hide = r#"lib=$(/sbin/ldconfig -p | awk '$1 == "libvirt.so.0" { print $NF; exit }')
         [ -n "$lib" ] || { echo "libvirt.so.0 not in the loader cache" >&2; exit 2; }
         mount --bind /dev/null "$(readlink -f "$lib")" && exec "$@""#;
-    let out = Command::new("unshare")
-        .args(["-m", "sh", "-c", script, "sh"])
-        .arg(exe)
-        .args([
-            "--exact",
-            "a_missing_library_says_how_to_install_it",
-            "--nocapture",
-        ])
-        .env(HIDDEN_LIBVIRT, "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run unshare");
-    assert!(
-        out.status.success(),
-        "the child failed: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    run_alone(
+        "a_missing_library_says_how_to_install_it",
+        &["unshare", "-m", "sh", "-c", hide, "sh"],
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
 }
 
 #[test]
 fn list_domains_has_the_test_domain() {
-    let _g = shared();
+    ensure_libvirtd();
     let dom = TestDomain::start("list");
     let uuid = String::from_utf8(virsh(&["domuuid", &dom.name]).stdout).expect("utf-8");
     let id = String::from_utf8(virsh(&["domid", &dom.name]).stdout).expect("utf-8");
@@ -841,7 +846,12 @@ fn list_domains_has_the_test_domain() {
 
 #[test]
 fn closing_ends_every_thread_promptly_and_leaks_nothing() {
-    let _g = exclusive();
+    if !alone() {
+        // Threads and descriptors are counted for the whole process: no
+        // other test may run there meanwhile.
+        return run_alone("closing_ends_every_thread_promptly_and_leaks_nothing", &[]);
+    }
+    ensure_libvirtd();
     let dom = TestDomain::start("close");
     // Warm up: whatever libvirt opens once per process is opened now.
     Session::new(dom.open()).close();
@@ -886,7 +896,7 @@ fn closing_ends_every_thread_promptly_and_leaks_nothing() {
 
 #[test]
 fn sessions_can_overlap() {
-    let _g = shared();
+    ensure_libvirtd();
     let dom = TestDomain::start("overlap");
     let mut a = Session::new(dom.open());
     let mut b = Session::new(dom.open());
