@@ -211,11 +211,16 @@ started_at() {
 
 qemu_conf_ok() {
     local line
-    [ -f "$QEMU_CONF" ] || return 1
+    $SUDO test -f "$QEMU_CONF" || return 1
     for line in "${QEMU_CONF_SETTINGS[@]}"; do
-        grep -qxF "$line" "$QEMU_CONF" || return 1
+        $SUDO grep -qxF "$line" "$QEMU_CONF" || return 1
     done
 }
+
+if [ "$(id -u)" -ne 0 ] && [ -z "$SUDO" ]; then
+    echo "install-deps: ERROR: configuring and starting libvirtd needs root or sudo" >&2
+    exit 1
+fi
 
 if qemu_conf_ok; then
     echo "install-deps: $QEMU_CONF: ok"
