@@ -26,10 +26,35 @@ CHECKS=(
     "ssh openssh-client"
     "ssh-keygen openssh-client"
     "/usr/sbin/sshd openssh-server"
+    "virsh libvirt-clients"
+    "libvirtd libvirt-daemon"
+    "virtlogd libvirt-daemon"
+    "driver:qemu libvirt-daemon-driver-qemu"
+    "lib:libvirt.so.0 libvirt0"
+    "lib:libvirt-qemu.so.0 libvirt0"
 )
+
+# A shared library in the loader's cache (lib:NAME), or one of libvirt's
+# connection drivers (driver:NAME).
+find_lib() {
+    /sbin/ldconfig -p 2>/dev/null | awk -v lib="$1" '$1 == lib { print $NF; exit }'
+}
+find_driver() {
+    local f
+    for f in /usr/lib/*/libvirt/connection-driver/libvirt_driver_"$1".so \
+             /usr/lib*/libvirt/connection-driver/libvirt_driver_"$1".so; do
+        if [ -e "$f" ]; then
+            echo "$f"
+            return 0
+        fi
+    done
+    return 1
+}
 
 have() {
     case "$1" in
+        lib:*) [ -n "$(find_lib "${1#lib:}")" ] ;;
+        driver:*) find_driver "${1#driver:}" >/dev/null ;;
         /*) [ -x "$1" ] ;;
         *) command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] ;;
     esac
@@ -37,6 +62,8 @@ have() {
 
 where() {
     case "$1" in
+        lib:*) find_lib "${1#lib:}" ;;
+        driver:*) find_driver "${1#driver:}" ;;
         /*) echo "$1" ;;
         *) command -v "$1" 2>/dev/null || { [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"; } || echo "/sbin/$1" ;;
     esac
@@ -164,3 +191,103 @@ else
     echo "install-deps: ERROR: reference qmp-shell not found after pip install" >&2
     exit 1
 fi
+
+# libvirt, for `--domain`: libvirtd and virtlogd run as background daemons
+# (no systemd needed). QEMU runs as root with no namespaces, cgroups or
+# ownership changes, which is what works in containers; these settings must
+# be in qemu.conf before libvirtd reads it.
+QEMU_CONF=/etc/libvirt/qemu.conf
+QEMU_CONF_SETTINGS=(
+    'user = "root"'
+    'group = "root"'
+    'dynamic_ownership = 0'
+    'remember_owner = 0'
+    'namespaces = []'
+    'cgroup_controllers = []'
+)
+LIBVIRT_URI=qemu:///system
+
+# The pid of a running daemon (pgrep -x matches the process name exactly).
+daemon_pid() {
+    pgrep -x "$1" 2>/dev/null | head -n 1 || true
+}
+
+# Seconds since the epoch at which process $1 started.
+started_at() {
+    local elapsed
+    elapsed=$(ps -o etimes= -p "$1" 2>/dev/null | tr -d ' ')
+    [ -n "$elapsed" ] && echo $(( $(date +%s) - elapsed ))
+}
+
+qemu_conf_ok() {
+    local line
+    $SUDO test -f "$QEMU_CONF" || return 1
+    for line in "${QEMU_CONF_SETTINGS[@]}"; do
+        $SUDO grep -qxF "$line" "$QEMU_CONF" || return 1
+    done
+}
+
+if [ "$(id -u)" -ne 0 ] && [ -z "$SUDO" ]; then
+    echo "install-deps: ERROR: configuring and starting libvirtd needs root or sudo" >&2
+    exit 1
+fi
+
+if qemu_conf_ok; then
+    echo "install-deps: $QEMU_CONF: ok"
+else
+    echo "install-deps: $QEMU_CONF: adding the settings QEMU needs here (user root, no namespaces or cgroups)"
+    {
+        echo ""
+        echo "# Added by qmp-shell's scripts/install-deps.sh (see shared PEERS.md)."
+        printf '%s\n' "${QEMU_CONF_SETTINGS[@]}"
+    } | $SUDO tee -a "$QEMU_CONF" >/dev/null
+fi
+
+if ! id libvirt-qemu >/dev/null 2>&1; then
+    echo "install-deps: adding system user libvirt-qemu"
+    $SUDO useradd -r -M libvirt-qemu
+fi
+$SUDO mkdir -p /var/log/libvirt
+
+# libvirtd reads qemu.conf only when it starts: restart one that started
+# before the file last changed.
+pid=$(daemon_pid libvirtd)
+if [ -n "$pid" ]; then
+    since=$(started_at "$pid" || true)
+    changed=$(stat -c %Y "$QEMU_CONF")
+    if [ -z "$since" ] || [ "$changed" -gt "$since" ]; then
+        echo "install-deps: libvirtd (pid $pid) started before $QEMU_CONF changed: restarting it"
+        $SUDO kill "$pid"
+        for _ in $(seq 1 100); do
+            [ -d "/proc/$pid" ] || break
+            sleep 0.1
+        done
+        if [ -d "/proc/$pid" ]; then
+            echo "install-deps: ERROR: libvirtd (pid $pid) did not stop within 10 s" >&2
+            exit 1
+        fi
+    else
+        echo "install-deps: libvirtd: running (pid $pid)"
+    fi
+fi
+
+if [ -z "$(daemon_pid virtlogd)" ]; then
+    echo "install-deps: starting virtlogd"
+    $SUDO "$(where virtlogd)" -d
+fi
+if [ -z "$(daemon_pid libvirtd)" ]; then
+    echo "install-deps: starting libvirtd"
+    $SUDO "$(where libvirtd)" -d
+fi
+
+# libvirtd takes a moment to open its sockets.
+deadline=$(( $(date +%s) + 30 ))
+until virsh_out=$($SUDO virsh -c "$LIBVIRT_URI" list 2>&1); do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+        echo "install-deps: ERROR: libvirtd does not answer on $LIBVIRT_URI after 30 s: $virsh_out" >&2
+        echo "install-deps:        see /var/log/libvirt/ and try: libvirtd --verbose (in the foreground)" >&2
+        exit 1
+    fi
+    sleep 0.2
+done
+echo "install-deps: libvirtd: answering on $LIBVIRT_URI (pid $(daemon_pid libvirtd))"

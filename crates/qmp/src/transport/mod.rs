@@ -15,6 +15,7 @@ use std::sync::Arc;
 use crate::framing::FrameError;
 use crate::message::{Greeting, Object};
 
+pub mod libvirt;
 pub mod ssh;
 pub mod stream;
 

@@ -1,0 +1,911 @@
+//! The libvirt transport against the real libvirtd (started by
+//! `scripts/install-deps.sh` when it is not running) and real transient
+//! TCG domains, each with a QMP socket of the test's own beside libvirt's
+//! monitor ("the side socket"), to compare answers and to cause events.
+//!
+//! Every domain is destroyed when its test ends, on failure too. Every wait
+//! is bounded.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::OnceLock;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use qmp::transport::libvirt::{list_domains, LibvirtError, LibvirtTransport};
+use qmp::transport::{Closer, Handshake, Received, Sink, Transport};
+use qmp::{Decoder, Object};
+use tempfile::TempDir;
+
+const URI: &str = "qemu:///system";
+/// How long any single wait may take.
+const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------- harness
+
+/// Set in the environment of a test run again in a process of its own.
+const ALONE: &str = "QMP_TEST_LIBVIRT_ALONE";
+
+/// Whether this is the test's own process (see [`run_alone`]).
+fn alone() -> bool {
+    std::env::var_os(ALONE).is_some()
+}
+
+/// Run test `name` again, alone in a new process of this test binary (so
+/// no other test's sessions or threads are there), under `wrapper` (a
+/// command taking the rest as its arguments, or nothing); fail if it fails.
+fn run_alone(name: &str, wrapper: &[&str]) {
+    let exe = std::env::current_exe().expect("test binary");
+    let (program, args) = match wrapper.split_first() {
+        Some((first, rest)) => (
+            first.to_string(),
+            rest.iter().map(|a| a.to_string()).collect(),
+        ),
+        None => (exe.display().to_string(), Vec::new()),
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    if !wrapper.is_empty() {
+        cmd.arg(&exe);
+    }
+    let out = cmd
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(ALONE, "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name} failed in its own process: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn virsh(args: &[&str]) -> std::process::Output {
+    Command::new("virsh")
+        .arg("-c")
+        .arg(URI)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run virsh (install-deps.sh installs it): {e}"))
+}
+
+fn libvirtd_answers() -> bool {
+    Command::new("virsh")
+        .args(["-c", URI, "list"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// libvirtd must answer; if it does not, start it with the project's
+/// script (once per process), else fail saying how to fix it.
+fn ensure_libvirtd() {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let ready = READY.get_or_init(|| {
+        if libvirtd_answers() {
+            return Ok(());
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install-deps.sh");
+        let status = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if status.success() && libvirtd_answers() {
+            Ok(())
+        } else {
+            Err(format!(
+                "libvirtd does not answer on {URI}, and {} did not start it ({status}); \
+                 run it as root and see its output",
+                script.display()
+            ))
+        }
+    });
+    if let Err(e) = ready {
+        panic!("{e}");
+    }
+}
+
+fn unique_name(tag: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "qmp-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// `agent`: with a guest agent channel (no guest runs an agent on it).
+fn domain_xml(name: &str, dir: &Path, agent: bool) -> String {
+    let channel = if agent {
+        format!(
+            "<channel type='unix'><source mode='bind' path='{}/agent.sock'/>\
+             <target type='virtio' name='org.qemu.guest_agent.0'/></channel>",
+            dir.display()
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>\n\
+         <name>{name}</name><memory unit='MiB'>64</memory><vcpu>2</vcpu>\n\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os>\n\
+         <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>{channel}</devices>\n\
+         <qemu:commandline><qemu:arg value='-qmp'/>\
+         <qemu:arg value='unix:{}/side.sock,server=on,wait=off'/></qemu:commandline>\n\
+         </domain>\n",
+        dir.display()
+    )
+}
+
+/// A libvirt domain made for one test: transient and running
+/// ([`TestDomain::start`]) or defined and stopped ([`TestDomain::define`]).
+/// Destroyed (and undefined) when dropped, on panic too.
+struct TestDomain {
+    name: String,
+    dir: TempDir,
+    defined: bool,
+}
+
+impl TestDomain {
+    fn new(tag: &str, agent: bool) -> TestDomain {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // QEMU runs as another process and must reach the side socket.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod 0755");
+        let name = unique_name(tag);
+        std::fs::write(
+            dir.path().join("dom.xml"),
+            domain_xml(&name, dir.path(), agent),
+        )
+        .expect("write dom.xml");
+        TestDomain {
+            name,
+            dir,
+            defined: false,
+        }
+    }
+
+    /// A running transient domain whose side socket accepts connections.
+    fn start(tag: &str) -> TestDomain {
+        TestDomain::start_with(tag, false)
+    }
+
+    /// A running transient domain, with a guest agent channel if `agent`.
+    fn start_with(tag: &str, agent: bool) -> TestDomain {
+        let d = TestDomain::new(tag, agent);
+        let xml = d.dir.path().join("dom.xml");
+        let out = virsh(&["create", xml.to_str().expect("utf-8 path")]);
+        assert!(
+            out.status.success(),
+            "virsh create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + WAIT;
+        while UnixStream::connect(d.side_path()).is_err() {
+            assert!(Instant::now() < deadline, "the side socket never came up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    /// A persistent domain that is not running.
+    fn define(tag: &str) -> TestDomain {
+        let mut d = TestDomain::new(tag, false);
+        let xml = d.dir.path().join("dom.xml");
+        let out = virsh(&["define", xml.to_str().expect("utf-8 path")]);
+        assert!(
+            out.status.success(),
+            "virsh define failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        d.defined = true;
+        d
+    }
+
+    fn side_path(&self) -> PathBuf {
+        self.dir.path().join("side.sock")
+    }
+
+    fn side(&self) -> SideMonitor {
+        SideMonitor::connect(&self.side_path())
+    }
+
+    fn open(&self) -> LibvirtTransport {
+        LibvirtTransport::open(Some(URI), &self.name, false).expect("open the libvirt transport")
+    }
+
+    fn destroy(&self) {
+        let _ = virsh(&["destroy", &self.name]);
+    }
+}
+
+impl Drop for TestDomain {
+    fn drop(&mut self) {
+        self.destroy();
+        if self.defined {
+            let _ = virsh(&["undefine", &self.name]);
+        }
+    }
+}
+
+/// A plain QMP client on the side socket.
+struct SideMonitor {
+    stream: UnixStream,
+    decoder: Decoder,
+    greeting: Object,
+    /// Events received while waiting for replies.
+    events: Vec<Object>,
+}
+
+impl SideMonitor {
+    fn connect(path: &Path) -> SideMonitor {
+        let stream = UnixStream::connect(path).expect("connect to the side socket");
+        stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+        let mut side = SideMonitor {
+            stream,
+            decoder: Decoder::new(64 << 20),
+            greeting: Object::new(),
+            events: Vec::new(),
+        };
+        side.greeting = side.next();
+        side.execute(r#"{"execute":"qmp_capabilities"}"#);
+        side
+    }
+
+    fn next(&mut self) -> Object {
+        let mut buf = [0u8; 16384];
+        loop {
+            if let Some(frame) = self.decoder.next_message() {
+                return frame.expect("QEMU sends JSON objects");
+            }
+            let n = self
+                .stream
+                .read(&mut buf)
+                .expect("read from the side socket");
+            assert!(n > 0, "the side socket closed");
+            self.decoder.feed(&buf[..n]);
+        }
+    }
+
+    /// Send `json` and return its reply (events are kept aside).
+    fn execute(&mut self, json: &str) -> Object {
+        self.stream
+            .write_all(json.as_bytes())
+            .expect("write to the side socket");
+        loop {
+            let msg = self.next();
+            if msg.contains_key("event") {
+                self.events.push(msg);
+            } else {
+                return msg;
+            }
+        }
+    }
+
+    /// The next event named `name`, among those kept or still to come.
+    fn event(&mut self, name: &str) -> Object {
+        if let Some(i) = self.events.iter().position(|e| e["event"] == name) {
+            return self.events.remove(i);
+        }
+        loop {
+            let msg = self.next();
+            if msg["event"] == name {
+                return msg;
+            }
+        }
+    }
+}
+
+/// An open transport whose source is read by a thread of the test, so that
+/// every wait can be bounded.
+struct Session {
+    sink: Box<dyn Sink>,
+    closer: Closer,
+    rx: Receiver<Option<Received>>,
+    reader: Option<JoinHandle<()>>,
+    handshake: Handshake,
+}
+
+impl Session {
+    fn new(t: LibvirtTransport) -> Session {
+        let handshake = t.handshake();
+        let halves = Box::new(t).split().expect("split");
+        let (tx, rx) = mpsc::channel();
+        let mut source = halves.source;
+        let reader = std::thread::spawn(move || loop {
+            let item = source.receive(&mut |_| {}).expect("receive");
+            let end = item.is_none();
+            if tx.send(item).is_err() || end {
+                return;
+            }
+        });
+        Session {
+            sink: halves.sink,
+            closer: halves.closer,
+            rx,
+            reader: Some(reader),
+            handshake,
+        }
+    }
+
+    fn send(&mut self, json: &str) {
+        let msg: Object = serde_json::from_str(json).expect("test JSON");
+        self.sink.send(&msg, &qmp::encode(&msg), &[]).expect("send");
+    }
+
+    /// The next message; `None` at the end of the stream.
+    fn next(&self) -> Option<Object> {
+        match self.rx.recv_timeout(WAIT) {
+            Ok(Some(Received::Frame(Ok(obj)))) => Some(obj),
+            Ok(Some(other)) => panic!("unexpected {other:?}"),
+            Ok(None) | Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => panic!("nothing received within {WAIT:?}"),
+        }
+    }
+
+    /// The next message that is not an event.
+    fn reply(&self) -> Object {
+        loop {
+            let msg = self.next().expect("a reply, not the end of the stream");
+            if !msg.contains_key("event") {
+                return msg;
+            }
+        }
+    }
+
+    /// Send `json` and return its reply.
+    fn execute(&mut self, json: &str) -> Object {
+        self.send(json);
+        self.reply()
+    }
+
+    /// The next event named `name` (replies are not expected meanwhile).
+    fn event(&self, name: &str) -> Object {
+        loop {
+            let msg = self
+                .next()
+                .unwrap_or_else(|| panic!("the stream ended before {name}"));
+            if msg["event"] == name {
+                return msg;
+            }
+        }
+    }
+
+    /// Wait (bounded) for the end of the stream.
+    fn expect_end(&self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "the stream did not end");
+            match self.rx.recv_timeout(WAIT) {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => panic!("the stream did not end within {WAIT:?}"),
+            }
+        }
+    }
+
+    /// Close and wait (bounded) for the reader thread to end.
+    fn close(&mut self) {
+        (self.closer)();
+        if let Some(reader) = self.reader.take() {
+            join_within(reader, WAIT);
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        (self.closer)();
+        if let Some(reader) = self.reader.take() {
+            if !std::thread::panicking() {
+                join_within(reader, WAIT);
+            }
+        }
+    }
+}
+
+/// Join `thread`, failing if it runs for longer than `limit`.
+fn join_within(thread: JoinHandle<()>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !thread.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "a thread did not end within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    thread.join().expect("the thread panicked");
+}
+
+fn to_json(obj: &Object) -> String {
+    serde_json::to_string(obj).expect("serialize")
+}
+
+fn keys(obj: &Object) -> Vec<&str> {
+    obj.keys().map(String::as_str).collect()
+}
+
+/// Threads of this process, by name.
+fn thread_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let path = entry.expect("task entry").path().join("comm");
+        if let Ok(name) = std::fs::read_to_string(path) {
+            names.push(name.trim().to_owned());
+        }
+    }
+    names.sort();
+    names
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
+}
+
+// ------------------------------------------------------------------ tests
+
+#[test]
+fn query_status_and_hmp_equal_the_side_socket() {
+    ensure_libvirtd();
+    let dom = TestDomain::start("status");
+    let mut side = dom.side();
+    let t = dom.open();
+    assert_eq!(t.domain_name(), dom.name);
+    assert_eq!(t.uri(), URI);
+    assert!(!t.is_agent());
+    assert!(t.taint_notice().contains(&dom.name));
+    let mut s = Session::new(t);
+
+    // The greeting stands for QEMU's: same version, no capabilities (libvirt
+    // negotiated none for us).
+    let Handshake::Negotiated(Some(greeting)) = &s.handshake else {
+        panic!(
+            "expected a negotiated handshake with a greeting, got {:?}",
+            s.handshake
+        );
+    };
+    assert_eq!(
+        greeting.body["QMP"]["version"],
+        side.greeting["QMP"]["version"]
+    );
+    assert_eq!(greeting.body["QMP"]["capabilities"], serde_json::json!([]));
+
+    let ours = s.execute(r#"{"execute":"query-status"}"#);
+    let theirs = side.execute(r#"{"execute":"query-status"}"#);
+    assert_eq!(to_json(&ours), to_json(&theirs));
+    assert_eq!(ours["return"]["status"], "running");
+
+    let hmp = r#"{"execute":"human-monitor-command","arguments":{"command-line":"info version"}}"#;
+    assert_eq!(to_json(&s.execute(hmp)), to_json(&side.execute(hmp)));
+    let hmp_cpu = r#"{"execute":"human-monitor-command","arguments":{"command-line":"info registers","cpu-index":1}}"#;
+    let ours = s.execute(hmp_cpu);
+    assert!(
+        ours["return"].as_str().is_some_and(|t| t.contains("EAX=")),
+        "{ours:?}"
+    );
+    s.close();
+}
+
+#[test]
+fn ids_are_restored() {
+    ensure_libvirtd();
+    let dom = TestDomain::start("ids");
+    let mut side = dom.side();
+    let mut s = Session::new(dom.open());
+
+    let r = s.execute(r#"{"execute":"query-status","id":"abc"}"#);
+    assert_eq!(keys(&r), ["return", "id"]);
+    assert_eq!(r["id"], "abc");
+
+    let r = s.execute(r#"{"execute":"query-status","id":42}"#);
+    assert_eq!(keys(&r), ["return", "id"]);
+    assert_eq!(r["id"], 42);
+
+    let r = s.execute(r#"{"execute":"query-status","id":{"nested":[1,2]}}"#);
+    assert_eq!(r["id"], serde_json::json!({"nested": [1, 2]}));
+
+    let r = s.execute(r#"{"execute":"query-status"}"#);
+    assert_eq!(keys(&r), ["return"]);
+
+    // Byte for byte what QEMU answers on its own socket, error replies too.
+    for cmd in [
+        r#"{"execute":"query-name","id":7}"#,
+        r#"{"execute":"no-such-command","id":7}"#,
+        r#"{"execute":"query-status","arguments":{"bogus":1},"id":"x"}"#,
+    ] {
+        assert_eq!(
+            to_json(&s.execute(cmd)),
+            to_json(&side.execute(cmd)),
+            "{cmd}"
+        );
+    }
+    s.close();
+}
+
+#[test]
+fn an_unknown_command_gets_qmps_error() {
+    ensure_libvirtd();
+    let dom = TestDomain::start("unknown");
+    let mut s = Session::new(dom.open());
+    let r = s.execute(r#"{"execute":"no-such-command"}"#);
+    assert_eq!(
+        to_json(&r),
+        r#"{"error":{"class":"CommandNotFound","desc":"The command no-such-command has not been found"}}"#
+    );
+    // The session carries on.
+    assert!(s
+        .execute(r#"{"execute":"query-status"}"#)
+        .contains_key("return"));
+    s.close();
+}
+
+#[test]
+fn events_from_the_side_socket_arrive_as_qemu_sends_them() {
+    ensure_libvirtd();
+    let dom = TestDomain::start("events");
+    let mut side = dom.side();
+    let s = Session::new(dom.open());
+
+    assert!(side.execute(r#"{"execute":"stop"}"#).contains_key("return"));
+    let ours = s.event("STOP");
+    let theirs = side.event("STOP");
+    assert_eq!(keys(&ours), ["timestamp", "event"]);
+    assert_eq!(
+        keys(ours["timestamp"].as_object().expect("object")),
+        ["seconds", "microseconds"]
+    );
+    assert_eq!(to_json(&ours), to_json(&theirs));
+
+    assert!(side.execute(r#"{"execute":"cont"}"#).contains_key("return"));
+    let ours = s.event("RESUME");
+    let theirs = side.event("RESUME");
+    assert_eq!(to_json(&ours), to_json(&theirs));
+
+    drop(s);
+}
+
+#[test]
+fn an_event_with_data_keeps_it() {
+    ensure_libvirtd();
+    let dom = TestDomain::start("evdata");
+    let mut side = dom.side();
+    let s = Session::new(dom.open());
+    // system_reset makes QEMU send RESET with data {"guest": false, "reason": "host-qmp-system-reset"}.
+    assert!(side
+        .execute(r#"{"execute":"system_reset"}"#)
+        .contains_key("return"));
+    let ours = s.event("RESET");
+    let theirs = side.event("RESET");
+    assert_eq!(keys(&ours), ["timestamp", "event", "data"]);
+    assert_eq!(to_json(&ours), to_json(&theirs));
+}
+
+#[test]
+fn quit_gives_its_reply_then_shutdown_then_the_end() {
+    ensure_libvirtd();
+    let dom = TestDomain::start("quit");
+    let mut s = Session::new(dom.open());
+    s.send(r#"{"execute":"quit","id":1}"#);
+    let mut got = Vec::new();
+    while let Some(msg) = s.next() {
+        got.push(msg);
+    }
+    let reply = got
+        .iter()
+        .position(|m| m.contains_key("return"))
+        .unwrap_or_else(|| panic!("no reply to quit in {got:?}"));
+    assert_eq!(to_json(&got[reply]), r#"{"return":{},"id":1}"#);
+    assert!(got.iter().any(|m| m["event"] == "SHUTDOWN"), "{got:?}");
+    // The sink says so once the domain is gone.
+    let msg: Object = serde_json::from_str(r#"{"execute":"query-status"}"#).expect("json");
+    let e = s.sink.send(&msg, &qmp::encode(&msg), &[]).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+    s.close();
+}
+
+#[test]
+fn destroying_the_domain_ends_the_source() {
+    ensure_libvirtd();
+    let dom = TestDomain::start("destroy");
+    let mut s = Session::new(dom.open());
+    assert!(s
+        .execute(r#"{"execute":"query-status"}"#)
+        .contains_key("return"));
+    dom.destroy();
+    s.expect_end();
+    s.close();
+}
+
+#[test]
+fn losing_the_connection_to_libvirtd_ends_the_source() {
+    ensure_libvirtd();
+    let dom = TestDomain::start("lost");
+    // libvirt's `ext` transport runs a command that carries the connection
+    // on its standard input and output: here socat, to libvirtd's socket.
+    // Killing it cuts the connection as a network failure would.
+    let dir = dom.dir.path();
+    let pid_file = dir.join("relay.pid");
+    let script = dir.join("relay.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho $$ > '{}'\nexec socat - UNIX-CONNECT:/run/libvirt/libvirt-sock\n",
+            pid_file.display()
+        ),
+    )
+    .expect("write relay.sh");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let uri = format!("qemu+ext:///system?command={}", script.display());
+    let t = LibvirtTransport::open(Some(&uri), &dom.name, false).expect("open through the relay");
+    let mut s = Session::new(t);
+    assert!(s
+        .execute(r#"{"execute":"query-status"}"#)
+        .contains_key("return"));
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("relay.pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    // SAFETY: kill(2) on the relay this test started (through libvirt).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    s.expect_end();
+    s.close();
+}
+
+#[test]
+fn file_descriptors_go_through_with_files() {
+    ensure_libvirtd();
+    let dom = TestDomain::start("fds");
+    let t = dom.open();
+    assert!(
+        t.passes_fds(),
+        "libvirt 9.0 has virDomainQemuMonitorCommandWithFiles"
+    );
+    let mut s = Session::new(t);
+    let file = tempfile::tempfile().expect("tempfile");
+    let msg: Object =
+        serde_json::from_str(r#"{"execute":"getfd","arguments":{"fdname":"f0"},"id":"g"}"#)
+            .expect("json");
+    s.sink
+        .send(&msg, &qmp::encode(&msg), &[file.as_raw_fd()])
+        .expect("send with a descriptor");
+    assert_eq!(to_json(&s.reply()), r#"{"return":{},"id":"g"}"#);
+    // QEMU has it: closing it by name works once, then fails.
+    let close = r#"{"execute":"closefd","arguments":{"fdname":"f0"}}"#;
+    assert_eq!(to_json(&s.execute(close)), r#"{"return":{}}"#);
+    assert!(s.execute(close).contains_key("error"));
+    s.close();
+}
+
+#[test]
+fn an_unknown_domain_is_named() {
+    ensure_libvirtd();
+    let name = unique_name("missing");
+    let e = LibvirtTransport::open(Some(URI), &name, false).unwrap_err();
+    assert!(matches!(e, LibvirtError::NoSuchDomain { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains(&name) && text.contains(URI), "{text}");
+    // A UUID and an id nobody has.
+    let e = LibvirtTransport::open(Some(URI), "00000000-0000-0000-0000-0000000000ff", false)
+        .unwrap_err();
+    assert!(matches!(e, LibvirtError::NoSuchDomain { .. }), "{e:?}");
+    let e = LibvirtTransport::open(Some(URI), "999999", false).unwrap_err();
+    assert!(matches!(e, LibvirtError::NoSuchDomain { .. }), "{e:?}");
+}
+
+#[test]
+fn a_domain_is_found_by_id_and_uuid_too() {
+    ensure_libvirtd();
+    let dom = TestDomain::start("lookup");
+    let info = list_domains(Some(URI))
+        .expect("list domains")
+        .into_iter()
+        .find(|d| d.name == dom.name)
+        .expect("the test domain is listed");
+    for spec in [info.id.to_string(), info.uuid.clone()] {
+        let t = LibvirtTransport::open(Some(URI), &spec, false).expect("open by id or uuid");
+        assert_eq!(t.domain_name(), dom.name, "{spec}");
+    }
+}
+
+#[test]
+fn a_stopped_domain_is_not_running() {
+    ensure_libvirtd();
+    let dom = TestDomain::define("stopped");
+    let e = LibvirtTransport::open(Some(URI), &dom.name, false).unwrap_err();
+    assert_eq!(
+        e,
+        LibvirtError::NotRunning {
+            domain: dom.name.clone()
+        }
+    );
+    assert!(e.to_string().contains("is not running"), "{e}");
+}
+
+#[test]
+fn a_destroyed_transient_domain_is_gone() {
+    ensure_libvirtd();
+    let dom = TestDomain::start("gone");
+    dom.destroy();
+    let e = LibvirtTransport::open(Some(URI), &dom.name, false).unwrap_err();
+    assert!(matches!(e, LibvirtError::NoSuchDomain { .. }), "{e:?}");
+}
+
+#[test]
+fn a_bad_uri_cannot_connect() {
+    ensure_libvirtd();
+    for uri in ["qemu:///nowhere", "nosuchdriver:///x"] {
+        let e = LibvirtTransport::open(Some(uri), "x", false).unwrap_err();
+        assert!(
+            matches!(e, LibvirtError::CannotConnect { .. }),
+            "{uri}: {e:?}"
+        );
+        let text = e.to_string();
+        assert!(text.contains(uri) && !text.contains('\n'), "{text}");
+        let e = list_domains(Some(uri)).unwrap_err();
+        assert!(
+            matches!(e, LibvirtError::CannotConnect { .. }),
+            "{uri}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn agent_mode_without_an_agent_channel_says_so() {
+    ensure_libvirtd();
+    let dom = TestDomain::start("agent");
+    let e = LibvirtTransport::open(Some(URI), &dom.name, true).unwrap_err();
+    let LibvirtError::NoAgent { domain, message } = &e else {
+        panic!("expected NoAgent, got {e:?}");
+    };
+    assert_eq!(domain, &dom.name);
+    assert!(message.contains("agent"), "{message}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("domain {} has no guest agent", dom.name)),
+        "{e}"
+    );
+}
+
+#[test]
+fn agent_mode_with_no_agent_connected_says_so() {
+    ensure_libvirtd();
+    let dom = TestDomain::start_with("agentch", true);
+    let e = LibvirtTransport::open(Some(URI), &dom.name, true).unwrap_err();
+    let LibvirtError::NoAgent { message, .. } = &e else {
+        panic!("expected NoAgent, got {e:?}");
+    };
+    assert!(message.contains("not connected"), "{message}");
+    // The monitor is still there for a monitor session.
+    let mut s = Session::new(dom.open());
+    assert!(s
+        .execute(r#"{"execute":"query-status"}"#)
+        .contains_key("return"));
+    s.close();
+}
+
+#[test]
+fn a_missing_library_says_how_to_install_it() {
+    if alone() {
+        // libvirt.so.0 is an empty file here.
+        let e = LibvirtTransport::open(Some(URI), "x", false).unwrap_err();
+        let LibvirtError::LibraryMissing { library, .. } = &e else {
+            panic!("expected LibraryMissing, got {e:?}");
+        };
+        assert_eq!(library, "libvirt.so.0");
+        let text = e.to_string();
+        assert!(
+            text.contains("apt-get install libvirt0") && text.contains("dnf install libvirt-libs"),
+            "{text}"
+        );
+        assert_eq!(list_domains(None).unwrap_err(), e);
+        return;
+    }
+    // Again, in a private mount namespace where the library file is hidden
+    // under an empty one (root only, as the suite runs).
+    let hide = r#"lib=$(/sbin/ldconfig -p | awk '$1 == "libvirt.so.0" { print $NF; exit }')
+        [ -n "$lib" ] || { echo "libvirt.so.0 not in the loader cache" >&2; exit 2; }
+        mount --bind /dev/null "$(readlink -f "$lib")" && exec "$@""#;
+    run_alone(
+        "a_missing_library_says_how_to_install_it",
+        &["unshare", "-m", "sh", "-c", hide, "sh"],
+    );
+}
+
+#[test]
+fn list_domains_has_the_test_domain() {
+    ensure_libvirtd();
+    let dom = TestDomain::start("list");
+    let uuid = String::from_utf8(virsh(&["domuuid", &dom.name]).stdout).expect("utf-8");
+    let id = String::from_utf8(virsh(&["domid", &dom.name]).stdout).expect("utf-8");
+    let all = list_domains(Some(URI)).expect("list domains");
+    let info = all
+        .iter()
+        .find(|d| d.name == dom.name)
+        .unwrap_or_else(|| panic!("{} not in {all:?}", dom.name));
+    assert_eq!(info.uuid, uuid.trim());
+    assert_eq!(info.id.to_string(), id.trim());
+    assert!(info.id > 0);
+}
+
+#[test]
+fn closing_ends_every_thread_promptly_and_leaks_nothing() {
+    if !alone() {
+        // Threads and descriptors are counted for the whole process: no
+        // other test may run there meanwhile.
+        return run_alone("closing_ends_every_thread_promptly_and_leaks_nothing", &[]);
+    }
+    ensure_libvirtd();
+    let dom = TestDomain::start("close");
+    // Warm up: whatever libvirt opens once per process is opened now.
+    Session::new(dom.open()).close();
+    let threads = thread_names();
+    let fds = open_fds();
+    assert!(
+        !threads.iter().any(|t| t == "libvirt-events"),
+        "{threads:?}"
+    );
+
+    for _ in 0..10 {
+        let mut s = Session::new(dom.open());
+        assert!(s
+            .execute(r#"{"execute":"query-status"}"#)
+            .contains_key("return"));
+        assert!(thread_names().iter().any(|t| t == "libvirt-events"));
+        // The reader is blocked in receive and the event thread in libvirt's
+        // loop: close must end both.
+        let start = Instant::now();
+        s.close();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "close took {:?}",
+            start.elapsed()
+        );
+        // The sink fails once closed.
+        let msg: Object = serde_json::from_str(r#"{"execute":"query-status"}"#).expect("json");
+        let e = s.sink.send(&msg, &qmp::encode(&msg), &[]).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotConnected);
+    }
+    // Closing twice, or dropping the halves without closing, is fine too.
+    let s = Session::new(dom.open());
+    (s.closer)();
+    drop(s);
+    let t = dom.open();
+    drop(Box::new(t).split().expect("split"));
+    drop(dom.open());
+
+    assert_eq!(thread_names(), threads);
+    assert_eq!(open_fds(), fds, "descriptors leaked");
+}
+
+#[test]
+fn sessions_can_overlap() {
+    ensure_libvirtd();
+    let dom = TestDomain::start("overlap");
+    let mut a = Session::new(dom.open());
+    let mut b = Session::new(dom.open());
+    let mut side = dom.side();
+    assert!(a.execute(r#"{"execute":"query-status","id":"a"}"#)["id"] == "a");
+    a.close();
+    // b still works, events included.
+    assert!(b.execute(r#"{"execute":"query-status","id":"b"}"#)["id"] == "b");
+    assert!(side.execute(r#"{"execute":"stop"}"#).contains_key("return"));
+    assert_eq!(b.event("STOP")["event"], "STOP");
+    b.close();
+}
