@@ -202,6 +202,17 @@ struct Waiter {
     logged: bool,
     written: bool,
     late: Late,
+    /// Where the result goes instead of a [`Pending`] ([`Client::submit_with`]).
+    reply_to: Option<Callback>,
+}
+
+/// A result handler of [`Client::submit_with`].
+struct Callback(Box<dyn FnOnce(Result<Reply, Error>) + Send>);
+
+impl std::fmt::Debug for Callback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Callback")
+    }
 }
 
 /// A message waiting for the writer thread.
@@ -250,17 +261,31 @@ struct State {
     syncing: Option<Value>,
     /// Unanswered requests kept out of the log.
     unlogged: usize,
+    /// Results for [`Client::submit_with`] callbacks, to be run once the
+    /// lock is released ([`Shared::run_due`]).
+    due: Vec<(Callback, Result<Reply, Error>)>,
 }
 
 impl State {
+    /// Store the result of request `w`: for its [`Pending`], or for its
+    /// callback (run later by [`Shared::run_due`]). Abandoned requests'
+    /// results are discarded.
+    fn complete(&mut self, w: Waiter, result: Result<Reply, Error>) {
+        match w.reply_to {
+            Some(callback) => self.due.push((callback, result)),
+            None if w.late == Late::No => {
+                self.done.insert(w.seq, result);
+            }
+            None => {}
+        }
+    }
+
     /// Fail every request still waiting and mark the connection closed.
     fn fail_all(&mut self) {
         self.connected = false;
         self.outgoing.clear();
         for w in std::mem::take(&mut self.waiting) {
-            if w.late == Late::No {
-                self.done.insert(w.seq, Err(Error::Disconnected));
-            }
+            self.complete(w, Err(Error::Disconnected));
         }
         self.inband_in_flight = 0;
         self.unlogged = 0;
@@ -364,6 +389,54 @@ struct Shared {
     notify: Mutex<Option<Notify>>,
     log: Mutex<Option<Log>>,
     closer: Closer,
+    /// Event taps ([`Client::tap_events`]), by id.
+    taps: Mutex<Vec<(u64, Arc<TapEntry>)>>,
+    next_tap: AtomicU64,
+}
+
+/// A registered event tap.
+struct TapEntry {
+    f: Box<dyn Fn(Tapped<'_>) + Send + Sync>,
+    /// [`Tapped::Closed`] was delivered (it is delivered once).
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl TapEntry {
+    fn closed(&self) {
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            (self.f)(Tapped::Closed);
+        }
+    }
+}
+
+/// What an event tap ([`Client::tap_events`]) is shown.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Tapped<'a> {
+    /// An event, as it arrived (it is queued for
+    /// [`Client::drain_incoming`] as usual).
+    Event(&'a Event),
+    /// The connection ended; nothing follows.
+    Closed,
+}
+
+/// A registered event tap; dropping it removes the tap.
+pub struct EventTap {
+    shared: std::sync::Weak<Shared>,
+    id: u64,
+}
+
+impl std::fmt::Debug for EventTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventTap").field("id", &self.id).finish()
+    }
+}
+
+impl Drop for EventTap {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            lock(&shared.taps).retain(|(id, _)| *id != self.id);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -391,6 +464,29 @@ impl Shared {
         }
     }
 
+    /// Run the [`Client::submit_with`] callbacks whose results are in,
+    /// outside the lock, in the order the results came.
+    fn run_due(&self) {
+        let due = {
+            let mut st = lock(&self.state);
+            if st.due.is_empty() {
+                return;
+            }
+            std::mem::take(&mut st.due)
+        };
+        for (callback, result) in due {
+            (callback.0)(result);
+        }
+    }
+
+    /// The registered taps, to be called without holding a lock.
+    fn taps(&self) -> Vec<Arc<TapEntry>> {
+        lock(&self.taps)
+            .iter()
+            .map(|(_, t)| Arc::clone(t))
+            .collect()
+    }
+
     /// Mark the connection closed and fail every outstanding request.
     fn disconnect(&self, reason: Option<String>) {
         {
@@ -414,6 +510,10 @@ impl Shared {
         self.incoming.notify_all();
         self.writer.notify_all();
         self.notify();
+        self.run_due();
+        for tap in self.taps() {
+            tap.closed();
+        }
     }
 
     /// Writing failed (the peer closed, say). Requests not written fail at
@@ -433,13 +533,12 @@ impl Shared {
                 if !w.logged {
                     st.unlogged = st.unlogged.saturating_sub(1);
                 }
-                if w.late == Late::No {
-                    st.done.insert(w.seq, Err(Error::Disconnected));
-                }
+                st.complete(w, Err(Error::Disconnected));
             }
         }
         self.replies.notify_all();
         self.notify();
+        self.run_due();
     }
 
     fn queue(&self, item: Incoming, size: usize) {
@@ -474,10 +573,11 @@ impl Shared {
                     if st.syncing.is_some() {
                         return;
                     }
-                    st.queue(Incoming::Event(ev), size);
                     drop(st);
-                    self.incoming.notify_all();
-                    self.notify();
+                    for tap in self.taps() {
+                        (tap.f)(Tapped::Event(&ev));
+                    }
+                    self.queue(Incoming::Event(ev), size);
                 }
                 Message::Greeting(g) => {
                     let text = if st.syncing.is_some() {
@@ -511,9 +611,7 @@ impl Shared {
                     Some(i) => {
                         let w = st.waiting.remove(i).expect("index from position");
                         self.answered(&mut st, &w);
-                        if w.late == Late::No {
-                            st.done.insert(w.seq, Err(Error::Protocol(reason)));
-                        }
+                        st.complete(w, Err(Error::Protocol(reason)));
                         drop(st);
                         self.replies.notify_all();
                         self.writer.notify_all();
@@ -553,6 +651,13 @@ impl Shared {
                 .position(|w| w.written && same_id(&w.id, id)),
         };
         match index.and_then(|i| st.waiting.remove(i)) {
+            Some(w) if w.reply_to.is_some() => {
+                self.answered(&mut st, &w);
+                reply.assigned_id = w.assigned;
+                st.complete(w, Ok(reply));
+                drop(st);
+                self.writer.notify_all();
+            }
             Some(w) => {
                 self.answered(&mut st, &w);
                 match w.late {
@@ -842,6 +947,8 @@ impl Client {
             notify: Mutex::new(None),
             log: Mutex::new(opts.log.take()),
             closer: halves.closer.clone(),
+            taps: Mutex::new(Vec::new()),
+            next_tap: AtomicU64::new(1),
         });
         let reader = {
             let shared = Arc::clone(&shared);
@@ -1040,6 +1147,66 @@ impl Client {
     /// absent, and QEMU's time per command grows with the bytes it parses
     /// (short messages keep pipelined scripts near the raw-socket limit).
     pub fn submit(&self, request: Request) -> Result<Pending, Error> {
+        let (seq, id) = self.enqueue(request, None)?;
+        Ok(Pending {
+            shared: Some(Arc::clone(&self.shared)),
+            seq,
+            id,
+            finished: false,
+            ready: None,
+        })
+    }
+
+    /// Like [`submit`](Client::submit), but the result goes to `on_reply`
+    /// instead of a [`Pending`]: the reply (with `assigned_id` set as
+    /// `submit` would), or the error that ended the wait
+    /// ([`Error::Disconnected`] when the connection drops,
+    /// [`Error::Unsupported`] when the transport refused the request,
+    /// [`Error::Protocol`] when an undecodable frame took the reply's
+    /// place). `on_reply` is called exactly once, on one of the client's
+    /// threads (or the one that closes the client), without any lock of
+    /// the client held; it must not block for long, as the client's reader
+    /// waits for it. Results come in the order the server gave them.
+    ///
+    /// When the request cannot even be queued, the error is returned and
+    /// `on_reply` is dropped uncalled. For relaying requests of other
+    /// clients (a multiplexer such as [`crate::router`]) without a thread
+    /// waiting for each reply.
+    pub fn submit_with(
+        &self,
+        request: Request,
+        on_reply: impl FnOnce(Result<Reply, Error>) + Send + 'static,
+    ) -> Result<(), Error> {
+        self.enqueue(request, Some(Callback(Box::new(on_reply))))
+            .map(|_| ())
+    }
+
+    /// Register a tap that is shown every event as it arrives (on the
+    /// client's reader thread, before it is queued for
+    /// [`drain_incoming`](Client::drain_incoming), which is unchanged), and
+    /// [`Tapped::Closed`] once when the connection ends (at once if it
+    /// has ended already). Events dropped while resynchronising with a
+    /// guest agent are not shown. Keep `f` cheap: the reader waits for it;
+    /// it must not wait for replies of this client. Dropping the returned
+    /// [`EventTap`] removes the tap.
+    pub fn tap_events(&self, f: impl Fn(Tapped<'_>) + Send + Sync + 'static) -> EventTap {
+        let id = self.shared.next_tap.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(TapEntry {
+            f: Box::new(f),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        });
+        lock(&self.shared.taps).push((id, Arc::clone(&entry)));
+        if !self.is_connected() {
+            entry.closed();
+        }
+        EventTap {
+            shared: Arc::downgrade(&self.shared),
+            id,
+        }
+    }
+
+    /// Queue a request; returns its sequence number and id.
+    fn enqueue(&self, request: Request, reply_to: Option<Callback>) -> Result<(u64, Value), Error> {
         let Request {
             mut msg,
             fds,
@@ -1079,6 +1246,7 @@ impl Client {
             logged,
             written: false,
             late: Late::No,
+            reply_to,
         });
         if !logged {
             st.unlogged += 1;
@@ -1092,13 +1260,7 @@ impl Client {
         });
         drop(st);
         self.shared.writer.notify_all();
-        Ok(Pending {
-            shared: Some(Arc::clone(&self.shared)),
-            seq,
-            id,
-            finished: false,
-            ready: None,
-        })
+        Ok((seq, id))
     }
 
     /// [`submit`](Client::submit) a plain message.
@@ -1247,6 +1409,7 @@ fn reader_loop(mut source: Box<dyn Source>, shared: &Shared) {
                     shared.log_line(&raw);
                 }
                 shared.route(frame, size);
+                shared.run_due();
             }
             Ok(Some(Received::Delimiter)) => {}
             Ok(None) => break None,
@@ -1326,13 +1489,12 @@ fn writer_loop(mut sink: Box<dyn Sink>, shared: &Shared) {
                             if !w.logged {
                                 st.unlogged = st.unlogged.saturating_sub(1);
                             }
-                            if w.late == Late::No {
-                                st.done.insert(seq, Err(Error::Unsupported(e.to_string())));
-                            }
+                            st.complete(w, Err(Error::Unsupported(e.to_string())));
                         }
                         drop(st);
                         shared.replies.notify_all();
                         shared.notify();
+                        shared.run_due();
                     }
                     Err(_) => break,
                 }
@@ -1649,6 +1811,118 @@ mod tests {
             panic!()
         };
         assert_eq!(last.body["data"]["i"], Value::from(n - 1));
+    }
+
+    /// Taps see every event (the queue still gets them), stop seeing
+    /// them once dropped, and are told once when the connection ends.
+    #[test]
+    fn event_taps_see_events_and_the_end() {
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<&'static [u8]>();
+        let client = pair(no_handshake(), move |mut s| {
+            while let Ok(bytes) = go_rx.recv() {
+                s.write_all(bytes).unwrap();
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let tx2 = Mutex::new(tx.clone());
+        let tap = client.tap_events(move |t| {
+            let text = match t {
+                Tapped::Event(e) => e.name().unwrap_or("?").to_owned(),
+                Tapped::Closed => "closed".to_owned(),
+            };
+            lock(&tx2).send(format!("a:{text}")).unwrap();
+        });
+        let tx3 = Mutex::new(tx);
+        let other = client.tap_events(move |t| {
+            if let Tapped::Event(e) = t {
+                lock(&tx3)
+                    .send(format!("b:{}", e.name().unwrap_or("?")))
+                    .unwrap();
+            }
+        });
+        go_tx.send(b"{\"event\": \"ONE\"}\r\n").unwrap();
+        let mut got = vec![rx.recv().unwrap(), rx.recv().unwrap()];
+        got.sort();
+        assert_eq!(got, ["a:ONE", "b:ONE"]);
+        drop(other);
+        go_tx.send(b"{\"event\": \"TWO\"}\r\n").unwrap();
+        assert_eq!(rx.recv().unwrap(), "a:TWO");
+        // The queue has both, as without taps.
+        let mut names = Vec::new();
+        while names.len() < 2 {
+            match client.next_incoming(T) {
+                Some(Incoming::Event(e)) => names.push(e.name().unwrap().to_owned()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(names, ["ONE", "TWO"]);
+        drop(go_tx);
+        assert_eq!(rx.recv().unwrap(), "a:closed");
+        client.close();
+        // Closed is told once; a tap added afterwards is told at once.
+        assert!(rx.try_recv().is_err());
+        let (late_tx, late_rx) = std::sync::mpsc::channel::<bool>();
+        let late_tx = Mutex::new(late_tx);
+        let _late = client.tap_events(move |t| {
+            lock(&late_tx).send(t == Tapped::Closed).unwrap();
+        });
+        assert!(late_rx.try_recv().unwrap());
+        drop(tap);
+    }
+
+    /// `submit_with` hands each result to its callback: replies in the
+    /// order the server sent them, with `assigned_id`, and `Disconnected`
+    /// for the ones never answered.
+    #[test]
+    fn submit_with_calls_back_with_each_result() {
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<&'static [u8]>();
+        let client = pair(no_handshake(), move |mut s| {
+            read_line(&mut s);
+            read_line(&mut s);
+            read_line(&mut s);
+            if let Ok(bytes) = go_rx.recv() {
+                s.write_all(bytes).unwrap();
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel::<(u32, Result<Reply, Error>)>();
+        for n in 0..3 {
+            let tx = Mutex::new(tx.clone());
+            let mut msg = command("x", None);
+            if n == 1 {
+                msg.insert("id".into(), "mine".into());
+            }
+            client
+                .submit_with(Request::new(msg), move |r| {
+                    lock(&tx).send((n, r)).unwrap();
+                })
+                .unwrap();
+        }
+        // The second request first, then the first; the third never.
+        go_tx
+            .send(b"{\"return\": 2, \"id\": \"mine\"}\r\n{\"return\": 1, \"id\": 1}\r\n")
+            .unwrap();
+        let (n, r) = rx.recv().unwrap();
+        let r = r.unwrap();
+        assert_eq!(
+            (n, r.ret(), r.assigned_id),
+            (1, Some(&Value::from(2)), false)
+        );
+        let (n, r) = rx.recv().unwrap();
+        let r = r.unwrap();
+        assert_eq!(
+            (n, r.ret(), r.assigned_id),
+            (0, Some(&Value::from(1)), true)
+        );
+        drop(go_tx);
+        let (n, r) = rx.recv().unwrap();
+        assert_eq!(n, 2);
+        assert!(matches!(r, Err(Error::Disconnected)), "{r:?}");
+        // Once closed, nothing is queued and the callback is not called.
+        let e = client.submit_with(Request::new(command("y", None)), |_| {
+            panic!("called after a refused submit")
+        });
+        assert!(matches!(e, Err(Error::Disconnected)));
+        assert!(client.drain_incoming().is_empty());
     }
 
     #[test]

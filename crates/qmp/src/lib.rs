@@ -52,7 +52,7 @@ pub mod server;
 pub mod transport;
 
 pub use address::{Address, AddressError};
-pub use client::{Client, ClientOptions, Error, Incoming, Pending, Request};
+pub use client::{Client, ClientOptions, Error, EventTap, Incoming, Pending, Request, Tapped};
 pub use framing::{encode, Decoder, FrameError};
 pub use message::{command, Event, Greeting, Message, Object, Reply};
 pub use server::Listener;
