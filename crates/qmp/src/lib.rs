@@ -17,6 +17,9 @@
 //!   event queue ([`Client::drain_incoming`]).
 //! * [`server`]: [`Listener`], for letting QEMU connect to us
 //!   (`-qmp unix:PATH`).
+//! * [`router`]: [`Router`], one monitor shared by many clients: serves
+//!   full QMP sessions on a UNIX socket on top of one [`Client`] (ids
+//!   rewritten, events to everyone), as `qmp-proxy` does.
 //!
 //! # Example
 //!
@@ -48,6 +51,7 @@ pub mod address;
 pub mod client;
 pub mod framing;
 pub mod message;
+pub mod router;
 pub mod server;
 pub mod transport;
 
@@ -55,5 +59,6 @@ pub use address::{Address, AddressError};
 pub use client::{Client, ClientOptions, Error, EventTap, Incoming, Pending, Request, Tapped};
 pub use framing::{encode, Decoder, FrameError};
 pub use message::{command, Event, Greeting, Message, Object, Reply};
+pub use router::{Router, RouterOptions};
 pub use server::Listener;
 pub use transport::{Handshake, StreamTransport, Transport};
