@@ -152,6 +152,10 @@ pub struct WrapArgs {
     #[arg(short = 'c', long = "command", value_name = "CMD")]
     pub commands: Vec<String>,
 
+    /// Also serve other QMP clients on this UNIX socket while the shell runs (as qmp-proxy does)
+    #[arg(long, value_name = "PATH")]
+    pub serve: Option<PathBuf>,
+
     /// QEMU command line to invoke
     #[arg(
         trailing_var_arg = true,

@@ -1,5 +1,5 @@
-//! The qmp-shell library: everything behind the `qmp-shell` and
-//! `qmp-shell-wrap` binaries.
+//! The qmp-shell library: everything behind the `qmp-shell`,
+//! `qmp-shell-wrap` and `qmp-proxy` binaries.
 //!
 //! Layers, data flowing downward only:
 //!
@@ -14,7 +14,7 @@
 //!   input order; it alone decides when a session ends and its exit status.
 //! * the drivers, which only feed the engine lines: [`script`] (pipes and
 //!   `-c`) and [`interactive`] (a terminal, with [`complete`]).
-//! * [`app`] and [`wrap`]: the two programs.
+//! * [`app`], [`wrap`] and [`proxy`]: the programs.
 
 pub mod app;
 pub mod cli;
@@ -24,6 +24,7 @@ pub mod files;
 pub mod hmp;
 pub mod interactive;
 pub mod output;
+pub mod proxy;
 pub mod render;
 pub mod schema;
 pub mod script;

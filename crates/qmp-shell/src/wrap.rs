@@ -10,6 +10,11 @@
 //! QEMU is asked to `quit` over QMP, then signalled (its process group, then
 //! SIGKILL after a grace period), and the directory is removed: nothing is
 //! left running.
+//!
+//! With `--serve PATH`, other QMP clients can attach to the same QEMU on
+//! PATH while the shell runs ([`qmp::router`], as `qmp-proxy` does); they
+//! are disconnected and PATH removed when the shell ends, before QEMU is
+//! stopped.
 
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
@@ -22,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
+use qmp::router::{Router, RouterOptions};
 use qmp::{Client, Listener};
 
 use crate::app::{client_options, die, is_interactive, run_session, SharedLog};
@@ -302,7 +308,26 @@ pub fn main() -> i32 {
             Err(err) => return die(&format!("QEMU connected but {}", client_error(&err))),
         };
         client = Some(Arc::clone(&c));
-        run_session(c, &args.common, args.commands.clone(), false)
+        // --serve: share this QEMU with other clients while the shell runs.
+        let router = match &args.serve {
+            Some(path) => match Router::serve(Arc::clone(&c), path, RouterOptions::default()) {
+                Ok(router) => {
+                    if let Some(remove) = router.socket_remover() {
+                        signals::on_emergency(Box::new(move || remove()));
+                    }
+                    Some(router)
+                }
+                Err(err) => return die(&format!("cannot listen on {}: {err}", path.display())),
+            },
+            None => None,
+        };
+        let code = run_session(c, &args.common, args.commands.clone(), false);
+        // Before QEMU is stopped: the other clients are disconnected and
+        // the socket removed.
+        if let Some(router) = router {
+            router.stop();
+        }
+        code
     })();
     qemu.stop(client.as_deref());
     if let Some(c) = &client {

@@ -79,6 +79,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -172,6 +173,8 @@ struct Inner {
     /// Whether clients may enable `oob`.
     offer_oob: bool,
     conns: Mutex<Conns>,
+    /// Signalled when a client leaves.
+    left: Condvar,
 }
 
 #[derive(Default)]
@@ -226,6 +229,7 @@ impl Router {
             greeting,
             offer_oob,
             conns: Mutex::new(Conns::default()),
+            left: Condvar::new(),
         });
         let weak = Arc::downgrade(&inner);
         let tap = client.tap_events(move |tapped| {
@@ -270,6 +274,30 @@ impl Router {
     /// disconnected once their queues are written, and new ones refused).
     pub fn upstream_closed(&self) -> bool {
         lock(&self.inner.conns).upstream_closed
+    }
+
+    /// Wait up to `timeout` until no client is connected (after the
+    /// upstream went away: until every client got what was queued for it).
+    /// Returns whether none is left.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut conns = lock(&self.inner.conns);
+        while !conns.list.is_empty() {
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            if left.is_zero() {
+                return false;
+            }
+            conns = self
+                .inner
+                .left
+                .wait_timeout(conns, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
     }
 
     /// Stop: close the socket (removing its file), disconnect every client
@@ -357,6 +385,7 @@ impl Inner {
                 .spawn(move || {
                     ds.write_loop();
                     lock(&inner.conns).list.retain(|d| !Arc::ptr_eq(d, &ds));
+                    inner.left.notify_all();
                 })
         };
         let writer = match writer {
@@ -755,7 +784,6 @@ mod tests {
     use super::*;
     use crate::client::ClientOptions;
     use std::io::{BufRead, BufReader, Read};
-    use std::time::Duration;
 
     const T: Duration = Duration::from_secs(20);
 
