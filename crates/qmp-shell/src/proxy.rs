@@ -137,7 +137,12 @@ fn connect(args: &ProxyArgs, address: &Address, log: Option<&SharedLog>) -> Resu
                     python_io_error(&err)
                 ))
             }
-            Err(err) => return Err(format!("Couldn't connect to {target}: {}", client_error(&err))),
+            Err(err) => {
+                return Err(format!(
+                    "Couldn't connect to {target}: {}",
+                    client_error(&err)
+                ))
+            }
         }
     }
 }
@@ -177,7 +182,10 @@ pub fn main() -> i32 {
         Ok(router) => router,
         Err(err) => {
             client.close();
-            return die(&format!("cannot listen on {}: {err}", args.listen.display()));
+            return die(&format!(
+                "cannot listen on {}: {err}",
+                args.listen.display()
+            ));
         }
     };
     if let Some(remove) = router.socket_remover() {

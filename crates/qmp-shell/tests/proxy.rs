@@ -1,0 +1,563 @@
+//! `qmp-proxy` and `qmp-shell-wrap --serve` with real peers: QEMU, our
+//! shell, the reference shell and raw socket clients at once; QEMU killed
+//! under the proxy; signals; `--retry`; an `ssh://` target through a real
+//! sshd on 127.0.0.1.
+
+mod common;
+#[path = "../../qmp/tests/common/sshd.rs"]
+mod sshd;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// Bound on every wait.
+const T: Duration = Duration::from_secs(30);
+
+fn proxy_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_qmp-proxy"))
+}
+
+fn private_dir() -> tempfile::TempDir {
+    // Short: a socket path is limited to 107 bytes.
+    tempfile::Builder::new()
+        .prefix("qmp-px-")
+        .tempdir_in(std::env::temp_dir())
+        .expect("tempdir")
+}
+
+/// Wait (bounded) until `cond` holds, checking every few milliseconds.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A program running with stdin kept open and stdout read as it comes.
+struct Running {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: mpsc::Receiver<String>,
+    seen: String,
+    stderr: Option<thread::JoinHandle<Vec<u8>>>,
+    _home: tempfile::TempDir,
+}
+
+impl Running {
+    fn start(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
+        let home = private_dir();
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .env("HOME", home.path())
+            .env("NO_COLOR", "1")
+            .env("LC_ALL", "C.UTF-8")
+            .env_remove("QMP_SOCKET")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let stdin = child.stdin.take();
+        let mut out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match out.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if tx
+                            .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let mut err = child.stderr.take().expect("stderr");
+        let stderr = thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = err.read_to_end(&mut v);
+            v
+        });
+        Running {
+            child,
+            stdin,
+            stdout: rx,
+            seen: String::new(),
+            stderr: Some(stderr),
+            _home: home,
+        }
+    }
+
+    /// Wait until stdout (everything read so far) contains `text`.
+    fn wait_stdout(&mut self, text: &str) {
+        let deadline = Instant::now() + T;
+        while !self.seen.contains(text) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(chunk) => self.seen.push_str(&chunk),
+                Err(_) => panic!("no {text:?} on stdout; so far:\n{}", self.seen),
+            }
+        }
+    }
+
+    fn send(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(text.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Close stdin, wait (bounded) for the exit; status, stdout, stderr.
+    fn finish(mut self) -> (ExitStatus, String, String) {
+        self.wait_end()
+    }
+
+    fn wait_end(&mut self) -> (ExitStatus, String, String) {
+        self.stdin = None;
+        let deadline = Instant::now() + T;
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("did not exit within {T:?}; stdout so far:\n{}", self.seen);
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        while let Ok(chunk) = self.stdout.recv_timeout(T) {
+            self.seen.push_str(&chunk);
+        }
+        let err = self.stderr.take().unwrap().join().unwrap();
+        (
+            status,
+            std::mem::take(&mut self.seen),
+            String::from_utf8_lossy(&err).into_owned(),
+        )
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A running `qmp-proxy` serving on `DIR/p.sock`.
+struct Proxy {
+    run: Running,
+    listen: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Start it; do not wait.
+    fn spawn(target: &str, extra: &[&str], env: &[(&str, &str)]) -> Proxy {
+        let dir = private_dir();
+        let listen = dir.path().join("p.sock");
+        let mut args = vec!["--listen", listen.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(target);
+        Proxy {
+            run: Running::start(&proxy_bin(), &args, env),
+            listen,
+            _dir: dir,
+        }
+    }
+
+    /// Start it and wait until it listens.
+    fn start(target: &str, extra: &[&str], env: &[(&str, &str)]) -> Proxy {
+        let mut p = Proxy::spawn(target, extra, env);
+        p.wait_listening();
+        p
+    }
+
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + T;
+        while !listening(&self.listen) {
+            if self.run.exited() {
+                let (status, _, stderr) = self.run.wait_end();
+                panic!("qmp-proxy exited ({status}) before listening:\n{stderr}");
+            }
+            assert!(Instant::now() < deadline, "qmp-proxy never listened");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn sock(&self) -> &str {
+        self.listen.to_str().unwrap()
+    }
+}
+
+/// A raw QMP client: lines in, lines out, every read bounded.
+struct Raw {
+    w: UnixStream,
+    r: BufReader<UnixStream>,
+}
+
+impl Raw {
+    fn negotiated(path: &Path) -> Raw {
+        let s = UnixStream::connect(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        s.set_read_timeout(Some(T)).unwrap();
+        let mut raw = Raw {
+            w: s.try_clone().unwrap(),
+            r: BufReader::new(s),
+        };
+        assert!(raw.line().starts_with("{\"QMP\""));
+        assert_eq!(
+            raw.send(r#"{"execute": "qmp_capabilities"}"#),
+            "{\"return\": {}}\r\n"
+        );
+        raw
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        match self.r.read_line(&mut line) {
+            Ok(0) => panic!("end of stream where a line was expected"),
+            Ok(_) => line,
+            Err(e) => panic!("no line within {T:?}: {e}"),
+        }
+    }
+
+    fn send(&mut self, text: &str) -> String {
+        self.w.write_all(text.as_bytes()).unwrap();
+        self.line()
+    }
+
+    /// Read to the end of the stream (bounded).
+    fn rest(&mut self) -> String {
+        let mut rest = String::new();
+        self.r.read_to_string(&mut rest).expect("end of stream");
+        rest
+    }
+
+    /// Check ids of every kind through the proxy.
+    fn check_ids(&mut self) {
+        for id in [r#""str""#, "42", "1.5", r#"{"o": [null]}"#] {
+            assert_eq!(
+                self.send(&format!(r#"{{"execute": "query-name", "id": {id}}}"#)),
+                format!("{{\"return\": {{}}, \"id\": {id}}}\r\n")
+            );
+        }
+        assert_eq!(
+            self.send(r#"{"execute": "query-name"}"#),
+            "{\"return\": {}}\r\n"
+        );
+    }
+}
+
+/// Timestamps of events differ from run to run.
+fn without_timestamps(text: &str) -> String {
+    let re = regex::Regex::new(r#""seconds": \d+, "microseconds": \d+"#).unwrap();
+    re.replace_all(text, "\"seconds\": S, \"microseconds\": U")
+        .into_owned()
+}
+
+/// Our shell (kept connected), the reference shell and a raw client, at
+/// once through the proxy: each gets what it would get from QEMU
+/// directly, and the events our shell causes reach the raw client.
+#[test]
+fn our_shell_the_reference_and_a_raw_client_at_once() {
+    let qemu = Peer::qemu_none();
+    let proxy = Proxy::start(qemu.socket_str(), &[], &[]);
+    let mut raw = Raw::negotiated(&proxy.listen);
+
+    let mut shell = Running::start(&ours(), &[proxy.sock()], &[]);
+    shell.send("query-status\n");
+    shell.wait_stdout("\"running\": true");
+    // While ours is attached: the reference, start to finish.
+    let ref_script = "query-name\nqom-list path=/machine\nquery-version\n";
+    let ref_out = run_shell(&reference(), &[proxy.sock()], ref_script, SHELL_TIMEOUT);
+    assert!(ref_out.status.success(), "{}", show(&ref_out));
+    raw.check_ids();
+    // Ours stops and resumes the VM; the events show at its empty lines,
+    // and the raw client gets them too.
+    shell.send("stop\n\ncont\n\nquery-status\n");
+    let (status, ours_out, ours_err) = shell.finish();
+    assert!(status.success(), "{ours_out}\n{ours_err}");
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        let v: Value = serde_json::from_str(&raw.line()).unwrap();
+        if let Some(name) = v["event"].as_str() {
+            events.push(name.to_owned());
+        }
+    }
+    assert_eq!(events, ["STOP", "RESUME"]);
+    raw.check_ids();
+
+    // The same scripts directly against a QEMU of their own print the same.
+    let direct = Peer::qemu_none();
+    let ours_direct = run_shell(
+        &ours(),
+        &[direct.socket_str()],
+        "query-status\nstop\n\ncont\n\nquery-status\n",
+        SHELL_TIMEOUT,
+    );
+    assert_eq!(
+        without_timestamps(&ours_out),
+        without_timestamps(&text(&ours_direct.stdout))
+    );
+    assert!(ours_out.contains("\"event\": \"STOP\""), "{ours_out}");
+    let ref_direct = run_shell(
+        &reference(),
+        &[direct.socket_str()],
+        ref_script,
+        SHELL_TIMEOUT,
+    );
+    if let Some(diff) = describe_difference(
+        "stdout",
+        "direct",
+        &ref_direct.stdout,
+        "through qmp-proxy",
+        &ref_out.stdout,
+    ) {
+        panic!("{diff}");
+    }
+    assert!(text(&ref_out.stdout).contains("\"qemu\": {\"micro\""));
+}
+
+/// QEMU killed under the proxy: every client is disconnected, the proxy
+/// exits 1 with a one-line reason and removes its socket.
+#[test]
+fn qemu_killed_under_the_proxy() {
+    let qemu = Peer::qemu_none();
+    let proxy = Proxy::start(qemu.socket_str(), &[], &[]);
+    let mut raw = Raw::negotiated(&proxy.listen);
+    let mut shell = Running::start(&ours(), &[proxy.sock()], &[]);
+    shell.send("query-name\n");
+    shell.wait_stdout("{\"return\": {}}");
+    // SAFETY: kill(2) on the QEMU this test started.
+    unsafe {
+        libc::kill(qemu.pid() as i32, libc::SIGKILL);
+    }
+    assert_eq!(raw.rest(), "");
+    let (status, _, stderr) = proxy.run.finish();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "ERROR: lost the connection to {}: ",
+            qemu.socket_str()
+        )),
+        "{stderr}"
+    );
+    assert!(std::fs::symlink_metadata(&proxy.listen).is_err());
+    shell.send("query-status\n");
+    let (status, _, stderr) = shell.finish();
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(stderr, "Disconnected\n");
+}
+
+fn signal_removes_the_socket(sig: i32) {
+    let qemu = Peer::qemu_none();
+    let proxy = Proxy::start(qemu.socket_str(), &[], &[]);
+    let meta = std::fs::symlink_metadata(&proxy.listen).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.mode() & 0o777, 0o600, "socket mode");
+    let mut raw = Raw::negotiated(&proxy.listen);
+    proxy.run.signal(sig);
+    assert_eq!(raw.rest(), "");
+    let (status, _, stderr) = proxy.run.finish();
+    assert_eq!(status.code(), Some(128 + sig), "{stderr}");
+    assert_eq!(stderr, "");
+    assert!(std::fs::symlink_metadata(&proxy.listen).is_err());
+    // QEMU is free for its next client.
+    let replies = qmp_raw(qemu.socket(), &[r#"{"execute": "query-name"}"#]);
+    assert_eq!(replies, ["{\"return\": {}}"]);
+}
+
+#[test]
+fn sigterm_removes_the_socket() {
+    signal_removes_the_socket(libc::SIGTERM);
+}
+
+#[test]
+fn sigint_removes_the_socket() {
+    signal_removes_the_socket(libc::SIGINT);
+}
+
+#[test]
+fn sighup_removes_the_socket() {
+    signal_removes_the_socket(libc::SIGHUP);
+}
+
+/// `--retry`: the proxy waits for QEMU to appear, and only then listens.
+#[test]
+fn retry_waits_for_qemu() {
+    let dir = private_dir();
+    let target = dir.path().join("qmp.sock");
+    // A dead socket: connecting is refused until QEMU replaces it.
+    dead_socket(&target);
+    let mut proxy = Proxy::spawn(
+        target.to_str().unwrap(),
+        &["--retry", "1000", "--retry-delay", "0.02"],
+        &[],
+    );
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-M", "none", "-display", "none", "-nodefaults", "-qmp"])
+        .arg(format!("unix:{},server=on,wait=off", target.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start QEMU");
+    proxy.wait_listening();
+    let mut raw = Raw::negotiated(&proxy.listen);
+    raw.check_ids();
+    proxy.run.signal(libc::SIGTERM);
+    let (status, _, _) = proxy.run.finish();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+
+    // Retries exhausted: the connection error, exit 1.
+    let missing = dir.path().join("missing.sock");
+    let proxy = Proxy::spawn(
+        missing.to_str().unwrap(),
+        &["--retry", "2", "--retry-delay", "0.01"],
+        &[],
+    );
+    let (status, _, stderr) = proxy.run.finish();
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.starts_with(&format!("ERROR: Couldn't connect to {}", missing.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn refuses_to_listen_over_a_file() {
+    let qemu = Peer::qemu_none();
+    let dir = private_dir();
+    let file = dir.path().join("p.sock");
+    std::fs::write(&file, "precious").unwrap();
+    let out = run_shell(
+        &proxy_bin(),
+        &["--listen", file.to_str().unwrap(), qemu.socket_str()],
+        "",
+        SHELL_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        text(&out.stderr).contains("exists and is not a socket; not replacing it"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+    // QEMU was let go.
+    assert_eq!(
+        qmp_raw(qemu.socket(), &[r#"{"execute": "query-name"}"#]),
+        ["{\"return\": {}}"]
+    );
+}
+
+/// An `ssh://` target: QEMU's socket reached through a real sshd.
+#[test]
+fn ssh_target_through_a_real_sshd() {
+    let qemu = Peer::qemu_none();
+    let sshd = sshd::Sshd::start();
+    let target = format!("ssh://{}{}", sshd::HOST, qemu.socket_str());
+    let command = sshd.ssh_command();
+    let proxy = Proxy::start(&target, &[], &[("QMP_SSH_COMMAND", &command)]);
+    let mut raw = Raw::negotiated(&proxy.listen);
+    raw.check_ids();
+    let out = run_shell(
+        &ours(),
+        &[proxy.sock(), "-c", "query-status"],
+        "",
+        SHELL_TIMEOUT,
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        text(&out.stdout).contains("\"status\": \"running\""),
+        "{}",
+        show(&out)
+    );
+    proxy.run.signal(libc::SIGTERM);
+    let (status, _, stderr) = proxy.run.finish();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+}
+
+/// `qmp-shell-wrap --serve`: a second client attaches beside the person
+/// at the wrap's shell; both see the same VM, and the socket goes when the
+/// shell ends.
+#[test]
+fn wrap_serve_lets_a_second_client_attach() {
+    let dir = private_dir();
+    let serve = dir.path().join("serve.sock");
+    let tmp = private_dir();
+    let mut wrap = Running::start(
+        &ours_wrap(),
+        &[
+            "--serve",
+            serve.to_str().unwrap(),
+            "--",
+            "qemu-system-x86_64",
+            "-M",
+            "none",
+            "-display",
+            "none",
+            "-nodefaults",
+        ],
+        &[("TMPDIR", tmp.path().to_str().unwrap())],
+    );
+    wrap.wait_stdout("(QEMU) ");
+    wait_until("the --serve socket", || listening(&serve));
+    let meta = std::fs::symlink_metadata(&serve).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    let mut raw = Raw::negotiated(&serve);
+    raw.check_ids();
+    // The second client stops the VM; by the time it has the reply, the
+    // wrap's shell has the STOP event (QEMU sends it first), and shows it
+    // at an empty line.
+    let mut got_reply = false;
+    raw.w
+        .write_all(br#"{"execute": "stop", "id": "s"}"#)
+        .unwrap();
+    while !got_reply {
+        got_reply = raw.line().contains("\"id\": \"s\"");
+    }
+    wrap.send("\n");
+    wrap.wait_stdout("\"event\": \"STOP\"");
+    wrap.send("query-status\n");
+    wrap.wait_stdout("\"status\": \"paused\"");
+    let (status, _, stderr) = wrap.finish();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(raw.rest(), "");
+    assert!(
+        std::fs::symlink_metadata(&serve).is_err(),
+        "socket left behind"
+    );
+}
