@@ -13,6 +13,11 @@
 #   (b) one command, `query-status`;
 #   (c) `-p` and `query-qmp-schema` (about 200 KB of JSON, pretty-printed);
 #   (d) peak RSS (GNU time's %M, the largest of RSS_RUNS runs) for (b) and (c).
+#   (e) the script of (a) run by our shell directly, through qmp-proxy (on a
+#       second monitor of the same QEMU), and through ssh:// (a private
+#       sshd on 127.0.0.1 with throwaway keys, forwarding to the same
+#       socket): three commands in one hyperfine invocation. The ssh row
+#       includes ssh's connection set-up, as a user would see it.
 #
 # The raw socket baseline: socat gets, on standard input, exactly the bytes
 # our shell writes to the socket for the same script: `qmp_capabilities`
@@ -45,19 +50,22 @@ die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 # --- tools and programs -----------------------------------------------------
 
 need_install=0
-for tool in qemu-system-x86_64 socat hyperfine qmp-shell; do
+for tool in qemu-system-x86_64 socat hyperfine qmp-shell ssh ssh-keygen; do
     command -v "$tool" >/dev/null 2>&1 || need_install=1
 done
 [ -x /usr/bin/time ] || need_install=1
+[ -x /usr/sbin/sshd ] || need_install=1
 if [ "$need_install" = 1 ]; then
     log "installing missing peers / reference: scripts/install-deps.sh"
     bash scripts/install-deps.sh
 fi
 
-log "building the release binary"
+log "building the release binaries"
 cargo build --release --quiet -p qmp-shell
 OURS="$ROOT/target/release/qmp-shell"
+PROXY="$ROOT/target/release/qmp-proxy"
 [ -x "$OURS" ] || die "no $OURS after the build"
+[ -x "$PROXY" ] || die "no $PROXY after the build"
 
 # The reference, without a pyenv shim in front (the shim costs tens of ms
 # of its own and is not part of the program).
@@ -73,7 +81,13 @@ QEMU=$(command -v qemu-system-x86_64)
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/qmp-bench.XXXXXX")
 QEMU_PID=""
+PROXY_PID=""
+SSHD_PID=""
 cleanup() {
+    for pid in $PROXY_PID $SSHD_PID; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     if [ -n "$QEMU_PID" ]; then
         kill "$QEMU_PID" 2>/dev/null || true
         wait "$QEMU_PID" 2>/dev/null || true
@@ -84,8 +98,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 SOCK="$TMP/qmp.sock"
+# A second monitor for qmp-proxy's one connection (row (e)).
+SOCK2="$TMP/qmp2.sock"
 "$QEMU" -M none -display none -nodefaults \
-    -qmp "unix:$SOCK,server=on,wait=off" >"$TMP/qemu.log" 2>&1 &
+    -qmp "unix:$SOCK,server=on,wait=off" \
+    -qmp "unix:$SOCK2,server=on,wait=off" >"$TMP/qemu.log" 2>&1 &
 QEMU_PID=$!
 for _ in $(seq 1 200); do
     if [ -S "$SOCK" ] && "$SOCAT" -u OPEN:/dev/null "UNIX-CONNECT:$SOCK" 2>/dev/null; then
@@ -173,6 +190,71 @@ hf schema \
     "$(q "$REF") -p $(q "$SOCK") < $(q "$TMP/schema.txt")" \
     "$(q "$SOCAT") -t 30 - UNIX-CONNECT:$(q "$SOCK") < $(q "$TMP/schema.json")"
 
+# (e) Through qmp-proxy and through ssh, against direct.
+PSOCK="$TMP/proxy.sock"
+"$PROXY" --listen "$PSOCK" "$SOCK2" 2>"$TMP/proxy.log" &
+PROXY_PID=$!
+for _ in $(seq 1 200); do
+    [ -S "$PSOCK" ] && break
+    kill -0 "$PROXY_PID" 2>/dev/null || { cat "$TMP/proxy.log" >&2; die "qmp-proxy exited"; }
+    sleep 0.05
+done
+[ -S "$PSOCK" ] || die "qmp-proxy did not create $PSOCK"
+
+# A private sshd on 127.0.0.1: throwaway host and client keys, a free
+# port, a configuration of its own (nothing from /etc/ssh).
+SSHDIR="$TMP/ssh"
+mkdir -p "$SSHDIR" /run/sshd
+ssh-keygen -q -t ed25519 -N '' -C qmp-bench -f "$SSHDIR/host_key"
+ssh-keygen -q -t ed25519 -N '' -C qmp-bench -f "$SSHDIR/client_key"
+cp "$SSHDIR/client_key.pub" "$SSHDIR/authorized_keys"
+: >"$SSHDIR/sshd_config"
+SSH_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+/usr/sbin/sshd -D -e -f "$SSHDIR/sshd_config" -p "$SSH_PORT" -h "$SSHDIR/host_key" \
+    -o ListenAddress=127.0.0.1 -o PermitRootLogin=prohibit-password \
+    -o AuthorizedKeysFile="$SSHDIR/authorized_keys" -o StrictModes=no \
+    -o PidFile=none -o AllowStreamLocalForwarding=yes 2>"$TMP/sshd.log" &
+SSHD_PID=$!
+cat >"$SSHDIR/ssh_config" <<CONF
+Host qmp-bench
+    HostName 127.0.0.1
+    Port $SSH_PORT
+    User $(id -un)
+    IdentityFile $SSHDIR/client_key
+    IdentitiesOnly yes
+    StrictHostKeyChecking no
+    UserKnownHostsFile /dev/null
+    BatchMode yes
+    LogLevel ERROR
+CONF
+for _ in $(seq 1 200); do
+    grep -q 'Server listening' "$TMP/sshd.log" 2>/dev/null && break
+    kill -0 "$SSHD_PID" 2>/dev/null || { cat "$TMP/sshd.log" >&2; die "sshd exited"; }
+    sleep 0.05
+done
+grep -q 'Server listening' "$TMP/sshd.log" || die "sshd did not start"
+export QMP_SSH_COMMAND="ssh -F $SSHDIR/ssh_config"
+SSH_ADDR="ssh://qmp-bench$SOCK"
+
+log "checking outputs through qmp-proxy and ssh"
+"$OURS" "$PSOCK" <"$TMP/script.txt" >"$TMP/proxy.out"
+cmp -s "$TMP/ours.out" "$TMP/proxy.out" || die "the script's output differs through qmp-proxy (see $TMP)"
+"$OURS" "$SSH_ADDR" <"$TMP/script.txt" >"$TMP/ssh.out"
+cmp -s "$TMP/ours.out" "$TMP/ssh.out" || die "the script's output differs through ssh (see $TMP)"
+
+log "timing: script direct / through qmp-proxy / through ssh"
+hyperfine --warmup "$WARMUP" --runs "$RUNS" --style basic \
+    --export-json "$TMP/hf-paths.json" \
+    -n direct "$(q "$OURS") $(q "$SOCK") < $(q "$TMP/script.txt")" \
+    -n proxy "$(q "$OURS") $(q "$PSOCK") < $(q "$TMP/script.txt")" \
+    -n ssh "$(q "$OURS") $(q "$SSH_ADDR") < $(q "$TMP/script.txt")" >&2
+ONE_SSH=$(printf '%s' "$(q "$OURS") $(q "$SSH_ADDR") < $(q "$TMP/one.txt")")
+hyperfine --warmup "$WARMUP" --runs "$RUNS" --style basic \
+    --export-json "$TMP/hf-paths-one.json" \
+    -n direct "$(q "$OURS") $(q "$SOCK") < $(q "$TMP/one.txt")" \
+    -n proxy "$(q "$OURS") $(q "$PSOCK") < $(q "$TMP/one.txt")" \
+    -n ssh "$ONE_SSH" >&2
+
 # Peak RSS in KiB: the largest of RSS_RUNS runs.
 rss() {
     local input=$1
@@ -253,6 +335,23 @@ print("| measure | ours | reference | socat (raw socket) | ours vs reference | o
 print("| --- | --- | --- | --- | --- | --- |")
 for row in rows:
     print("| " + " | ".join(row) + " |")
+def paths(name):
+    with open(f"{tmp}/hf-{name}.json") as f:
+        return {r["command"]: r for r in json.load(f)["results"]}
+
+print()
+print(f"Our shell directly, through `qmp-proxy` (a second monitor of the same QEMU) and through `ssh://` (sshd on 127.0.0.1):")
+print()
+print("| measure | direct | through qmp-proxy | proxy / direct | through ssh | ssh / direct |")
+print("| --- | --- | --- | --- | --- | --- |")
+for key, label in [("paths", f"{n}-command script on stdin"), ("paths-one", "one command (`query-status`)")]:
+    r = paths(key)
+    d, p, s = r["direct"], r["proxy"], r["ssh"]
+    pr, sr = p["median"] / d["median"], s["median"] / d["median"]
+    print(f"| {label} | {ms(d)} | {ms(p)} | {pr:.2f}x | {ms(s)} | {sr:.2f}x |")
+    if key == "paths":
+        goals.append((f"{label}: through qmp-proxy within 1.3x of direct", pr <= 1.3, f"{pr:.2f}x"))
+
 print()
 print("Goals:")
 for text, ok, got in goals:
