@@ -603,6 +603,9 @@ struct Out {
     in_flight: usize,
     /// Events are sent (the client negotiated).
     negotiated: bool,
+    /// The writer thread is writing chunks it took from the queue: new
+    /// output must wait behind them.
+    writing: bool,
     /// No more input: close once everything is answered and written.
     finishing: bool,
     /// Closed: nothing more is written; queued output is dropped.
@@ -636,7 +639,38 @@ impl Downstream {
             self.close_locked(out);
             return false;
         }
-        out.bytes += len;
+        let mut chunk = chunk;
+        if out.chunks.is_empty() && !out.writing {
+            // Nothing ahead of it: write at once if the socket takes it
+            // without waiting (saves waking the writer thread).
+            let bytes = chunk.bytes();
+            // SAFETY: send(2) from a valid buffer of `bytes.len()` bytes.
+            let n = unsafe {
+                libc::send(
+                    self.stream.as_raw_fd(),
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
+                let n = n as usize;
+                if n == bytes.len() {
+                    return true;
+                }
+                chunk = Chunk::Own(bytes[n..].to_vec());
+            } else {
+                let err = io::Error::last_os_error();
+                if !matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) {
+                    self.close_locked(out);
+                    return false;
+                }
+            }
+        }
+        out.bytes += chunk.bytes().len();
         out.chunks.push_back(chunk);
         self.cond.notify_all();
         true
@@ -760,6 +794,7 @@ impl Downstream {
                         break;
                     }
                 }
+                out.writing = true;
             }
             let written = if batch.len() == 1 {
                 stream.write_all(batch[0].bytes())
@@ -771,8 +806,10 @@ impl Downstream {
                 stream.write_all(&joined)
             };
             batch.clear();
+            let mut out = lock(&self.out);
+            out.writing = false;
             if written.is_err() {
-                self.close();
+                self.close_locked(&mut out);
                 return;
             }
         }
