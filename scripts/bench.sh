@@ -13,11 +13,13 @@
 #   (b) one command, `query-status`;
 #   (c) `-p` and `query-qmp-schema` (about 200 KB of JSON, pretty-printed);
 #   (d) peak RSS (GNU time's %M, the largest of RSS_RUNS runs) for (b) and (c).
-#   (e) the script of (a) run by our shell directly, through qmp-proxy (on a
-#       second monitor of the same QEMU), and through ssh:// (a private
-#       sshd on 127.0.0.1 with throwaway keys, forwarding to the same
-#       socket): three commands in one hyperfine invocation. The ssh row
-#       includes ssh's connection set-up, as a user would see it.
+#   (e) the script of (a) run by our shell directly, through qmp-proxy, and
+#       through ssh:// (a private sshd on 127.0.0.1 with throwaway keys,
+#       forwarding to the socket of the direct runs): three commands in one
+#       hyperfine invocation, against a second QEMU of their own with two
+#       monitors (one for the direct and ssh runs, one for qmp-proxy's
+#       connection). The ssh row includes ssh's connection set-up, as a
+#       user would see it; so does the one-command row.
 #
 # The raw socket baseline: socat gets, on standard input, exactly the bytes
 # our shell writes to the socket for the same script: `qmp_capabilities`
@@ -83,8 +85,9 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/qmp-bench.XXXXXX")
 QEMU_PID=""
 PROXY_PID=""
 SSHD_PID=""
+QEMU2_PID=""
 cleanup() {
-    for pid in $PROXY_PID $SSHD_PID; do
+    for pid in $PROXY_PID $SSHD_PID $QEMU2_PID; do
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
@@ -98,11 +101,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 SOCK="$TMP/qmp.sock"
-# A second monitor for qmp-proxy's one connection (row (e)).
-SOCK2="$TMP/qmp2.sock"
 "$QEMU" -M none -display none -nodefaults \
-    -qmp "unix:$SOCK,server=on,wait=off" \
-    -qmp "unix:$SOCK2,server=on,wait=off" >"$TMP/qemu.log" 2>&1 &
+    -qmp "unix:$SOCK,server=on,wait=off" >"$TMP/qemu.log" 2>&1 &
 QEMU_PID=$!
 for _ in $(seq 1 200); do
     if [ -S "$SOCK" ] && "$SOCAT" -u OPEN:/dev/null "UNIX-CONNECT:$SOCK" 2>/dev/null; then
@@ -190,9 +190,21 @@ hf schema \
     "$(q "$REF") -p $(q "$SOCK") < $(q "$TMP/schema.txt")" \
     "$(q "$SOCAT") -t 30 - UNIX-CONNECT:$(q "$SOCK") < $(q "$TMP/schema.json")"
 
-# (e) Through qmp-proxy and through ssh, against direct.
+# (e) Through qmp-proxy and through ssh, against direct, on a QEMU of their
+# own: one monitor for the direct and ssh runs, one for the proxy.
+ESOCK="$TMP/e.sock"
+ESOCK2="$TMP/e2.sock"
+"$QEMU" -M none -display none -nodefaults \
+    -qmp "unix:$ESOCK,server=on,wait=off" \
+    -qmp "unix:$ESOCK2,server=on,wait=off" >"$TMP/qemu2.log" 2>&1 &
+QEMU2_PID=$!
+for _ in $(seq 1 200); do
+    [ -S "$ESOCK" ] && [ -S "$ESOCK2" ] && break
+    kill -0 "$QEMU2_PID" 2>/dev/null || { cat "$TMP/qemu2.log" >&2; die "the second QEMU exited"; }
+    sleep 0.05
+done
 PSOCK="$TMP/proxy.sock"
-"$PROXY" --listen "$PSOCK" "$SOCK2" 2>"$TMP/proxy.log" &
+"$PROXY" --listen "$PSOCK" "$ESOCK2" 2>"$TMP/proxy.log" &
 PROXY_PID=$!
 for _ in $(seq 1 200); do
     [ -S "$PSOCK" ] && break
@@ -234,9 +246,11 @@ for _ in $(seq 1 200); do
 done
 grep -q 'Server listening' "$TMP/sshd.log" || die "sshd did not start"
 export QMP_SSH_COMMAND="ssh -F $SSHDIR/ssh_config"
-SSH_ADDR="ssh://qmp-bench$SOCK"
+SSH_ADDR="ssh://qmp-bench$ESOCK"
 
 log "checking outputs through qmp-proxy and ssh"
+"$OURS" "$ESOCK" <"$TMP/script.txt" >"$TMP/direct.out"
+cmp -s "$TMP/ours.out" "$TMP/direct.out" || die "the script's output differs on the second QEMU (see $TMP)"
 "$OURS" "$PSOCK" <"$TMP/script.txt" >"$TMP/proxy.out"
 cmp -s "$TMP/ours.out" "$TMP/proxy.out" || die "the script's output differs through qmp-proxy (see $TMP)"
 "$OURS" "$SSH_ADDR" <"$TMP/script.txt" >"$TMP/ssh.out"
@@ -245,13 +259,13 @@ cmp -s "$TMP/ours.out" "$TMP/ssh.out" || die "the script's output differs throug
 log "timing: script direct / through qmp-proxy / through ssh"
 hyperfine --warmup "$WARMUP" --runs "$RUNS" --style basic \
     --export-json "$TMP/hf-paths.json" \
-    -n direct "$(q "$OURS") $(q "$SOCK") < $(q "$TMP/script.txt")" \
+    -n direct "$(q "$OURS") $(q "$ESOCK") < $(q "$TMP/script.txt")" \
     -n proxy "$(q "$OURS") $(q "$PSOCK") < $(q "$TMP/script.txt")" \
     -n ssh "$(q "$OURS") $(q "$SSH_ADDR") < $(q "$TMP/script.txt")" >&2
 ONE_SSH=$(printf '%s' "$(q "$OURS") $(q "$SSH_ADDR") < $(q "$TMP/one.txt")")
 hyperfine --warmup "$WARMUP" --runs "$RUNS" --style basic \
     --export-json "$TMP/hf-paths-one.json" \
-    -n direct "$(q "$OURS") $(q "$SOCK") < $(q "$TMP/one.txt")" \
+    -n direct "$(q "$OURS") $(q "$ESOCK") < $(q "$TMP/one.txt")" \
     -n proxy "$(q "$OURS") $(q "$PSOCK") < $(q "$TMP/one.txt")" \
     -n ssh "$ONE_SSH" >&2
 
@@ -340,7 +354,7 @@ def paths(name):
         return {r["command"]: r for r in json.load(f)["results"]}
 
 print()
-print(f"Our shell directly, through `qmp-proxy` (a second monitor of the same QEMU) and through `ssh://` (sshd on 127.0.0.1):")
+print(f"Our shell directly, through `qmp-proxy` and through `ssh://` (sshd on 127.0.0.1), on a second QEMU (`-M none`) with two monitors:")
 print()
 print("| measure | direct | through qmp-proxy | proxy / direct | through ssh | ssh / direct |")
 print("| --- | --- | --- | --- | --- | --- |")

@@ -427,4 +427,62 @@ mod tests {
         let made_up = greeting(None, false);
         assert_eq!(Greeting { body: made_up }.version(), Some((0, 0, 0)));
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+        use serde_json::{Map, Number};
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| Value::Number(n.into())),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(|f| Value::Number(Number::from_f64(f).unwrap())),
+                any::<String>().prop_map(Value::String),
+                "(qmp_capabilities|oob|enable|query-status)".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::vec(("(enable|x|[a-z]{0,3})", inner), 0..4)
+                        .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
+                ]
+            })
+        }
+
+        fn message() -> impl Strategy<Value = Object> {
+            prop::collection::vec(("(execute|exec-oob|arguments|id|x)", json_value()), 0..5)
+                .prop_map(|kv| kv.into_iter().collect::<Object>())
+        }
+
+        proptest! {
+            /// Whatever a client sends before negotiating, the answer is a
+            /// QEMU-shaped reply carrying its id, and it never panics.
+            #[test]
+            fn any_message_before_negotiation_gets_a_reply(msg in message(), oob: bool) {
+                let out = before_negotiation(&msg, oob);
+                prop_assert!(out.reply.contains_key("return") != out.reply.contains_key("error"));
+                prop_assert_eq!(out.negotiated.is_some(), out.reply.contains_key("return"));
+                prop_assert_eq!(out.reply.get("id"), msg.get("id"));
+                if out.negotiated == Some(true) {
+                    prop_assert!(oob);
+                }
+            }
+
+            /// QEMU's layout is JSON that reads back as what was encoded.
+            #[test]
+            fn encoding_reads_back(v in json_value(), key in any::<String>()) {
+                let mut msg = Object::new();
+                msg.insert(key, v);
+                let bytes = encode(&msg);
+                prop_assert!(bytes.ends_with(b"\r\n"));
+                prop_assert!(bytes[..bytes.len() - 2].iter().all(|b| (0x20..0x7f).contains(b)));
+                let back: Object = serde_json::from_slice(&bytes).unwrap();
+                prop_assert_eq!(back, msg);
+            }
+        }
+    }
 }
