@@ -257,6 +257,18 @@ impl Raw {
         self.line()
     }
 
+    /// Send `text` with a file descriptor attached (SCM_RIGHTS); the reply.
+    fn send_with_fd(&mut self, text: &str, fd: &impl std::os::fd::AsRawFd) -> String {
+        let t = qmp::StreamTransport::unix(self.w.try_clone().unwrap()).unwrap();
+        let mut halves = qmp::Transport::split(Box::new(t)).unwrap();
+        let msg: qmp::Object = serde_json::from_str(text).unwrap();
+        halves
+            .sink
+            .send(&msg, text.as_bytes(), &[fd.as_raw_fd()])
+            .expect("sendmsg");
+        self.line()
+    }
+
     /// Read to the end of the stream (bounded).
     fn rest(&mut self) -> String {
         let mut rest = String::new();
@@ -493,6 +505,19 @@ fn ssh_target_through_a_real_sshd() {
     let proxy = Proxy::start(&target, &[], &[("QMP_SSH_COMMAND", &command)]);
     let mut raw = Raw::negotiated(&proxy.listen);
     raw.check_ids();
+    // Descriptors cannot cross ssh: the command is refused, the session
+    // goes on.
+    let file = tempfile::tempfile().unwrap();
+    let line = raw.send_with_fd(
+        r#"{"execute": "getfd", "arguments": {"fdname": "f"}, "id": "fd"}"#,
+        &file,
+    );
+    assert_eq!(
+        line,
+        "{\"id\": \"fd\", \"error\": {\"class\": \"GenericError\", \"desc\": \
+         \"this connection cannot pass file descriptors (only a UNIX socket can)\"}}\r\n"
+    );
+    raw.check_ids();
     let out = run_shell(
         &ours(),
         &[proxy.sock(), "-c", "query-status"],
@@ -560,4 +585,43 @@ fn wrap_serve_lets_a_second_client_attach() {
         std::fs::symlink_metadata(&serve).is_err(),
         "socket left behind"
     );
+}
+
+/// `--serve` over an existing file: the wrap says so, leaves the file
+/// alone, and stops the QEMU it started.
+#[test]
+fn wrap_serve_refuses_an_existing_file_and_stops_qemu() {
+    let dir = private_dir();
+    let serve = dir.path().join("serve.sock");
+    std::fs::write(&serve, "precious").unwrap();
+    let tmp = private_dir();
+    let out = run_shell_env(
+        &ours_wrap(),
+        &[
+            "--serve",
+            serve.to_str().unwrap(),
+            "--",
+            "qemu-system-x86_64",
+            "-M",
+            "none",
+            "-display",
+            "none",
+            "-nodefaults",
+        ],
+        "query-status\n",
+        SHELL_TIMEOUT,
+        &[("TMPDIR", tmp.path().to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "ERROR: cannot listen on {0}: {0} exists and is not a socket; not replacing it\n",
+            serve.display()
+        )
+    );
+    assert_eq!(std::fs::read_to_string(&serve).unwrap(), "precious");
+    // QEMU was stopped and the wrap's private directory removed.
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
 }
