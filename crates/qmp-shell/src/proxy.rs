@@ -84,8 +84,12 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS)]
     pub max_clients: usize,
 
-    /// < UNIX socket path | HOST:PORT | [IPv6]:PORT | ssh://[USER@]HOST[:PORT]/PATH >
-    #[arg(value_name = "TARGET")]
+    /// The QMP server to share: a UNIX socket path, a TCP address or an
+    /// `ssh://` address, as `qmp-shell` takes.
+    #[arg(
+        value_name = "TARGET",
+        help = "< UNIX socket path | HOST:PORT | [IPv6]:PORT | ssh://[USER@]HOST[:PORT]/PATH >"
+    )]
     pub target: String,
 }
 
