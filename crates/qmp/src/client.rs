@@ -39,8 +39,10 @@ pub const OOB_INBAND_WINDOW: usize = 7;
 /// with a warning).
 pub const MAX_QUEUED_EVENTS: usize = 100_000;
 
-/// Bytes of events (as received) kept at most in the queue of a client.
-pub const MAX_QUEUED_EVENT_BYTES: usize = 16 << 20;
+/// Memory that queued events may take at most (estimated with
+/// [`approx_heap_size`]), so that a flood of small events cannot exhaust
+/// memory before the count bound is reached.
+pub const MAX_QUEUED_EVENT_BYTES: usize = 32 << 20;
 
 /// How long to wait for a reply to the probe sent when no greeting came, to
 /// tell a guest agent from a busy monitor.
@@ -449,7 +451,7 @@ impl Shared {
     }
 
     /// Route one received frame.
-    fn route(&self, frame: Result<Object, FrameError>, size: usize) {
+    fn route(&self, frame: Result<Object, FrameError>) {
         let mut st = lock(&self.state);
         if st.awaiting_greeting && st.greeting.is_none() {
             st.greeting = Some(match frame {
@@ -474,6 +476,7 @@ impl Shared {
                     if st.syncing.is_some() {
                         return;
                     }
+                    let size = approx_heap_size(&ev.body);
                     st.queue(Incoming::Event(ev), size);
                     drop(st);
                     self.incoming.notify_all();
@@ -592,6 +595,44 @@ impl Shared {
             }
         }
     }
+}
+
+/// An estimate of the heap memory a parsed JSON object takes (maps, their
+/// entries and keys, strings, numbers kept as text, arrays), without
+/// recursion.
+pub fn approx_heap_size(obj: &Object) -> usize {
+    // An IndexMap: its table and its entry vector, per entry a hash, a
+    // key and a value, plus the allocator's rounding.
+    const MAP: usize = 64;
+    const ENTRY: usize = 96;
+    const VALUE: usize = 32;
+    let string = |len: usize| 16 + len.next_multiple_of(16);
+    let mut total = MAP + obj.len() * ENTRY;
+    let mut stack: Vec<&Value> = Vec::new();
+    for (k, v) in obj {
+        total += string(k.len());
+        stack.push(v);
+    }
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(map) => {
+                total += MAP + map.len() * ENTRY;
+                for (k, v) in map {
+                    total += string(k.len());
+                    stack.push(v);
+                }
+            }
+            Value::Array(items) => {
+                total += 24 + items.len() * VALUE;
+                stack.extend(items);
+            }
+            Value::String(text) => total += string(text.len()),
+            // arbitrary_precision keeps numbers as their text.
+            Value::Number(n) => total += string(n.as_str().len()),
+            Value::Bool(_) | Value::Null => {}
+        }
+    }
+    total
 }
 
 /// Compare a request id with a reply id. QEMU re-serializes ids, so numbers
@@ -1221,10 +1262,8 @@ fn reader_loop(mut source: Box<dyn Source>, shared: &Shared) {
     // The raw text of the current frame when its logging must wait until
     // it is routed (an unlogged request is outstanding).
     let mut held: Option<Vec<u8>> = None;
-    let mut size = 0;
     let reason = loop {
         let received = source.receive(&mut |raw| {
-            size = raw.len();
             if !logging {
                 return;
             }
@@ -1246,7 +1285,7 @@ fn reader_loop(mut source: Box<dyn Source>, shared: &Shared) {
                 if let (Some(raw), false) = (hold, unlogged_reply) {
                     shared.log_line(&raw);
                 }
-                shared.route(frame, size);
+                shared.route(frame);
             }
             Ok(Some(Received::Delimiter)) => {}
             Ok(None) => break None,
@@ -1644,6 +1683,7 @@ mod tests {
         assert!(w.contains("older events were dropped"), "{w}");
         let kept = items.len() - 1;
         assert!(kept < n && kept * per <= MAX_QUEUED_EVENT_BYTES, "{kept}");
+        assert!(kept * per > MAX_QUEUED_EVENT_BYTES / 2, "{kept}");
         // The newest events are the ones kept.
         let Incoming::Event(last) = items.last().unwrap() else {
             panic!()
