@@ -533,6 +533,15 @@ pub fn run_with_timeout(mut cmd: Command, stdin: &[u8], timeout: Duration) -> Ou
         // The program may exit before reading everything: ignore EPIPE.
         let _ = sin.write_all(&input);
     });
+    let out = wait_child(child, &desc, timeout);
+    let _ = writer.join();
+    out
+}
+
+/// Collect the status and output of a running `child` started with piped
+/// stdout and stderr (its stdin taken or closed by the caller); kill it,
+/// then panic, if it runs longer than `timeout`.
+pub fn wait_child(mut child: Child, desc: &str, timeout: Duration) -> Output {
     let out_reader = spawn_reader(child.stdout.take().expect("stdout"));
     let err_reader = spawn_reader(child.stderr.take().expect("stderr"));
     let start = Instant::now();
@@ -554,7 +563,6 @@ pub fn run_with_timeout(mut cmd: Command, stdin: &[u8], timeout: Duration) -> Ou
         }
         thread::sleep(Duration::from_millis(5));
     };
-    let _ = writer.join();
     let stdout = out_reader.join().expect("stdout reader");
     let stderr = err_reader.join().expect("stderr reader");
     Output {
