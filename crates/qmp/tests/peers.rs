@@ -156,21 +156,36 @@ fn qemu_stop_event_and_notify() {
     };
     assert!(ev.body.get("timestamp").is_some());
 
-    client.execute("cont", None, T).unwrap();
-    // drain_incoming sees RESUME once it has arrived.
-    let mut found = false;
-    for _ in 0..200 {
-        if client
-            .drain_incoming()
+    // drain_incoming returns RESUME once it has been queued: the notify
+    // callback tells when something was (bounded by T, no polling clock).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    client.set_incoming_notify(Box::new(move || {
+        let _ = tx.lock().unwrap().send(());
+    }));
+    let reply = client.execute("cont", None, T).unwrap();
+    assert!(reply.ret().is_some(), "{:?}", reply.body);
+    let mut drained = Vec::new();
+    loop {
+        drained.extend(client.drain_incoming());
+        if drained
             .iter()
             .any(|i| matches!(i, Incoming::Event(e) if e.name() == Some("RESUME")))
         {
-            found = true;
             break;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        assert!(
+            rx.recv_timeout(T.unwrap()).is_ok(),
+            "nothing more was queued, and no RESUME among {drained:?}"
+        );
     }
-    assert!(found);
+    // Only RESUME arrived after `cont`.
+    assert!(
+        drained
+            .iter()
+            .all(|i| matches!(i, Incoming::Event(e) if e.name() == Some("RESUME"))),
+        "{drained:?}"
+    );
 }
 
 #[test]
@@ -194,13 +209,14 @@ fn qemu_quit_disconnects() {
 fn qemu_close_fails_waiters() {
     let peer = common::qemu();
     let client = Arc::new(connect(&peer));
-    // `query-qmp-schema` is large; close while it may be in flight.
-    let p = client.send(command("query-qmp-schema", None)).unwrap();
+    // QEMU is frozen, so the command cannot have been answered when the
+    // client is closed: the waiter must get Disconnected.
+    peer.freeze();
+    let p = client.send(command("query-status", None)).unwrap();
     client.close();
-    match p.wait(T) {
-        Ok(r) => assert!(r.ret().is_some()),
-        Err(e) => assert!(matches!(e, Error::Disconnected), "{e:?}"),
-    }
+    let outcome = p.wait(T);
+    peer.thaw();
+    assert!(matches!(outcome, Err(Error::Disconnected)), "{outcome:?}");
     assert!(!client.is_connected());
     assert!(matches!(
         client.send(command("query-status", None)),
