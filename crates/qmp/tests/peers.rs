@@ -248,6 +248,58 @@ fn qemu_large_reply_and_size_limit() {
     assert!(client.drain_incoming().is_empty());
 }
 
+/// The cap on one message: 256 MiB unless configured, and applied to the
+/// message's exact size (its JSON text, without the line end). A reply of
+/// exactly the cap passes; with a cap one byte smaller, the same reply is a
+/// protocol error and the connection stays usable.
+#[test]
+fn message_cap_default_and_exact_boundary() {
+    assert_eq!(ClientOptions::default().max_message, 256 << 20);
+
+    let peer = common::qemu();
+    // The size of the `query-commands` reply, as QEMU writes it: logged as
+    // received, without the line end.
+    let log_path = peer.path().join("sizes.log");
+    let opts = ClientOptions {
+        log: Some(Box::new(std::fs::File::create(&log_path).unwrap())),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(&Address::Unix(peer.socket.clone()), opts).unwrap();
+    let reply = client.execute("query-commands", None, T).unwrap();
+    assert!(reply.ret().is_some());
+    drop(client);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 5, "{log}");
+    let size = lines[4].len();
+    assert!(size > 1000, "{}", lines[4]);
+    // The greeting and the other replies are much smaller.
+    assert!(lines[..4].iter().all(|l| l.len() < size), "{log}");
+
+    // The same session (same ids, same bytes) with the cap at `size`...
+    let capped = |cap: usize| {
+        let opts = ClientOptions {
+            max_message: cap,
+            ..ClientOptions::default()
+        };
+        Client::connect(&Address::Unix(peer.socket.clone()), opts).unwrap()
+    };
+    let client = capped(size);
+    let reply = client.execute("query-commands", None, T).unwrap();
+    assert!(reply.ret().and_then(Value::as_array).is_some());
+    drop(client);
+    // ...and one byte below it.
+    let client = capped(size - 1);
+    match client.execute("query-commands", None, T) {
+        Err(Error::Protocol(reason)) => {
+            assert!(reason.contains(&(size - 1).to_string()), "{reason}")
+        }
+        r => panic!("expected the reply to be refused, got {r:?}"),
+    }
+    let reply = client.execute("query-status", None, T).unwrap();
+    assert!(reply.ret().is_some());
+}
+
 #[test]
 fn qemu_log_file_gets_every_line() {
     let peer = common::qemu();
