@@ -745,7 +745,8 @@ fn colour_always_auto_and_never() {
 /// kernel's `unix_wait_for_peer`, until the listener goes away, and then
 /// fails with ECONNREFUSED (a socket file nobody listens on).
 struct FullListener {
-    listener: std::os::fd::OwnedFd,
+    /// Held, never read: closing it is what fails the blocked connect.
+    _listener: std::os::fd::OwnedFd,
     _queued: UnixStream,
 }
 
@@ -760,7 +761,7 @@ impl FullListener {
         assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
         let queued = UnixStream::connect(path).expect("fill the accept queue");
         FullListener {
-            listener,
+            _listener: listener,
             _queued: queued,
         }
     }
