@@ -335,10 +335,12 @@ fn check_numbered_reply(i: usize, reply: &Value) {
     }
 }
 
-/// The `-l` log as JSON values (every line must be one).
+/// The complete lines of the `-l` log as JSON values (every complete line
+/// must be one; a line still being written is left out).
 fn log_values(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line {l:?}: {e}")))
         .collect()
