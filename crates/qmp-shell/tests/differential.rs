@@ -6,7 +6,7 @@
 //! session (a file of `tests/data/`) on standard input to the reference and
 //! to ours, and requires identical stdout, stderr and exit status.
 //!
-//! The one intended difference is applied to the reference's output before
+//! One intended difference is applied to the reference's output before
 //! comparing: the parse-error hint line, where the reference forgets the
 //! closing `]` (docs/compatibility.md). Sessions with events are compared
 //! after two more, documented, steps: the reference's events (Python dict
@@ -23,8 +23,9 @@
 //! is deterministic before blaming our shell.
 //!
 //! Cases where the reference is wrong (the defects listed in
-//! docs/compatibility.md) are not compared: the `fixed_*` tests below check our documented
-//! behaviour for them instead.
+//! docs/compatibility.md) are not compared: the `fixed_*` tests below check
+//! our documented behaviour for them instead, and the `difference_*` and
+//! `wrap_*` tests assert both outputs where we differ on purpose.
 
 mod common;
 
