@@ -65,6 +65,7 @@ impl Term {
         let exit_file = dir.path().join("exit");
         let mut script = String::from("#!/bin/sh\n");
         script.push_str(&format!("cd {}\n", sh_quote(dir.path().to_str().unwrap())));
+        script.push_str("echo $$ > sh.pid\n");
         script.push_str(&format!(
             "export HOME={} LC_ALL=C.UTF-8 LANG=C.UTF-8\n",
             sh_quote(home.to_str().unwrap())
@@ -336,6 +337,30 @@ impl Term {
 
 impl Drop for Term {
     fn drop(&mut self) {
+        // The pane's `sh` and the shell first, with SIGKILL, and wait until
+        // they are gone: `sh` would otherwise write its exit file into the
+        // directory while it is being removed, and leave it behind.
+        for file in ["sh.pid", "pid"] {
+            let Some(pid) = std::fs::read_to_string(self.dir.path().join(file))
+                .ok()
+                .and_then(|t| t.trim().parse::<libc::pid_t>().ok())
+            else {
+                continue;
+            };
+            // SAFETY: kill(2) on a pid this terminal recorded.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let start = Instant::now();
+            while start.elapsed() < DEADLINE {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, r)| r.trim_start().chars().next());
+                if matches!(state, None | Some('Z') | Some('X')) {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
         let _ = self
             .tmux()
             .arg("kill-server")
