@@ -65,6 +65,7 @@ impl Term {
         let exit_file = dir.path().join("exit");
         let mut script = String::from("#!/bin/sh\n");
         script.push_str(&format!("cd {}\n", sh_quote(dir.path().to_str().unwrap())));
+        script.push_str("echo $$ > sh.pid\n");
         script.push_str(&format!(
             "export HOME={} LC_ALL=C.UTF-8 LANG=C.UTF-8\n",
             sh_quote(home.to_str().unwrap())
@@ -73,7 +74,23 @@ impl Term {
         for (k, v) in env {
             script.push_str(&format!("export {k}={}\n", sh_quote(v)));
         }
-        let mut command = sh_quote(ours().to_str().unwrap());
+        // The shell runs through a script that records its pid (the script
+        // replaces itself with the shell: same pid).
+        let exec_script = dir.path().join("exec.sh");
+        let pid_file = dir.path().join("pid");
+        std::fs::write(
+            &exec_script,
+            format!(
+                "echo $$ > {pid}.tmp && mv {pid}.tmp {pid} && exec \"$@\"\n",
+                pid = sh_quote(pid_file.to_str().unwrap())
+            ),
+        )
+        .expect("write exec.sh");
+        let mut command = format!(
+            "sh {} {}",
+            sh_quote(exec_script.to_str().unwrap()),
+            sh_quote(ours().to_str().unwrap())
+        );
         if !args.contains(&"--retry") {
             // A single-client monitor may refuse a connection for a moment
             // after Peer's readiness probe went away (seen under load).
@@ -83,10 +100,6 @@ impl Term {
             command.push(' ');
             command.push_str(&sh_quote(a));
         }
-        script.push_str(&format!(
-            "touch {}\n",
-            sh_quote(dir.path().join("started").to_str().unwrap())
-        ));
         script.push_str(&command);
         script.push('\n');
         script.push_str(&format!(
@@ -124,6 +137,24 @@ impl Term {
             .env("HOME", self.dir.path())
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// The shell's process id (once it has started).
+    fn shell_pid(&self) -> u32 {
+        let file = self.dir.path().join("pid");
+        let start = Instant::now();
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                return text
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad pid file content {text:?}"));
+            }
+            if start.elapsed() > DEADLINE {
+                panic!("{}", self.failure("timed out waiting for the shell's pid"));
+            }
+            thread::sleep(POLL);
+        }
     }
 
     fn home(&self) -> PathBuf {
@@ -306,6 +337,30 @@ impl Term {
 
 impl Drop for Term {
     fn drop(&mut self) {
+        // The pane's `sh` and the shell first, with SIGKILL, and wait until
+        // they are gone: `sh` would otherwise write its exit file into the
+        // directory while it is being removed, and leave it behind.
+        for file in ["sh.pid", "pid"] {
+            let Some(pid) = std::fs::read_to_string(self.dir.path().join(file))
+                .ok()
+                .and_then(|t| t.trim().parse::<libc::pid_t>().ok())
+            else {
+                continue;
+            };
+            // SAFETY: kill(2) on a pid this terminal recorded.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let start = Instant::now();
+            while start.elapsed() < DEADLINE {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, r)| r.trim_start().chars().next());
+                if matches!(state, None | Some('Z') | Some('X')) {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
         let _ = self
             .tmux()
             .arg("kill-server")
@@ -724,6 +779,38 @@ fn colour_always_auto_and_never() {
     );
 }
 
+/// A listening UNIX socket at `path` whose accept queue is full (backlog 0,
+/// one connection already queued): a connect(2) to it blocks, in the
+/// kernel's `unix_wait_for_peer`, until the listener goes away, and then
+/// fails with ECONNREFUSED (a socket file nobody listens on).
+struct FullListener {
+    /// Held, never read: closing it is what fails the blocked connect.
+    _listener: std::os::fd::OwnedFd,
+    _queued: UnixStream,
+}
+
+impl FullListener {
+    fn bind(path: &Path) -> FullListener {
+        use std::os::fd::{AsRawFd, OwnedFd};
+        let listener: OwnedFd = std::os::unix::net::UnixListener::bind(path)
+            .unwrap_or_else(|e| panic!("bind {}: {e}", path.display()))
+            .into();
+        // SAFETY: listen(2) on a bound socket we own; it sets the backlog.
+        let rc = unsafe { libc::listen(listener.as_raw_fd(), 0) };
+        assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
+        let queued = UnixStream::connect(path).expect("fill the accept queue");
+        FullListener {
+            _listener: listener,
+            _queued: queued,
+        }
+    }
+}
+
+/// `--retry`: the shell's first attempt is seen blocked on a listener that
+/// never accepts, then refused when that listener closes (the socket file
+/// stays, as after a crashed QEMU); only once that attempt has returned is
+/// QEMU started on the same path, and the shell, still running, retries and
+/// gets it. So at least one attempt failed before QEMU existed.
 #[test]
 fn retry_waits_for_the_server() {
     let dir = tempfile::Builder::new()
@@ -732,13 +819,50 @@ fn retry_waits_for_the_server() {
         .unwrap();
     let socket = dir.path().join("late.sock");
     let socket_str = socket.to_str().unwrap();
-    let t = Term::start(&["--retry", "50", "--retry-delay", "0.1", socket_str], &[]);
-    // Start QEMU once the shell is running (and trying to connect).
-    t.wait_until("the shell to start", |_| {
-        t.dir.path().join("started").exists()
-    });
-    thread::sleep(Duration::from_millis(300));
-    assert!(!socket.exists());
+    let full = FullListener::bind(&socket);
+    let t = Term::start(&["--retry", "200", "--retry-delay", "0.1", socket_str], &[]);
+    let pid = t.shell_pid();
+    let connecting = || {
+        thread_wchans(pid)
+            .iter()
+            .any(|w| w.trim() == "unix_wait_for_peer")
+    };
+    let start = Instant::now();
+    while !connecting() {
+        if start.elapsed() > DEADLINE {
+            panic!(
+                "{}",
+                t.failure(&format!(
+                    "the shell (pid {pid}) never blocked connecting to {socket_str}; \
+                     its threads sleep in {:?}",
+                    thread_wchans(pid)
+                ))
+            );
+        }
+        thread::sleep(POLL);
+    }
+    // The listener goes: the blocked connect fails with ECONNREFUSED.
+    drop(full);
+    let start = Instant::now();
+    while connecting() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{}",
+            t.failure("the connect attempt did not return after the listener closed")
+        );
+        thread::sleep(POLL);
+    }
+    assert!(
+        !t.dir.path().join("exit").exists(),
+        "{}",
+        t.failure("the shell gave up after one refused attempt")
+    );
+    assert!(
+        !t.screen().contains("Welcome"),
+        "{}",
+        t.failure("connected to nothing?")
+    );
+    std::fs::remove_file(&socket).expect("remove the stale socket file");
     let qemu = which("qemu-system-x86_64").expect("qemu-system-x86_64 not found");
     let _qemu = OwnQemu(
         Command::new(qemu)
@@ -752,6 +876,7 @@ fn retry_waits_for_the_server() {
     );
     t.wait_for("Welcome to the QMP low-level shell!");
     t.wait_line(PROMPT);
+    assert_eq!(t.shell_pid(), pid, "the same shell process");
     t.line("query-status");
     t.wait_for(r#""status": "running""#);
 }

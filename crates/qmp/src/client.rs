@@ -1259,31 +1259,29 @@ impl Drop for Client {
 
 fn reader_loop(mut source: Box<dyn Source>, shared: &Shared) {
     let logging = shared.has_log();
-    // The raw text of the current frame when its logging must wait until
-    // it is routed (an unlogged request is outstanding).
+    // The raw text of the current frame when whether it is logged depends
+    // on what it is: during a guest agent resync (only the sync reply is),
+    // or while a request kept out of the log is outstanding.
     let mut held: Option<Vec<u8>> = None;
     let reason = loop {
         let received = source.receive(&mut |raw| {
             if !logging {
                 return;
             }
-            if lock(&shared.state).unlogged > 0 {
+            let st = lock(&shared.state);
+            if st.unlogged > 0 || st.syncing.is_some() {
                 held = Some(raw.to_vec());
             } else {
+                drop(st);
                 shared.log_line(raw);
             }
         });
         match received {
             Ok(Some(Received::Frame(frame))) => {
-                let hold = held.take();
-                // A reply to an unlogged request stays out of the log.
-                let unlogged_reply = hold.is_some()
-                    && match &frame {
-                        Ok(obj) => reply_is_unlogged(shared, obj),
-                        Err(_) => false,
-                    };
-                if let (Some(raw), false) = (hold, unlogged_reply) {
-                    shared.log_line(&raw);
+                if let Some(raw) = held.take() {
+                    if logged(shared, &frame) {
+                        shared.log_line(&raw);
+                    }
                 }
                 shared.route(frame);
             }
@@ -1298,17 +1296,25 @@ fn reader_loop(mut source: Box<dyn Source>, shared: &Shared) {
     shared.disconnect(reason);
 }
 
-/// Whether `obj` is the reply to a request kept out of the log.
-fn reply_is_unlogged(shared: &Shared, obj: &Object) -> bool {
-    if !(obj.contains_key("return") || obj.contains_key("error")) {
-        return false;
-    }
+/// Whether a received frame goes into the log: not while resynchronising
+/// with a guest agent (stale bytes), except the sync reply itself; not the
+/// reply to a request kept out of the log.
+fn logged(shared: &Shared, frame: &Result<Object, FrameError>) -> bool {
     let st = lock(&shared.state);
+    let Ok(obj) = frame else {
+        return st.syncing.is_none();
+    };
+    if let Some(sync_id) = &st.syncing {
+        return obj.get("id").is_some_and(|id| same_id(sync_id, id));
+    }
+    if !(obj.contains_key("return") || obj.contains_key("error")) {
+        return true;
+    }
     let w = match obj.get("id") {
         None => st.waiting.iter().find(|w| w.written),
         Some(id) => st.waiting.iter().find(|w| w.written && same_id(&w.id, id)),
     };
-    w.is_some_and(|w| !w.logged)
+    w.is_none_or(|w| w.logged)
 }
 
 fn writer_loop(mut sink: Box<dyn Sink>, shared: &Shared) {
