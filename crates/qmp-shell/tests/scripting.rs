@@ -361,11 +361,15 @@ fn pipelined_replies_come_back_in_input_order() {
 
     // In flight together: QEMU is frozen (SIGSTOP) once the shell has
     // negotiated, so that it answers nothing; the shell must still send
-    // every command of its input (the -l log, written as messages go out,
-    // shows them all before any reply). Then QEMU runs again and the
-    // replies come back in input order. A shell that waited for each reply
-    // before sending the next command would never get past the first.
-    const IN_FLIGHT: usize = 50;
+    // commands of its input ahead (the -l log, written as messages go out,
+    // shows them before any reply): as many as QEMU queues with
+    // out-of-band execution on (which QEMU 7.2 offers, and the shell
+    // negotiates), so that an exec-oob is never stuck behind them. Then
+    // QEMU runs again and all the replies come back in input order. A
+    // shell that waited for each reply before sending the next command
+    // would never get past the first.
+    const SCRIPT: usize = 50;
+    const IN_FLIGHT: usize = qmp::client::OOB_INBAND_WINDOW;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("wire.log");
     let home = tempfile::tempdir().unwrap();
@@ -384,7 +388,7 @@ fn pipelined_replies_come_back_in_input_order() {
     );
     assert!(negotiated(&log_values(&log)), "{:#?}", log_values(&log));
     common::freeze(peer.pid());
-    let script: String = (0..IN_FLIGHT).map(|i| numbered_command(i) + "\n").collect();
+    let script: String = (0..SCRIPT).map(|i| numbered_command(i) + "\n").collect();
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().unwrap();
@@ -409,7 +413,7 @@ fn pipelined_replies_come_back_in_input_order() {
     let out = common::wait_child(child, "qmp-shell --json -l", SHELL_TIMEOUT);
     assert_status(&out, 0);
     let replies = json_lines(&out.stdout);
-    assert_eq!(replies.len(), IN_FLIGHT, "{}", show(&out));
+    assert_eq!(replies.len(), SCRIPT, "{}", show(&out));
     for (i, reply) in replies.iter().enumerate() {
         check_numbered_reply(i, reply);
     }
@@ -419,10 +423,9 @@ fn pipelined_replies_come_back_in_input_order() {
         .position(|v| v.get("execute").is_none())
         .map(|p| p + 3)
         .expect("replies in the log");
-    assert_eq!(
-        first_reply,
-        3 + IN_FLIGHT,
-        "every command went out before the first reply"
+    assert!(
+        first_reply >= 3 + IN_FLIGHT,
+        "{IN_FLIGHT} commands went out before the first reply"
     );
 
     let mut input = String::new();
