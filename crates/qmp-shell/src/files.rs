@@ -42,10 +42,11 @@ pub fn history_path() -> Option<PathBuf> {
 /// * A symlink is followed, except one owned by another user in a sticky
 ///   directory (the `/tmp` symlink attack), which is refused.
 pub fn open_private(path: &Path, existing: Existing) -> io::Result<File> {
+    // Always O_APPEND: each line goes at the end, even if something else
+    // writes to the same file.
     let mut opts = OpenOptions::new();
-    opts.write(true)
+    opts.append(true)
         .create(true)
-        .append(existing == Existing::Append)
         .mode(PRIVATE)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW);
     let file = match opts.open(path) {
@@ -59,9 +60,8 @@ pub fn open_private(path: &Path, existing: Existing) -> io::Result<File> {
             check_symlink(path)?;
             let mut follow = OpenOptions::new();
             follow
-                .write(true)
+                .append(true)
                 .create(true)
-                .append(existing == Existing::Append)
                 .mode(PRIVATE)
                 .custom_flags(libc::O_CLOEXEC);
             follow.open(path)?

@@ -635,6 +635,20 @@ pub fn approx_heap_size(obj: &Object) -> usize {
     total
 }
 
+/// A number for `guest-sync-delimited`, unlikely to be in stale replies.
+fn sync_token() -> i64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    i64::from(std::process::id()) << 20 ^ i64::from(nanos >> 10)
+}
+
+/// The request id of the `guest-sync-delimited` carrying `token`.
+fn sync_id(token: i64) -> Value {
+    Value::String(format!("qmp-sync-{token}"))
+}
+
 /// Compare a request id with a reply id. QEMU re-serializes ids, so numbers
 /// are also compared by value.
 fn same_id(sent: &Value, got: &Value) -> bool {
@@ -870,11 +884,15 @@ impl Client {
             Handshake::Server => (None, opts.read_greeting),
             Handshake::Negotiated(g) => (g.clone().map(Ok), false),
         };
+        // Resynchronising from the first byte: whatever arrives before the
+        // sync reply is stale (a QMP greeting included, which says so).
+        let sync_token = opts.guest_sync.then(sync_token);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 connected: true,
                 awaiting_greeting,
                 greeting,
+                syncing: sync_token.map(sync_id),
                 ..State::default()
             }),
             replies: Condvar::new(),
@@ -925,8 +943,8 @@ impl Client {
             Handshake::Server => None,
             Handshake::Negotiated(g) => g.clone(),
         };
-        if opts.guest_sync {
-            client.guest_sync(opts.greeting_timeout);
+        if let Some(token) = sync_token {
+            client.guest_sync(token, opts.greeting_timeout);
         }
         if opts.negotiate && handshake == Handshake::Server {
             let offered = client
@@ -993,22 +1011,14 @@ impl Client {
         }
     }
 
-    fn guest_sync(&self, timeout: Option<Duration>) {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let token = i64::from(std::process::id()) << 20 ^ i64::from(nanos >> 10);
-        let id = Value::String(format!("qmp-sync-{token}"));
+    fn guest_sync(&self, token: i64, timeout: Option<Duration>) {
         let mut args = Object::new();
         args.insert("id".to_owned(), Value::from(token));
         let mut msg = command("guest-sync-delimited", Some(args));
-        msg.insert("id".to_owned(), id.clone());
-        {
-            let mut st = lock(&self.shared.state);
-            st.syncing = Some(id);
-            st.outgoing.push_back(Outgoing::Raw(vec![0xff]));
-        }
+        msg.insert("id".to_owned(), sync_id(token));
+        lock(&self.shared.state)
+            .outgoing
+            .push_back(Outgoing::Raw(vec![0xff]));
         let result = self.submit(Request::new(msg)).and_then(|p| p.wait(timeout));
         lock(&self.shared.state).syncing = None;
         let problem = match result {

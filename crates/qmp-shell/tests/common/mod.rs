@@ -312,6 +312,13 @@ impl Peer {
     /// and pid files stay inside the private directory, so it runs as root
     /// without touching `/var/run`.
     pub fn guest_agent() -> Peer {
+        Peer::guest_agent_blocking(
+            "guest-exec,guest-file-open,guest-shutdown,guest-set-user-password",
+        )
+    }
+
+    /// `qemu-ga` with the commands in `blocked` (comma-separated) disabled.
+    pub fn guest_agent_blocking(blocked: &str) -> Peer {
         let dir = tempdir("qga");
         let socket = dir.path().join("qga.sock");
         let state = dir.path().join("state");
@@ -323,10 +330,7 @@ impl Peer {
             .arg(&state)
             .arg("-f")
             .arg(dir.path().join("qga.pid"))
-            .args([
-                "-b",
-                "guest-exec,guest-file-open,guest-shutdown,guest-set-user-password",
-            ]);
+            .args(["-b", blocked]);
         Peer::spawn("qemu-ga", cmd, dir, socket, None)
     }
 
@@ -534,6 +538,33 @@ pub fn run_with_timeout(mut cmd: Command, stdin: &[u8], timeout: Duration) -> Ou
         let _ = sin.write_all(&input);
     });
     let out = wait_child(child, &desc, timeout);
+    let _ = writer.join();
+    out
+}
+
+/// Run a prepared command whose standard input stays open (and fed
+/// `stdin`) until it exits by itself: the program must end on its own
+/// account (a `quit`, a lost connection, a timeout), with input still
+/// queued. Bounded by `timeout`.
+pub fn run_with_input_open(mut cmd: Command, stdin: &[u8], timeout: Duration) -> Output {
+    let desc = format!("{:?}", cmd);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
+    let mut sin = child.stdin.take().expect("stdin");
+    let input = stdin.to_vec();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let writer = thread::spawn(move || {
+        let _ = sin.write_all(&input);
+        // Keep the pipe open until the program is gone.
+        let _ = done_rx.recv();
+        drop(sin);
+    });
+    let out = wait_child(child, &desc, timeout);
+    drop(done_tx);
     let _ = writer.join();
     out
 }
