@@ -34,6 +34,14 @@
 # greeting + N+1 replies, that our output has N replies, and that ours and the
 # reference print the same bytes.
 #
+# One difference: socat negotiates without out-of-band execution. Ours (like
+# the reference) enables it when QEMU offers it, and then keeps at most 7
+# in-band commands unanswered (QEMU stops reading a monitor with 8 queued,
+# and an exec-oob must never wait behind them). But with OOB on, QEMU drops
+# the commands still queued when the client half-closes, so socat, which
+# cannot wait for its replies otherwise, would lose the last ones. Without
+# OOB QEMU reads one command at a time: the plain raw-socket limit.
+#
 # A QMP monitor serves one client at a time; every run is a whole process
 # that exits (closing its connection) before hyperfine starts the next one.
 set -euo pipefail
@@ -51,12 +59,14 @@ die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 
 # --- tools and programs -----------------------------------------------------
 
+PYTHON=${PYTHON:-python3}
 need_install=0
-for tool in qemu-system-x86_64 socat hyperfine qmp-shell ssh ssh-keygen; do
+for tool in qemu-system-x86_64 socat hyperfine ssh ssh-keygen; do
     command -v "$tool" >/dev/null 2>&1 || need_install=1
 done
 [ -x /usr/bin/time ] || need_install=1
 [ -x /usr/sbin/sshd ] || need_install=1
+"$PYTHON" -I -c 'import qemu.qmp.qmp_shell' >/dev/null 2>&1 || need_install=1
 if [ "$need_install" = 1 ]; then
     log "installing missing peers / reference: scripts/install-deps.sh"
     bash scripts/install-deps.sh
@@ -69,13 +79,17 @@ PROXY="$ROOT/target/release/qmp-proxy"
 [ -x "$OURS" ] || die "no $OURS after the build"
 [ -x "$PROXY" ] || die "no $PROXY after the build"
 
-# The reference, without a pyenv shim in front (the shim costs tens of ms
-# of its own and is not part of the program).
-REF=$(command -v qmp-shell) || die "reference qmp-shell not found"
-case "$REF" in
-    */shims/*) REF=$(pyenv which qmp-shell) ;;
-esac
-[ -x "$REF" ] || die "reference qmp-shell not executable: $REF"
+# The reference: the entry point `qmp-shell = qemu.qmp.qmp_shell:main` of
+# the qemu.qmp 0.0.6 distribution, run by its interpreter as the console
+# script would run it (never a `qmp-shell` on PATH: that may be ours). The
+# interpreter is sys.executable, so that no pyenv shim (tens of ms of its
+# own, not part of the program) sits in front. install-deps.sh verified the
+# installation; the version is checked again here.
+REF_PY=$("$PYTHON" -I -c 'import sys; print(sys.executable)') || die "$PYTHON does not run"
+REF_VERSION=$("$REF_PY" -I -c 'import importlib.metadata as m, qemu.qmp.qmp_shell; print(m.version("qemu.qmp"))') \
+    || die "$REF_PY cannot import qemu.qmp.qmp_shell: run scripts/install-deps.sh"
+[ "$REF_VERSION" = "0.0.6" ] || die "the reference must be qemu.qmp 0.0.6, $REF_PY has $REF_VERSION"
+REF=("$REF_PY" -I -c 'import sys; from qemu.qmp.qmp_shell import main; sys.argv[0] = "qmp-shell"; sys.exit(main())')
 SOCAT=$(command -v socat)
 QEMU=$(command -v qemu-system-x86_64)
 
@@ -141,7 +155,8 @@ unset QMP_SOCKET
 # sent start with {"execute").
 wire() {
     "$OURS" -l "$TMP/wire.log" "$SOCK" <"$1" >/dev/null
-    grep '^{"execute"' "$TMP/wire.log" >"$2"
+    grep '^{"execute"' "$TMP/wire.log" |
+        sed 's/^{"execute":"qmp_capabilities","arguments":{"enable":\["oob"\]}/{"execute":"qmp_capabilities"/' >"$2"
     rm -f "$TMP/wire.log"
 }
 wire "$TMP/script.txt" "$TMP/script.json"
@@ -154,12 +169,12 @@ log "checking outputs"
 got=$(wc -l <"$TMP/socat.out")
 [ "$got" -eq $((N + 2)) ] || die "socat got $got lines, expected greeting + $((N + 1)) replies"
 "$OURS" "$SOCK" <"$TMP/script.txt" >"$TMP/ours.out"
-"$REF" "$SOCK" <"$TMP/script.txt" >"$TMP/ref.out"
+"${REF[@]}" "$SOCK" <"$TMP/script.txt" >"$TMP/ref.out"
 cmp -s "$TMP/ours.out" "$TMP/ref.out" || die "ours and the reference differ on the script (see $TMP)"
 got=$(grep -c '"return"' "$TMP/ours.out")
 [ "$got" -eq "$N" ] || die "ours printed $got replies, expected $N"
 "$OURS" -p "$SOCK" <"$TMP/schema.txt" >"$TMP/ours.schema"
-"$REF" -p "$SOCK" <"$TMP/schema.txt" >"$TMP/ref.schema"
+"${REF[@]}" -p "$SOCK" <"$TMP/schema.txt" >"$TMP/ref.schema"
 cmp -s "$TMP/ours.schema" "$TMP/ref.schema" || die "ours and the reference differ on -p query-qmp-schema"
 SCHEMA_BYTES=$(wc -c <"$TMP/ours.schema")
 
@@ -177,17 +192,19 @@ hf() {
 }
 
 q() { printf '%q' "$1"; }
+# The reference's command words, quoted for the shell hyperfine runs.
+REFQ="$(q "${REF[0]}") ${REF[1]} ${REF[2]} $(q "${REF[3]}")"
 hf script \
     "$(q "$OURS") $(q "$SOCK") < $(q "$TMP/script.txt")" \
-    "$(q "$REF") $(q "$SOCK") < $(q "$TMP/script.txt")" \
+    "$REFQ $(q "$SOCK") < $(q "$TMP/script.txt")" \
     "$(q "$SOCAT") -t 30 - UNIX-CONNECT:$(q "$SOCK") < $(q "$TMP/script.json")"
 hf one \
     "$(q "$OURS") $(q "$SOCK") < $(q "$TMP/one.txt")" \
-    "$(q "$REF") $(q "$SOCK") < $(q "$TMP/one.txt")" \
+    "$REFQ $(q "$SOCK") < $(q "$TMP/one.txt")" \
     "$(q "$SOCAT") -t 30 - UNIX-CONNECT:$(q "$SOCK") < $(q "$TMP/one.json")"
 hf schema \
     "$(q "$OURS") -p $(q "$SOCK") < $(q "$TMP/schema.txt")" \
-    "$(q "$REF") -p $(q "$SOCK") < $(q "$TMP/schema.txt")" \
+    "$REFQ -p $(q "$SOCK") < $(q "$TMP/schema.txt")" \
     "$(q "$SOCAT") -t 30 - UNIX-CONNECT:$(q "$SOCK") < $(q "$TMP/schema.json")"
 
 # (e) Through qmp-proxy and through ssh, against direct, on a QEMU of their
@@ -282,16 +299,16 @@ rss() {
 }
 log "measuring peak RSS"
 RSS_ONE_OURS=$(rss "$TMP/one.txt" "$OURS" "$SOCK")
-RSS_ONE_REF=$(rss "$TMP/one.txt" "$REF" "$SOCK")
+RSS_ONE_REF=$(rss "$TMP/one.txt" "${REF[@]}" "$SOCK")
 RSS_SCHEMA_OURS=$(rss "$TMP/schema.txt" "$OURS" -p "$SOCK")
-RSS_SCHEMA_REF=$(rss "$TMP/schema.txt" "$REF" -p "$SOCK")
+RSS_SCHEMA_REF=$(rss "$TMP/schema.txt" "${REF[@]}" -p "$SOCK")
 
 # --- summary ----------------------------------------------------------------
 
 CPU=$(grep -m 1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 export N RUNS RSS_RUNS TMP CPU QEMU_VERSION SCHEMA_BYTES \
     RSS_ONE_OURS RSS_ONE_REF RSS_SCHEMA_OURS RSS_SCHEMA_REF
-export NPROC=$(nproc) REF_VERSION=$(python3 -c 'import importlib.metadata as m; print(m.version("qemu.qmp"))' 2>/dev/null || echo "?")
+export NPROC=$(nproc) REF_VERSION
 export OURS_VERSION=$("$OURS" --version 2>/dev/null || echo "?")
 python3 - <<'EOF'
 import json, os

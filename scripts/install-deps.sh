@@ -85,12 +85,18 @@ for pair in "${CHECKS[@]}"; do
 done
 
 # The reference implementation (Python qemu.qmp 0.0.6) needs python3 and,
-# when it is not installed yet, pip.
+# when it is not installed yet, pip. It is the module qemu.qmp.qmp_shell run
+# by this interpreter (docs/compatibility.md), never a `qmp-shell` on PATH,
+# which may be ours (`cargo install`).
 PYTHON=${PYTHON:-python3}
+REF_VERSION=0.0.6
+# The version of the qemu.qmp distribution whose qmp_shell module $PYTHON
+# imports in isolated mode (-I, as the tests run it); empty if none.
+ref_version() {
+    "$PYTHON" -I -c 'import importlib.metadata as m, qemu.qmp.qmp_shell; print(m.version("qemu.qmp"))' 2>/dev/null || true
+}
 need_reference=0
-if "$PYTHON" -c 'import qemu.qmp' >/dev/null 2>&1 && command -v qmp-shell >/dev/null 2>&1; then
-    :
-else
+if [ -z "$(ref_version)" ]; then
     need_reference=1
 fi
 add_pkg() {
@@ -141,56 +147,73 @@ if ! command -v "$PYTHON" >/dev/null 2>&1; then
     exit 1
 fi
 
-ref_version() {
-    "$PYTHON" -c 'import importlib.metadata as m; print(m.version("qemu.qmp"))' 2>/dev/null || true
-}
-
-if "$PYTHON" -c 'import qemu.qmp' >/dev/null 2>&1 && command -v qmp-shell >/dev/null 2>&1; then
-    v=$(ref_version)
-    echo "install-deps: reference qemu.qmp: ok (version $v)"
-    if [ "$v" != "0.0.6" ]; then
-        echo "install-deps: WARNING: expected qemu.qmp 0.0.6; to fix: $PYTHON -m pip install qemu.qmp==0.0.6" >&2
-    fi
+v=$(ref_version)
+if [ -n "$v" ]; then
+    echo "install-deps: reference qemu.qmp: found version $v"
 else
-    echo "install-deps: reference qemu.qmp: missing, running pip install qemu.qmp==0.0.6"
+    echo "install-deps: reference qemu.qmp: missing, running pip install qemu.qmp==$REF_VERSION"
     pip_log=$(mktemp)
-    if ! "$PYTHON" -m pip install "qemu.qmp==0.0.6" 2>&1 | tee "$pip_log"; then
+    if ! "$PYTHON" -m pip install "qemu.qmp==$REF_VERSION" 2>&1 | tee "$pip_log"; then
         if grep -q externally-managed-environment "$pip_log"; then
             # Debian 12+ system Python (PEP 668): this machine is a test
             # machine, install next to the system packages anyway.
             echo "install-deps: system Python is externally managed; retrying with --break-system-packages"
-            "$PYTHON" -m pip install --break-system-packages "qemu.qmp==0.0.6"
+            "$PYTHON" -m pip install --break-system-packages "qemu.qmp==$REF_VERSION"
         else
             rm -f "$pip_log"
-            echo "install-deps: ERROR: pip install qemu.qmp==0.0.6 failed" >&2
+            echo "install-deps: ERROR: pip install qemu.qmp==$REF_VERSION failed" >&2
             exit 1
         fi
     fi
     rm -f "$pip_log"
-    # pyenv needs its shims regenerated to expose new console scripts.
-    if command -v pyenv >/dev/null 2>&1; then
-        pyenv rehash || true
-    fi
+    v=$(ref_version)
 fi
 
-# Make sure the Python qmp-shell is findable; if pip put it in a directory
-# that is not on PATH, tell the user where it is.
-if command -v qmp-shell >/dev/null 2>&1; then
-    echo "install-deps: reference qmp-shell: $(command -v qmp-shell)"
-    echo "install-deps: reference qmp-shell-wrap: $(command -v qmp-shell-wrap || echo MISSING)"
-else
-    scripts_dir=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-    user_dir=$("$PYTHON" -c 'import site, os; print(os.path.join(site.getuserbase(), "bin"))')
-    for d in "$scripts_dir" "$user_dir"; do
-        if [ -x "$d/qmp-shell" ]; then
-            echo "install-deps: ERROR: reference qmp-shell is at $d/qmp-shell, but $d is not on PATH;" >&2
-            echo "install-deps:        run: export PATH=\"$d:\$PATH\"" >&2
-            exit 1
-        fi
-    done
-    echo "install-deps: ERROR: reference qmp-shell not found after pip install" >&2
+if [ "$v" != "$REF_VERSION" ]; then
+    if [ -z "$v" ]; then
+        echo "install-deps: ERROR: $PYTHON -I cannot import qemu.qmp.qmp_shell after pip install" >&2
+        echo "install-deps:        (a --user install is invisible to it: install system-wide or in a venv," >&2
+        echo "install-deps:        and point PYTHON, and QMP_REFERENCE_PYTHON for the tests, at that Python)" >&2
+    else
+        echo "install-deps: ERROR: $PYTHON has qemu.qmp $v; the tests and benchmarks need exactly $REF_VERSION" >&2
+        echo "install-deps:        to fix: $PYTHON -m pip install qemu.qmp==$REF_VERSION" >&2
+    fi
     exit 1
 fi
+
+# The same checks the tests make (crates/qmp-shell/tests/common/mod.rs):
+# the module is the file the distribution installed, unchanged from the
+# release (its SHA-256 as listed in the 0.0.6 wheel's RECORD), and the entry
+# points are the expected ones. Prints the interpreter to use.
+if ! REF_PYTHON=$("$PYTHON" -I - <<'PY'
+import base64, hashlib, importlib.metadata as m, os, sys
+import qemu.qmp.qmp_shell as s
+d = m.distribution("qemu.qmp")
+f = os.path.realpath(s.__file__)
+problems = []
+if not any(os.path.realpath(d.locate_file(p)) == f for p in (d.files or [])):
+    problems.append(f"{f} was not installed by the qemu.qmp distribution")
+with open(f, "rb") as fh:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(fh.read()).digest()).rstrip(b"=").decode()
+if digest != "D8J4WA4F-dVcrLBIRbs5TBonj_Ha45Ryg5lZUOmYcZo":
+    problems.append(f"{f} is not the file released in qemu.qmp 0.0.6 (sha256 {digest})")
+eps = {e.name: e.value for e in d.entry_points if e.group == "console_scripts"}
+for name, value in [("qmp-shell", "qemu.qmp.qmp_shell:main"),
+                    ("qmp-shell-wrap", "qemu.qmp.qmp_shell:main_wrap")]:
+    if eps.get(name) != value:
+        problems.append(f"entry point {name} is {eps.get(name)!r}, not {value!r}")
+for p in problems:
+    print("install-deps: ERROR: reference: " + p, file=sys.stderr)
+if problems:
+    sys.exit(1)
+print(sys.executable)
+PY
+); then
+    echo "install-deps: ERROR: the reference is not an intact qemu.qmp $REF_VERSION; reinstall it:" >&2
+    echo "install-deps:        $PYTHON -m pip install --force-reinstall qemu.qmp==$REF_VERSION" >&2
+    exit 1
+fi
+echo "install-deps: reference qemu.qmp $REF_VERSION: ok ($REF_PYTHON -I, module qemu.qmp.qmp_shell, entry points main and main_wrap)"
 
 # libvirt, for `--domain`: libvirtd and virtlogd run as background daemons
 # (no systemd needed). QEMU runs as root with no namespaces, cgroups or

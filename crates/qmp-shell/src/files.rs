@@ -6,6 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::FromRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -33,16 +34,19 @@ pub fn history_path() -> Option<PathBuf> {
 /// * A new file is created with mode 0600; the descriptor is `O_CLOEXEC`.
 /// * An existing regular file owned by the user is tightened to 0600 and,
 ///   with [`Existing::Truncate`], emptied.
-/// * Anything else (a device such as `/dev/null`, a FIFO, a terminal,
-///   `/dev/stderr`, a file of another user that we may write) is written to
-///   as it is: never chmod'ed, never truncated.
+/// * Anything else (a device such as `/dev/null`, a FIFO, a terminal, a
+///   file of another user that we may write) is written to as it is: never
+///   chmod'ed, never truncated. So is our own standard output or error
+///   (`/dev/stderr`), even when it is a regular file: it is shared, not
+///   restarted.
 /// * A symlink is followed, except one owned by another user in a sticky
 ///   directory (the `/tmp` symlink attack), which is refused.
 pub fn open_private(path: &Path, existing: Existing) -> io::Result<File> {
+    // Always O_APPEND: each line goes at the end, even if something else
+    // writes to the same file.
     let mut opts = OpenOptions::new();
-    opts.write(true)
+    opts.append(true)
         .create(true)
-        .append(existing == Existing::Append)
         .mode(PRIVATE)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW);
     let file = match opts.open(path) {
@@ -56,9 +60,8 @@ pub fn open_private(path: &Path, existing: Existing) -> io::Result<File> {
             check_symlink(path)?;
             let mut follow = OpenOptions::new();
             follow
-                .write(true)
+                .append(true)
                 .create(true)
-                .append(existing == Existing::Append)
                 .mode(PRIVATE)
                 .custom_flags(libc::O_CLOEXEC);
             follow.open(path)?
@@ -66,6 +69,18 @@ pub fn open_private(path: &Path, existing: Existing) -> io::Result<File> {
         Err(e) => return Err(e),
     };
     let meta = file.metadata()?;
+    // `/dev/stderr`, `/dev/fd/1` and the like: our own standard output or
+    // error, whatever it is. Write to it as it is, sharing its offset.
+    for std_fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        if same_file(&meta, std_fd) {
+            // SAFETY: dup(2) of a descriptor we hold; the new one is ours.
+            let fd = unsafe { libc::fcntl(std_fd, libc::F_DUPFD_CLOEXEC, 3) };
+            if fd >= 0 {
+                // SAFETY: `fd` was just created and is owned by nobody else.
+                return Ok(unsafe { File::from_raw_fd(fd) });
+            }
+        }
+    }
     // SAFETY: geteuid(2) cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.file_type().is_file() && meta.uid() == me {
@@ -77,6 +92,15 @@ pub fn open_private(path: &Path, existing: Existing) -> io::Result<File> {
         }
     }
     Ok(file)
+}
+
+/// Whether `meta` describes the file open on descriptor `fd`.
+fn same_file(meta: &std::fs::Metadata, fd: libc::c_int) -> bool {
+    // SAFETY: fstat(2) fills the zeroed struct on success.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st) == 0 && st.st_dev == meta.dev() && st.st_ino == meta.ino()
+    }
 }
 
 /// Refuse a symlink owned by someone else in a sticky directory (as

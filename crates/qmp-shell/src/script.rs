@@ -186,8 +186,12 @@ pub fn run(mut engine: Engine, lines: Lines) -> i32 {
         if ended && engine.is_idle() {
             break;
         }
-        // Prompts and replies so far go out before we sleep.
+        // Prompts and replies so far go out before we sleep (and a closed
+        // standard output shows up now).
         engine.flush();
+        if engine.stopped().is_some() {
+            break;
+        }
         bell.wait(seen, engine.deadline());
     }
     queue.close();

@@ -677,6 +677,9 @@ impl Engine {
                 return true;
             }
             self.flush();
+            if self.stop.is_some() {
+                return false;
+            }
             self.doorbell.wait(seen, self.deadline());
         }
     }

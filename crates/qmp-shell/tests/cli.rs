@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -19,28 +18,29 @@ fn assert_ok(out: &Output) {
 /// The banner of a QMP session with QEMU 7.2, as the reference prints it.
 const QMP_BANNER: &str = "Welcome to the QMP low-level shell!\nConnected to QEMU 7.";
 
-/// A free TCP port on `addr` (bind port 0, read it, let it go).
-fn free_port(addr: &str) -> u16 {
-    let l = TcpListener::bind((addr, 0))
-        .unwrap_or_else(|e| panic!("cannot bind a TCP port on {addr}: {e}"));
-    l.local_addr().expect("local_addr").port()
-}
-
-/// Wait until a TCP monitor accepts (the probe connection is closed at once,
-/// which frees the single-client monitor).
-fn wait_tcp(addr: &str, port: u16, peer: &Peer) {
-    let start = Instant::now();
-    loop {
-        if TcpStream::connect((addr, port)).is_ok() {
-            return;
-        }
-        assert!(
-            start.elapsed() < PEER_START_TIMEOUT,
-            "QEMU did not listen on {addr}:{port}; its output:\n{}",
-            peer.log()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// The TCP port QEMU chose for the monitor chardev `label` (configured with
+/// port 0, so the kernel picks a free one and no other program can race
+/// for it), read back from `query-chardev` on the peer's UNIX monitor:
+/// `disconnected:tcp:HOST:PORT,server=on` while nobody is connected. QEMU
+/// listens on it from start-up, before its UNIX monitor accepts.
+fn qemu_tcp_port(peer: &Peer, label: &str) -> u16 {
+    let reply = qmp_raw(peer.socket(), &[r#"{"execute": "query-chardev"}"#]);
+    let v: serde_json::Value = serde_json::from_str(&reply[0]).expect("query-chardev reply");
+    let filename = v["return"]
+        .as_array()
+        .expect("a list of chardevs")
+        .iter()
+        .find(|c| c["label"] == label)
+        .and_then(|c| c["filename"].as_str())
+        .unwrap_or_else(|| panic!("no chardev {label} in {}", reply[0]))
+        .to_string();
+    let port = filename
+        .strip_suffix(",server=on")
+        .and_then(|f| f.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no port in chardev {label}: {filename:?}"));
+    assert_ne!(port, 0, "{filename}");
+    port
 }
 
 // ---------------------------------------------------------------------------
@@ -113,10 +113,15 @@ fn unix_path_address() {
 
 #[test]
 fn tcp_host_port_address() {
-    let port = free_port("127.0.0.1");
-    let qmp = format!("tcp:127.0.0.1:{port},server=on,wait=off");
-    let peer = Peer::qemu_with_args(&["-M", "none", "-qmp", &qmp]);
-    wait_tcp("127.0.0.1", port, &peer);
+    let peer = Peer::qemu_with_args(&[
+        "-M",
+        "none",
+        "-chardev",
+        "socket,id=tcp4,host=127.0.0.1,port=0,server=on,wait=off",
+        "-mon",
+        "chardev=tcp4,mode=control",
+    ]);
+    let port = qemu_tcp_port(&peer, "tcp4");
     let addr = format!("127.0.0.1:{port}");
     let out = run_shell(&ours(), &[&addr], "query-status\n", T);
     assert_ok(&out);
@@ -146,19 +151,17 @@ fn tcp_ipv6_bracketed_address() {
             .unwrap_or(false),
         "no IPv6 loopback (::1) on this machine: this test needs one"
     );
-    let port = free_port("::1");
     // QEMU's `-qmp tcp:[::1]:PORT` shorthand does not strip the brackets
     // ("address resolution failed for [::1]"): spell the chardev out.
-    let chardev = format!("socket,id=m6,host=::1,port={port},server=on,wait=off,ipv6=on");
     let peer = Peer::qemu_with_args(&[
         "-M",
         "none",
         "-chardev",
-        &chardev,
+        "socket,id=m6,host=::1,port=0,server=on,wait=off,ipv6=on",
         "-mon",
         "chardev=m6,mode=control",
     ]);
-    wait_tcp("::1", port, &peer);
+    let port = qemu_tcp_port(&peer, "m6");
     let addr = format!("[::1]:{port}");
     let out = run_shell(&ours(), &[&addr], "query-status\n", T);
     assert_ok(&out);

@@ -6,22 +6,31 @@
 //! session (a file of `tests/data/`) on standard input to the reference and
 //! to ours, and requires identical stdout, stderr and exit status.
 //!
-//! The one intended difference is applied to the reference's output before
+//! One intended difference is applied to the reference's output before
 //! comparing: the parse-error hint line, where the reference forgets the
-//! closing `]` (REFERENCE.md).
+//! closing `]` (docs/compatibility.md). Sessions with events are compared
+//! after two more, documented, steps: the reference's events (Python dict
+//! reprs) are rewritten as the JSON ours prints, and event timestamps are
+//! masked in both outputs (two peers never stop at the same microsecond).
+//!
+//! The reference is the Python module `qemu.qmp.qmp_shell` of the
+//! `qemu.qmp` 0.0.6 distribution, run by its interpreter and verified
+//! (`common::reference_python`), never a `qmp-shell` found on `PATH`, which
+//! may be ours. `infra_reference_is_not_ours` proves the two differ.
 //!
 //! `QMP_DIFF_CANDIDATE=reference cargo test --test differential` runs the
 //! reference against itself instead of ours: use it to check that a new case
 //! is deterministic before blaming our shell.
 //!
-//! Cases where the reference is wrong (the defects listed in REFERENCE.md)
-//! are not compared: the `fixed_*` tests below check our documented
-//! behaviour for them instead.
+//! Cases where the reference is wrong (the defects listed in
+//! docs/compatibility.md) are not compared: the `fixed_*` tests below check
+//! our documented behaviour for them instead, and the `difference_*` and
+//! `wrap_*` tests assert both outputs where we differ on purpose.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
@@ -55,10 +64,10 @@ impl Kind {
 
 /// The shell compared with the reference: ours, unless
 /// `QMP_DIFF_CANDIDATE=reference` (a determinism check of the cases).
-fn candidate() -> (PathBuf, &'static str) {
+fn candidate() -> (Command, &'static str) {
     match std::env::var("QMP_DIFF_CANDIDATE").as_deref() {
         Ok("reference") => (reference(), "reference#2"),
-        Ok("ours") | Err(_) => (ours(), "ours"),
+        Ok("ours") | Err(_) => (ours_cmd(), "ours"),
         Ok(other) => panic!("QMP_DIFF_CANDIDATE must be `ours` or `reference`, not {other:?}"),
     }
 }
@@ -125,36 +134,151 @@ fn compare(reference_out: &Output, cand_name: &str, cand_out: &Output) -> Vec<St
 /// peers of `kind`, the reference on one and the candidate on the other.
 fn differential(kind: Kind, flags: &[&str], case: &str) {
     let input = case_input(case);
+    differential_input(kind, flags, &format!("tests/data/{case}"), &input, false);
+}
+
+/// Run both shells on two fresh peers of `kind` with `flags` and `input`;
+/// return the reference's output and the candidate's (name, output), after
+/// checking that the reference did not crash.
+fn run_pair(kind: Kind, flags: &[&str], what: &str, input: &str) -> (Output, &'static str, Output) {
     let (cand, cand_name) = candidate();
 
     let ref_peer = kind.start();
     let cand_peer = kind.start();
 
-    let run = |bin: &Path, peer: &Peer| {
+    let run = |cmd: Command, peer: &Peer| {
         let mut args: Vec<&str> = flags.to_vec();
         args.push(peer.socket_str());
-        run_shell(bin, &args, &input, SHELL_TIMEOUT)
+        run_program(cmd, &args, input, SHELL_TIMEOUT)
     };
-    let ref_out = run(&reference(), &ref_peer);
-    let cand_out = run(&cand, &cand_peer);
+    let ref_out = run(reference(), &ref_peer);
+    let cand_out = run(cand, &cand_peer);
 
     // The reference must not crash on a case meant to be compared.
     let ref_err = String::from_utf8_lossy(&ref_out.stderr);
     assert!(
         !ref_err.contains("Traceback"),
-        "case {case} {flags:?} crashes the reference; move it to a fixed_* test:\n{ref_err}"
+        "case {what} {flags:?} crashes the reference; move it to a fixed_* test:\n{ref_err}"
     );
+    (ref_out, cand_name, cand_out)
+}
 
+/// [`differential`] on an `input` built by the test (`what` names it in
+/// messages). With `events`, the outputs are compared after the event
+/// normalisation described at the top of this file.
+fn differential_input(kind: Kind, flags: &[&str], what: &str, input: &str, events: bool) -> Output {
+    let (mut ref_out, cand_name, mut cand_out) = run_pair(kind, flags, what, input);
+    if events {
+        let pretty = flags.iter().any(|f| *f == "-p" || *f == "--pretty");
+        ref_out.stdout = reference_events_as_json(&ref_out.stdout, pretty);
+        if cand_name.starts_with("reference") {
+            cand_out.stdout = reference_events_as_json(&cand_out.stdout, pretty);
+        }
+        ref_out.stdout = mask_timestamps(&ref_out.stdout);
+        cand_out.stdout = mask_timestamps(&cand_out.stdout);
+    }
     // Socket paths differ between the peers; none of the cases prints them,
     // but say so clearly if one ever does.
     let problems = compare(&ref_out, cand_name, &cand_out);
     if !problems.is_empty() {
         panic!(
-            "scenario {kind:?} flags {flags:?} case tests/data/{case}: {cand_name} differs from \
+            "scenario {kind:?} flags {flags:?} case {what}: {cand_name} differs from \
              the reference\n\n{}",
             problems.join("\n\n")
         );
     }
+    ref_out
+}
+
+// ---------------------------------------------------------------------------
+// Events: from the reference's Python reprs to ours, timestamps masked
+// ---------------------------------------------------------------------------
+
+/// Render `v` as Python's `json.dumps` does for the plain ASCII values an
+/// event holds: separators `, ` and `: `; with `pretty`, keys sorted and an
+/// indent of 4 (`{}` and `[]` stay empty).
+fn py_dumps(v: &serde_json::Value, pretty: bool, level: usize) -> String {
+    use serde_json::Value;
+    let pad = |n: usize| " ".repeat(4 * n);
+    match v {
+        Value::Object(map) if !map.is_empty() => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            if pretty {
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+            }
+            let items: Vec<String> = entries
+                .into_iter()
+                .map(|(k, v)| format!("{}: {}", py_json_string(k), py_dumps(v, pretty, level + 1)))
+                .collect();
+            if pretty {
+                let inner: Vec<String> = items
+                    .iter()
+                    .map(|i| format!("{}{i}", pad(level + 1)))
+                    .collect();
+                format!("{{\n{}\n{}}}", inner.join(",\n"), pad(level))
+            } else {
+                format!("{{{}}}", items.join(", "))
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            let items: Vec<String> = items
+                .iter()
+                .map(|i| py_dumps(i, pretty, level + 1))
+                .collect();
+            if pretty {
+                let inner: Vec<String> = items
+                    .iter()
+                    .map(|i| format!("{}{i}", pad(level + 1)))
+                    .collect();
+                format!("[\n{}\n{}]", inner.join(",\n"), pad(level))
+            } else {
+                format!("[{}]", items.join(", "))
+            }
+        }
+        Value::Object(_) => "{}".to_string(),
+        Value::Array(_) => "[]".to_string(),
+        Value::String(s) => py_json_string(s),
+        other => other.to_string(),
+    }
+}
+
+/// The reference prints each event as a Python dict repr (`{'event':
+/// 'STOP', ...}`); ours prints JSON rendered like replies (documented
+/// difference). Rewrite the reference's event reprs as that JSON. Only the
+/// simple events these cases produce are handled (ASCII, no quotes inside,
+/// no `True`/`False`/`None`); anything else fails loudly.
+fn reference_events_as_json(stdout: &[u8], pretty: bool) -> Vec<u8> {
+    let text = String::from_utf8(stdout.to_vec()).expect("the reference's stdout is UTF-8");
+    let mut out = String::new();
+    for line in text.split_inclusive('\n') {
+        let Some(at) = line.find("{'") else {
+            out.push_str(line);
+            continue;
+        };
+        let (before, repr) = line.split_at(at);
+        let body = repr.trim_end_matches('\n');
+        assert!(
+            !body.contains('"')
+                && !body.contains('\\')
+                && !["True", "False", "None"].iter().any(|w| body.contains(w)),
+            "an event repr this test cannot convert: {body}"
+        );
+        let value: serde_json::Value = serde_json::from_str(&body.replace('\'', "\""))
+            .unwrap_or_else(|e| panic!("not an event repr ({e}): {body}"));
+        assert!(value.get("event").is_some(), "not an event: {body}");
+        out.push_str(before);
+        out.push_str(&py_dumps(&value, pretty, 0));
+        out.push_str(&repr[body.len()..]);
+    }
+    out.into_bytes()
+}
+
+/// Replace the numbers of `"seconds": N` and `"microseconds": N` with `#`.
+fn mask_timestamps(stdout: &[u8]) -> Vec<u8> {
+    let re = regex::Regex::new(r#"("(?:seconds|microseconds)": )[0-9]+"#).expect("regex");
+    re.replace_all(&text(stdout), "${1}#")
+        .into_owned()
+        .into_bytes()
 }
 
 macro_rules! scenario {
@@ -277,6 +401,15 @@ scenario!(hmp_pc, Kind::QemuPc, ["-H"], "hmp.txt");
 scenario!(hmp_pc_vp, Kind::QemuPc, ["-H", "-v", "-p"], "hmp.txt");
 scenario!(hmp_pc_long_option, Kind::QemuPc, ["--hmp"], "hmp.txt");
 
+// Info commands, `cpu N` then commands on that CPU, errors (data/hmp_more.txt).
+scenario!(hmp_more_pc, Kind::QemuPc, ["-H"], "hmp_more.txt");
+scenario!(
+    hmp_more_pc_vp,
+    Kind::QemuPc,
+    ["-H", "-v", "-p"],
+    "hmp_more.txt"
+);
+
 scenario!(qga, Kind::GuestAgent, ["-N"], "qga.txt");
 scenario!(qga_v, Kind::GuestAgent, ["-N", "-v"], "qga.txt");
 scenario!(qga_vp, Kind::GuestAgent, ["-N", "-v", "-p"], "qga.txt");
@@ -293,6 +426,76 @@ scenario!(qsd_p, Kind::StorageDaemon, ["-p"], "qsd.txt");
 scenario!(qsd_vp, Kind::StorageDaemon, ["-v", "-p"], "qsd.txt");
 
 // ---------------------------------------------------------------------------
+// Scenarios: events printed at empty lines, on a pipe
+// ---------------------------------------------------------------------------
+
+/// `stop`, empty line, `cont`, empty line: the reference prints STOP at the
+/// first empty line and RESUME at the second (QEMU sends each event before
+/// the reply to the command that caused it).
+const STOP_CONT: &str = "stop\n\ncont\n\n";
+
+#[test]
+fn events_stop_cont() {
+    differential_input(Kind::QemuNone, &[], "stop/cont", STOP_CONT, true);
+}
+
+#[test]
+fn events_stop_cont_v() {
+    differential_input(Kind::QemuNone, &["-v"], "stop/cont", STOP_CONT, true);
+}
+
+#[test]
+fn events_stop_cont_p() {
+    differential_input(Kind::QemuNone, &["-p"], "stop/cont", STOP_CONT, true);
+}
+
+#[test]
+fn events_stop_cont_vp() {
+    differential_input(Kind::QemuNone, &["-v", "-p"], "stop/cont", STOP_CONT, true);
+}
+
+/// On a paused PC (`-S`): `cont` starts it (RESUME), `stop` stops it (STOP).
+#[test]
+fn events_cont_stop_on_paused_pc() {
+    differential_input(
+        Kind::QemuPc,
+        &[],
+        "cont/stop on -S",
+        "cont\n\nstop\n\nquery-status\n",
+        true,
+    );
+}
+
+/// `cont` (no event: already running) and an empty line, then 200 times
+/// `stop`, empty line, `cont`, empty line: the reference prints exactly one
+/// event at each of those 400 empty lines, STOP and RESUME in turn.
+#[test]
+fn events_one_per_empty_line_200_times() {
+    let mut input = String::from("cont\n\n");
+    for _ in 0..200 {
+        input.push_str(STOP_CONT);
+    }
+    let reference = differential_input(Kind::QemuNone, &[], "200 x stop/cont", &input, true);
+    // The case means what it says: the reference's own output.
+    let stdout = text(&reference.stdout);
+    let body = stdout
+        .split_once("\n\n")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no banner\n{}", show(&reference)));
+    let mut expected = String::from("(QEMU) {\"return\": {}}\n(QEMU) ");
+    for _ in 0..200 {
+        for event in ["STOP", "RESUME"] {
+            expected.push_str(&format!(
+                "(QEMU) {{\"return\": {{}}}}\n(QEMU) {{\"timestamp\": {{\"seconds\": #, \
+                 \"microseconds\": #}}, \"event\": \"{event}\"}}\n"
+            ));
+        }
+    }
+    expected.push_str("(QEMU) \n");
+    assert_eq!(body, expected, "the reference's session, events normalised");
+}
+
+// ---------------------------------------------------------------------------
 // Command-line errors
 // ---------------------------------------------------------------------------
 
@@ -300,8 +503,8 @@ const QUICK: Duration = Duration::from_secs(60);
 
 fn run_both(args: &[&str]) -> (Output, String, Output) {
     let (cand, cand_name) = candidate();
-    let r = run_shell(&reference(), args, "", QUICK);
-    let c = run_shell(&cand, args, "", QUICK);
+    let r = run_program(reference(), args, "", QUICK);
+    let c = run_program(cand, args, "", QUICK);
     (r, cand_name.to_string(), c)
 }
 
@@ -357,7 +560,7 @@ fn assert_usage_error_ext(args: &[&str], error_line: &str, allow_suffix: bool) {
 
 #[test]
 fn cli_missing_address() {
-    // Ours takes the address from QMP_SOCKET too (REFERENCE.md, defect 2)
+    // Ours takes the address from QMP_SOCKET too (docs/compatibility.md)
     // and may say so after the reference's words.
     assert_usage_error_ext(
         &[],
@@ -431,13 +634,11 @@ fn cli_socket_nobody_listens() {
 
 #[test]
 fn cli_tcp_connection_refused() {
-    // Bind then close a port so that nothing listens on it. The reason text
-    // is asyncio's (`Connect call failed ('127.0.0.1', PORT)`); only the
-    // prefix and the exit status are required to match.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // A port held bound but never listening: refused, and nobody else can
+    // take it meanwhile. The reason text is asyncio's (`Connect call failed
+    // ('127.0.0.1', PORT)`); only the prefix and the exit status are
+    // required to match.
+    let (_held, port) = refusing_tcp_port();
     let addr = format!("127.0.0.1:{port}");
     let (r, cand_name, c) = run_both(&[&addr]);
     let prefix = format!("ERROR: Couldn't connect to {addr}: ");
@@ -454,7 +655,7 @@ fn cli_tcp_connection_refused() {
 }
 
 // ---------------------------------------------------------------------------
-// Fixed behaviour: where the reference is wrong (REFERENCE.md, "Defects"),
+// Fixed behaviour: where the reference is wrong (docs/compatibility.md),
 // check what ours does instead. These always run ours.
 // ---------------------------------------------------------------------------
 
@@ -756,6 +957,307 @@ fn fixed_hmp_cpu_without_argument() {
 }
 
 // ---------------------------------------------------------------------------
+// Documented differences: both outputs asserted
+// ---------------------------------------------------------------------------
+
+/// `-p` sorts keys as strings. The reference sorts the keys of a Python
+/// literal with integer keys (`{10: 1, 9: 2}`) numerically, since they are
+/// still integers when `json.dumps(sort_keys=True)` sees them; ours has
+/// turned them into JSON strings already (docs/compatibility.md). With
+/// `-v -p` the echoed command shows the order; everything else is equal,
+/// including a literal whose keys are strings from the start.
+#[test]
+fn difference_pretty_sorts_integer_keys_as_strings() {
+    let input = "query-status x={10:1,9:2,100:{3:0,20:1}}\nquery-status x={\"10\":1,\"9\":2}\n";
+    let frame = |x: &str| {
+        format!(
+            "(QEMU) {{\n    \"arguments\": {{\n        \"x\": {x}\n    }},\n    \
+             \"execute\": \"query-status\"\n}}\n"
+        )
+    };
+    let numeric = frame(
+        "{\n            \"9\": 2,\n            \"10\": 1,\n            \"100\": {\n                \
+         \"3\": 0,\n                \"20\": 1\n            }\n        }",
+    );
+    let as_strings = frame(
+        "{\n            \"10\": 1,\n            \"100\": {\n                \"20\": 1,\n                \
+         \"3\": 0\n            },\n            \"9\": 2\n        }",
+    );
+    let string_keys = frame("{\n            \"10\": 1,\n            \"9\": 2\n        }");
+
+    let ref_peer = Peer::qemu_none();
+    let our_peer = Peer::qemu_none();
+    let r = run_program(
+        reference(),
+        &["-v", "-p", ref_peer.socket_str()],
+        input,
+        SHELL_TIMEOUT,
+    );
+    let o = ours_session(&our_peer, &["-v", "-p"], input);
+    assert_no_traceback(&r);
+    assert_no_traceback(&o);
+
+    let ref_text = text(&r.stdout);
+    let our_text = text(&o.stdout);
+    assert_eq!(
+        ref_text.matches(&numeric).count(),
+        1,
+        "reference\n{}",
+        show(&r)
+    );
+    assert_eq!(
+        ref_text.matches(&string_keys).count(),
+        1,
+        "reference\n{}",
+        show(&r)
+    );
+    assert_eq!(
+        our_text.matches(&as_strings).count(),
+        1,
+        "ours\n{}",
+        show(&o)
+    );
+    assert_eq!(
+        our_text.matches(&string_keys).count(),
+        1,
+        "ours\n{}",
+        show(&o)
+    );
+    // That block is the only difference.
+    let expected = ref_text.replace(&numeric, &as_strings);
+    if let Some(d) = describe_difference(
+        "stdout",
+        "reference (integer keys re-sorted as strings)",
+        expected.as_bytes(),
+        "ours",
+        &o.stdout,
+    ) {
+        panic!("{d}");
+    }
+    assert_eq!(o.stderr, r.stderr, "stderr\n{}\n{}", show(&r), show(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(r.status.code(), Some(0), "{}", show(&r));
+}
+
+// ---------------------------------------------------------------------------
+// qmp-shell-wrap against the reference's qmp-shell-wrap
+// ---------------------------------------------------------------------------
+
+/// Run a wrap (`cmd`: ours or the reference's) with `flags`, QEMU argv
+/// `qemu`, and `input` (of `lines` lines) on standard input, in a private
+/// directory (the reference puts its socket in the current directory).
+///
+/// The reference does not stop QEMU at the end of input: it waits for QEMU
+/// to exit on its own (documented defect). With `quit_side`, QEMU is told
+/// to `quit` through that extra monitor once the wrap has read all its
+/// input (the prompt after the last line is out) and closed its own QMP
+/// connection (QEMU reports the wrap's chardev as `disconnected:`), so that
+/// the reference can finish. Quitting earlier would make the reference
+/// crash with a traceback when it closes the connection QEMU dropped.
+fn run_wrap(
+    mut cmd: Command,
+    flags: &[&str],
+    qemu: &[&str],
+    input: &str,
+    lines: usize,
+    quit_side: Option<&Path>,
+) -> Output {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+
+    let cwd = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    shell_env(&mut cmd, home.path());
+    cmd.args(flags)
+        .arg("--")
+        .args(qemu)
+        .current_dir(cwd.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let desc = format!("{cmd:?}");
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {desc}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_string();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let out_reader = {
+        let stdout = Arc::clone(&stdout);
+        let mut pipe = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                stdout.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let err_reader = {
+        let mut pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let mut quit_sent = false;
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if let (Some(side), false) = (quit_side, quit_sent) {
+            let so_far = text(&stdout.lock().unwrap());
+            if prompts(&so_far) > lines && wrap_monitor_disconnected(side) {
+                let replies = qmp_raw(side, &[r#"{"execute": "quit"}"#]);
+                assert!(replies[0].contains("\"return\""), "quit: {replies:?}");
+                quit_sent = true;
+            }
+        }
+        if start.elapsed() > SHELL_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "TIMEOUT: {desc} did not finish within {SHELL_TIMEOUT:?}\n--- stdout ---\n{}",
+                escape_visible(&stdout.lock().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = writer.join();
+    out_reader.join().unwrap();
+    let stderr = err_reader.join().unwrap();
+    let stdout = stdout.lock().unwrap().clone();
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// How many prompts (`(QEMU) ` or `TRANS> `) `stdout` holds: one per line
+/// read, and one more for the end of input.
+fn prompts(stdout: &str) -> usize {
+    stdout.matches("(QEMU) ").count() + stdout.matches("TRANS> ").count()
+}
+
+/// Whether QEMU (asked through its monitor at `side`) reports the monitor
+/// the wrap added (`-qmp unix:...qmp-shell-wrap-PID`) as disconnected.
+fn wrap_monitor_disconnected(side: &Path) -> bool {
+    let reply = qmp_raw(side, &[r#"{"execute": "query-chardev"}"#]);
+    let v: serde_json::Value = serde_json::from_str(&reply[0]).expect("query-chardev reply");
+    let wrap = v["return"]
+        .as_array()
+        .expect("query-chardev returns a list")
+        .iter()
+        .filter_map(|c| c["filename"].as_str())
+        .find(|f| f.contains("qmp-shell-wrap-"))
+        .unwrap_or_else(|| panic!("no wrap monitor in {}", reply[0]));
+    wrap.starts_with("disconnected:")
+}
+
+/// Our wrap against the reference's on the same QEMU command line and
+/// session. Compared: standard output and the exit status. Two documented
+/// differences are accounted for: the reference's banner says `Connected`
+/// without the version (it drops QEMU's greeting when QEMU connects to it),
+/// ours says `Connected to QEMU X.Y.Z` and an empty line as `qmp-shell`
+/// does; and standard error is not compared (ours stops QEMU, which says so
+/// there with its pid; the reference needs QEMU told to quit).
+fn wrap_differential(flags: &[&str], machine: &[&str], case: &str) {
+    let input = case_input(case);
+    let lines = input.lines().count();
+    let side_dir = tempfile::tempdir().unwrap();
+    let run = |cmd: Command, name: &str, quit: bool| {
+        let side = side_dir.path().join(format!("{name}-side.sock"));
+        let side_arg = format!("unix:{},server=on,wait=off", side.display());
+        let mut qemu = vec!["qemu-system-x86_64"];
+        qemu.extend_from_slice(machine);
+        qemu.extend_from_slice(&["-display", "none", "-nodefaults", "-qmp", &side_arg]);
+        run_wrap(
+            cmd,
+            flags,
+            &qemu,
+            &input,
+            lines,
+            quit.then_some(side.as_path()),
+        )
+    };
+    let r = run(reference_wrap(), "ref", true);
+    let o = run(ours_wrap_cmd(), "ours", false);
+    assert_no_traceback(&o);
+    assert!(
+        r.stderr.is_empty(),
+        "the reference wrap should print nothing on stderr here\n{}",
+        show(&r)
+    );
+    let welcome = if flags.contains(&"-H") {
+        "Welcome to the HMP shell!\n"
+    } else {
+        "Welcome to the QMP low-level shell!\n"
+    };
+    let ref_text = text(&r.stdout);
+    let ref_body = ref_text
+        .strip_prefix(welcome)
+        .and_then(|t| t.strip_prefix("Connected\n"))
+        .unwrap_or_else(|| panic!("the reference wrap's banner\n{}", show(&r)));
+    let our_text = text(&o.stdout);
+    let our_body = our_text
+        .strip_prefix(welcome)
+        .and_then(|t| t.strip_prefix("Connected to QEMU "))
+        .and_then(|t| t.split_once("\n\n"))
+        .filter(|(version, _)| {
+            version.split('.').count() == 3 && version.split('.').all(|n| n.parse::<u32>().is_ok())
+        })
+        .map(|(_, body)| body)
+        .unwrap_or_else(|| panic!("our wrap's banner\n{}", show(&o)));
+    assert!(
+        prompts(ref_body) > lines,
+        "the reference wrap did not run the whole session\n{}",
+        show(&r)
+    );
+    if let Some(d) = describe_difference(
+        "stdout after the banner",
+        "reference wrap",
+        ref_body.as_bytes(),
+        "our wrap",
+        our_body.as_bytes(),
+    ) {
+        panic!("{d}");
+    }
+    assert_eq!(r.status.code(), Some(0), "{}", show(&r));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+}
+
+#[test]
+fn wrap_qmp_basic() {
+    wrap_differential(&[], &["-M", "none"], "qmp_basic.txt");
+}
+
+#[test]
+fn wrap_qmp_basic_vp() {
+    wrap_differential(&["-v", "-p"], &["-M", "none"], "qmp_basic.txt");
+}
+
+#[test]
+fn wrap_qmp_transactions() {
+    wrap_differential(&[], &["-M", "none"], "qmp_transactions.txt");
+}
+
+#[test]
+fn wrap_hmp_pc() {
+    wrap_differential(
+        &["-H"],
+        &["-M", "pc", "-S", "-smp", "2", "-accel", "tcg"],
+        "hmp.txt",
+    );
+}
+
+// ---------------------------------------------------------------------------
 // The test infrastructure itself
 // ---------------------------------------------------------------------------
 
@@ -828,10 +1330,104 @@ fn infra_run_shell_timeout_kills() {
     assert!(msg.contains("TIMEOUT"), "{msg}");
 }
 
+/// The reference is the verified Python module, whatever `qmp-shell` is
+/// on `PATH`.
 #[test]
-fn infra_reference_is_installed() {
-    let r = reference();
-    assert!(r.is_file(), "{}", r.display());
-    let w = reference_wrap();
-    assert!(w.is_file(), "{}", w.display());
+fn infra_reference_is_the_python_module() {
+    let py = reference_python();
+    assert!(py.python.is_file(), "{}", py.python.display());
+    assert!(
+        py.module.ends_with("qemu/qmp/qmp_shell.py"),
+        "{}",
+        py.module.display()
+    );
+    for cmd in [reference(), reference_wrap()] {
+        assert_eq!(Path::new(cmd.get_program()), py.python.as_path());
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(args[..2], ["-I", "-c"], "{args:?}");
+        assert!(
+            args[2].contains("from qemu.qmp.qmp_shell import main"),
+            "{args:?}"
+        );
+    }
+}
+
+/// Reference and candidate are different programs: the reference answers
+/// `--help` with the argparse usage of qemu.qmp 0.0.6 and knows neither
+/// `--version` nor `--json`; ours has all three. If the reference were
+/// replaced by our binary (or the other way round), this fails.
+#[test]
+fn infra_reference_is_not_ours() {
+    const REF_USAGE: &str = "usage: qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] qmp_server";
+    const REF_WRAP_USAGE: &str = "usage: qmp-shell-wrap [-h] [-H] [-v] [-p] [-l LOGFILE] ...";
+
+    let first_line = |out: &Output| text(&out.stdout).lines().next().unwrap_or("").to_string();
+
+    let r = run_program(reference(), &["--help"], "", QUICK);
+    assert_eq!(r.status.code(), Some(0), "reference --help\n{}", show(&r));
+    assert_eq!(first_line(&r), REF_USAGE, "reference --help\n{}", show(&r));
+    let o = run_program(ours_cmd(), &["--help"], "", QUICK);
+    assert_eq!(o.status.code(), Some(0), "ours --help\n{}", show(&o));
+    assert_ne!(
+        o.stdout, r.stdout,
+        "ours and the reference print the same --help"
+    );
+    assert!(
+        text(&o.stdout).contains("--json"),
+        "ours --help\n{}",
+        show(&o)
+    );
+
+    let r = run_program(reference(), &["--version"], "", QUICK);
+    assert_eq!(
+        r.status.code(),
+        Some(2),
+        "reference --version\n{}",
+        show(&r)
+    );
+    assert!(r.stdout.is_empty(), "reference --version\n{}", show(&r));
+    let o = run_program(ours_cmd(), &["--version"], "", QUICK);
+    assert_eq!(o.status.code(), Some(0), "ours --version\n{}", show(&o));
+    assert!(
+        text(&o.stdout).starts_with("qmp-shell "),
+        "ours --version\n{}",
+        show(&o)
+    );
+
+    let r = run_program(reference(), &["--json", "x.sock"], "", QUICK);
+    assert_eq!(r.status.code(), Some(2), "reference --json\n{}", show(&r));
+    assert!(
+        text(&r.stderr).ends_with("qmp-shell: error: unrecognized arguments: --json\n"),
+        "reference --json\n{}",
+        show(&r)
+    );
+
+    let r = run_program(reference_wrap(), &["--help"], "", QUICK);
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "reference wrap --help\n{}",
+        show(&r)
+    );
+    assert_eq!(
+        first_line(&r),
+        REF_WRAP_USAGE,
+        "reference wrap --help\n{}",
+        show(&r)
+    );
+    let o = run_program(ours_wrap_cmd(), &["--help"], "", QUICK);
+    assert_eq!(o.status.code(), Some(0), "ours wrap --help\n{}", show(&o));
+    assert_ne!(
+        o.stdout, r.stdout,
+        "ours and the reference wrap print the same --help"
+    );
+
+    // And the executables differ.
+    let py = std::fs::canonicalize(&reference_python().python).unwrap();
+    for bin in [ours(), ours_wrap()] {
+        assert_ne!(std::fs::canonicalize(&bin).unwrap(), py);
+    }
 }

@@ -648,6 +648,163 @@ fn reply_of_64_mib_with_bounded_memory() {
     server.join();
 }
 
+/// The documented cap on one message, 256 MiB: a reply one byte longer is
+/// refused with a one-line error (the command counts as failed), the
+/// memory it takes stays bounded by the cap (bytes beyond it are skipped,
+/// not buffered), and the shell goes on with the next command. The shell has no option to lower its cap, so the test sends the
+/// real size, in 1 MiB writes; the library's cap is tested at its exact
+/// boundary, with a small configured value, in crates/qmp/tests/peers.rs.
+#[test]
+fn reply_one_byte_over_256_mib_is_refused() {
+    const CAP: usize = 256 << 20;
+    let server = serve(|c| {
+        c.handshake();
+        let (_, id) = c.read_command().unwrap();
+        let head = b"{\"return\": \"".to_vec();
+        let tail = format!("\", \"id\": {id}}}");
+        // The message (without its line end) is CAP + 1 bytes.
+        let mut fill = CAP + 1 - head.len() - tail.len();
+        c.send(&head);
+        let chunk = vec![b'a'; 1 << 20];
+        while fill > 0 {
+            let n = fill.min(chunk.len());
+            c.send(&chunk[..n]);
+            fill -= n;
+        }
+        c.send(format!("{tail}\r\n").as_bytes());
+        let (_, id) = c.read_command().unwrap();
+        c.reply(&id, "{\"ok\": 1}");
+        c.drain();
+    });
+    let time = Path::new("/usr/bin/time");
+    assert!(time.exists(), "/usr/bin/time is needed to measure memory");
+    let out = run_shell(
+        time,
+        &[
+            "-q",
+            "-f",
+            "%M",
+            ours().to_str().unwrap(),
+            "--exit-status",
+            server.addr(),
+        ],
+        "big\nsmall\n",
+        SHELL_TIMEOUT,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (errors, peak) = stderr
+        .trim_end()
+        .rsplit_once('\n')
+        .unwrap_or_else(|| panic!("unexpected stderr: {stderr}"));
+    assert_eq!(
+        format!("{errors}\n"),
+        format!("ERROR: message larger than the limit of {CAP} bytes, discarded\n"),
+        "stderr: {stderr}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        transcript(&["", "{\"return\": {\"ok\": 1}}\n", "\n"]),
+        "stdout"
+    );
+    assert_eq!(out.status.code(), Some(3), "the big reply counts as failed");
+    let peak_kib: usize = peak.parse().unwrap_or_else(|_| panic!("stderr: {stderr}"));
+    // Up to the cap is buffered before the message is known to be too
+    // large; nothing beyond it.
+    assert!(
+        peak_kib * 1024 < CAP + CAP / 2,
+        "peak RSS {} MiB: more than the 256 MiB cap was held",
+        peak_kib >> 10
+    );
+    server.join();
+}
+
+/// The documented bound of the event queue: at most 100000 events are kept
+/// for the next empty line; older ones are dropped, with a warning that
+/// says how many. 100005 events arrive before a reply: the empty line
+/// prints the last 100000, in order.
+#[test]
+fn event_queue_keeps_the_last_100000() {
+    // Events small enough that 100 000 of them stay under the memory bound:
+    // the count bound is the one that applies.
+    const KEPT: usize = 100_000;
+    const SENT: usize = KEPT + 5;
+    let event = |i: usize| format!("{{\"event\": \"E{i}\"}}");
+    let server = serve(move |c| {
+        c.handshake();
+        let (_, id) = c.read_command().unwrap();
+        let mut burst = String::new();
+        for i in 0..SENT {
+            burst.push_str(&event(i));
+            burst.push_str("\r\n");
+        }
+        burst.push_str(&format!("{{\"return\": {{}}, \"id\": {id}}}\r\n"));
+        c.send(burst.as_bytes());
+        c.drain();
+    });
+    let out = shell(&server, &[], "x\n\n");
+    let mut events = String::new();
+    for i in SENT - KEPT..SENT {
+        events.push_str(&event(i));
+        events.push('\n');
+    }
+    let expected = transcript(&["{\"return\": {}}\n", &events, "\n"]);
+    expect(
+        &out,
+        0,
+        &expected,
+        &format!(
+            "warning: 5 older events were dropped (more than {KEPT} events or 32 MiB queued)\n"
+        ),
+    );
+    server.join();
+}
+
+#[test]
+fn event_queue_is_bounded_by_memory() {
+    // 100 000 events of the usual shape take far more than 32 MiB once
+    // parsed: the newest are kept, as many as fit, and the rest dropped.
+    const SENT: usize = 100_000;
+    let event = |i: usize| {
+        format!(
+            "{{\"timestamp\": {{\"seconds\": 1, \"microseconds\": {i}}}, \
+             \"event\": \"TICK\", \"data\": {{\"i\": {i}}}}}"
+        )
+    };
+    let server = serve(move |c| {
+        c.handshake();
+        let (_, id) = c.read_command().unwrap();
+        let mut burst = String::new();
+        for i in 0..SENT {
+            burst.push_str(&event(i));
+            burst.push_str("\r\n");
+        }
+        burst.push_str(&format!("{{\"return\": {{}}, \"id\": {id}}}\r\n"));
+        c.send(burst.as_bytes());
+        c.drain();
+    });
+    let out = shell(&server, &[], "x\n\n");
+    let stdout = common::text(&out.stdout);
+    let printed: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("\"TICK\""))
+        .map(|l| l.trim_start_matches("(QEMU) "))
+        .collect();
+    let kept = printed.len();
+    assert!(kept > 1000 && kept < SENT, "{kept} events kept");
+    // The newest ones, in order.
+    for (n, line) in printed.iter().enumerate() {
+        assert_eq!(*line, event(SENT - kept + n));
+    }
+    assert_eq!(
+        common::text(&out.stderr),
+        format!(
+            "warning: {} older events were dropped (more than 100000 events or 32 MiB queued)\n",
+            SENT - kept
+        )
+    );
+    server.join();
+}
+
 // ---------------------------------------------------------------------------
 // Real QEMU killed with SIGKILL in the middle of a command.
 // ---------------------------------------------------------------------------

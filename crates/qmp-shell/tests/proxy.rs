@@ -312,7 +312,7 @@ fn our_shell_the_reference_and_a_raw_client_at_once() {
     shell.wait_stdout("\"running\": true");
     // While ours is attached: the reference, start to finish.
     let ref_script = "query-name\nqom-list path=/machine\nquery-version\n";
-    let ref_out = run_shell(&reference(), &[proxy.sock()], ref_script, SHELL_TIMEOUT);
+    let ref_out = run_program(reference(), &[proxy.sock()], ref_script, SHELL_TIMEOUT);
     assert!(ref_out.status.success(), "{}", show(&ref_out));
     raw.check_ids();
     // Ours stops and resumes the VM; the events show at its empty lines,
@@ -343,8 +343,8 @@ fn our_shell_the_reference_and_a_raw_client_at_once() {
         without_timestamps(&text(&ours_direct.stdout))
     );
     assert!(ours_out.contains("\"event\": \"STOP\""), "{ours_out}");
-    let ref_direct = run_shell(
-        &reference(),
+    let ref_direct = run_program(
+        reference(),
         &[direct.socket_str()],
         ref_script,
         SHELL_TIMEOUT,

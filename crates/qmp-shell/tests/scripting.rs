@@ -343,10 +343,91 @@ fn check_numbered_reply(i: usize, reply: &Value) {
     }
 }
 
+/// The complete lines of the `-l` log as JSON values (every complete line
+/// must be one; a line still being written is left out).
+fn log_values(path: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line {l:?}: {e}")))
+        .collect()
+}
+
 #[test]
 fn pipelined_replies_come_back_in_input_order() {
     const N: usize = 500;
-    let peer = Peer::qemu_none();
+    let mut peer = Peer::qemu_none();
+
+    // In flight together: QEMU is frozen (SIGSTOP) once the shell has
+    // negotiated, so that it answers nothing; the shell must still send
+    // commands of its input ahead (the -l log, written as messages go out,
+    // shows them before any reply): as many as QEMU queues with
+    // out-of-band execution on (which QEMU 7.2 offers, and the shell
+    // negotiates), so that an exec-oob is never stuck behind them. Then
+    // QEMU runs again and all the replies come back in input order. A
+    // shell that waited for each reply before sending the next command
+    // would never get past the first.
+    const SCRIPT: usize = 50;
+    const IN_FLIGHT: usize = qmp::client::OOB_INBAND_WINDOW;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("wire.log");
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(ours());
+    common::shell_env(&mut cmd, home.path());
+    cmd.args(["--json", "-l", log.to_str().unwrap(), peer.socket_str()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("start qmp-shell");
+    let negotiated = |log: &[Value]| log.len() >= 3 && log[2].get("return").is_some();
+    common::wait_until(
+        "qmp_capabilities answered in the log",
+        SHELL_TIMEOUT,
+        || negotiated(&log_values(&log)) || child.try_wait().unwrap().is_some(),
+    );
+    assert!(negotiated(&log_values(&log)), "{:#?}", log_values(&log));
+    common::freeze(peer.pid());
+    let script: String = (0..SCRIPT).map(|i| numbered_command(i) + "\n").collect();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(script.as_bytes()).unwrap();
+    }
+    common::wait_until(
+        &format!("{IN_FLIGHT} commands sent to the frozen QEMU"),
+        SHELL_TIMEOUT,
+        || log_values(&log).len() >= 3 + IN_FLIGHT || child.try_wait().unwrap().is_some(),
+    );
+    let sent = log_values(&log);
+    assert!(peer.is_running(), "QEMU died while frozen");
+    common::thaw(peer.pid());
+    assert_eq!(sent.len(), 3 + IN_FLIGHT, "{sent:#?}");
+    for (i, v) in sent[3..].iter().enumerate() {
+        assert!(
+            v.get("execute").is_some(),
+            "log line {}: only commands while QEMU is frozen, got {v}",
+            i + 4
+        );
+    }
+    let out = common::wait_child(child, "qmp-shell --json -l", SHELL_TIMEOUT);
+    assert_status(&out, 0);
+    let replies = json_lines(&out.stdout);
+    assert_eq!(replies.len(), SCRIPT, "{}", show(&out));
+    for (i, reply) in replies.iter().enumerate() {
+        check_numbered_reply(i, reply);
+    }
+    let all = log_values(&log);
+    let first_reply = all[3..]
+        .iter()
+        .position(|v| v.get("execute").is_none())
+        .map(|p| p + 3)
+        .expect("replies in the log");
+    assert!(
+        first_reply >= 3 + IN_FLIGHT,
+        "{IN_FLIGHT} commands went out before the first reply"
+    );
+
     let mut input = String::new();
     for i in 0..N {
         input.push_str(&numbered_command(i));

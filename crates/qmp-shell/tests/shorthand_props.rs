@@ -80,15 +80,127 @@ proptest! {
 
     #[test]
     fn tokens_never_contain_unquoted_whitespace(line in shell_line()) {
-        for t in tokenize(&line) {
+        let tokens = tokenize(&line);
+        let mut rest = line.as_str();
+        for t in &tokens {
             prop_assert!(!t.is_empty());
+            // Every whitespace character of a token is inside a quoted run.
+            prop_assert!(
+                is_token(t),
+                "token {:?} of {:?} has whitespace outside quotes (or is no token)",
+                t,
+                line
+            );
+            // Tokens are taken from the line in order, and what lies between
+            // them is whitespace or a quote that opens no run.
+            let at = rest.find(t.as_str());
+            prop_assert!(at.is_some(), "token {:?} not found in order in {:?}", t, line);
+            let at = at.unwrap_or_default();
+            let gap = &rest[..at];
+            prop_assert!(
+                gap.chars().all(|c| is_python_space(c) || c == '"' || c == '\''),
+                "{:?} between tokens of {:?} was dropped",
+                gap,
+                line
+            );
+            rest = &rest[at + t.len()..];
         }
+        prop_assert!(
+            rest.chars().all(|c| is_python_space(c) || c == '"' || c == '\''),
+            "{:?} after the last token of {:?} was dropped",
+            rest,
+            line
+        );
     }
 
     #[test]
     fn ints_round_trip(n in any::<i128>()) {
         let v = parse_value(&n.to_string()).unwrap();
         prop_assert_eq!(v.to_string(), n.to_string());
+    }
+}
+
+/// Python's `str.isspace()`, which is what `\s` matches in the reference's
+/// token regex: Unicode whitespace plus the separators U+001C..U+001F.
+fn is_python_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// Whether `t` is one token as the reference's grammar defines it: one or
+/// more pieces, each a character that is neither whitespace nor a quote, or
+/// a quoted run (`"..."` or `'...'`, where a backslash escapes the next
+/// character) that may hold anything, whitespace included. Written
+/// independently of the parser: the set of positions reachable after whole
+/// pieces, grown left to right.
+fn is_token(t: &str) -> bool {
+    let chars: Vec<char> = t.chars().collect();
+    let n = chars.len();
+    // reachable[i]: `chars[..i]` is a sequence of whole pieces.
+    let mut reachable = vec![false; n + 1];
+    reachable[0] = true;
+    for i in 0..n {
+        if !reachable[i] {
+            continue;
+        }
+        let c = chars[i];
+        if c == '"' || c == '\'' {
+            // Every position where a quoted run opened at `i` can close.
+            // Inside, `\\.` or any character but the quote; a backslash may
+            // also stand alone (the regex backtracks to that).
+            let mut inside = vec![false; n + 1];
+            inside[i + 1] = true;
+            for j in i + 1..n {
+                if !inside[j] {
+                    continue;
+                }
+                if chars[j] == c {
+                    reachable[j + 1] = true;
+                } else {
+                    inside[j + 1] = true;
+                }
+                if chars[j] == '\\' && j + 1 < n {
+                    inside[j + 2] = true;
+                }
+            }
+        } else if !is_python_space(c) {
+            reachable[i + 1] = true;
+        }
+    }
+    n > 0 && reachable[n]
+}
+
+#[test]
+fn is_token_checks_the_grammar() {
+    for good in [
+        "a",
+        "a=1",
+        "x=\"a b\"",
+        "'a b'c",
+        "\"a\\\" b\"",
+        "\"a\\\"",
+        "a\\",
+    ] {
+        assert!(is_token(good), "{good:?}");
+    }
+    // A backslash escapes nothing outside quotes.
+    for bad in [
+        "", "a b", "a\tb", "a\u{1f}b", "\"a b", "'a", " a", "a\u{a0}b", "a\\ b",
+    ] {
+        assert!(!is_token(bad), "{bad:?}");
+    }
+    // Python's str.isspace(), listed.
+    const PYTHON_SPACES: &[u32] = &[
+        0x9, 0xa, 0xb, 0xc, 0xd, 0x1c, 0x1d, 0x1e, 0x1f, 0x20, 0x85, 0xa0, 0x1680, 0x2000, 0x2001,
+        0x2002, 0x2003, 0x2004, 0x2005, 0x2006, 0x2007, 0x2008, 0x2009, 0x200a, 0x2028, 0x2029,
+        0x202f, 0x205f, 0x3000,
+    ];
+    for c in (0..0x11_0000).filter_map(char::from_u32) {
+        assert_eq!(
+            is_python_space(c),
+            PYTHON_SPACES.contains(&(c as u32)),
+            "U+{:04X}",
+            c as u32
+        );
     }
 }
 

@@ -55,6 +55,25 @@ impl Term {
     /// [`Term::start`], calling `prepare(home)` before the shell starts
     /// (e.g. to write a history file).
     fn start_with_home(args: &[&str], env: &[(&str, &str)], prepare: impl FnOnce(&Path)) -> Term {
+        let mut all: Vec<&str> = Vec::new();
+        if !args.contains(&"--retry") {
+            // A single-client monitor may refuse a connection for a moment
+            // after Peer's readiness probe went away (seen under load).
+            all.extend(["--retry", "50", "--retry-delay", "0.1"]);
+        }
+        all.extend(args);
+        Term::launch(&ours(), &all, env, prepare, "")
+    }
+
+    /// Start `PROGRAM ARGS TAIL` in the pane, where `tail` is raw shell
+    /// text (a pipe, say) and the rest is quoted.
+    fn launch(
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Path),
+        tail: &str,
+    ) -> Term {
         let dir = tempfile::Builder::new()
             .prefix("qmp-term-")
             .tempdir_in(std::env::temp_dir())
@@ -65,28 +84,42 @@ impl Term {
         let exit_file = dir.path().join("exit");
         let mut script = String::from("#!/bin/sh\n");
         script.push_str(&format!("cd {}\n", sh_quote(dir.path().to_str().unwrap())));
+        script.push_str("echo $$ > sh.pid\n");
         script.push_str(&format!(
             "export HOME={} LC_ALL=C.UTF-8 LANG=C.UTF-8\n",
             sh_quote(home.to_str().unwrap())
         ));
         script.push_str("unset NO_COLOR QMP_SOCKET PYTHONWARNINGS\n");
+        // Ctrl-C while the shell waits (cooked mode) is a SIGINT to the
+        // whole foreground group, this script included: an interactive
+        // login shell would have put the program in a group of its own.
+        // Survive it (a caught signal is reset to default in the program).
+        script.push_str("trap : INT\n");
         for (k, v) in env {
             script.push_str(&format!("export {k}={}\n", sh_quote(v)));
         }
-        let mut command = sh_quote(ours().to_str().unwrap());
-        if !args.contains(&"--retry") {
-            // A single-client monitor may refuse a connection for a moment
-            // after Peer's readiness probe went away (seen under load).
-            command.push_str(" --retry 50 --retry-delay 0.1");
-        }
+        // The shell runs through a script that records its pid (the script
+        // replaces itself with the shell: same pid).
+        let exec_script = dir.path().join("exec.sh");
+        let pid_file = dir.path().join("pid");
+        std::fs::write(
+            &exec_script,
+            format!(
+                "echo $$ > {pid}.tmp && mv {pid}.tmp {pid} && exec \"$@\"\n",
+                pid = sh_quote(pid_file.to_str().unwrap())
+            ),
+        )
+        .expect("write exec.sh");
+        let mut command = format!(
+            "sh {} {}",
+            sh_quote(exec_script.to_str().unwrap()),
+            sh_quote(program.to_str().unwrap())
+        );
         for a in args {
             command.push(' ');
             command.push_str(&sh_quote(a));
         }
-        script.push_str(&format!(
-            "touch {}\n",
-            sh_quote(dir.path().join("started").to_str().unwrap())
-        ));
+        command.push_str(tail);
         script.push_str(&command);
         script.push('\n');
         script.push_str(&format!(
@@ -124,6 +157,24 @@ impl Term {
             .env("HOME", self.dir.path())
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// The shell's process id (once it has started).
+    fn shell_pid(&self) -> u32 {
+        let file = self.dir.path().join("pid");
+        let start = Instant::now();
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                return text
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad pid file content {text:?}"));
+            }
+            if start.elapsed() > DEADLINE {
+                panic!("{}", self.failure("timed out waiting for the shell's pid"));
+            }
+            thread::sleep(POLL);
+        }
     }
 
     fn home(&self) -> PathBuf {
@@ -306,6 +357,30 @@ impl Term {
 
 impl Drop for Term {
     fn drop(&mut self) {
+        // The pane's `sh` and the shell first, with SIGKILL, and wait until
+        // they are gone: `sh` would otherwise write its exit file into the
+        // directory while it is being removed, and leave it behind.
+        for file in ["sh.pid", "pid"] {
+            let Some(pid) = std::fs::read_to_string(self.dir.path().join(file))
+                .ok()
+                .and_then(|t| t.trim().parse::<libc::pid_t>().ok())
+            else {
+                continue;
+            };
+            // SAFETY: kill(2) on a pid this terminal recorded.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let start = Instant::now();
+            while start.elapsed() < DEADLINE {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, r)| r.trim_start().chars().next());
+                if matches!(state, None | Some('Z') | Some('X')) {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
         let _ = self
             .tmux()
             .arg("kill-server")
@@ -724,6 +799,38 @@ fn colour_always_auto_and_never() {
     );
 }
 
+/// A listening UNIX socket at `path` whose accept queue is full (backlog 0,
+/// one connection already queued): a connect(2) to it blocks, in the
+/// kernel's `unix_wait_for_peer`, until the listener goes away, and then
+/// fails with ECONNREFUSED (a socket file nobody listens on).
+struct FullListener {
+    /// Held, never read: closing it is what fails the blocked connect.
+    _listener: std::os::fd::OwnedFd,
+    _queued: UnixStream,
+}
+
+impl FullListener {
+    fn bind(path: &Path) -> FullListener {
+        use std::os::fd::{AsRawFd, OwnedFd};
+        let listener: OwnedFd = std::os::unix::net::UnixListener::bind(path)
+            .unwrap_or_else(|e| panic!("bind {}: {e}", path.display()))
+            .into();
+        // SAFETY: listen(2) on a bound socket we own; it sets the backlog.
+        let rc = unsafe { libc::listen(listener.as_raw_fd(), 0) };
+        assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
+        let queued = UnixStream::connect(path).expect("fill the accept queue");
+        FullListener {
+            _listener: listener,
+            _queued: queued,
+        }
+    }
+}
+
+/// `--retry`: the shell's first attempt is seen blocked on a listener that
+/// never accepts, then refused when that listener closes (the socket file
+/// stays, as after a crashed QEMU); only once that attempt has returned is
+/// QEMU started on the same path, and the shell, still running, retries and
+/// gets it. So at least one attempt failed before QEMU existed.
 #[test]
 fn retry_waits_for_the_server() {
     let dir = tempfile::Builder::new()
@@ -732,13 +839,50 @@ fn retry_waits_for_the_server() {
         .unwrap();
     let socket = dir.path().join("late.sock");
     let socket_str = socket.to_str().unwrap();
-    let t = Term::start(&["--retry", "50", "--retry-delay", "0.1", socket_str], &[]);
-    // Start QEMU once the shell is running (and trying to connect).
-    t.wait_until("the shell to start", |_| {
-        t.dir.path().join("started").exists()
-    });
-    thread::sleep(Duration::from_millis(300));
-    assert!(!socket.exists());
+    let full = FullListener::bind(&socket);
+    let t = Term::start(&["--retry", "200", "--retry-delay", "0.1", socket_str], &[]);
+    let pid = t.shell_pid();
+    let connecting = || {
+        thread_wchans(pid)
+            .iter()
+            .any(|w| w.trim() == "unix_wait_for_peer")
+    };
+    let start = Instant::now();
+    while !connecting() {
+        if start.elapsed() > DEADLINE {
+            panic!(
+                "{}",
+                t.failure(&format!(
+                    "the shell (pid {pid}) never blocked connecting to {socket_str}; \
+                     its threads sleep in {:?}",
+                    thread_wchans(pid)
+                ))
+            );
+        }
+        thread::sleep(POLL);
+    }
+    // The listener goes: the blocked connect fails with ECONNREFUSED.
+    drop(full);
+    let start = Instant::now();
+    while connecting() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{}",
+            t.failure("the connect attempt did not return after the listener closed")
+        );
+        thread::sleep(POLL);
+    }
+    assert!(
+        !t.dir.path().join("exit").exists(),
+        "{}",
+        t.failure("the shell gave up after one refused attempt")
+    );
+    assert!(
+        !t.screen().contains("Welcome"),
+        "{}",
+        t.failure("connected to nothing?")
+    );
+    std::fs::remove_file(&socket).expect("remove the stale socket file");
     let qemu = which("qemu-system-x86_64").expect("qemu-system-x86_64 not found");
     let _qemu = OwnQemu(
         Command::new(qemu)
@@ -752,6 +896,7 @@ fn retry_waits_for_the_server() {
     );
     t.wait_for("Welcome to the QMP low-level shell!");
     t.wait_line(PROMPT);
+    assert_eq!(t.shell_pid(), pid, "the same shell process");
     t.line("query-status");
     t.wait_for(r#""status": "running""#);
 }
@@ -779,4 +924,255 @@ fn vanished_server_exits_1_and_restores_the_terminal() {
         ["quit"],
         "history file:\n{history}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Typed ahead, pasted, interrupted
+// ---------------------------------------------------------------------------
+
+/// Paste `text` into the pane; `bracketed`: with the bracketed-paste
+/// markers the shell asked for (a modern terminal's paste), else as plain
+/// keystrokes (typed ahead).
+fn paste(t: &Term, text: &str, bracketed: bool) {
+    let status = t
+        .tmux()
+        .args(["set-buffer", "--", text])
+        .status()
+        .expect("tmux set-buffer");
+    assert!(status.success());
+    let mut cmd = t.tmux();
+    cmd.args(["paste-buffer", "-t", "main"]);
+    if bracketed {
+        cmd.arg("-p");
+    }
+    assert!(cmd.status().expect("tmux paste-buffer").success());
+}
+
+#[test]
+fn pasted_lines_all_run_in_order() {
+    let peer = Peer::qemu_none();
+    let t = Term::start(&[peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+    // Typed ahead: each line ends with Enter.
+    paste(&t, "query-name\nquery-status\nquery-version\n", false);
+    let screen = t.wait_for("\"package\"");
+    let name = screen.find("{\"return\": {}}").expect("query-name's reply");
+    let status = screen.find("\"running\": true").expect("query-status's reply");
+    let version = screen.find("\"package\"").expect("query-version's reply");
+    assert!(name < status && status < version, "{}", t.failure("order"));
+    t.wait_line(PROMPT);
+    // A bracketed paste lands in the line editor whole; Enter runs it all.
+    paste(&t, "query-name\nquery-status\nquery-version", true);
+    t.press(&["Enter"]);
+    t.wait_count("\"package\"", 2);
+    t.wait_count("\"running\": true", 2);
+    t.wait_line(PROMPT);
+    t.press(&["C-d"]);
+    assert_eq!(t.wait_exit(), 0, "{}", t.failure("exit status"));
+    let history = std::fs::read_to_string(t.home().join(".qmp-shell_history")).unwrap();
+    assert_eq!(
+        history.lines().collect::<Vec<_>>(),
+        [
+            "query-name",
+            "query-status",
+            "query-version",
+            "query-name",
+            "query-status",
+            "query-version"
+        ]
+    );
+}
+
+#[test]
+fn ctrl_c_abandons_a_wait_and_the_late_reply_is_shown() {
+    let peer = Peer::qemu_none();
+    let t = Term::start(&[peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+    freeze(peer.pid());
+    t.line("query-status");
+    t.wait_line("(QEMU) query-status");
+    t.press(&["C-c"]);
+    t.wait_for("(abandoned; a late reply will be shown as such)");
+    t.wait_line(PROMPT);
+    thaw(peer.pid());
+    t.wait_for("late reply (the command was abandoned): {\"return\": {\"status\": \"running\"");
+    // The session goes on, and the shell did not exit.
+    t.line("query-name");
+    t.wait_for("{\"return\": {}}");
+    assert!(!t.dir.path().join("exit").exists(), "{}", t.failure("exited"));
+    t.press(&["C-d"]);
+    assert_eq!(t.wait_exit(), 0, "{}", t.failure("exit status"));
+    t.assert_terminal_usable();
+}
+
+#[test]
+fn ctrl_c_and_ctrl_d_inside_a_transaction() {
+    let peer = Peer::qemu_none();
+    let t = Term::start(&[peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+    t.line("transaction(");
+    t.wait_line("TRANS>");
+    t.line("block-dirty-bitmap-add node=n0 name=b0");
+    t.wait_count_lines("TRANS>", 1);
+    t.press(&["C-c"]);
+    t.wait_for("transaction abandoned: 1 action not sent");
+    t.wait_line(PROMPT);
+    t.line("transaction(");
+    t.wait_line("TRANS>");
+    t.line("block-dirty-bitmap-add node=n0 name=b0");
+    t.press(&["C-d"]);
+    t.wait_for("ERROR: end of input inside a transaction: 1 action not sent");
+    assert_eq!(t.wait_exit(), 0, "{}", t.failure("exit status"));
+    t.assert_terminal_usable();
+}
+
+#[test]
+fn the_log_leaves_out_what_the_shell_asked_on_its_own() {
+    let peer = Peer::qemu_none();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("qmp.log");
+    let t = Term::start(&["-l", log.to_str().unwrap(), peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+    // Completion works, so the schema was fetched (in the background).
+    t.tab_until(PROMPT, "query-nam", "query-name ");
+    t.press(&["Enter"]);
+    t.wait_for("{\"return\": {}}");
+    t.line("help query-status");
+    t.wait_for("query-status (command)");
+    t.press(&["C-d"]);
+    assert_eq!(t.wait_exit(), 0, "{}", t.failure("exit status"));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("query-qmp-schema"), "{text}");
+    let sent: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v["execute"].as_str().map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(sent, ["qmp_capabilities", "query-name"], "{text}");
+}
+
+#[test]
+fn a_pipe_behind_the_shell_gets_no_editing_codes() {
+    let peer = Peer::qemu_none();
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("tee.txt");
+    let t = Term::launch(
+        &ours(),
+        &[peer.socket_str()],
+        &[],
+        |_| {},
+        &format!(" | tee {}", sh_quote(file.to_str().unwrap())),
+    );
+    t.wait_for(PROMPT);
+    t.line("query-status");
+    t.wait_for("\"running\": true");
+    t.press(&["C-d"]);
+    t.wait_exit();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(!text.contains('\x1b'), "escape codes in {text:?}");
+    assert!(text.starts_with("Welcome to the QMP low-level shell!\n"), "{text:?}");
+    assert!(
+        text.contains("{\"return\": {\"status\": \"running\", \"singlestep\": false, \"running\": true}}\n"),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn history_symlinked_to_dev_null_is_left_alone() {
+    let peer = Peer::qemu_none();
+    let before = std::fs::metadata("/dev/null").unwrap().permissions().mode() & 0o7777;
+    let t = Term::start_with_home(&[peer.socket_str()], &[], |home| {
+        std::os::unix::fs::symlink("/dev/null", home.join(".qmp-shell_history")).unwrap();
+    });
+    t.wait_line(PROMPT);
+    t.line("query-name");
+    t.wait_for("{\"return\": {}}");
+    t.press(&["C-d"]);
+    assert_eq!(t.wait_exit(), 0, "{}", t.failure("exit status"));
+    let after = std::fs::metadata("/dev/null").unwrap().permissions().mode() & 0o7777;
+    assert_eq!(after, before);
+    let link = std::fs::symlink_metadata(t.home().join(".qmp-shell_history")).unwrap();
+    assert!(link.file_type().is_symlink());
+}
+
+// ---------------------------------------------------------------------------
+// The wrap at a terminal
+// ---------------------------------------------------------------------------
+
+/// The pid of the QEMU the wrap `wrap_pid` started (its only child).
+fn child_of(wrap_pid: u32) -> u32 {
+    let mut found = None;
+    common::wait_until("the wrap's QEMU", DEADLINE, || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{wrap_pid}/task")) else {
+            return false;
+        };
+        for task in tasks.flatten() {
+            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                if let Some(pid) = children.split_whitespace().next() {
+                    found = pid.parse().ok();
+                    return found.is_some();
+                }
+            }
+        }
+        false
+    });
+    found.unwrap()
+}
+
+#[test]
+fn ctrl_c_under_the_wrap_never_reaches_qemu() {
+    let t = Term::launch(
+        &ours_wrap(),
+        &["qemu-system-x86_64", "-M", "none", "-display", "none", "-nodefaults"],
+        &[],
+        |_| {},
+        "",
+    );
+    t.wait_line(PROMPT);
+    let qemu = child_of(t.shell_pid());
+    freeze(qemu);
+    t.line("query-status");
+    t.wait_line("(QEMU) query-status");
+    t.press(&["C-c"]);
+    t.wait_for("(abandoned; a late reply will be shown as such)");
+    thaw(qemu);
+    t.wait_for("late reply (the command was abandoned)");
+    // QEMU is still there: it answers.
+    t.line("query-name");
+    t.wait_for("{\"return\": {}}");
+    t.press(&["C-d"]);
+    assert_eq!(t.wait_exit(), 0, "{}", t.failure("exit status"));
+    t.assert_terminal_usable();
+}
+
+#[test]
+fn the_terminal_is_restored_when_the_wrap_ends_on_a_signal() {
+    for sig in [libc::SIGTERM, libc::SIGHUP] {
+        let t = Term::launch(
+            &ours_wrap(),
+            &["qemu-system-x86_64", "-M", "none", "-display", "none", "-nodefaults"],
+            &[],
+            |_| {},
+            "",
+        );
+        t.wait_line(PROMPT);
+        let wrap = t.shell_pid();
+        let qemu = child_of(wrap);
+        // Half a line typed: the editor is in raw mode.
+        t.type_text("query-sta");
+        t.wait_line("(QEMU) query-sta");
+        // SAFETY: kill(2) on the wrap we started.
+        unsafe {
+            libc::kill(wrap as libc::pid_t, sig);
+        }
+        assert_eq!(t.wait_exit(), 128 + sig, "{}", t.failure("exit status"));
+        t.assert_terminal_usable();
+        common::wait_until("QEMU gone", DEADLINE, || {
+            std::fs::read_to_string(format!("/proc/{qemu}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+        });
+    }
 }

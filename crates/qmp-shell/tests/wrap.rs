@@ -669,3 +669,164 @@ fn unwritable_log_stops_qemu_and_cleans_up() {
     assert!(processes_mentioning(tmp.path().to_str().unwrap()).is_empty());
     assert!(wrap_dirs(tmp.path()).is_empty(), "{}", show(&out));
 }
+
+// ---------------------------------------------------------------------------
+// Nothing left running, whatever starts QEMU
+// ---------------------------------------------------------------------------
+
+/// No process in the system mentions `tmp` (QEMU's socket is in it),
+/// waiting a bounded time for a daemon to go.
+fn nothing_left(tmp: &Path) {
+    wait_until("every QEMU of the wrap to be gone", Duration::from_secs(20), || {
+        processes_mentioning(tmp.to_str().unwrap()).is_empty()
+    });
+    assert!(wrap_dirs(tmp).is_empty());
+}
+
+#[test]
+fn a_launcher_script_that_does_not_exec_leaves_nothing_running() {
+    let scripts = tempfile::tempdir().unwrap();
+    let launcher = scripts.path().join("launch-qemu");
+    std::fs::write(
+        &launcher,
+        "#!/bin/sh\n# A launcher that forks QEMU instead of exec'ing it.\n\
+         qemu-system-x86_64 \"$@\"\necho \"launcher: QEMU exited with $?\" >&2\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (out, tmp) = run_wrap(
+        &[
+            launcher.to_str().unwrap(),
+            "-M",
+            "none",
+            "-display",
+            "none",
+            "-nodefaults",
+        ],
+        "query-status\n",
+        SHELL_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(text(&out.stdout).contains("\"running\": true"), "{}", show(&out));
+    // QEMU was asked to quit over QMP: it exited normally, not on a signal.
+    assert_eq!(
+        text(&out.stderr),
+        "launcher: QEMU exited with 0\n",
+        "{}",
+        show(&out)
+    );
+    nothing_left(tmp.path());
+}
+
+#[test]
+fn a_daemonized_qemu_is_stopped_too() {
+    let mut args = qemu_args();
+    args.push("-daemonize");
+    let (out, tmp) = run_wrap(&args, "query-status\n", SHELL_TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(text(&out.stdout).contains("\"running\": true"), "{}", show(&out));
+    nothing_left(tmp.path());
+}
+
+#[test]
+fn qemu_quits_quietly_and_json_stays_clean() {
+    for extra in [vec![], vec!["--json"]] {
+        let mut args: Vec<&str> = extra.clone();
+        args.extend(qemu_args());
+        let (out, tmp) = run_wrap(&args, "query-name\nstop\ncont\n", SHELL_TIMEOUT);
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+        let stderr = text(&out.stderr);
+        assert!(!stderr.contains("terminating on signal"), "{stderr}");
+        if extra.is_empty() {
+            assert_eq!(stderr, "", "{}", show(&out));
+        } else {
+            // Only the events the commands caused, as JSON lines.
+            let names: Vec<String> = stderr
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    v["event"].as_str().unwrap().to_owned()
+                })
+                .collect();
+            assert_eq!(names, ["STOP", "RESUME"], "{stderr}");
+        }
+        nothing_left(tmp.path());
+    }
+}
+
+#[test]
+fn a_comma_in_tmpdir_is_escaped_for_qemu() {
+    let base = tempfile::Builder::new().prefix("qmp-wt-").tempdir().unwrap();
+    let tmp = base.path().join("with,comma");
+    std::fs::create_dir(&tmp).unwrap();
+    let out = run_shell_env(
+        &ours_wrap(),
+        &qemu_args(),
+        "query-status\n",
+        SHELL_TIMEOUT,
+        &[("TMPDIR", tmp.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(text(&out.stdout).contains("\"running\": true"), "{}", show(&out));
+    nothing_left(&tmp);
+}
+
+#[test]
+fn dash_c_runs_commands_and_shell_only_options_are_refused() {
+    let mut args = vec!["-c", "query-status", "-c", "no-such-command"];
+    args.extend(qemu_args());
+    let (out, tmp) = run_wrap(&args, "", SHELL_TIMEOUT);
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].contains("\"running\": true"), "{stdout}");
+    assert!(lines[1].contains("CommandNotFound"), "{stdout}");
+    nothing_left(tmp.path());
+
+    for option in ["-N", "--retry", "--skip-negotiation"] {
+        let mut args = vec![option];
+        args.extend(qemu_args());
+        let (out, tmp) = run_wrap(&args, "", SHELL_TIMEOUT);
+        assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+        assert!(
+            text(&out.stderr).contains(&format!(
+                "qmp-shell-wrap: error: {option} is a qmp-shell option; qmp-shell-wrap does not take it"
+            )),
+            "{}",
+            show(&out)
+        );
+        nothing_left(tmp.path());
+    }
+}
+
+#[test]
+fn a_full_standard_error_changes_nothing() {
+    let tmp = tempfile::Builder::new().prefix("qmp-wt-").tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(ours_wrap());
+    shell_env(&mut cmd, home.path());
+    cmd.args(qemu_args())
+        .env("TMPDIR", tmp.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create("/dev/full").unwrap());
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"bad line\nquery-status\n")
+        .unwrap();
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("\"running\": true"), "{stdout}");
+    nothing_left(tmp.path());
+}

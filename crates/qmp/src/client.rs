@@ -39,8 +39,10 @@ pub const OOB_INBAND_WINDOW: usize = 7;
 /// with a warning).
 pub const MAX_QUEUED_EVENTS: usize = 100_000;
 
-/// Bytes of events (as received) kept at most in the queue of a client.
-pub const MAX_QUEUED_EVENT_BYTES: usize = 16 << 20;
+/// Memory that queued events may take at most (estimated with
+/// [`approx_heap_size`]), so that a flood of small events cannot exhaust
+/// memory before the count bound is reached.
+pub const MAX_QUEUED_EVENT_BYTES: usize = 32 << 20;
 
 /// How long to wait for a reply to the probe sent when no greeting came, to
 /// tell a guest agent from a busy monitor.
@@ -548,7 +550,7 @@ impl Shared {
     }
 
     /// Route one received frame.
-    fn route(&self, frame: Result<Object, FrameError>, size: usize) {
+    fn route(&self, frame: Result<Object, FrameError>) {
         let mut st = lock(&self.state);
         if st.awaiting_greeting && st.greeting.is_none() {
             st.greeting = Some(match frame {
@@ -573,6 +575,7 @@ impl Shared {
                     if st.syncing.is_some() {
                         return;
                     }
+                    let size = approx_heap_size(&ev.body);
                     drop(st);
                     for tap in self.taps() {
                         (tap.f)(Tapped::Event(&ev));
@@ -697,6 +700,58 @@ impl Shared {
             }
         }
     }
+}
+
+/// An estimate of the heap memory a parsed JSON object takes (maps, their
+/// entries and keys, strings, numbers kept as text, arrays), without
+/// recursion.
+pub fn approx_heap_size(obj: &Object) -> usize {
+    // An IndexMap: its table and its entry vector, per entry a hash, a
+    // key and a value, plus the allocator's rounding.
+    const MAP: usize = 64;
+    const ENTRY: usize = 96;
+    const VALUE: usize = 32;
+    let string = |len: usize| 16 + len.next_multiple_of(16);
+    let mut total = MAP + obj.len() * ENTRY;
+    let mut stack: Vec<&Value> = Vec::new();
+    for (k, v) in obj {
+        total += string(k.len());
+        stack.push(v);
+    }
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(map) => {
+                total += MAP + map.len() * ENTRY;
+                for (k, v) in map {
+                    total += string(k.len());
+                    stack.push(v);
+                }
+            }
+            Value::Array(items) => {
+                total += 24 + items.len() * VALUE;
+                stack.extend(items);
+            }
+            Value::String(text) => total += string(text.len()),
+            // arbitrary_precision keeps numbers as their text.
+            Value::Number(n) => total += string(n.as_str().len()),
+            Value::Bool(_) | Value::Null => {}
+        }
+    }
+    total
+}
+
+/// A number for `guest-sync-delimited`, unlikely to be in stale replies.
+fn sync_token() -> i64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    i64::from(std::process::id()) << 20 ^ i64::from(nanos >> 10)
+}
+
+/// The request id of the `guest-sync-delimited` carrying `token`.
+fn sync_id(token: i64) -> Value {
+    Value::String(format!("qmp-sync-{token}"))
 }
 
 /// Compare a request id with a reply id. QEMU re-serializes ids, so numbers
@@ -934,11 +989,15 @@ impl Client {
             Handshake::Server => (None, opts.read_greeting),
             Handshake::Negotiated(g) => (g.clone().map(Ok), false),
         };
+        // Resynchronising from the first byte: whatever arrives before the
+        // sync reply is stale (a QMP greeting included, which says so).
+        let sync_token = opts.guest_sync.then(sync_token);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 connected: true,
                 awaiting_greeting,
                 greeting,
+                syncing: sync_token.map(sync_id),
                 ..State::default()
             }),
             replies: Condvar::new(),
@@ -991,8 +1050,8 @@ impl Client {
             Handshake::Server => None,
             Handshake::Negotiated(g) => g.clone(),
         };
-        if opts.guest_sync {
-            client.guest_sync(opts.greeting_timeout);
+        if let Some(token) = sync_token {
+            client.guest_sync(token, opts.greeting_timeout);
         }
         if opts.negotiate && handshake == Handshake::Server {
             let offered = client
@@ -1059,22 +1118,14 @@ impl Client {
         }
     }
 
-    fn guest_sync(&self, timeout: Option<Duration>) {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let token = i64::from(std::process::id()) << 20 ^ i64::from(nanos >> 10);
-        let id = Value::String(format!("qmp-sync-{token}"));
+    fn guest_sync(&self, token: i64, timeout: Option<Duration>) {
         let mut args = Object::new();
         args.insert("id".to_owned(), Value::from(token));
         let mut msg = command("guest-sync-delimited", Some(args));
-        msg.insert("id".to_owned(), id.clone());
-        {
-            let mut st = lock(&self.shared.state);
-            st.syncing = Some(id);
-            st.outgoing.push_back(Outgoing::Raw(vec![0xff]));
-        }
+        msg.insert("id".to_owned(), sync_id(token));
+        lock(&self.shared.state)
+            .outgoing
+            .push_back(Outgoing::Raw(vec![0xff]));
         let result = self.submit(Request::new(msg)).and_then(|p| p.wait(timeout));
         lock(&self.shared.state).syncing = None;
         let problem = match result {
@@ -1380,35 +1431,31 @@ impl Drop for Client {
 
 fn reader_loop(mut source: Box<dyn Source>, shared: &Shared) {
     let logging = shared.has_log();
-    // The raw text of the current frame when its logging must wait until
-    // it is routed (an unlogged request is outstanding).
+    // The raw text of the current frame when whether it is logged depends
+    // on what it is: during a guest agent resync (only the sync reply is),
+    // or while a request kept out of the log is outstanding.
     let mut held: Option<Vec<u8>> = None;
-    let mut size = 0;
     let reason = loop {
         let received = source.receive(&mut |raw| {
-            size = raw.len();
             if !logging {
                 return;
             }
-            if lock(&shared.state).unlogged > 0 {
+            let st = lock(&shared.state);
+            if st.unlogged > 0 || st.syncing.is_some() {
                 held = Some(raw.to_vec());
             } else {
+                drop(st);
                 shared.log_line(raw);
             }
         });
         match received {
             Ok(Some(Received::Frame(frame))) => {
-                let hold = held.take();
-                // A reply to an unlogged request stays out of the log.
-                let unlogged_reply = hold.is_some()
-                    && match &frame {
-                        Ok(obj) => reply_is_unlogged(shared, obj),
-                        Err(_) => false,
-                    };
-                if let (Some(raw), false) = (hold, unlogged_reply) {
-                    shared.log_line(&raw);
+                if let Some(raw) = held.take() {
+                    if logged(shared, &frame) {
+                        shared.log_line(&raw);
+                    }
                 }
-                shared.route(frame, size);
+                shared.route(frame);
                 shared.run_due();
             }
             Ok(Some(Received::Delimiter)) => {}
@@ -1422,17 +1469,25 @@ fn reader_loop(mut source: Box<dyn Source>, shared: &Shared) {
     shared.disconnect(reason);
 }
 
-/// Whether `obj` is the reply to a request kept out of the log.
-fn reply_is_unlogged(shared: &Shared, obj: &Object) -> bool {
-    if !(obj.contains_key("return") || obj.contains_key("error")) {
-        return false;
-    }
+/// Whether a received frame goes into the log: not while resynchronising
+/// with a guest agent (stale bytes), except the sync reply itself; not the
+/// reply to a request kept out of the log.
+fn logged(shared: &Shared, frame: &Result<Object, FrameError>) -> bool {
     let st = lock(&shared.state);
+    let Ok(obj) = frame else {
+        return st.syncing.is_none();
+    };
+    if let Some(sync_id) = &st.syncing {
+        return obj.get("id").is_some_and(|id| same_id(sync_id, id));
+    }
+    if !(obj.contains_key("return") || obj.contains_key("error")) {
+        return true;
+    }
     let w = match obj.get("id") {
         None => st.waiting.iter().find(|w| w.written),
         Some(id) => st.waiting.iter().find(|w| w.written && same_id(&w.id, id)),
     };
-    w.is_some_and(|w| !w.logged)
+    w.is_none_or(|w| w.logged)
 }
 
 fn writer_loop(mut sink: Box<dyn Sink>, shared: &Shared) {
@@ -1806,6 +1861,7 @@ mod tests {
         assert!(w.contains("older events were dropped"), "{w}");
         let kept = items.len() - 1;
         assert!(kept < n && kept * per <= MAX_QUEUED_EVENT_BYTES, "{kept}");
+        assert!(kept * per > MAX_QUEUED_EVENT_BYTES / 2, "{kept}");
         // The newest events are the ones kept.
         let Incoming::Event(last) = items.last().unwrap() else {
             panic!()

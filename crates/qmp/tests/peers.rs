@@ -153,21 +153,37 @@ fn qemu_stop_event_and_notify() {
     };
     assert!(ev.body.get("timestamp").is_some());
 
-    client.execute("cont", None, T).unwrap();
-    // drain_incoming sees RESUME once it has arrived.
-    let mut found = false;
-    for _ in 0..200 {
-        if client
-            .drain_incoming()
+    // drain_incoming returns RESUME once it has been queued: the notify
+    // callback tells when something arrived (bounded by T, no polling
+    // clock; it also fires for replies, so the loop drains again).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    client.set_notify(Arc::new(move || {
+        let _ = tx.lock().unwrap().send(());
+    }));
+    let reply = client.execute("cont", None, T).unwrap();
+    assert!(reply.ret().is_some(), "{:?}", reply.body);
+    let mut drained = Vec::new();
+    loop {
+        drained.extend(client.drain_incoming());
+        if drained
             .iter()
             .any(|i| matches!(i, Incoming::Event(e) if e.name() == Some("RESUME")))
         {
-            found = true;
             break;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        assert!(
+            rx.recv_timeout(T.unwrap()).is_ok(),
+            "nothing more was queued, and no RESUME among {drained:?}"
+        );
     }
-    assert!(found);
+    // Only RESUME arrived after `cont`.
+    assert!(
+        drained
+            .iter()
+            .all(|i| matches!(i, Incoming::Event(e) if e.name() == Some("RESUME"))),
+        "{drained:?}"
+    );
 }
 
 #[test]
@@ -191,13 +207,14 @@ fn qemu_quit_disconnects() {
 fn qemu_close_fails_waiters() {
     let peer = common::qemu();
     let client = Arc::new(connect(&peer));
-    // `query-qmp-schema` is large; close while it may be in flight.
-    let p = client.send(command("query-qmp-schema", None)).unwrap();
+    // QEMU is frozen, so the command cannot have been answered when the
+    // client is closed: the waiter must get Disconnected.
+    peer.freeze();
+    let p = client.send(command("query-status", None)).unwrap();
     client.close();
-    match p.wait(T) {
-        Ok(r) => assert!(r.ret().is_some()),
-        Err(e) => assert!(matches!(e, Error::Disconnected), "{e:?}"),
-    }
+    let outcome = p.wait(T);
+    peer.thaw();
+    assert!(matches!(outcome, Err(Error::Disconnected)), "{outcome:?}");
     assert!(!client.is_connected());
     assert!(matches!(
         client.send(command("query-status", None)),
@@ -227,6 +244,58 @@ fn qemu_large_reply_and_size_limit() {
     let reply = client.execute("query-status", None, T).unwrap();
     assert!(reply.ret().is_some());
     assert!(client.drain_incoming().is_empty());
+}
+
+/// The cap on one message: 256 MiB unless configured, and applied to the
+/// message's exact size (its JSON text, without the line end). A reply of
+/// exactly the cap passes; with a cap one byte smaller, the same reply is a
+/// protocol error and the connection stays usable.
+#[test]
+fn message_cap_default_and_exact_boundary() {
+    assert_eq!(ClientOptions::default().max_message, 256 << 20);
+
+    let peer = common::qemu();
+    // The size of the `query-commands` reply, as QEMU writes it: logged as
+    // received, without the line end.
+    let log_path = peer.path().join("sizes.log");
+    let opts = ClientOptions {
+        log: Some(Box::new(std::fs::File::create(&log_path).unwrap())),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(&Address::Unix(peer.socket.clone()), opts).unwrap();
+    let reply = client.execute("query-commands", None, T).unwrap();
+    assert!(reply.ret().is_some());
+    drop(client);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 5, "{log}");
+    let size = lines[4].len();
+    assert!(size > 1000, "{}", lines[4]);
+    // The greeting and the other replies are much smaller.
+    assert!(lines[..4].iter().all(|l| l.len() < size), "{log}");
+
+    // The same session (same ids, same bytes) with the cap at `size`...
+    let capped = |cap: usize| {
+        let opts = ClientOptions {
+            max_message: cap,
+            ..ClientOptions::default()
+        };
+        Client::connect(&Address::Unix(peer.socket.clone()), opts).unwrap()
+    };
+    let client = capped(size);
+    let reply = client.execute("query-commands", None, T).unwrap();
+    assert!(reply.ret().and_then(Value::as_array).is_some());
+    drop(client);
+    // ...and one byte below it.
+    let client = capped(size - 1);
+    match client.execute("query-commands", None, T) {
+        Err(Error::Protocol(reason)) => {
+            assert!(reason.contains(&(size - 1).to_string()), "{reason}")
+        }
+        r => panic!("expected the reply to be refused, got {r:?}"),
+    }
+    let reply = client.execute("query-status", None, T).unwrap();
+    assert!(reply.ret().is_some());
 }
 
 #[test]

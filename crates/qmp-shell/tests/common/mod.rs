@@ -34,52 +34,183 @@ pub fn ours_wrap() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_qmp-shell-wrap"))
 }
 
-/// The reference (Python, qemu.qmp 0.0.6) `qmp-shell`.
+/// Our `qmp-shell`, as a command to add arguments to.
+pub fn ours_cmd() -> Command {
+    Command::new(ours())
+}
+
+/// Our `qmp-shell-wrap`, as a command to add arguments to.
+pub fn ours_wrap_cmd() -> Command {
+    Command::new(ours_wrap())
+}
+
+// ---------------------------------------------------------------------------
+// The reference: Python qemu.qmp 0.0.6, run as a module, never from PATH
+// ---------------------------------------------------------------------------
+
+/// The `qemu.qmp` release the project replaces.
+pub const REFERENCE_VERSION: &str = "0.0.6";
+
+/// SHA-256 of `qemu/qmp/qmp_shell.py` in qemu.qmp 0.0.6, in the form the
+/// wheel's `RECORD` lists it (URL-safe base64, no padding).
+pub const REFERENCE_SHELL_SHA256: &str = "D8J4WA4F-dVcrLBIRbs5TBonj_Ha45Ryg5lZUOmYcZo";
+
+/// The environment variable naming the Python interpreter that has the
+/// reference installed (default: `python3` on `PATH`). Whatever it names
+/// is verified like the default.
+pub const REFERENCE_PYTHON_VAR: &str = "QMP_REFERENCE_PYTHON";
+
+/// The verified reference installation.
+#[derive(Debug, Clone)]
+pub struct ReferencePython {
+    /// The interpreter itself (`sys.executable`: no pyenv shim in front).
+    pub python: PathBuf,
+    /// Where `qemu.qmp.qmp_shell` was imported from.
+    pub module: PathBuf,
+}
+
+/// What a test binary asks the interpreter, once: the distribution's
+/// version, its console-script entry points, and whether the imported
+/// `qmp_shell` module is the file the distribution installed, unchanged.
+const VERIFY_REFERENCE: &str = r#"
+import sys, os, hashlib, base64
+import importlib.metadata as m
+d = m.distribution("qemu.qmp")
+import qemu.qmp.qmp_shell as s
+f = os.path.realpath(s.__file__)
+owned = [p for p in (d.files or []) if os.path.realpath(d.locate_file(p)) == f]
+with open(f, "rb") as fh:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(fh.read()).digest()).rstrip(b"=").decode()
+eps = {e.name: e.value for e in d.entry_points if e.group == "console_scripts"}
+print("executable=" + sys.executable)
+print("version=" + d.version)
+print("module=" + f)
+print("installed-by-distribution=" + str(bool(owned)))
+print("record-sha256=" + (owned[0].hash.value if owned and owned[0].hash else ""))
+print("sha256=" + digest)
+print("qmp-shell=" + eps.get("qmp-shell", ""))
+print("qmp-shell-wrap=" + eps.get("qmp-shell-wrap", ""))
+"#;
+
+/// The reference's interpreter, found and verified once per test binary.
 ///
-/// `QMP_SHELL_REFERENCE` overrides the lookup. A pyenv shim is resolved to
-/// the real script, so that the reference does not depend on `$HOME` (tests
-/// run it with a private `HOME`) and does not pay the shim's start-up cost.
-pub fn reference() -> PathBuf {
-    static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| find_reference("QMP_SHELL_REFERENCE", "qmp-shell"))
-        .clone()
+/// Panics, saying what is wrong and how to fix it, unless the interpreter
+/// (`$QMP_REFERENCE_PYTHON`, or `python3` on `PATH`) imports
+/// `qemu.qmp.qmp_shell` from the `qemu.qmp` distribution, version
+/// [`REFERENCE_VERSION`], with the file unchanged and the entry points
+/// `qmp-shell = qemu.qmp.qmp_shell:main` and
+/// `qmp-shell-wrap = qemu.qmp.qmp_shell:main_wrap`. A `qmp-shell` on
+/// `PATH` plays no part: it may well be ours (`cargo install`).
+pub fn reference_python() -> &'static ReferencePython {
+    static P: OnceLock<ReferencePython> = OnceLock::new();
+    P.get_or_init(find_reference_python)
 }
 
-/// The reference `qmp-shell-wrap`.
-pub fn reference_wrap() -> PathBuf {
-    static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| find_reference("QMP_SHELL_WRAP_REFERENCE", "qmp-shell-wrap"))
-        .clone()
-}
-
-fn find_reference(var: &str, name: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(var) {
-        let p = PathBuf::from(p);
+fn find_reference_python() -> ReferencePython {
+    for old in ["QMP_SHELL_REFERENCE", "QMP_SHELL_WRAP_REFERENCE"] {
         assert!(
-            p.is_file(),
-            "{var}={} does not name a file; unset it or run scripts/install-deps.sh",
-            p.display()
+            std::env::var_os(old).is_none(),
+            "{old} is no longer used: the reference is run as the Python module \
+             qemu.qmp.qmp_shell; unset it (set {REFERENCE_PYTHON_VAR} to choose the \
+             interpreter)"
         );
-        return p;
     }
-    let Some(found) = which(name) else {
-        panic!(
-            "the reference `{name}` (Python qemu.qmp==0.0.6) is not on PATH: \
-             run scripts/install-deps.sh"
-        );
+    let (python, origin) = match std::env::var_os(REFERENCE_PYTHON_VAR) {
+        Some(p) => (PathBuf::from(p), format!("${REFERENCE_PYTHON_VAR}")),
+        None => (
+            which("python3").unwrap_or_else(|| {
+                panic!(
+                    "python3 is not on PATH: the reference qmp-shell (qemu.qmp \
+                     {REFERENCE_VERSION}) runs on it; run scripts/install-deps.sh"
+                )
+            }),
+            "python3 on PATH".to_string(),
+        ),
     };
-    if found.to_string_lossy().contains("/shims/") {
-        // pyenv: ask pyenv where the real script is.
-        if let Ok(out) = Command::new("pyenv").args(["which", name]).output() {
-            if out.status.success() {
-                let real = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-                if real.is_file() {
-                    return real;
-                }
-            }
+    let mut cmd = Command::new(&python);
+    cmd.args(["-I", "-c", VERIFY_REFERENCE]);
+    let out = run_with_timeout(cmd, b"", Duration::from_secs(60));
+    let report = text(&out.stdout);
+    let field = |key: &str| -> Option<String> {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::to_string)
+    };
+    let fail = |what: &str| -> ! {
+        panic!(
+            "THE REFERENCE IS NOT qemu.qmp {REFERENCE_VERSION}: {what}.\n\
+             Interpreter: {} ({origin}).\n\
+             Install it with `bash scripts/install-deps.sh` (or `python3 -m pip install \
+             qemu.qmp=={REFERENCE_VERSION}`), or point {REFERENCE_PYTHON_VAR} at a Python \
+             that has it.\n{}",
+            python.display(),
+            show(&out)
+        )
+    };
+    if !out.status.success() || field("version").is_none() {
+        fail("this program is not a Python interpreter that can import qemu.qmp.qmp_shell");
+    }
+    let version = field("version").unwrap_or_default();
+    if version != REFERENCE_VERSION {
+        fail(&format!("the installed distribution is version {version}"));
+    }
+    if field("installed-by-distribution").as_deref() != Some("True") {
+        fail("qemu.qmp.qmp_shell is not imported from the file the distribution installed");
+    }
+    let digest = field("sha256").unwrap_or_default();
+    if digest != REFERENCE_SHELL_SHA256
+        || field("record-sha256").as_deref() != Some(REFERENCE_SHELL_SHA256)
+    {
+        fail("qemu/qmp/qmp_shell.py is not the file released in qemu.qmp 0.0.6 (its SHA-256 differs)");
+    }
+    for (name, entry) in [
+        ("qmp-shell", "qemu.qmp.qmp_shell:main"),
+        ("qmp-shell-wrap", "qemu.qmp.qmp_shell:main_wrap"),
+    ] {
+        if field(name).as_deref() != Some(entry) {
+            fail(&format!("the entry point {name} is not {entry}"));
         }
     }
-    found
+    let executable = field("executable").unwrap_or_default();
+    let python = if executable.is_empty() {
+        python
+    } else {
+        PathBuf::from(executable)
+    };
+    ReferencePython {
+        python,
+        module: PathBuf::from(field("module").unwrap_or_default()),
+    }
+}
+
+/// A command running one entry point of the reference, as its console
+/// script does (`sys.argv[0]` is the program's name, which argparse shows
+/// in the usage line). `-I`: no user site, no `PYTHON*` variables, no
+/// current directory on `sys.path`, so nothing can shadow the module.
+fn reference_entry(program: &str, function: &str) -> Command {
+    let py = reference_python();
+    let mut cmd = Command::new(&py.python);
+    cmd.args([
+        "-I",
+        "-c",
+        &format!(
+            "import sys; from qemu.qmp.qmp_shell import {function}; \
+             sys.argv[0] = '{program}'; sys.exit({function}())"
+        ),
+    ]);
+    cmd
+}
+
+/// The reference `qmp-shell`: `python3 -I -c '... qemu.qmp.qmp_shell.main()'`
+/// (the `qmp-shell` entry point of qemu.qmp 0.0.6), verified once.
+pub fn reference() -> Command {
+    reference_entry("qmp-shell", "main")
+}
+
+/// The reference `qmp-shell-wrap` (entry point `qemu.qmp.qmp_shell:main_wrap`).
+pub fn reference_wrap() -> Command {
+    reference_entry("qmp-shell-wrap", "main_wrap")
 }
 
 /// Look a program up on `PATH`, then in the sbin directories (where
@@ -181,6 +312,13 @@ impl Peer {
     /// and pid files stay inside the private directory, so it runs as root
     /// without touching `/var/run`.
     pub fn guest_agent() -> Peer {
+        Peer::guest_agent_blocking(
+            "guest-exec,guest-file-open,guest-shutdown,guest-set-user-password",
+        )
+    }
+
+    /// `qemu-ga` with the commands in `blocked` (comma-separated) disabled.
+    pub fn guest_agent_blocking(blocked: &str) -> Peer {
         let dir = tempdir("qga");
         let socket = dir.path().join("qga.sock");
         let state = dir.path().join("state");
@@ -192,10 +330,7 @@ impl Peer {
             .arg(&state)
             .arg("-f")
             .arg(dir.path().join("qga.pid"))
-            .args([
-                "-b",
-                "guest-exec,guest-file-open,guest-shutdown,guest-set-user-password",
-            ]);
+            .args(["-b", blocked]);
         Peer::spawn("qemu-ga", cmd, dir, socket, None)
     }
 
@@ -351,22 +486,40 @@ pub fn run_shell_env(
     timeout: Duration,
     env: &[(&str, &str)],
 ) -> Output {
+    run_program_env(Command::new(bin), args, stdin, timeout, env)
+}
+
+/// [`run_shell`] for a prepared command (program and leading arguments),
+/// such as [`reference`].
+pub fn run_program(cmd: Command, args: &[&str], stdin: &str, timeout: Duration) -> Output {
+    run_program_env(cmd, args, stdin, timeout, &[])
+}
+
+/// [`run_program`] with extra environment variables.
+pub fn run_program_env(
+    mut cmd: Command,
+    args: &[&str],
+    stdin: &str,
+    timeout: Duration,
+    env: &[(&str, &str)],
+) -> Output {
     let home = tempdir("home");
-    let mut cmd = Command::new(bin);
-    cmd.args(args)
-        .env("HOME", home.path())
-        .env_remove("QMP_SOCKET")
-        .env("LC_ALL", "C.UTF-8")
-        .env("LANG", "C.UTF-8")
-        .env("NO_COLOR", "1")
-        .env_remove("PYTHONWARNINGS")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    shell_env(&mut cmd, home.path());
+    cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
     run_with_timeout(cmd, stdin.as_bytes(), timeout)
+}
+
+/// The reproducible environment of [`run_shell`], with `home` as `HOME`.
+pub fn shell_env(cmd: &mut Command, home: &Path) {
+    cmd.env("HOME", home)
+        .env_remove("QMP_SOCKET")
+        .env("LC_ALL", "C.UTF-8")
+        .env("LANG", "C.UTF-8")
+        .env("NO_COLOR", "1")
+        .env_remove("PYTHONWARNINGS");
 }
 
 /// Run a prepared command with piped stdio, bounded by `timeout`.
@@ -384,6 +537,42 @@ pub fn run_with_timeout(mut cmd: Command, stdin: &[u8], timeout: Duration) -> Ou
         // The program may exit before reading everything: ignore EPIPE.
         let _ = sin.write_all(&input);
     });
+    let out = wait_child(child, &desc, timeout);
+    let _ = writer.join();
+    out
+}
+
+/// Run a prepared command whose standard input stays open (and fed
+/// `stdin`) until it exits by itself: the program must end on its own
+/// account (a `quit`, a lost connection, a timeout), with input still
+/// queued. Bounded by `timeout`.
+pub fn run_with_input_open(mut cmd: Command, stdin: &[u8], timeout: Duration) -> Output {
+    let desc = format!("{:?}", cmd);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
+    let mut sin = child.stdin.take().expect("stdin");
+    let input = stdin.to_vec();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let writer = thread::spawn(move || {
+        let _ = sin.write_all(&input);
+        // Keep the pipe open until the program is gone.
+        let _ = done_rx.recv();
+        drop(sin);
+    });
+    let out = wait_child(child, &desc, timeout);
+    drop(done_tx);
+    let _ = writer.join();
+    out
+}
+
+/// Collect the status and output of a running `child` started with piped
+/// stdout and stderr (its stdin taken or closed by the caller); kill it,
+/// then panic, if it runs longer than `timeout`.
+pub fn wait_child(mut child: Child, desc: &str, timeout: Duration) -> Output {
     let out_reader = spawn_reader(child.stdout.take().expect("stdout"));
     let err_reader = spawn_reader(child.stderr.take().expect("stderr"));
     let start = Instant::now();
@@ -405,7 +594,6 @@ pub fn run_with_timeout(mut cmd: Command, stdin: &[u8], timeout: Duration) -> Ou
         }
         thread::sleep(Duration::from_millis(5));
     };
-    let _ = writer.join();
     let stdout = out_reader.join().expect("stdout reader");
     let stderr = err_reader.join().expect("stderr reader");
     Output {
@@ -614,5 +802,103 @@ pub fn dead_socket(path: &Path) {
         let err = std::io::Error::last_os_error();
         libc::close(fd);
         assert_eq!(rc, 0, "bind {}: {err}", path.display());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Processes and ports
+// ---------------------------------------------------------------------------
+
+/// The states (`R`, `S`, `T`...) of every thread of process `pid`.
+fn thread_states(pid: u32) -> Vec<char> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+            // `pid (comm) S ...`: the state follows the last `)`.
+            stat.rsplit_once(')')?.1.trim_start().chars().next()
+        })
+        .collect()
+}
+
+/// The kernel function each thread of `pid` sleeps in (`/proc/PID/task/*/wchan`).
+pub fn thread_wchans(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("wchan")).ok())
+        .collect()
+}
+
+/// Wait (polling, bounded by `timeout`) until `cond()` holds; panic with
+/// `what` otherwise. For conditions that only the kernel can tell.
+#[track_caller]
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Freeze process `pid` (SIGSTOP) and return once every one of its threads
+/// is stopped: from then on it reads and answers nothing.
+pub fn freeze(pid: u32) {
+    // SAFETY: kill(2) with a valid signal number.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    assert_eq!(rc, 0, "SIGSTOP {pid}: {}", std::io::Error::last_os_error());
+    wait_until(
+        &format!("every thread of {pid} to stop"),
+        PEER_START_TIMEOUT,
+        || {
+            let states = thread_states(pid);
+            !states.is_empty() && states.iter().all(|s| *s == 'T')
+        },
+    );
+}
+
+/// Let a process frozen by [`freeze`] run again (SIGCONT).
+pub fn thaw(pid: u32) {
+    // SAFETY: kill(2) with a valid signal number.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+    assert_eq!(rc, 0, "SIGCONT {pid}: {}", std::io::Error::last_os_error());
+}
+
+/// A TCP port on 127.0.0.1 that refuses connections for as long as the
+/// returned descriptor lives: it is bound (port chosen by the kernel) but
+/// never listens, so a connection attempt is answered with a reset, and no
+/// other program can take the port meanwhile (unlike a port bound, read and
+/// released).
+pub fn refusing_tcp_port() -> (std::os::fd::OwnedFd, u16) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: socket(2), bind(2), getsockname(2) on a descriptor owned here,
+    // with zeroed, correctly sized address structures.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let owned = OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        addr.sin_port = 0;
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::bind(
+            fd,
+            &addr as *const libc::sockaddr_in as *const libc::sockaddr,
+            len,
+        );
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut bound: libc::sockaddr_in = std::mem::zeroed();
+        let mut blen = len;
+        let rc = libc::getsockname(
+            fd,
+            &mut bound as *mut libc::sockaddr_in as *mut libc::sockaddr,
+            &mut blen,
+        );
+        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+        (owned, u16::from_be(bound.sin_port))
     }
 }

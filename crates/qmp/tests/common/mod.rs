@@ -73,6 +73,48 @@ impl Peer {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// The peer's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Freeze the peer (SIGSTOP) and return once every one of its threads is
+    /// stopped: from then on it reads and answers nothing.
+    pub fn freeze(&self) {
+        let pid = self.pid();
+        // SAFETY: kill(2) with a valid signal number.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        assert_eq!(rc, 0, "SIGSTOP: {}", std::io::Error::last_os_error());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let states: Vec<char> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|tasks| {
+                    tasks
+                        .filter_map(|t| {
+                            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+                            stat.rsplit_once(')')?.1.trim_start().chars().next()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !states.is_empty() && states.iter().all(|s| *s == 'T') {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "peer {pid} did not stop: {states:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Let a frozen peer run again (SIGCONT).
+    pub fn thaw(&self) {
+        // SAFETY: kill(2) with a valid signal number.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGCONT) };
+        assert_eq!(rc, 0, "SIGCONT: {}", std::io::Error::last_os_error());
+    }
 }
 
 /// `qemu-system-x86_64 -M none` with a QMP server socket `qmp.sock`.
