@@ -110,6 +110,9 @@ pub fn run_session(
         exit_status: common.exit_status || scripted,
         guest_agent,
         live_events: interactive,
+        read_only: common.read_only,
+        exit_on_error: common.exit_on_error,
+        progress_bars: interactive && !common.json && std::io::stderr().is_terminal(),
     };
     let out = Box::new(StdOutput::stdio(style, common.json));
     let engine = Engine::new(client, cfg, out, Arc::new(Doorbell::new()));

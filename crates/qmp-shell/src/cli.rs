@@ -81,6 +81,16 @@ pub struct Common {
     #[arg(long)]
     pub exit_status: bool,
 
+    /// Stop at the first error reply or line that cannot be parsed (exit 3);
+    /// commands are then sent one at a time, so nothing after it is sent
+    #[arg(short = 'e', long)]
+    pub exit_on_error: bool,
+
+    /// Send only commands that cannot change the VM (queries, QOM reads,
+    /// HMP `info`); refuse the rest without sending them
+    #[arg(long)]
+    pub read_only: bool,
+
     /// Give up waiting for a reply after SECONDS, more than 0 (default: wait
     /// forever; the greeting is always bounded, by this or 10 s)
     #[arg(long, value_name = "SECONDS", value_parser = parse_positive_seconds)]

@@ -6,13 +6,15 @@
 //! Tab offers nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 
 use rustyline::completion::{Completer, Pair};
 use rustyline::validate::{ValidationContext, ValidationResult, Validator};
 use rustyline::{Context, Helper, Highlighter, Hinter};
 
+use crate::meta;
 use crate::schema::Schema;
+use crate::store::SchemaStore;
 
 /// Plain completion candidates shared between the filler thread and the editor.
 #[derive(Clone, Default)]
@@ -47,8 +49,8 @@ impl Names {
 pub struct Knowledge {
     /// Command names (HMP lines like `info block`, or guest-agent commands).
     pub names: Names,
-    /// The server's QMP schema, once fetched.
-    pub schema: Arc<OnceLock<Schema>>,
+    /// The server's QMP schema, once fetched (shared with the engine).
+    pub store: Arc<SchemaStore>,
     /// The shell is inside a multi-line `transaction(`.
     pub in_transaction: Arc<AtomicBool>,
     /// Ctrl-C was pressed: the line ends whatever it holds.
@@ -83,6 +85,68 @@ impl ShellHelper {
             })
             .collect()
     }
+
+    /// Candidates shown with the schema's mark (`drive-backup
+    /// (deprecated)`), inserted without it.
+    fn marked(words: Vec<String>, mark: impl Fn(&str) -> Option<&'static str>) -> Vec<Pair> {
+        words
+            .into_iter()
+            .map(|word| {
+                let name = word.trim_end_matches(['=', '.', ' ']);
+                let display = match mark(name) {
+                    Some(m) => format!("{word} ({m})"),
+                    None => word.clone(),
+                };
+                Pair {
+                    display,
+                    replacement: word,
+                }
+            })
+            .collect()
+    }
+
+    /// The shell's own commands: their names, event names after `/wait`,
+    /// the commands that may run out of band after `/oob`.
+    fn complete_meta(schema: Option<&Schema>, before: &str) -> (usize, Vec<Pair>) {
+        let start = before.len() - before.trim_start().len();
+        let text = &before[start..];
+        let Some((name, rest)) = text.split_once(char::is_whitespace) else {
+            let names = meta::NAMES
+                .iter()
+                .filter(|n| n.starts_with(text))
+                .map(|n| n.to_string())
+                .collect();
+            return (start, Self::pairs(names));
+        };
+        let rest_start = before.len() - rest.trim_start().len();
+        let word = rest.trim_start();
+        if word.contains(char::is_whitespace) {
+            return (before.len(), Vec::new());
+        }
+        let Some(schema) = schema else {
+            return (before.len(), Vec::new());
+        };
+        let candidates: Vec<String> = match name {
+            "/wait" => schema
+                .event_names()
+                .into_iter()
+                .filter(|e| e.starts_with(word))
+                .map(str::to_owned)
+                .collect(),
+            "/oob" => schema
+                .command_names()
+                .into_iter()
+                .filter(|c| c.starts_with(word) && schema.allows_oob(c) == Some(true))
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let pairs = match name {
+            "/wait" => Self::marked(candidates, |n| schema.event_mark(n)),
+            _ => Self::marked(candidates, |n| schema.command_mark(n)),
+        };
+        (rest_start, pairs)
+    }
 }
 
 impl Completer for ShellHelper {
@@ -100,10 +164,26 @@ impl Completer for ShellHelper {
             let words = self.knowledge.names.matching(&before[start..]);
             return Ok((start, Self::pairs(words)));
         }
-        if let Some(schema) = self.knowledge.schema.get() {
-            let in_transaction = self.knowledge.in_transaction.load(Ordering::Relaxed);
+        let in_transaction = self.knowledge.in_transaction.load(Ordering::Relaxed);
+        let schema = self.knowledge.store.schema_if_known();
+        if !in_transaction && meta::is_meta(before) {
+            return Ok(Self::complete_meta(schema, before));
+        }
+        if let Some(schema) = schema {
             let (start, words) = schema.complete(before, in_transaction);
-            return Ok((start.min(before.len()), Self::pairs(words)));
+            let first_word = !before.trim_start().contains(char::is_whitespace);
+            let pairs = if first_word && !in_transaction {
+                let mut pairs = Self::marked(words, |n| schema.command_mark(n));
+                if "/".starts_with(before.trim_start()) {
+                    pairs.extend(Self::pairs(
+                        meta::NAMES.iter().map(|n| n.to_string()).collect(),
+                    ));
+                }
+                pairs
+            } else {
+                Self::pairs(words)
+            };
+            return Ok((start.min(before.len()), pairs));
         }
         let trimmed = before.trim_start();
         if trimmed.contains(char::is_whitespace) {

@@ -36,8 +36,9 @@ use crate::complete::{Knowledge, ShellHelper};
 use crate::files::{history_path, open_private, Existing};
 use crate::hmp;
 use crate::render::{self, Style};
-use crate::session::{fetch_schema, Engine, LOOKUP_TIMEOUT};
+use crate::session::{Engine, LOOKUP_TIMEOUT};
 use crate::signals;
+use crate::store::SCHEMA_LOOKUP;
 use crate::wording::shown;
 
 /// Entries kept in the history file, as the reference does.
@@ -91,10 +92,9 @@ fn learn(client: Arc<Client>, knowledge: Knowledge, hmp_mode: bool, guest_agent:
                         })
                         .unwrap_or_default(),
                 );
-            } else if knowledge.schema.get().is_none() {
-                if let Ok(schema) = fetch_schema(&client, Some(LOOKUP_TIMEOUT)) {
-                    let _ = knowledge.schema.set(schema);
-                }
+            } else {
+                // Shared with the engine: fetched once, out of the log.
+                let _ = knowledge.store.schema(&client, Some(SCHEMA_LOOKUP));
             }
         });
 }
@@ -266,7 +266,7 @@ pub fn run(mut engine: Engine, style: Style) -> i32 {
         }
     };
     let knowledge = Knowledge {
-        schema: engine.schema_cache(),
+        store: engine.store(),
         ..Knowledge::default()
     };
     let empty_ctrl_c = Arc::new(AtomicBool::new(false));
@@ -349,7 +349,11 @@ pub fn run(mut engine: Engine, style: Style) -> i32 {
                     }
                     engine.line(line);
                     let before = seen_interrupts;
-                    let interrupted = engine.settle(&|| signals::interrupts() != before);
+                    let mut interrupted = engine.settle(&|| signals::interrupts() != before);
+                    // The lines of a /play file, one after the other.
+                    while !interrupted && engine.play_next() {
+                        interrupted = engine.settle(&|| signals::interrupts() != before);
+                    }
                     seen_interrupts = signals::interrupts();
                     if engine.stopped().is_some() {
                         break;

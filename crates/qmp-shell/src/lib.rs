@@ -4,12 +4,16 @@
 //! Layers, data flowing downward only:
 //!
 //! * ground floor, pure: [`shorthand`] turns a command line into a QMP
-//!   command; [`render`] prints JSON exactly as Python's `json.dumps` does;
-//!   [`wording`] words errors as the reference does; [`hmp`] builds and
-//!   prints human-monitor commands; [`schema`] answers questions about the
-//!   QMP schema; [`cli`] defines the arguments.
+//!   command and [`meta`] parses the shell's own `/` commands; [`render`]
+//!   prints JSON exactly as Python's `json.dumps` does; [`wording`] words
+//!   errors as the reference does; [`hmp`] builds and prints
+//!   human-monitor commands; [`schema`] answers questions about the QMP
+//!   schema, and [`facts`] keeps what the safety net needs from it;
+//!   [`readonly`] says what `--read-only` lets through; [`jobs`] follows
+//!   jobs for `/jobs`; [`cli`] defines the arguments.
 //! * [`output`] (how things are printed), [`files`] (files that may hold
-//!   secrets), [`doorbell`] and [`signals`] (waking the engine).
+//!   secrets), [`store`] (the schema, fetched once, and its facts cached on
+//!   disk), [`doorbell`] and [`signals`] (waking the engine).
 //! * [`session`]: the engine. Lines in, commands out, replies printed in
 //!   input order; it alone decides when a session ends and its exit status.
 //! * the drivers, which only feed the engine lines: [`script`] (pipes and
@@ -20,16 +24,21 @@ pub mod app;
 pub mod cli;
 pub mod complete;
 pub mod doorbell;
+pub mod facts;
 pub mod files;
 pub mod hmp;
 pub mod interactive;
+pub mod jobs;
+pub mod meta;
 pub mod output;
 pub mod proxy;
+pub mod readonly;
 pub mod render;
 pub mod schema;
 pub mod script;
 pub mod session;
 pub mod shorthand;
 pub mod signals;
+pub mod store;
 pub mod wording;
 pub mod wrap;

@@ -77,6 +77,31 @@ pub struct Schema {
     types: HashMap<String, Type>,
     commands: BTreeMap<String, Entity>,
     events: BTreeMap<String, Entity>,
+    /// Features of enum values, for the enums that have any:
+    /// type name to `(value, features)`.
+    enum_features: HashMap<String, Vec<(String, Vec<String>)>>,
+}
+
+/// The features that make a name worth a warning.
+pub const WARNED_FEATURES: [&str; 2] = ["deprecated", "unstable"];
+
+/// The first of [`WARNED_FEATURES`] in `features`, if any.
+pub fn warned_feature(features: &[String]) -> Option<&'static str> {
+    WARNED_FEATURES
+        .into_iter()
+        .find(|w| features.iter().any(|f| f == w))
+}
+
+/// Something in a command's arguments that the schema marks `deprecated`
+/// or `unstable` (see [`Schema::marks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    /// The dotted path of the argument (array elements add nothing to it).
+    pub path: String,
+    /// The enum value marked, or `None` when the argument itself is.
+    pub value: Option<String>,
+    /// `deprecated` or `unstable`.
+    pub feature: &'static str,
 }
 
 fn string_list(v: Option<&Value>) -> Vec<String> {
@@ -226,6 +251,24 @@ impl Schema {
                     schema.events.entry(name).or_insert_with(entity);
                 }
                 _ => {
+                    if meta == "enum" {
+                        let marked: Vec<(String, Vec<String>)> = entry
+                            .get("members")
+                            .and_then(Value::as_array)
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(|m| {
+                                        let features = string_list(m.get("features"));
+                                        (!features.is_empty())
+                                            .then(|| Some((str_field(m, "name")?, features)))?
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        if !marked.is_empty() {
+                            schema.enum_features.entry(name.clone()).or_insert(marked);
+                        }
+                    }
                     if let Some(ty) = parse_type(&meta, entry) {
                         schema.types.entry(name).or_insert(ty);
                     }
@@ -233,6 +276,95 @@ impl Schema {
             }
         }
         schema
+    }
+
+    /// The warned feature (`deprecated`, `unstable`) of command `name`.
+    pub fn command_mark(&self, name: &str) -> Option<&'static str> {
+        warned_feature(&self.commands.get(name)?.features)
+    }
+
+    /// The warned feature (`deprecated`, `unstable`) of event `name`.
+    pub fn event_mark(&self, name: &str) -> Option<&'static str> {
+        warned_feature(&self.events.get(name)?.features)
+    }
+
+    /// Whether command `name` may run out of band; `None` for an unknown
+    /// command.
+    pub fn allows_oob(&self, name: &str) -> Option<bool> {
+        self.commands.get(name).map(|c| c.allow_oob)
+    }
+
+    /// Every argument of command `name` (dotted paths, through nested
+    /// objects, every union variant, arrays and alternates) and every enum
+    /// value an argument may take that the schema marks `deprecated` or
+    /// `unstable`.
+    pub fn marks(&self, name: &str) -> Vec<Mark> {
+        let mut out = Vec::new();
+        if let Some(ty) = self.commands.get(name).and_then(|c| c.arg_type.as_deref()) {
+            let mut seen = Vec::new();
+            self.mark_walk(ty, "", 0, &mut seen, &mut out);
+        }
+        out.sort_by(|a, b| (&a.path, &a.value).cmp(&(&b.path, &b.value)));
+        out.dedup();
+        out
+    }
+
+    fn mark_walk<'a>(
+        &'a self,
+        ty: &'a str,
+        path: &str,
+        depth: usize,
+        seen: &mut Vec<&'a str>,
+        out: &mut Vec<Mark>,
+    ) {
+        // Types that contain themselves (a block node's `file`) are cut.
+        if depth > MAX_DEPTH || seen.contains(&ty) {
+            return;
+        }
+        seen.push(ty);
+        match self.types.get(ty) {
+            Some(Type::Object {
+                members, variants, ..
+            }) => {
+                for m in members {
+                    let here = if path.is_empty() {
+                        m.name.clone()
+                    } else {
+                        format!("{path}.{}", m.name)
+                    };
+                    if let Some(feature) = warned_feature(&m.features) {
+                        out.push(Mark {
+                            path: here.clone(),
+                            value: None,
+                            feature,
+                        });
+                    }
+                    self.mark_walk(&m.ty, &here, depth + 1, seen, out);
+                }
+                for (_, vt) in variants {
+                    self.mark_walk(vt, path, depth + 1, seen, out);
+                }
+            }
+            Some(Type::Array(element)) => self.mark_walk(element, path, depth + 1, seen, out),
+            Some(Type::Alternate(branches)) => {
+                for b in branches {
+                    self.mark_walk(b, path, depth + 1, seen, out);
+                }
+            }
+            Some(Type::Enum(_)) => {
+                for (value, features) in self.enum_features.get(ty).into_iter().flatten() {
+                    if let Some(feature) = warned_feature(features) {
+                        out.push(Mark {
+                            path: path.to_owned(),
+                            value: Some(value.clone()),
+                            feature,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+        seen.pop();
     }
 
     /// True when the schema knows no commands and no events.

@@ -160,7 +160,12 @@ pub fn run(mut engine: Engine, lines: Lines) -> i32 {
         if engine.stopped().is_some() {
             break;
         }
-        if engine.wants_input() && !ended {
+        // The lines of a /play file come first, as if typed.
+        if engine.play_next() {
+            engine.queue_prompt();
+            continue;
+        }
+        if engine.wants_input() && !ended && !engine.is_playing() {
             match queue.pop() {
                 Pop::Line(Ok(line)) => {
                     engine.line(&line);

@@ -16,22 +16,34 @@
 //! so they are exactly the events caused before it (as with the reference,
 //! which sends one command at a time).
 
-use std::collections::VecDeque;
-use std::io;
-use std::sync::{Arc, OnceLock};
+use std::collections::{HashSet, VecDeque};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qmp::{Client, Error as QmpError, Incoming, Object, Pending, Reply, Request};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use qmp::client::{EventTap, Tapped};
+use qmp::{Client, Error as QmpError, Event, Incoming, Object, Pending, Reply, Request};
 use serde_json::Value;
 
 use crate::cli::exit;
 use crate::complete::raw_json_incomplete;
 use crate::doorbell::Doorbell;
+use crate::files::{open_private, Existing};
 use crate::hmp;
+use crate::jobs::{self, Bars, Progress};
+use crate::meta::{self, Meta};
 use crate::output::Output;
-use crate::schema::Schema;
+use crate::readonly;
 use crate::shorthand::{Parsed, Parser};
-use crate::wording::{client_error, shown};
+use crate::store::SchemaStore;
+use crate::wording::{client_error, python_io_error, shown};
 
 /// The hint printed after every parse error (the reference forgets the `]`).
 pub const COMMAND_FORMAT: &str =
@@ -65,12 +77,28 @@ pub struct Config {
     /// Events, warnings and late replies are printed by someone else as
     /// they arrive (the terminal's event printer).
     pub live_events: bool,
+    /// `--read-only`: send only what cannot change the VM.
+    pub read_only: bool,
+    /// `-e`: stop at the first failed command (exit 3). Commands are then
+    /// sent one at a time, so nothing after a failure goes out.
+    pub exit_on_error: bool,
+    /// `/jobs` draws progress bars (a terminal) rather than JSON lines.
+    pub progress_bars: bool,
 }
+
+/// Events kept for `/wait` at most (those since the last command sent).
+const MAX_RECENT_EVENTS: usize = 100_000;
+
+/// Lines a `/play` file may have at most (it is read whole).
+const MAX_PLAY_BYTES: u64 = 64 << 20;
 
 /// One thing to print, in input order.
 enum Slot {
     /// Text for standard output.
     Text(String),
+    /// Text for standard output that reports a failed command (HMP's
+    /// `bad CPU index`).
+    FailedText(String),
     /// A command about to be sent (`-v`).
     Echo(Object),
     /// A failed command that never reached the server (a parse error, say):
@@ -91,6 +119,64 @@ enum Slot {
     },
     /// An empty line: print the events received so far.
     Barrier,
+    /// `/wait`: an event named `event` whose data contains `filter`,
+    /// numbered after `after`.
+    Wait {
+        event: String,
+        filter: Object,
+        after: u64,
+        timeout: Option<Duration>,
+        deadline: Option<Instant>,
+    },
+    /// `/jobs`: following jobs until none runs.
+    Jobs(Box<Follow>),
+}
+
+/// Events copied from the client for `/wait` and `/jobs`, numbered.
+#[derive(Default)]
+struct TapBuffer {
+    count: AtomicU64,
+    events: Mutex<VecDeque<(u64, Event)>>,
+}
+
+impl TapBuffer {
+    fn push(&self, ev: &Event) {
+        let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        if q.len() >= MAX_RECENT_EVENTS {
+            q.pop_front();
+        }
+        q.push_back((seq, ev.clone()));
+    }
+
+    fn drain(&self) -> Vec<(u64, Event)> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect()
+    }
+
+    /// How many events arrived so far.
+    fn seen(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+/// The state of a `/jobs`.
+struct Follow {
+    timeout: Option<Duration>,
+    deadline: Option<Instant>,
+    /// `query-jobs` and `query-migrate` in flight, and their results as
+    /// they come.
+    polls: Option<[Pending; 2]>,
+    results: [Option<Result<Reply, QmpError>>; 2],
+    /// When to poll next (`None`: now).
+    next_poll: Option<Instant>,
+    /// The number of the last event looked at.
+    events_seen: u64,
+    progress: Progress,
+    bars: Option<Bars>,
 }
 
 /// Turns input lines into QMP commands, sends them, prints the replies in
@@ -108,7 +194,21 @@ pub struct Engine {
     barriers: usize,
     failures: u64,
     stop: Option<i32>,
-    schema: Arc<OnceLock<Schema>>,
+    store: Arc<SchemaStore>,
+    /// Warnings given already (each once per session).
+    warned: HashSet<String>,
+    /// `/record`: where command lines go.
+    record: Option<File>,
+    /// `/play`: lines still to run, and whether they come from a file.
+    playback: VecDeque<String>,
+    playing: bool,
+    /// A copy of every event, for `/wait` and `/jobs` (kept alive here).
+    _tap: EventTap,
+    tapped: Arc<TapBuffer>,
+    /// Events since the last command was sent, numbered.
+    recent: VecDeque<(u64, Event)>,
+    /// The event count when the last command was sent.
+    last_sent: u64,
 }
 
 impl Engine {
@@ -122,6 +222,18 @@ impl Engine {
     ) -> Engine {
         let bell = Arc::clone(&doorbell);
         client.set_notify(Arc::new(move || bell.ring()));
+        let tapped = Arc::new(TapBuffer::default());
+        let tap = {
+            let tapped = Arc::clone(&tapped);
+            let bell = Arc::clone(&doorbell);
+            client.tap_events(move |t| {
+                if let Tapped::Event(ev) = t {
+                    tapped.push(ev);
+                }
+                bell.ring();
+            })
+        };
+        let last_sent = 0;
         Engine {
             client,
             cfg,
@@ -134,7 +246,15 @@ impl Engine {
             barriers: 0,
             failures: 0,
             stop: None,
-            schema: Arc::new(OnceLock::new()),
+            store: Arc::new(SchemaStore::new()),
+            warned: HashSet::new(),
+            record: None,
+            playback: VecDeque::new(),
+            playing: false,
+            _tap: tap,
+            tapped,
+            recent: VecDeque::new(),
+            last_sent,
         }
     }
 
@@ -153,9 +273,9 @@ impl Engine {
         &self.doorbell
     }
 
-    /// The schema cache, shared with completion.
-    pub fn schema_cache(&self) -> Arc<OnceLock<Schema>> {
-        Arc::clone(&self.schema)
+    /// What is known of the server's schema, shared with completion.
+    pub fn store(&self) -> Arc<SchemaStore> {
+        Arc::clone(&self.store)
     }
 
     /// The prompt for the next line: `(QEMU) `, or `TRANS> ` inside a
@@ -179,9 +299,36 @@ impl Engine {
     }
 
     /// Whether the engine takes another line now: not while an empty line
-    /// waits for the replies before it, nor with a full window.
+    /// waits for the replies before it, nor with a full window, nor (with
+    /// `-e`) while a reply is awaited.
     pub fn wants_input(&self) -> bool {
-        self.stop.is_none() && self.barriers == 0 && self.queue.len() < WINDOW
+        self.stop.is_none()
+            && self.barriers == 0
+            && self.queue.len() < WINDOW
+            && !(self.cfg.exit_on_error
+                && self.queue.iter().any(|s| matches!(s, Slot::Reply { .. })))
+    }
+
+    /// Run the next line of a `/play` file, if one is waiting and the
+    /// engine takes input. Returns `true` when it ran one.
+    pub fn play_next(&mut self) -> bool {
+        if !self.wants_input() {
+            return false;
+        }
+        let Some(line) = self.playback.pop_front() else {
+            self.playing = false;
+            return false;
+        };
+        self.run_line(&line);
+        if self.playback.is_empty() {
+            self.playing = false;
+        }
+        true
+    }
+
+    /// Whether `/play` lines are still waiting.
+    pub fn is_playing(&self) -> bool {
+        !self.playback.is_empty()
     }
 
     /// Nothing is left to print.
@@ -242,6 +389,32 @@ impl Engine {
         if self.stop.is_some() {
             return;
         }
+        // `/record` lines are not recorded; a `/play` line is recorded as
+        // the lines it plays (see `play`), so a recording plays back alone.
+        let first = line.split_whitespace().next().unwrap_or_default();
+        if first != "/record" && first != "/play" {
+            self.record_line(line);
+        }
+        self.run_line(line);
+    }
+
+    fn record_line(&mut self, line: &str) {
+        if let Some(file) = self.record.as_mut() {
+            let ok = file
+                .write_all(line.as_bytes())
+                .and_then(|()| file.write_all(b"\n"))
+                .and_then(|()| file.flush());
+            if let Err(err) = ok {
+                self.record = None;
+                self.queue.push_back(Slot::Note(format!(
+                    "ERROR: /record: cannot write: {}; recording stopped\n",
+                    python_io_error(&err)
+                )));
+            }
+        }
+    }
+
+    fn run_line(&mut self, line: &str) {
         if let Some(raw) = self.raw.as_mut() {
             raw.push('\n');
             raw.push_str(line);
@@ -267,6 +440,9 @@ impl Engine {
             return self.hmp(line);
         }
         if !self.parser.in_transaction() {
+            if meta::is_meta(trimmed) {
+                return self.meta(trimmed);
+            }
             if trimmed.starts_with('{') {
                 if raw_json_incomplete(trimmed) {
                     self.raw = Some(trimmed.to_owned());
@@ -363,12 +539,14 @@ impl Engine {
         let Some(first) = words.next() else {
             return;
         };
+        if self.cfg.read_only && !readonly::hmp_allowed(line) {
+            return self.refuse(first);
+        }
         if first == "cpu" {
             let Some(index) = words.next().and_then(hmp::parse_python_int) else {
-                self.queue.push_back(Slot::Text(
+                self.queue.push_back(Slot::FailedText(
                     "cpu command takes an integer argument\n".to_owned(),
                 ));
-                self.failures += 1;
                 return;
             };
             // The reference checks the CPU with `info version` on it.
@@ -377,8 +555,7 @@ impl Engine {
                 Ok(reply) if reply.ret().is_some() => self.cpu_index = Some(index),
                 Ok(_) => {
                     self.queue
-                        .push_back(Slot::Text("bad CPU index\n".to_owned()));
-                    self.failures += 1;
+                        .push_back(Slot::FailedText("bad CPU index\n".to_owned()));
                     return;
                 }
                 Err(err) => {
@@ -391,9 +568,13 @@ impl Engine {
         self.send(Request::new(cmd), true);
     }
 
-    /// `help [NAME]`, from the schema.
+    /// `help [NAME]`, from the schema; the shell's own commands too.
     fn help(&mut self, name: Option<&str>) {
-        let schema = match self.schema() {
+        if name.is_some_and(|n| n.starts_with('/')) {
+            return self.queue.push_back(Slot::Text(meta::USAGE.to_owned()));
+        }
+        let timeout = self.cfg.timeout.or(Some(LOOKUP_TIMEOUT));
+        let schema = match self.store.schema(&self.client, timeout) {
             Ok(schema) => schema,
             Err(err) => {
                 return self.failure(
@@ -405,6 +586,13 @@ impl Engine {
         };
         match schema.help(name) {
             Some(mut text) => {
+                if name.is_none() {
+                    if !text.ends_with('\n') {
+                        text.push('\n');
+                    }
+                    text.push('\n');
+                    text.push_str(meta::USAGE);
+                }
                 if self.cfg.json {
                     let mut body = Object::new();
                     body.insert("return".to_owned(), Value::String(text));
@@ -431,16 +619,34 @@ impl Engine {
         }
     }
 
-    /// The server's schema, fetched (out of the log) on first use.
-    pub fn schema(&self) -> Result<&Schema, String> {
-        if let Some(schema) = self.schema.get() {
-            return Ok(schema);
-        }
-        let schema = fetch_schema(&self.client, self.cfg.timeout.or(Some(LOOKUP_TIMEOUT)))?;
-        Ok(self.schema.get_or_init(|| schema))
-    }
-
     fn send(&mut self, request: Request, hmp: bool) {
+        let (name, args) = {
+            let msg = request.message();
+            let name = msg
+                .get("execute")
+                .or_else(|| msg.get("exec-oob"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            (
+                name,
+                msg.get("arguments").and_then(Value::as_object).cloned(),
+            )
+        };
+        if self.cfg.read_only
+            && !hmp
+            && !readonly::allowed(&name, args.as_ref(), self.cfg.guest_agent)
+        {
+            return self.refuse(&name);
+        }
+        if !hmp && !self.cfg.guest_agent {
+            self.warn_marked(&name, args.as_ref());
+        }
+        // `/wait` considers the events from here on.
+        self.drain_tap();
+        self.last_sent = self.tapped.seen();
+        let mark = self.last_sent;
+        self.recent.retain(|(seq, _)| *seq > mark);
         match self.client.submit(request) {
             Ok(pending) => self.queue.push_back(Slot::Reply {
                 pending,
@@ -449,6 +655,231 @@ impl Engine {
             }),
             Err(err) => self.client_failure(&err),
         }
+    }
+
+    /// Refuse a command under `--read-only`.
+    fn refuse(&mut self, name: &str) {
+        let text = readonly::refusal(name);
+        self.failure(format!("ERROR: {text}\n"), "ReadOnly", text);
+    }
+
+    /// Warn (once each per session) about what the command uses that the
+    /// live schema marks deprecated or unstable.
+    fn warn_marked(&mut self, name: &str, args: Option<&Object>) {
+        let Some(facts) = self.store.facts(&self.client) else {
+            return;
+        };
+        for warning in facts.warnings(name, args) {
+            if self.warned.insert(warning.clone()) {
+                self.queue
+                    .push_back(Slot::Note(format!("warning: {warning}\n")));
+            }
+        }
+    }
+
+    /// Run a shell command (`/...`).
+    fn meta(&mut self, line: &str) {
+        let name = line.split_whitespace().next().unwrap_or("/").to_owned();
+        let parsed = match meta::parse(line) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                return self.failure(
+                    format!("ERROR: {name}: {err}\n"),
+                    "ParseError",
+                    format!("{name}: {err}"),
+                )
+            }
+        };
+        match parsed {
+            Meta::Oob(msg) => self.oob(msg),
+            Meta::Fd {
+                read_only,
+                path,
+                command,
+            } => self.fd(read_only, &path, command),
+            Meta::Record(path) => self.start_record(path.as_deref()),
+            Meta::Play(path) => self.play(&path),
+            Meta::Wait {
+                timeout,
+                event,
+                filter,
+            } => self.wait(event, filter, timeout),
+            Meta::Jobs { timeout } => {
+                self.queue.push_back(Slot::Jobs(Box::new(Follow {
+                    timeout,
+                    deadline: None,
+                    polls: None,
+                    results: [None, None],
+                    next_poll: None,
+                    events_seen: self.last_sent,
+                    progress: Progress::new(),
+                    bars: self.cfg.progress_bars.then(Bars::new),
+                })));
+                self.barriers += 1;
+            }
+        }
+    }
+
+    /// `/wait EVENT KEY=VALUE...`: a barrier until the event comes.
+    fn wait(&mut self, event: String, filter: Object, timeout: Option<Duration>) {
+        if !self.cfg.guest_agent {
+            if let Some(facts) = self.store.facts(&self.client) {
+                if !facts.knows_event(&event) {
+                    return self
+                        .meta_failure("/wait", format!("the server has no event named {event}"));
+                }
+                if let Some(mark) = facts.event_mark(&event) {
+                    let warning = format!("event {event} is {mark} (QMP schema)");
+                    if self.warned.insert(warning.clone()) {
+                        self.queue
+                            .push_back(Slot::Note(format!("warning: {warning}\n")));
+                    }
+                }
+            }
+        }
+        self.queue.push_back(Slot::Wait {
+            event,
+            filter,
+            after: self.last_sent,
+            timeout,
+            deadline: None,
+        });
+        self.barriers += 1;
+    }
+
+    /// Move the tapped events into `recent`.
+    fn drain_tap(&mut self) {
+        self.recent.extend(self.tapped.drain());
+        while self.recent.len() > MAX_RECENT_EVENTS {
+            self.recent.pop_front();
+        }
+    }
+
+    fn meta_failure(&mut self, name: &str, text: String) {
+        self.failure(
+            format!("ERROR: {name}: {text}\n"),
+            "GenericError",
+            format!("{name}: {text}"),
+        );
+    }
+
+    /// `/oob COMMAND ...`: only when out-of-band execution was negotiated
+    /// and the schema allows it for the command.
+    fn oob(&mut self, msg: Object) {
+        let name = msg
+            .get("exec-oob")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if !self.client.oob_enabled() {
+            return self.meta_failure(
+                "/oob",
+                "out-of-band execution was not negotiated (the server does not offer it)"
+                    .to_owned(),
+            );
+        }
+        if let Some(facts) = self.store.facts(&self.client) {
+            if facts.knows(&name) && !facts.allows_oob(&name) {
+                return self.meta_failure(
+                    "/oob",
+                    format!(
+                        "{name} cannot run out of band (its allow-oob is false in the QMP \
+                         schema; these can: {})",
+                        facts.oob_commands().join(", ")
+                    ),
+                );
+            }
+        }
+        if self.cfg.verbose && !self.cfg.json {
+            self.queue.push_back(Slot::Echo(msg.clone()));
+        }
+        self.send(Request::new(msg), false);
+    }
+
+    /// `/fd [--read-only] PATH COMMAND ...`: the file opened with the
+    /// user's rights and handed to QEMU with the command.
+    fn fd(&mut self, read_only: bool, path: &str, command: Object) {
+        if !self.client.passes_fds() {
+            return self.meta_failure(
+                "/fd",
+                "this connection cannot pass file descriptors (only a UNIX socket can)".to_owned(),
+            );
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        if read_only {
+            opts.read(true);
+        } else {
+            opts.read(true).write(true).create(true).mode(0o600);
+        }
+        let file = match opts.custom_flags(libc::O_CLOEXEC).open(path) {
+            Ok(file) => file,
+            Err(err) => {
+                return self.meta_failure(
+                    "/fd",
+                    format!("cannot open {path}: {}", python_io_error(&err)),
+                )
+            }
+        };
+        if self.cfg.verbose && !self.cfg.json {
+            self.queue.push_back(Slot::Echo(command.clone()));
+        }
+        self.send(
+            Request::new(command).with_fds(vec![OwnedFd::from(file)]),
+            false,
+        );
+    }
+
+    /// `/record FILE` or `/record off`.
+    fn start_record(&mut self, path: Option<&str>) {
+        self.record = None;
+        let Some(path) = path else {
+            return;
+        };
+        match open_private(Path::new(path), Existing::Truncate) {
+            Ok(file) => self.record = Some(file),
+            Err(err) => self.meta_failure(
+                "/record",
+                format!("cannot open {path}: {}", python_io_error(&err)),
+            ),
+        }
+    }
+
+    /// `/play FILE`: its lines run as if typed, after this one.
+    fn play(&mut self, path: &str) {
+        if self.playing {
+            return self.meta_failure("/play", "nested /play is refused".to_owned());
+        }
+        let text = match File::open(path).and_then(|f| {
+            let mut text = String::new();
+            io::Read::read_to_string(&mut io::Read::take(f, MAX_PLAY_BYTES + 1), &mut text)?;
+            Ok(text)
+        }) {
+            Ok(text) if text.len() as u64 > MAX_PLAY_BYTES => {
+                return self.meta_failure(
+                    "/play",
+                    format!("{path} is larger than {} MiB", MAX_PLAY_BYTES >> 20),
+                )
+            }
+            Ok(text) => text,
+            Err(err) => {
+                return self.meta_failure(
+                    "/play",
+                    format!("cannot read {path}: {}", python_io_error(&err)),
+                )
+            }
+        };
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        for line in &lines {
+            self.record_line(line);
+        }
+        self.playing = !lines.is_empty();
+        self.playback.extend(lines);
+    }
+
+    /// Drop the rest of a `/play` file (Ctrl-C); returns how many lines.
+    pub fn stop_playing(&mut self) -> usize {
+        self.playing = false;
+        std::mem::take(&mut self.playback).len()
     }
 
     /// A client error for a command that never got a reply.
@@ -487,6 +918,22 @@ impl Engine {
         while self.stop.is_none() {
             if let Err(err) = self.notices() {
                 return self.output_failed(&err);
+            }
+            match self.queue.front() {
+                None => break,
+                Some(Slot::Wait { .. }) => {
+                    if self.pump_wait() {
+                        continue;
+                    }
+                    break;
+                }
+                Some(Slot::Jobs(_)) => {
+                    if self.pump_jobs() {
+                        continue;
+                    }
+                    break;
+                }
+                _ => {}
             }
             let Some(front) = self.queue.front_mut() else {
                 break;
@@ -534,16 +981,188 @@ impl Engine {
         }
     }
 
+    /// The `/wait` at the front: done (`true`) when its event came or its
+    /// time is up.
+    fn pump_wait(&mut self) -> bool {
+        self.drain_tap();
+        let Some(Slot::Wait {
+            event,
+            filter,
+            after,
+            timeout,
+            deadline,
+        }) = self.queue.front_mut()
+        else {
+            return false;
+        };
+        let found = self.recent.iter().position(|(seq, ev)| {
+            *seq > *after
+                && ev.name() == Some(event.as_str())
+                && meta::matches(ev.body.get("data"), filter)
+        });
+        let now = Instant::now();
+        if let Some(i) = found {
+            let body = self.recent[i].1.body.clone();
+            self.queue.pop_front();
+            self.barriers -= 1;
+            if let Err(err) = self.out.reply(body) {
+                self.output_failed(&err);
+            }
+            return true;
+        }
+        match (*deadline, *timeout) {
+            (None, Some(t)) => *deadline = now.checked_add(t),
+            (Some(d), Some(t)) if now >= d => {
+                let text = format!("no {event} event within {} s", t.as_secs_f64());
+                self.queue.pop_front();
+                self.barriers -= 1;
+                if let Err(err) = self.print(Slot::Failure {
+                    diag: format!("ERROR: /wait: {text}\n"),
+                    class: "Timeout",
+                    desc: format!("/wait: {text}"),
+                }) {
+                    self.output_failed(&err);
+                }
+                return true;
+            }
+            _ => {}
+        }
+        if !self.client.is_connected() {
+            self.queue.pop_front();
+            self.barriers -= 1;
+            self.disconnected();
+            return true;
+        }
+        false
+    }
+
+    /// The `/jobs` at the front: poll, print what changed, done (`true`)
+    /// when nothing runs any more or its time is up.
+    fn pump_jobs(&mut self) -> bool {
+        self.drain_tap();
+        let Some(Slot::Jobs(follow)) = self.queue.front_mut() else {
+            return false;
+        };
+        // Job events: what they tell, and a poll at once.
+        let mut lines = Vec::new();
+        let mut job_event = false;
+        let from = follow.events_seen;
+        for (seq, ev) in self.recent.iter().filter(|(seq, _)| *seq > from) {
+            follow.events_seen = *seq;
+            let Some(name) = ev.name() else { continue };
+            if let Some(job) = follow.progress.event(name, ev.body.get("data")) {
+                if follow.bars.is_none() {
+                    lines.push(job.to_json());
+                }
+            }
+            job_event |= matches!(
+                name,
+                "JOB_STATUS_CHANGE" | "MIGRATION" | "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_READY"
+            );
+        }
+        let now = Instant::now();
+        let client = Arc::clone(&self.client);
+        if let (None, Some(t)) = (follow.deadline, follow.timeout) {
+            follow.deadline = now.checked_add(t);
+        }
+        if job_event && follow.polls.is_none() {
+            follow.next_poll = None;
+        }
+        if follow.polls.is_none() && follow.next_poll.is_none_or(|t| now >= t) {
+            let q = |name| client.submit(Request::new(qmp::command(name, None)));
+            match (q("query-jobs"), q("query-migrate")) {
+                (Ok(a), Ok(b)) => {
+                    follow.polls = Some([a, b]);
+                    follow.results = [None, None];
+                }
+                _ => {
+                    self.queue.pop_front();
+                    self.barriers -= 1;
+                    self.disconnected();
+                    return true;
+                }
+            }
+        }
+        let mut done = false;
+        if let Some(polls) = follow.polls.as_mut() {
+            for (poll, result) in polls.iter_mut().zip(follow.results.iter_mut()) {
+                if result.is_none() {
+                    *result = poll.try_take();
+                }
+            }
+            if let [Some(ra), Some(rb)] = &follow.results {
+                if matches!(ra, Err(QmpError::Disconnected)) {
+                    self.queue.pop_front();
+                    self.barriers -= 1;
+                    self.disconnected();
+                    return true;
+                }
+                let ret =
+                    |r: &Result<Reply, QmpError>| r.as_ref().ok().and_then(|r| r.ret().cloned());
+                let changed = follow.progress.update(ret(ra).as_ref(), ret(rb).as_ref());
+                follow.polls = None;
+                follow.results = [None, None];
+                follow.next_poll = now.checked_add(jobs::POLL_INTERVAL);
+                match follow.bars.as_mut() {
+                    Some(bars) => bars.show(follow.progress.jobs()),
+                    None => lines.extend(changed.iter().map(|j| j.to_json())),
+                }
+                done = !follow.progress.running();
+            }
+        }
+        let timed_out = !done && follow.deadline.is_some_and(|d| now >= d);
+        if done || timed_out {
+            let Some(Slot::Jobs(follow)) = self.queue.pop_front() else {
+                unreachable!("the front slot is /jobs");
+            };
+            self.barriers -= 1;
+            let follow = *follow;
+            if let Some(bars) = follow.bars {
+                bars.finish();
+            }
+            lines.push(follow.progress.final_json());
+            for line in lines {
+                if let Err(err) = self.out.reply(line) {
+                    self.output_failed(&err);
+                    return true;
+                }
+            }
+            if timed_out {
+                let t = follow.timeout.unwrap_or_default().as_secs_f64();
+                let text = format!("jobs still running after {t} s (they go on)");
+                if let Err(err) = self.print(Slot::Failure {
+                    diag: format!("ERROR: /jobs: {text}\n"),
+                    class: "Timeout",
+                    desc: format!("/jobs: {text}"),
+                }) {
+                    self.output_failed(&err);
+                }
+            }
+            return true;
+        }
+        for line in lines {
+            if let Err(err) = self.out.reply(line) {
+                self.output_failed(&err);
+                return true;
+            }
+        }
+        false
+    }
+
     fn print(&mut self, slot: Slot) -> io::Result<()> {
         match slot {
             Slot::Text(text) => self.out.text(&text),
+            Slot::FailedText(text) => {
+                self.failed();
+                self.out.text(&text)
+            }
             Slot::Echo(cmd) => self.out.echo(&cmd),
             Slot::Note(text) => {
                 self.out.diag(&text);
                 Ok(())
             }
             Slot::Failure { diag, class, desc } => {
-                self.failures += 1;
+                self.failed();
                 self.out.diag(&diag);
                 if self.cfg.json {
                     let mut error = Object::new();
@@ -562,7 +1181,9 @@ impl Engine {
                 }
                 Ok(())
             }
-            Slot::Reply { .. } => unreachable!("replies are printed by pump"),
+            Slot::Reply { .. } | Slot::Wait { .. } | Slot::Jobs(_) => {
+                unreachable!("printed by pump")
+            }
         }
     }
 
@@ -570,7 +1191,7 @@ impl Engine {
         match result {
             Ok(reply) => {
                 if reply.is_error() {
-                    self.failures += 1;
+                    self.failed();
                 }
                 let body = shown(reply);
                 if self.cfg.json || !hmp {
@@ -630,6 +1251,15 @@ impl Engine {
         }
     }
 
+    /// Count a failed command; with `-e`, the session stops after it is
+    /// printed.
+    fn failed(&mut self) {
+        self.failures += 1;
+        if self.cfg.exit_on_error && self.stop.is_none() {
+            self.stop = Some(exit::COMMAND_FAILED);
+        }
+    }
+
     fn output_failed(&mut self, err: &io::Error) {
         // A reader that went away (`| head`) needs no explanation.
         if err.kind() != io::ErrorKind::BrokenPipe {
@@ -653,7 +1283,11 @@ impl Engine {
     /// When the oldest reply times out, if `--timeout` applies.
     pub fn deadline(&self) -> Option<Instant> {
         match self.queue.front() {
-            Some(Slot::Reply { deadline, .. }) => *deadline,
+            Some(Slot::Reply { deadline, .. }) | Some(Slot::Wait { deadline, .. }) => *deadline,
+            Some(Slot::Jobs(f)) => match (f.deadline, f.next_poll) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
             _ => None,
         }
     }
@@ -688,6 +1322,7 @@ impl Engine {
     /// shown as such when they come.
     fn abandon_replies(&mut self) {
         let mut abandoned = 0;
+        let mut stopped = None;
         for slot in std::mem::take(&mut self.queue) {
             match slot {
                 Slot::Reply { pending, .. } => {
@@ -695,6 +1330,13 @@ impl Engine {
                     abandoned += 1;
                 }
                 Slot::Barrier => {}
+                Slot::Wait { event, .. } => stopped = Some(format!("stopped waiting for {event}")),
+                Slot::Jobs(follow) => {
+                    if let Some(bars) = follow.bars {
+                        bars.finish();
+                    }
+                    stopped = Some("stopped following the jobs; they go on".to_owned());
+                }
                 other => self.queue.push_back(other),
             }
         }
@@ -703,6 +1345,15 @@ impl Engine {
             self.queue.push_back(Slot::Note(
                 "(abandoned; a late reply will be shown as such)\n".to_owned(),
             ));
+        }
+        if let Some(text) = stopped {
+            self.queue.push_back(Slot::Note(format!("({text})\n")));
+        }
+        let dropped = self.stop_playing();
+        if dropped > 0 {
+            self.queue.push_back(Slot::Note(format!(
+                "(the {dropped} remaining lines of /play not run)\n"
+            )));
         }
     }
 
@@ -754,20 +1405,4 @@ fn ready(body: Object) -> Pending {
 /// A [`Pending`] already failed with [`QmpError::Disconnected`].
 fn ready_err() -> Pending {
     Pending::resolved(Err(QmpError::Disconnected))
-}
-
-/// Fetch and parse the schema, out of the traffic log.
-pub fn fetch_schema(client: &Client, timeout: Option<Duration>) -> Result<Schema, String> {
-    let request = Request::new(qmp::command("query-qmp-schema", None)).unlogged();
-    let reply = client
-        .submit(request)
-        .and_then(|p| p.wait(timeout))
-        .map_err(|e| client_error(&e))?;
-    match reply.ret() {
-        Some(ret) if ret.is_array() => Ok(Schema::from_value(ret)),
-        _ => Err(reply
-            .error_desc()
-            .map(str::to_owned)
-            .unwrap_or_else(|| "query-qmp-schema failed".to_owned())),
-    }
 }

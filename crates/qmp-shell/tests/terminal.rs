@@ -957,7 +957,9 @@ fn pasted_lines_all_run_in_order() {
     paste(&t, "query-name\nquery-status\nquery-version\n", false);
     let screen = t.wait_for("\"package\"");
     let name = screen.find("{\"return\": {}}").expect("query-name's reply");
-    let status = screen.find("\"running\": true").expect("query-status's reply");
+    let status = screen
+        .find("\"running\": true")
+        .expect("query-status's reply");
     let version = screen.find("\"package\"").expect("query-version's reply");
     assert!(name < status && status < version, "{}", t.failure("order"));
     t.wait_line(PROMPT);
@@ -999,7 +1001,11 @@ fn ctrl_c_abandons_a_wait_and_the_late_reply_is_shown() {
     // The session goes on, and the shell did not exit.
     t.line("query-name");
     t.wait_for("{\"return\": {}}");
-    assert!(!t.dir.path().join("exit").exists(), "{}", t.failure("exited"));
+    assert!(
+        !t.dir.path().join("exit").exists(),
+        "{}",
+        t.failure("exited")
+    );
     t.press(&["C-d"]);
     assert_eq!(t.wait_exit(), 0, "{}", t.failure("exit status"));
     t.assert_terminal_usable();
@@ -1072,9 +1078,14 @@ fn a_pipe_behind_the_shell_gets_no_editing_codes() {
     t.wait_exit();
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(!text.contains('\x1b'), "escape codes in {text:?}");
-    assert!(text.starts_with("Welcome to the QMP low-level shell!\n"), "{text:?}");
     assert!(
-        text.contains("{\"return\": {\"status\": \"running\", \"singlestep\": false, \"running\": true}}\n"),
+        text.starts_with("Welcome to the QMP low-level shell!\n"),
+        "{text:?}"
+    );
+    assert!(
+        text.contains(
+            "{\"return\": {\"status\": \"running\", \"singlestep\": false, \"running\": true}}\n"
+        ),
         "{text:?}"
     );
 }
@@ -1125,7 +1136,14 @@ fn child_of(wrap_pid: u32) -> u32 {
 fn ctrl_c_under_the_wrap_never_reaches_qemu() {
     let t = Term::launch(
         &ours_wrap(),
-        &["qemu-system-x86_64", "-M", "none", "-display", "none", "-nodefaults"],
+        &[
+            "qemu-system-x86_64",
+            "-M",
+            "none",
+            "-display",
+            "none",
+            "-nodefaults",
+        ],
         &[],
         |_| {},
         "",
@@ -1152,7 +1170,14 @@ fn the_terminal_is_restored_when_the_wrap_ends_on_a_signal() {
     for sig in [libc::SIGTERM, libc::SIGHUP] {
         let t = Term::launch(
             &ours_wrap(),
-            &["qemu-system-x86_64", "-M", "none", "-display", "none", "-nodefaults"],
+            &[
+                "qemu-system-x86_64",
+                "-M",
+                "none",
+                "-display",
+                "none",
+                "-nodefaults",
+            ],
             &[],
             |_| {},
             "",

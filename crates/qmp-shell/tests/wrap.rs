@@ -677,9 +677,11 @@ fn unwritable_log_stops_qemu_and_cleans_up() {
 /// No process in the system mentions `tmp` (QEMU's socket is in it),
 /// waiting a bounded time for a daemon to go.
 fn nothing_left(tmp: &Path) {
-    wait_until("every QEMU of the wrap to be gone", Duration::from_secs(20), || {
-        processes_mentioning(tmp.to_str().unwrap()).is_empty()
-    });
+    wait_until(
+        "every QEMU of the wrap to be gone",
+        Duration::from_secs(20),
+        || processes_mentioning(tmp.to_str().unwrap()).is_empty(),
+    );
     assert!(wrap_dirs(tmp).is_empty());
 }
 
@@ -707,7 +709,11 @@ fn a_launcher_script_that_does_not_exec_leaves_nothing_running() {
         SHELL_TIMEOUT,
     );
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    assert!(text(&out.stdout).contains("\"running\": true"), "{}", show(&out));
+    assert!(
+        text(&out.stdout).contains("\"running\": true"),
+        "{}",
+        show(&out)
+    );
     // QEMU was asked to quit over QMP: it exited normally, not on a signal.
     assert_eq!(
         text(&out.stderr),
@@ -724,7 +730,11 @@ fn a_daemonized_qemu_is_stopped_too() {
     args.push("-daemonize");
     let (out, tmp) = run_wrap(&args, "query-status\n", SHELL_TIMEOUT);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    assert!(text(&out.stdout).contains("\"running\": true"), "{}", show(&out));
+    assert!(
+        text(&out.stdout).contains("\"running\": true"),
+        "{}",
+        show(&out)
+    );
     nothing_left(tmp.path());
 }
 
@@ -756,7 +766,10 @@ fn qemu_quits_quietly_and_json_stays_clean() {
 
 #[test]
 fn a_comma_in_tmpdir_is_escaped_for_qemu() {
-    let base = tempfile::Builder::new().prefix("qmp-wt-").tempdir().unwrap();
+    let base = tempfile::Builder::new()
+        .prefix("qmp-wt-")
+        .tempdir()
+        .unwrap();
     let tmp = base.path().join("with,comma");
     std::fs::create_dir(&tmp).unwrap();
     let out = run_shell_env(
@@ -767,7 +780,11 @@ fn a_comma_in_tmpdir_is_escaped_for_qemu() {
         &[("TMPDIR", tmp.to_str().unwrap())],
     );
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    assert!(text(&out.stdout).contains("\"running\": true"), "{}", show(&out));
+    assert!(
+        text(&out.stdout).contains("\"running\": true"),
+        "{}",
+        show(&out)
+    );
     nothing_left(&tmp);
 }
 
@@ -802,7 +819,10 @@ fn dash_c_runs_commands_and_shell_only_options_are_refused() {
 
 #[test]
 fn a_full_standard_error_changes_nothing() {
-    let tmp = tempfile::Builder::new().prefix("qmp-wt-").tempdir().unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("qmp-wt-")
+        .tempdir()
+        .unwrap();
     let home = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(ours_wrap());
     shell_env(&mut cmd, home.path());

@@ -177,6 +177,11 @@ impl Request {
         self
     }
 
+    /// The message to send.
+    pub fn message(&self) -> &Object {
+        &self.msg
+    }
+
     /// Whether this is an out-of-band request (`"exec-oob"`).
     pub fn is_oob(&self) -> bool {
         self.msg.contains_key("exec-oob")

@@ -55,7 +55,7 @@ pub fn tokenize(line: &str) -> Vec<String> {
 /// token is split into the same runs the tokenizer saw. A quote character
 /// that starts no complete run (possible only when this is called on text
 /// that did not come from [`tokenize`]) is kept literally.
-pub(crate) fn unquote(raw: &str) -> String {
+pub fn unquote(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
     while let Some(c) = rest.chars().next() {

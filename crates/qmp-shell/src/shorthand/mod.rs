@@ -28,7 +28,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-pub use lexer::tokenize;
+pub use lexer::{tokenize, unquote};
 
 /// A JSON object, keys in insertion order.
 pub type Object = serde_json::Map<String, serde_json::Value>;

@@ -50,12 +50,31 @@ impl Conn {
     }
 
     /// Read one command: its `execute` name and its `id` (JSON `null` if none).
+    ///
+    /// The look-ups the shell makes on its own before its first command
+    /// (`query-commands`, `query-qmp-schema`, for the deprecation checks)
+    /// are answered here, as a server without introspection would
+    /// (`CommandNotFound`), and not returned: scenarios see the user's
+    /// commands only.
     pub fn read_command(&mut self) -> Option<(String, Value)> {
-        let line = self.read_line()?;
-        let v: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("hostile server: client sent non-JSON {line:?}: {e}"));
-        let name = v["execute"].as_str().unwrap_or_default().to_string();
-        Some((name, v.get("id").cloned().unwrap_or(Value::Null)))
+        loop {
+            let line = self.read_line()?;
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("hostile server: client sent non-JSON {line:?}: {e}"));
+            let name = v["execute"].as_str().unwrap_or_default().to_string();
+            let id = v.get("id").cloned().unwrap_or(Value::Null);
+            if matches!(name.as_str(), "query-commands" | "query-qmp-schema") {
+                self.send(
+                    format!(
+                        "{{\"id\": {id}, \"error\": {{\"class\": \"CommandNotFound\", \
+                         \"desc\": \"The command {name} has not been found\"}}}}\r\n"
+                    )
+                    .as_bytes(),
+                );
+                continue;
+            }
+            return Some((name, id));
+        }
     }
 
     /// Greet, read `qmp_capabilities` and accept it.

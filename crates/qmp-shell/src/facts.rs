@@ -1,0 +1,301 @@
+//! What the safety net needs to know about a server, derived from its QMP
+//! schema: which commands, arguments, enum values and events are marked
+//! `deprecated` or `unstable`, and which commands may run out of band.
+//!
+//! Pure: built from a [`Schema`], checked against commands, and written to
+//! and read from JSON (so [`crate::store`] can keep it on disk: the facts of
+//! a QEMU build are a few kilobytes, its schema half a megabyte that takes
+//! QEMU 25 ms to produce).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use qmp::Object;
+use serde_json::{json, Value};
+
+use crate::schema::{Mark, Schema, WARNED_FEATURES};
+
+/// The version of the JSON form; another version is ignored.
+const FORMAT: u64 = 1;
+
+/// Facts about one command.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Command {
+    mark: Option<&'static str>,
+    oob: bool,
+    args: Vec<Mark>,
+}
+
+/// Deprecation marks and out-of-band permissions of a server's commands
+/// and events.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Facts {
+    /// Every command the server has; the facts of those with any.
+    commands: BTreeMap<String, Command>,
+    /// Every event, with its mark if it has one.
+    events: BTreeMap<String, Option<&'static str>>,
+}
+
+/// A feature name from JSON, as one of ours.
+fn feature(name: &str) -> Option<&'static str> {
+    WARNED_FEATURES.into_iter().find(|f| *f == name)
+}
+
+impl Facts {
+    /// The facts of `schema`.
+    pub fn from_schema(schema: &Schema) -> Facts {
+        let mut facts = Facts::default();
+        for name in schema.command_names() {
+            facts.commands.insert(
+                name.to_owned(),
+                Command {
+                    mark: schema.command_mark(name),
+                    oob: schema.allows_oob(name) == Some(true),
+                    args: schema.marks(name),
+                },
+            );
+        }
+        for name in schema.event_names() {
+            facts
+                .events
+                .insert(name.to_owned(), schema.event_mark(name));
+        }
+        facts
+    }
+
+    /// Whether the server has command `name`.
+    pub fn knows(&self, name: &str) -> bool {
+        self.commands.contains_key(name)
+    }
+
+    /// Whether command `name` may run out of band.
+    pub fn allows_oob(&self, name: &str) -> bool {
+        self.commands.get(name).is_some_and(|c| c.oob)
+    }
+
+    /// The commands that may run out of band, sorted.
+    pub fn oob_commands(&self) -> Vec<&str> {
+        self.commands
+            .iter()
+            .filter(|(_, c)| c.oob)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    /// `deprecated` or `unstable` for command `name`.
+    pub fn command_mark(&self, name: &str) -> Option<&'static str> {
+        self.commands.get(name)?.mark
+    }
+
+    /// `deprecated` or `unstable` for event `name`.
+    pub fn event_mark(&self, name: &str) -> Option<&'static str> {
+        self.events.get(name).copied().flatten()
+    }
+
+    /// Whether the server has event `name`.
+    pub fn knows_event(&self, name: &str) -> bool {
+        self.events.contains_key(name)
+    }
+
+    /// Every event name, sorted.
+    pub fn event_names(&self) -> Vec<&str> {
+        self.events.keys().map(String::as_str).collect()
+    }
+
+    /// One-line warnings (without the `warning: ` prefix) for what the
+    /// command `name` with `args` uses that the schema marks: the command
+    /// itself, its arguments, the enum values given. Array elements are
+    /// looked into; the paths are dotted.
+    pub fn warnings(&self, name: &str, args: Option<&Object>) -> Vec<String> {
+        let Some(command) = self.commands.get(name) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if let Some(mark) = command.mark {
+            out.push(format!("command {name} is {mark} (QMP schema)"));
+        }
+        if let (Some(args), false) = (args, command.args.is_empty()) {
+            let mut stack: Vec<(String, &Value)> =
+                args.iter().rev().map(|(k, v)| (k.clone(), v)).collect();
+            while let Some((path, value)) = stack.pop() {
+                for m in command.args.iter().filter(|m| m.path == path) {
+                    match (&m.value, value) {
+                        (None, _) => out.push(format!(
+                            "argument '{path}' of {name} is {} (QMP schema)",
+                            m.feature
+                        )),
+                        (Some(v), Value::String(s)) if v == s => out.push(format!(
+                            "value '{v}' of argument '{path}' of {name} is {} (QMP schema)",
+                            m.feature
+                        )),
+                        _ => {}
+                    }
+                }
+                match value {
+                    Value::Object(map) => {
+                        for (k, v) in map.iter().rev() {
+                            stack.push((format!("{path}.{k}"), v));
+                        }
+                    }
+                    Value::Array(items) => {
+                        for v in items.iter().rev() {
+                            stack.push((path.clone(), v));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
+    /// The JSON form (for the disk cache).
+    pub fn to_json(&self) -> Value {
+        let commands: serde_json::Map<String, Value> = self
+            .commands
+            .iter()
+            .map(|(name, c)| {
+                let mut obj = serde_json::Map::new();
+                if let Some(mark) = c.mark {
+                    obj.insert("mark".to_owned(), json!(mark));
+                }
+                if c.oob {
+                    obj.insert("oob".to_owned(), json!(true));
+                }
+                if !c.args.is_empty() {
+                    let args: Vec<Value> = c
+                        .args
+                        .iter()
+                        .map(|m| json!([m.path, m.value, m.feature]))
+                        .collect();
+                    obj.insert("args".to_owned(), Value::Array(args));
+                }
+                (name.clone(), Value::Object(obj))
+            })
+            .collect();
+        json!({"format": FORMAT, "commands": commands, "events": self.events})
+    }
+
+    /// Read the JSON form; `None` for anything else (an older format, a
+    /// damaged file).
+    pub fn from_json(v: &Value) -> Option<Facts> {
+        if v.get("format")?.as_u64()? != FORMAT {
+            return None;
+        }
+        let mut facts = Facts::default();
+        for (name, c) in v.get("commands")?.as_object()? {
+            let mut command = Command::default();
+            if let Some(mark) = c.get("mark") {
+                command.mark = Some(feature(mark.as_str()?)?);
+            }
+            command.oob = c.get("oob").and_then(Value::as_bool) == Some(true);
+            for a in c
+                .get("args")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let [path, value, f] = a.as_array()?.as_slice() else {
+                    return None;
+                };
+                command.args.push(Mark {
+                    path: path.as_str()?.to_owned(),
+                    value: match value {
+                        Value::Null => None,
+                        v => Some(v.as_str()?.to_owned()),
+                    },
+                    feature: feature(f.as_str()?)?,
+                });
+            }
+            facts.commands.insert(name.clone(), command);
+        }
+        for (name, mark) in v.get("events")?.as_object()? {
+            let mark = match mark {
+                Value::Null => None,
+                m => Some(feature(m.as_str()?)?),
+            };
+            facts.events.insert(name.clone(), mark);
+        }
+        Some(facts)
+    }
+
+    /// Command names, for fingerprinting a server.
+    pub fn command_names(&self) -> BTreeSet<&str> {
+        self.commands.keys().map(String::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qemu() -> Facts {
+        let text = include_str!("../tests/data/schema/qemu-7.2-system.json");
+        let v: Value = serde_json::from_str(text).unwrap();
+        let ret = v.get("return").cloned().unwrap_or(v);
+        Facts::from_schema(&Schema::from_value(&ret))
+    }
+
+    fn args(text: &str) -> Object {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn commands_arguments_values_and_events_of_qemu_7_2() {
+        let f = qemu();
+        assert_eq!(f.command_mark("nbd-server-add"), Some("deprecated"));
+        assert_eq!(f.command_mark("drive-backup"), Some("deprecated"));
+        assert_eq!(f.command_mark("x-query-jit"), Some("unstable"));
+        assert_eq!(f.command_mark("query-status"), None);
+        assert_eq!(f.event_mark("MEM_UNPLUG_ERROR"), Some("deprecated"));
+        assert_eq!(f.event_mark("STOP"), None);
+        assert!(f.knows_event("JOB_STATUS_CHANGE") && !f.knows_event("NOPE"));
+        assert!(f.allows_oob("migrate-pause") && f.allows_oob("query-yank"));
+        assert!(!f.allows_oob("query-status"));
+        assert_eq!(
+            f.oob_commands(),
+            ["migrate-pause", "migrate-recover", "query-yank", "yank"]
+        );
+        assert_eq!(
+            f.warnings("nbd-server-add", Some(&args(r#"{"device": "n0"}"#))),
+            ["command nbd-server-add is deprecated (QMP schema)"]
+        );
+        assert_eq!(
+            f.warnings("eject", Some(&args(r#"{"device": "cd0", "force": true}"#))),
+            ["argument 'device' of eject is deprecated (QMP schema)"]
+        );
+        assert_eq!(
+            f.warnings(
+                "transaction",
+                Some(&args(
+                    r#"{"actions": [{"type": "abort", "data": {}},
+                                    {"type": "drive-backup", "data": {"device": "d"}}]}"#
+                ))
+            ),
+            ["value 'drive-backup' of argument 'actions.type' of transaction is deprecated (QMP schema)"]
+        );
+        assert!(f.warnings("query-status", None).is_empty());
+        assert!(f
+            .warnings(
+                "blockdev-add",
+                Some(&args(r#"{"driver": "null-co", "node-name": "n0"}"#))
+            )
+            .is_empty());
+        assert!(f.warnings("no-such-command", None).is_empty());
+    }
+
+    #[test]
+    fn json_form_round_trips_and_refuses_others() {
+        let f = qemu();
+        let text = serde_json::to_string(&f.to_json()).unwrap();
+        // Small enough to keep on disk for every QEMU met.
+        assert!(text.len() < 64 << 10, "{} bytes", text.len());
+        let back = Facts::from_json(&serde_json::from_str(&text).unwrap()).unwrap();
+        assert_eq!(back, f);
+        assert!(Facts::from_json(&json!({"format": 99})).is_none());
+        assert!(Facts::from_json(
+            &json!({"format": 1, "commands": {"a": {"mark": "odd"}}, "events": {}})
+        )
+        .is_none());
+        assert!(Facts::from_json(&json!([])).is_none());
+    }
+}

@@ -1,0 +1,310 @@
+//! The shell's own commands: lines starting with `/` (no QMP or HMP
+//! command does). Pure parsing, beside the shorthand; the session engine
+//! runs them.
+//!
+//! | command | what it does |
+//! | --- | --- |
+//! | `/wait [--timeout=SECONDS] EVENT [KEY=VALUE...]` | wait for an event whose `data` matches |
+//! | `/jobs [--timeout=SECONDS]` | follow running jobs and migration until none runs |
+//! | `/record FILE`, `/record off` | write the following command lines to FILE |
+//! | `/play FILE` | run a script file as if typed |
+//! | `/oob COMMAND [KEY=VALUE...]` | send COMMAND out of band (`exec-oob`) |
+//! | `/fd [--read-only] PATH COMMAND [KEY=VALUE...]` | send COMMAND with PATH opened and attached |
+
+use std::time::Duration;
+
+use qmp::Object;
+use serde_json::Value;
+
+use crate::shorthand::{parse_arguments, tokenize, unquote, ParseError};
+
+/// A parsed meta-command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Meta {
+    /// `/wait`: an event named `event` whose `data` has every member of
+    /// `filter` (nested objects compared member by member).
+    Wait {
+        /// Give up after this long (a failed command).
+        timeout: Option<Duration>,
+        /// The event name.
+        event: String,
+        /// What its `data` must contain.
+        filter: Object,
+    },
+    /// `/jobs`: follow jobs and a migration until none runs.
+    Jobs {
+        /// Give up after this long (a failed command; the jobs go on).
+        timeout: Option<Duration>,
+    },
+    /// `/record FILE` (`Some`), or `/record off` (`None`).
+    Record(Option<String>),
+    /// `/play FILE`.
+    Play(String),
+    /// `/oob`: the `{"exec-oob": NAME, "arguments": {...}}` to send.
+    Oob(Object),
+    /// `/fd`: open `path` and send `command` with it attached.
+    Fd {
+        /// Open read-only (else read-write, created 0600 if missing).
+        read_only: bool,
+        /// The file to open.
+        path: String,
+        /// `{"execute": NAME, "arguments": {...}}`.
+        command: Object,
+    },
+}
+
+/// The names of the meta-commands, for completion and help.
+pub const NAMES: [&str; 6] = ["/fd", "/jobs", "/oob", "/play", "/record", "/wait"];
+
+/// One line of usage per meta-command.
+pub const USAGE: &str = "\
+Shell commands:
+  /wait [--timeout=SECONDS] EVENT [KEY=VALUE...]
+                    wait for an event whose data matches (events since the
+                    previous command count)
+  /jobs [--timeout=SECONDS]
+                    follow jobs (query-jobs) and migration until none runs
+  /record FILE      write the following command lines to FILE; /record off
+  /play FILE        run the lines of FILE as if typed
+  /oob COMMAND [KEY=VALUE...]
+                    send COMMAND out of band (exec-oob)
+  /fd [--read-only] PATH COMMAND [KEY=VALUE...]
+                    send COMMAND with PATH opened and attached (UNIX socket)
+";
+
+/// Whether `line` is a meta-command (its first non-blank is `/`).
+pub fn is_meta(line: &str) -> bool {
+    line.trim_start().starts_with('/')
+}
+
+/// A token as the user meant it: quotes removed, escapes resolved.
+fn plain(token: &str) -> String {
+    unquote(token)
+}
+
+/// `--timeout=SECONDS`.
+fn parse_timeout(value: &str) -> Result<Duration, ParseError> {
+    let secs: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| ParseError(format!("--timeout: not a number of seconds: {value}")))?;
+    if !secs.is_finite() || secs <= 0.0 || secs > 1.0e9 {
+        return Err(ParseError(format!(
+            "--timeout: must be more than 0 seconds: {value}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Options given to a meta-command: `(name, value)`.
+type Options = Vec<(String, Option<String>)>;
+
+/// Split off leading options (`--NAME` or `--NAME=VALUE`) that `allowed`
+/// knows; returns them and the rest.
+fn options<'a>(
+    tokens: &'a [String],
+    allowed: &[&str],
+    usage: &str,
+) -> Result<(Options, &'a [String]), ParseError> {
+    let mut found = Vec::new();
+    let mut rest = tokens;
+    while let Some(first) = rest.first() {
+        let Some(option) = first.strip_prefix("--") else {
+            break;
+        };
+        let (name, value) = match option.split_once('=') {
+            Some((n, v)) => (n, Some(plain(v))),
+            None => (option, None),
+        };
+        if !allowed.contains(&name) {
+            return Err(ParseError(format!(
+                "unknown option --{name}; usage: {usage}"
+            )));
+        }
+        found.push((name.to_owned(), value));
+        rest = &rest[1..];
+    }
+    Ok((found, rest))
+}
+
+fn command(key: &str, name: &str, args: &[String]) -> Result<Object, ParseError> {
+    let mut arguments = Object::new();
+    parse_arguments(args, &mut arguments)?;
+    let mut cmd = Object::new();
+    cmd.insert(key.to_owned(), Value::String(name.to_owned()));
+    cmd.insert("arguments".to_owned(), Value::Object(arguments));
+    Ok(cmd)
+}
+
+/// Parse a meta-command line (see [`is_meta`]). The error is the reason,
+/// worded for `ERROR: /NAME: REASON`.
+pub fn parse(line: &str) -> Result<Meta, ParseError> {
+    let tokens = tokenize(line.trim());
+    let Some((name, rest)) = tokens.split_first() else {
+        return Err(ParseError("empty command".to_owned()));
+    };
+    let usage_of = |u: &str| ParseError(format!("usage: {u}"));
+    match name.as_str() {
+        "/wait" => {
+            const U: &str = "/wait [--timeout=SECONDS] EVENT [KEY=VALUE...]";
+            let (opts, rest) = options(rest, &["timeout"], U)?;
+            let timeout = timeout_option(&opts, U)?;
+            let Some((event, filters)) = rest.split_first() else {
+                return Err(usage_of(U));
+            };
+            let mut filter = Object::new();
+            parse_arguments(filters, &mut filter)?;
+            Ok(Meta::Wait {
+                timeout,
+                event: plain(event),
+                filter,
+            })
+        }
+        "/jobs" => {
+            const U: &str = "/jobs [--timeout=SECONDS]";
+            let (opts, rest) = options(rest, &["timeout"], U)?;
+            if !rest.is_empty() {
+                return Err(usage_of(U));
+            }
+            Ok(Meta::Jobs {
+                timeout: timeout_option(&opts, U)?,
+            })
+        }
+        "/record" => match rest {
+            [off] if off == "off" => Ok(Meta::Record(None)),
+            [file] => Ok(Meta::Record(Some(plain(file)))),
+            _ => Err(usage_of("/record FILE, or /record off")),
+        },
+        "/play" => match rest {
+            [file] => Ok(Meta::Play(plain(file))),
+            _ => Err(usage_of("/play FILE")),
+        },
+        "/oob" => {
+            let Some((cmd, args)) = rest.split_first() else {
+                return Err(usage_of("/oob COMMAND [KEY=VALUE...]"));
+            };
+            Ok(Meta::Oob(command("exec-oob", &plain(cmd), args)?))
+        }
+        "/fd" => {
+            const U: &str = "/fd [--read-only] PATH COMMAND [KEY=VALUE...]";
+            let (opts, rest) = options(rest, &["read-only"], U)?;
+            if opts.iter().any(|(_, v)| v.is_some()) {
+                return Err(usage_of(U));
+            }
+            let [path, cmd, args @ ..] = rest else {
+                return Err(usage_of(U));
+            };
+            Ok(Meta::Fd {
+                read_only: !opts.is_empty(),
+                path: plain(path),
+                command: command("execute", &plain(cmd), args)?,
+            })
+        }
+        other => Err(ParseError(format!(
+            "unknown shell command {other} (shell commands: {})",
+            NAMES.join(", ")
+        ))),
+    }
+}
+
+fn timeout_option(opts: &Options, usage: &str) -> Result<Option<Duration>, ParseError> {
+    match opts.last() {
+        None => Ok(None),
+        Some((_, Some(v))) => parse_timeout(v).map(Some),
+        Some((_, None)) => Err(ParseError(format!(
+            "--timeout needs =SECONDS; usage: {usage}"
+        ))),
+    }
+}
+
+/// Whether `data` contains `filter`: every member of `filter` is in `data`
+/// with an equal value, nested objects compared member by member (numbers
+/// by value).
+pub fn matches(data: Option<&Value>, filter: &Object) -> bool {
+    filter.iter().all(|(k, want)| {
+        let got = data.and_then(|d| d.get(k));
+        match (want, got) {
+            (Value::Object(w), Some(g @ Value::Object(_))) => matches(Some(g), w),
+            (Value::Number(a), Some(Value::Number(b))) => a.as_f64() == b.as_f64(),
+            (w, Some(g)) => w == g,
+            (_, None) => false,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Object {
+        match v {
+            Value::Object(o) => o,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn wait_with_filters_and_timeout() {
+        assert_eq!(
+            parse("/wait --timeout=2.5 JOB_STATUS_CHANGE id=job0 status=ready").unwrap(),
+            Meta::Wait {
+                timeout: Some(Duration::from_millis(2500)),
+                event: "JOB_STATUS_CHANGE".into(),
+                filter: obj(json!({"id": "job0", "status": "ready"})),
+            }
+        );
+        assert_eq!(
+            parse("  /wait STOP").unwrap(),
+            Meta::Wait {
+                timeout: None,
+                event: "STOP".into(),
+                filter: Object::new()
+            }
+        );
+        assert!(parse("/wait").is_err());
+        assert!(parse("/wait --timeout=0 STOP").is_err());
+        assert!(parse("/wait --timeout STOP").is_err());
+        assert!(parse("/wait --bogus STOP").is_err());
+    }
+
+    #[test]
+    fn the_others() {
+        assert_eq!(parse("/jobs").unwrap(), Meta::Jobs { timeout: None });
+        assert_eq!(parse("/record off").unwrap(), Meta::Record(None));
+        assert_eq!(
+            parse(r#"/record "my file.txt""#).unwrap(),
+            Meta::Record(Some("my file.txt".into()))
+        );
+        assert_eq!(parse("/play a.qmp").unwrap(), Meta::Play("a.qmp".into()));
+        assert_eq!(
+            parse("/oob migrate-pause").unwrap(),
+            Meta::Oob(obj(json!({"exec-oob": "migrate-pause", "arguments": {}})))
+        );
+        assert_eq!(
+            parse("/fd --read-only /tmp/x add-fd fdset-id=3").unwrap(),
+            Meta::Fd {
+                read_only: true,
+                path: "/tmp/x".into(),
+                command: obj(json!({"execute": "add-fd", "arguments": {"fdset-id": 3}})),
+            }
+        );
+        assert!(parse("/fd /tmp/x").is_err());
+        assert!(parse("/play").is_err());
+        let e = parse("/nope").unwrap_err();
+        assert!(e.0.contains("unknown shell command /nope"), "{e}");
+    }
+
+    #[test]
+    fn filters_match_nested_members() {
+        let data = json!({"id": "j", "status": "ready", "n": {"a": 1, "b": [1]}});
+        assert!(matches(Some(&data), &obj(json!({}))));
+        assert!(matches(Some(&data), &obj(json!({"status": "ready"}))));
+        assert!(matches(Some(&data), &obj(json!({"n": {"a": 1.0}}))));
+        assert!(matches(Some(&data), &obj(json!({"n": {"b": [1]}}))));
+        assert!(!matches(Some(&data), &obj(json!({"status": "running"}))));
+        assert!(!matches(Some(&data), &obj(json!({"missing": 1}))));
+        assert!(!matches(None, &obj(json!({"status": "ready"}))));
+        assert!(matches(None, &Object::new()));
+    }
+}

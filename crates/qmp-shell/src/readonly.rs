@@ -1,0 +1,141 @@
+//! `--read-only`: which commands cannot change the VM, and may be sent.
+//!
+//! An allow list, so that a command nobody thought about is refused:
+//! queries (`query-*`, `x-query-*`), QOM reads (`qom-get`, `qom-list`,
+//! `qom-list-types`, `qom-list-properties`, `device-list-properties`),
+//! `human-monitor-command` with an `info` command line; for the guest
+//! agent `guest-info`, `guest-ping` and `guest-get-*`; in HMP mode `info`
+//! (and `cpu N`, which only picks the CPU later `info` commands look at).
+
+use qmp::Object;
+use serde_json::Value;
+
+/// QMP commands that only read, besides `query-*` and `x-query-*`.
+const READERS: [&str; 5] = [
+    "qom-get",
+    "qom-list",
+    "qom-list-types",
+    "qom-list-properties",
+    "device-list-properties",
+];
+
+/// Whether the HMP command line `line` only reads (`info ...`).
+pub fn hmp_allowed(line: &str) -> bool {
+    matches!(line.split_whitespace().next(), Some("info") | Some("cpu"))
+}
+
+/// Whether command `name` with `args` may be sent under `--read-only`;
+/// `guest_agent`: the peer is a guest agent (`-N`).
+pub fn allowed(name: &str, args: Option<&Object>, guest_agent: bool) -> bool {
+    if guest_agent {
+        return matches!(name, "guest-info" | "guest-ping") || name.starts_with("guest-get-");
+    }
+    if name.starts_with("query-") || name.starts_with("x-query-") || READERS.contains(&name) {
+        return true;
+    }
+    if name == "human-monitor-command" {
+        let line = args
+            .and_then(|a| a.get("command-line"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        return matches!(line.split_whitespace().next(), Some("info"));
+    }
+    false
+}
+
+/// The one-line reason a command is refused.
+pub fn refusal(name: &str) -> String {
+    format!("refused by --read-only: {name} may change the VM; it was not sent")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn args(v: Value) -> Object {
+        match v {
+            Value::Object(o) => o,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn queries_and_reads_only() {
+        for name in [
+            "query-status",
+            "x-query-roms",
+            "qom-get",
+            "qom-list",
+            "qom-list-types",
+            "qom-list-properties",
+            "device-list-properties",
+        ] {
+            assert!(allowed(name, None, false), "{name}");
+        }
+        for name in [
+            "stop",
+            "cont",
+            "quit",
+            "system_reset",
+            "blockdev-add",
+            "transaction",
+            "qom-set",
+            "add-fd",
+            "getfd",
+            "migrate-pause",
+            "human-monitor-command",
+            "queryx",
+            "guest-ping",
+        ] {
+            assert!(!allowed(name, None, false), "{name}");
+        }
+        let hmp = |line: &str| args(json!({"command-line": line}));
+        assert!(allowed(
+            "human-monitor-command",
+            Some(&hmp("info status")),
+            false
+        ));
+        assert!(allowed(
+            "human-monitor-command",
+            Some(&hmp("  info")),
+            false
+        ));
+        assert!(!allowed("human-monitor-command", Some(&hmp("stop")), false));
+        assert!(!allowed(
+            "human-monitor-command",
+            Some(&hmp("information")),
+            false
+        ));
+        assert!(!allowed(
+            "human-monitor-command",
+            Some(&args(json!({"command-line": 1}))),
+            false
+        ));
+    }
+
+    #[test]
+    fn guest_agent_and_hmp() {
+        for name in [
+            "guest-info",
+            "guest-ping",
+            "guest-get-osinfo",
+            "guest-get-time",
+        ] {
+            assert!(allowed(name, None, true), "{name}");
+        }
+        for name in [
+            "guest-shutdown",
+            "guest-exec",
+            "guest-set-time",
+            "query-status",
+        ] {
+            assert!(!allowed(name, None, true), "{name}");
+        }
+        assert!(hmp_allowed("info registers"));
+        assert!(hmp_allowed("cpu 1"));
+        assert!(!hmp_allowed("stop"));
+        assert!(!hmp_allowed("infox"));
+        assert!(!hmp_allowed(""));
+    }
+}
