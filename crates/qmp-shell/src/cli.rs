@@ -39,7 +39,9 @@ Commands:  <command-name> [arg-name1=arg1] ... [arg-nameN=argN]
   transaction( block-dirty-bitmap-add node=n0 name=b0 )
 Values: integers, true/false, JSON or Python literals ({...} or [...]),
 \"quoted strings\" (sent without the quotes), anything else as a string.
-Dotted keys build nested objects: file.driver=file file.filename=a.img";
+Dotted keys build nested objects: file.driver=file file.filename=a.img
+Shell commands: /wait EVENT [KEY=VALUE...], /jobs, /record FILE, /play FILE,
+/oob COMMAND ..., /fd PATH COMMAND ... (`help` at the prompt describes them)";
 
 /// When to colour JSON output.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]

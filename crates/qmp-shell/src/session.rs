@@ -112,19 +112,23 @@ enum Slot {
     /// A note for standard error.
     Note(String),
     /// A reply still to arrive; `deadline` is set once it is the oldest.
+    /// `index` numbers the commands sent (`None` for output that only
+    /// keeps its place among replies).
     Reply {
         pending: Pending,
         hmp: bool,
         deadline: Option<Instant>,
+        index: Option<u64>,
     },
     /// An empty line: print the events received so far.
     Barrier,
     /// `/wait`: an event named `event` whose data contains `filter`,
-    /// numbered after `after`.
+    /// arrived since the command before the last one got its reply (see
+    /// [`Engine::events_since`]).
     Wait {
         event: String,
         filter: Object,
-        after: u64,
+        before: Option<u64>,
         timeout: Option<Duration>,
         deadline: Option<Instant>,
     },
@@ -173,8 +177,10 @@ struct Follow {
     results: [Option<Result<Reply, QmpError>>; 2],
     /// When to poll next (`None`: now).
     next_poll: Option<Instant>,
-    /// The number of the last event looked at.
-    events_seen: u64,
+    /// The command before the last one sent when `/jobs` was read.
+    before: Option<u64>,
+    /// The number of the last event looked at (`None`: not started).
+    events_seen: Option<u64>,
     progress: Progress,
     bars: Option<Bars>,
 }
@@ -205,10 +211,13 @@ pub struct Engine {
     /// A copy of every event, for `/wait` and `/jobs` (kept alive here).
     _tap: EventTap,
     tapped: Arc<TapBuffer>,
-    /// Events since the last command was sent, numbered.
+    /// Recent events, numbered.
     recent: VecDeque<(u64, Event)>,
-    /// The event count when the last command was sent.
-    last_sent: u64,
+    /// Commands sent so far.
+    sent: u64,
+    /// For the last commands answered: how many events had arrived when
+    /// their reply was printed.
+    marks: VecDeque<(u64, u64)>,
 }
 
 impl Engine {
@@ -233,7 +242,6 @@ impl Engine {
                 bell.ring();
             })
         };
-        let last_sent = 0;
         Engine {
             client,
             cfg,
@@ -254,7 +262,8 @@ impl Engine {
             _tap: tap,
             tapped,
             recent: VecDeque::new(),
-            last_sent,
+            sent: 0,
+            marks: VecDeque::new(),
         }
     }
 
@@ -380,6 +389,7 @@ impl Engine {
             pending: ready_err(),
             hmp: false,
             deadline: None,
+            index: None,
         });
         self.pump();
     }
@@ -600,6 +610,7 @@ impl Engine {
                         pending: ready(body),
                         hmp: false,
                         deadline: None,
+                        index: None,
                     });
                     return;
                 }
@@ -642,17 +653,16 @@ impl Engine {
         if !hmp && !self.cfg.guest_agent {
             self.warn_marked(&name, args.as_ref());
         }
-        // `/wait` considers the events from here on.
-        self.drain_tap();
-        self.last_sent = self.tapped.seen();
-        let mark = self.last_sent;
-        self.recent.retain(|(seq, _)| *seq > mark);
         match self.client.submit(request) {
-            Ok(pending) => self.queue.push_back(Slot::Reply {
-                pending,
-                hmp,
-                deadline: None,
-            }),
+            Ok(pending) => {
+                self.sent += 1;
+                self.queue.push_back(Slot::Reply {
+                    pending,
+                    hmp,
+                    deadline: None,
+                    index: Some(self.sent),
+                })
+            }
             Err(err) => self.client_failure(&err),
         }
     }
@@ -711,7 +721,8 @@ impl Engine {
                     polls: None,
                     results: [None, None],
                     next_poll: None,
-                    events_seen: self.last_sent,
+                    before: self.previous_command(),
+                    events_seen: None,
                     progress: Progress::new(),
                     bars: self.cfg.progress_bars.then(Bars::new),
                 })));
@@ -740,11 +751,39 @@ impl Engine {
         self.queue.push_back(Slot::Wait {
             event,
             filter,
-            after: self.last_sent,
+            before: self.previous_command(),
             timeout,
             deadline: None,
         });
         self.barriers += 1;
+    }
+
+    /// The command sent before the last one, whose reply marks where
+    /// `/wait` starts looking (`None`: fewer than two commands sent).
+    fn previous_command(&self) -> Option<u64> {
+        self.sent.checked_sub(1).filter(|i| *i > 0)
+    }
+
+    /// Command `index` got its reply (printed now): remember how many
+    /// events had arrived, and forget events no `/wait` can need any more.
+    fn answered(&mut self, index: u64) {
+        self.drain_tap();
+        self.marks.push_back((index, self.tapped.seen()));
+        while self.marks.len() > 64 {
+            self.marks.pop_front();
+        }
+        if let Some(&(_, older)) = self.marks.iter().rev().nth(1) {
+            self.recent.retain(|(seq, _)| *seq > older);
+        }
+    }
+
+    /// Events count from here for a `/wait` or `/jobs` read after command
+    /// `before`'s successor: as if commands were sent one at a time, the
+    /// previous one sent only once `before` was answered.
+    fn events_since(&self, before: Option<u64>) -> u64 {
+        before
+            .and_then(|b| self.marks.iter().find(|(i, _)| *i == b).map(|(_, m)| *m))
+            .unwrap_or(0)
     }
 
     /// Move the tapped events into `recent`.
@@ -889,6 +928,7 @@ impl Engine {
                 pending: ready_err(),
                 hmp: false,
                 deadline: None,
+                index: None,
             }),
             other => {
                 let text = client_error(other);
@@ -960,9 +1000,12 @@ impl Engine {
                         break;
                     }
                 };
-                let Some(Slot::Reply { hmp, .. }) = self.queue.pop_front() else {
+                let Some(Slot::Reply { hmp, index, .. }) = self.queue.pop_front() else {
                     unreachable!("the front slot is a reply");
                 };
+                if let Some(index) = index {
+                    self.answered(index);
+                }
                 if let Err(err) = self.print_result(result, hmp) {
                     return self.output_failed(&err);
                 }
@@ -985,18 +1028,23 @@ impl Engine {
     /// time is up.
     fn pump_wait(&mut self) -> bool {
         self.drain_tap();
+        let before = match self.queue.front() {
+            Some(Slot::Wait { before, .. }) => *before,
+            _ => return false,
+        };
+        let after = self.events_since(before);
         let Some(Slot::Wait {
             event,
             filter,
-            after,
             timeout,
             deadline,
+            ..
         }) = self.queue.front_mut()
         else {
             return false;
         };
         let found = self.recent.iter().position(|(seq, ev)| {
-            *seq > *after
+            *seq > after
                 && ev.name() == Some(event.as_str())
                 && meta::matches(ev.body.get("data"), filter)
         });
@@ -1040,15 +1088,24 @@ impl Engine {
     /// when nothing runs any more or its time is up.
     fn pump_jobs(&mut self) -> bool {
         self.drain_tap();
+        let since = match self.queue.front() {
+            Some(Slot::Jobs(follow)) if follow.events_seen.is_none() => {
+                Some(self.events_since(follow.before))
+            }
+            _ => None,
+        };
         let Some(Slot::Jobs(follow)) = self.queue.front_mut() else {
             return false;
         };
+        if let Some(since) = since {
+            follow.events_seen = Some(since);
+        }
         // Job events: what they tell, and a poll at once.
         let mut lines = Vec::new();
         let mut job_event = false;
-        let from = follow.events_seen;
+        let from = follow.events_seen.unwrap_or(0);
         for (seq, ev) in self.recent.iter().filter(|(seq, _)| *seq > from) {
-            follow.events_seen = *seq;
+            follow.events_seen = Some(*seq);
             let Some(name) = ev.name() else { continue };
             if let Some(job) = follow.progress.event(name, ev.body.get("data")) {
                 if follow.bars.is_none() {

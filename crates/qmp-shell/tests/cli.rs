@@ -18,31 +18,6 @@ fn assert_ok(out: &Output) {
 /// The banner of a QMP session with QEMU 7.2, as the reference prints it.
 const QMP_BANNER: &str = "Welcome to the QMP low-level shell!\nConnected to QEMU 7.";
 
-/// The TCP port QEMU chose for the monitor chardev `label` (configured with
-/// port 0, so the kernel picks a free one and no other program can race
-/// for it), read back from `query-chardev` on the peer's UNIX monitor:
-/// `disconnected:tcp:HOST:PORT,server=on` while nobody is connected. QEMU
-/// listens on it from start-up, before its UNIX monitor accepts.
-fn qemu_tcp_port(peer: &Peer, label: &str) -> u16 {
-    let reply = qmp_raw(peer.socket(), &[r#"{"execute": "query-chardev"}"#]);
-    let v: serde_json::Value = serde_json::from_str(&reply[0]).expect("query-chardev reply");
-    let filename = v["return"]
-        .as_array()
-        .expect("a list of chardevs")
-        .iter()
-        .find(|c| c["label"] == label)
-        .and_then(|c| c["filename"].as_str())
-        .unwrap_or_else(|| panic!("no chardev {label} in {}", reply[0]))
-        .to_string();
-    let port = filename
-        .strip_suffix(",server=on")
-        .and_then(|f| f.rsplit_once(':'))
-        .and_then(|(_, port)| port.parse::<u16>().ok())
-        .unwrap_or_else(|| panic!("no port in chardev {label}: {filename:?}"));
-    assert_ne!(port, 0, "{filename}");
-    port
-}
-
 // ---------------------------------------------------------------------------
 // --version, --help
 // ---------------------------------------------------------------------------

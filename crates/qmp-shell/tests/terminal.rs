@@ -1201,3 +1201,78 @@ fn the_terminal_is_restored_when_the_wrap_ends_on_a_signal() {
         });
     }
 }
+
+// ---------------------------------------------------------------------------
+// Shell commands at the terminal
+// ---------------------------------------------------------------------------
+
+#[test]
+fn jobs_shows_a_progress_bar_and_ctrl_c_stops_following() {
+    let peer = Peer::qemu_none();
+    let t = Term::start(&[peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+    t.line("blockdev-add driver=null-co node-name=b1 size=33554432");
+    t.line("blockdev-add driver=null-co node-name=b2 size=33554432");
+    t.wait_count("{\"return\": {}}", 2);
+    // 32 MiB at 4 MiB/s: eight seconds.
+    t.line("blockdev-backup job-id=bk device=b1 target=b2 sync=full speed=4194304");
+    t.wait_count("{\"return\": {}}", 3);
+    t.line("/jobs");
+    let screen = t.wait_until("a progress bar", |s| {
+        s.lines()
+            .any(|l| l.contains("backup bk") && l.contains('%') && l.contains("ETA"))
+    });
+    assert!(
+        screen.contains("running"),
+        "{}",
+        t.failure("status in the bar")
+    );
+    t.press(&["C-c"]);
+    t.wait_for("(stopped following the jobs; they go on)");
+    t.wait_line(PROMPT);
+    // The job went on: follow it to the end this time.
+    t.line("/jobs");
+    t.wait_for("{\"jobs\": [{\"job\": \"bk\", \"type\": \"backup\"");
+    t.wait_line(PROMPT);
+    t.press(&["C-d"]);
+    assert_eq!(t.wait_exit(), 0, "{}", t.failure("exit status"));
+    t.assert_terminal_usable();
+}
+
+#[test]
+fn completion_of_shell_commands_events_and_marks() {
+    let peer = Peer::qemu_none();
+    let t = Term::start(&[peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+    // Once the schema is there (learnt in the background).
+    t.tab_until(PROMPT, "query-nam", "query-name ");
+    t.press(&["C-u"]);
+    t.type_text("/wa");
+    t.press(&["Tab"]);
+    t.wait_line("(QEMU) /wait");
+    t.type_text(" JOB_STATUS_CH");
+    t.press(&["Tab"]);
+    t.wait_line("(QEMU) /wait JOB_STATUS_CHANGE");
+    t.press(&["C-u"]);
+    t.type_text("/oob mig");
+    t.press(&["Tab"]);
+    t.wait_line("(QEMU) /oob migrate-");
+    t.press(&["Tab"]);
+    t.wait_for("migrate-pause");
+    t.wait_for("migrate-recover");
+    t.press(&["C-u"]);
+    t.type_text("nbd-server-");
+    t.press(&["Tab"]);
+    t.press(&["Tab"]);
+    t.wait_for("nbd-server-add (deprecated)");
+    t.wait_for("nbd-server-remove (deprecated)");
+    let screen = t.screen();
+    assert!(
+        screen.contains("nbd-server-start") && !screen.contains("nbd-server-start ("),
+        "{}",
+        t.failure("unmarked commands have no mark")
+    );
+    t.press(&["C-u"]);
+    t.press(&["C-d"]);
+    assert_eq!(t.wait_exit(), 0, "{}", t.failure("exit status"));
+}

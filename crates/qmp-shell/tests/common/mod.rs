@@ -902,3 +902,28 @@ pub fn refusing_tcp_port() -> (std::os::fd::OwnedFd, u16) {
         (owned, u16::from_be(bound.sin_port))
     }
 }
+
+/// The TCP port QEMU chose for the monitor chardev `label` (configured with
+/// port 0, so the kernel picks a free one and no other program can race
+/// for it), read back from `query-chardev` on the peer's UNIX monitor:
+/// `disconnected:tcp:HOST:PORT,server=on` while nobody is connected. QEMU
+/// listens on it from start-up, before its UNIX monitor accepts.
+pub fn qemu_tcp_port(peer: &Peer, label: &str) -> u16 {
+    let reply = qmp_raw(peer.socket(), &[r#"{"execute": "query-chardev"}"#]);
+    let v: serde_json::Value = serde_json::from_str(&reply[0]).expect("query-chardev reply");
+    let filename = v["return"]
+        .as_array()
+        .expect("a list of chardevs")
+        .iter()
+        .find(|c| c["label"] == label)
+        .and_then(|c| c["filename"].as_str())
+        .unwrap_or_else(|| panic!("no chardev {label} in {}", reply[0]))
+        .to_string();
+    let port = filename
+        .strip_suffix(",server=on")
+        .and_then(|f| f.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no port in chardev {label}: {filename:?}"));
+    assert_ne!(port, 0, "{filename}");
+    port
+}

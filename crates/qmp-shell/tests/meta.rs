@@ -1,0 +1,488 @@
+//! The shell's own commands against real QEMU: `/wait` on STOP and RESUME
+//! and on the status changes of real block jobs, `/jobs` following a
+//! throttled job, `/record` and `/play`, `-e`; and the safety net:
+//! `/oob`, `/fd`, `--read-only`, deprecation warnings.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+fn json_lines(bytes: &[u8]) -> Vec<Value> {
+    text(bytes)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+/// Run our shell with a private cache directory (`cache`).
+fn shell(args: &[&str], stdin: &str, cache: &Path) -> std::process::Output {
+    run_shell_env(
+        &ours(),
+        args,
+        stdin,
+        SHELL_TIMEOUT,
+        &[("XDG_CACHE_HOME", cache.to_str().unwrap())],
+    )
+}
+
+fn status_of(socket: &Path) -> Value {
+    let reply = qmp_raw(socket, &[r#"{"execute": "query-status"}"#]);
+    serde_json::from_str(&reply[0]).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// /wait
+// ---------------------------------------------------------------------------
+
+#[test]
+fn wait_sees_events_caused_before_it_was_read() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    // STOP arrives with the reply to `stop`, before `/wait` is read: it
+    // still counts (events since the previous command was sent).
+    let out = shell(
+        &["--json", peer.socket_str()],
+        "stop\n/wait STOP\ncont\n/wait --timeout=30 RESUME\n",
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 4, "{}", show(&out));
+    assert_eq!(lines[0], serde_json::json!({"return": {}}));
+    assert_eq!(lines[1]["event"], "STOP");
+    assert!(lines[1]["timestamp"]["seconds"].is_u64());
+    assert_eq!(lines[2], serde_json::json!({"return": {}}));
+    assert_eq!(lines[3]["event"], "RESUME");
+}
+
+#[test]
+fn wait_ignores_events_from_before_the_previous_command_and_times_out() {
+    let peer = Peer::qemu_two_monitors(&["-M", "none"]);
+    let cache = tempfile::tempdir().unwrap();
+    // STOP came before `query-name` was sent: `/wait STOP` after it must
+    // not take that one, and times out.
+    let out = shell(
+        &["--exit-status", peer.socket_str()],
+        "stop\nquery-name\n/wait --timeout=1 STOP\nquery-status\n",
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert!(
+        text(&out.stderr).contains("ERROR: /wait: no STOP event within 1 s\n"),
+        "{}",
+        show(&out)
+    );
+    // The session went on after the failed /wait.
+    assert!(
+        text(&out.stdout).contains("\"status\": \"paused\""),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn wait_for_an_event_caused_elsewhere_with_a_filter() {
+    let peer = Peer::qemu_two_monitors(&["-M", "none"]);
+    let cache = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(ours());
+    shell_env(&mut cmd, home.path());
+    cmd.env("XDG_CACHE_HOME", cache.path())
+        .args(["--json", peer.socket_str()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    use std::io::{BufRead, Write};
+    stdin
+        .write_all(b"query-name\n/wait --timeout=60 RESET reason=host-qmp-system-reset\n")
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "{\"return\": {}}\n");
+    // The event is caused through the other monitor, while /wait waits.
+    qmp_raw(peer.second_socket(), &[r#"{"execute": "system_reset"}"#]);
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let ev: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(ev["event"], "RESET", "{line}");
+    assert_eq!(ev["data"]["reason"], "host-qmp-system-reset", "{line}");
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// The mirror of the issue: between two null-co nodes, throttled.
+const MIRROR: &str = "\
+blockdev-add driver=null-co node-name=src size=67108864
+blockdev-add driver=null-co node-name=dst size=67108864
+blockdev-mirror job-id=job0 device=src target=dst sync=full speed=67108864
+/wait --timeout=60 JOB_STATUS_CHANGE id=job0 status=ready
+job-complete id=job0
+/wait --timeout=60 JOB_STATUS_CHANGE id=job0 status=concluded
+query-jobs
+";
+
+#[test]
+fn wait_follows_a_real_mirror_to_ready_and_concluded() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    let out = shell(&["--json", peer.socket_str()], MIRROR, cache.path());
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 7, "{}", show(&out));
+    assert_eq!(
+        lines[3]["data"],
+        serde_json::json!({"status": "ready", "id": "job0"})
+    );
+    assert_eq!(
+        lines[5]["data"],
+        serde_json::json!({"status": "concluded", "id": "job0"})
+    );
+    // Concluded and dismissed.
+    assert_eq!(lines[6], serde_json::json!({"return": []}));
+}
+
+#[test]
+fn wait_for_an_unknown_event_is_an_error() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    let out = shell(
+        &[
+            "-c",
+            "/wait NO_SUCH_EVENT",
+            "-c",
+            "query-name",
+            peer.socket_str(),
+        ],
+        "",
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        "ERROR: /wait: the server has no event named NO_SUCH_EVENT\n"
+    );
+    assert_eq!(text(&out.stdout), "{\"return\": {}}\n");
+}
+
+// ---------------------------------------------------------------------------
+// /jobs
+// ---------------------------------------------------------------------------
+
+#[test]
+fn jobs_prints_progress_lines_then_the_final_state() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    // 32 MiB at 8 MiB/s: four seconds, polled every half second.
+    let script = "\
+blockdev-add driver=null-co node-name=b1 size=33554432
+blockdev-add driver=null-co node-name=b2 size=33554432
+blockdev-backup job-id=bk device=b1 target=b2 sync=full speed=8388608
+/jobs --timeout=60
+query-jobs
+";
+    let out = shell(&["--json", peer.socket_str()], script, cache.path());
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let lines = json_lines(&out.stdout);
+    let running: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["job"] == "bk" && l["status"] == "running" && l["percent"].is_u64())
+        .collect();
+    assert!(running.len() >= 3, "several progress lines: {}", show(&out));
+    let percents: Vec<u64> = running
+        .iter()
+        .map(|l| l["percent"].as_u64().unwrap())
+        .collect();
+    assert!(percents.windows(2).all(|w| w[0] < w[1]), "{percents:?}");
+    let last = &lines[lines.len() - 2];
+    let jobs = last["jobs"].as_array().expect("the final state");
+    assert_eq!(jobs.len(), 1, "{last}");
+    assert_eq!(jobs[0]["job"], "bk");
+    assert!(
+        ["concluded", "null"].contains(&jobs[0]["status"].as_str().unwrap()),
+        "{last}"
+    );
+    assert_eq!(jobs[0]["percent"], 100, "{last}");
+    assert_eq!(lines[lines.len() - 1], serde_json::json!({"return": []}));
+}
+
+#[test]
+fn jobs_with_nothing_running_ends_at_once() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    let out = shell(&["-c", "/jobs", peer.socket_str()], "", cache.path());
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(text(&out.stdout), "{\"jobs\": []}\n");
+}
+
+// ---------------------------------------------------------------------------
+// /record, /play, -e
+// ---------------------------------------------------------------------------
+
+#[test]
+fn record_then_play_gives_the_same_replies() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("session.qmp");
+    let script = format!(
+        "query-name\n/record {}\nquery-status\nqom-get path=/machine property=type\n\
+         transaction(\nabort\n)\n/record off\nquery-version\n",
+        rec.display()
+    );
+    let first = shell(&["--json", peer.socket_str()], &script, cache.path());
+    assert_eq!(first.status.code(), Some(0), "{}", show(&first));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&rec).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(
+        std::fs::read_to_string(&rec).unwrap(),
+        "query-status\nqom-get path=/machine property=type\ntransaction(\nabort\n)\n"
+    );
+    let recorded = &json_lines(&first.stdout)[1..4];
+    // Played back (once from a pipe, once with /play): the same replies.
+    let piped = shell(
+        &["--json", peer.socket_str()],
+        &std::fs::read_to_string(&rec).unwrap(),
+        cache.path(),
+    );
+    assert_eq!(json_lines(&piped.stdout), recorded, "{}", show(&piped));
+    let played = shell(
+        &["--json", peer.socket_str()],
+        &format!("/play {}\nquery-name\n", rec.display()),
+        cache.path(),
+    );
+    let lines = json_lines(&played.stdout);
+    assert_eq!(&lines[..3], recorded, "{}", show(&played));
+    assert_eq!(lines[3], serde_json::json!({"return": {}}));
+    // A /play inside a played file is refused.
+    let nested = dir.path().join("nested.qmp");
+    std::fs::write(&nested, format!("/play {}\nquery-name\n", rec.display())).unwrap();
+    let out = shell(
+        &[
+            "--exit-status",
+            "-c",
+            &format!("/play {}", nested.display()),
+            peer.socket_str(),
+        ],
+        "",
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert_eq!(text(&out.stderr), "ERROR: /play: nested /play is refused\n");
+    assert_eq!(text(&out.stdout), "{\"return\": {}}\n");
+}
+
+#[test]
+fn exit_on_error_sends_nothing_after_the_failure() {
+    let peer = Peer::qemu_two_monitors(&["-M", "none"]);
+    let cache = tempfile::tempdir().unwrap();
+    let out = shell(
+        &["-e", peer.socket_str()],
+        "query-name\nno-such-command\nstop\nquery-status\n",
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("CommandNotFound"), "{stdout}");
+    assert!(!stdout.contains("\"status\""), "{stdout}");
+    // `stop` was never sent: QEMU still runs.
+    assert_eq!(status_of(peer.second_socket())["return"]["running"], true);
+    // A line that does not parse stops it too.
+    let out = shell(
+        &["-e", peer.socket_str()],
+        "query-name bad\nstop\n",
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert_eq!(status_of(peer.second_socket())["return"]["running"], true);
+}
+
+// ---------------------------------------------------------------------------
+// /oob and /fd
+// ---------------------------------------------------------------------------
+
+#[test]
+fn oob_commands() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    let out = shell(
+        &[
+            "-c",
+            "/oob query-yank",
+            "-c",
+            "/oob migrate-pause",
+            "-c",
+            "/oob query-status",
+            "-c",
+            r#"{"exec-oob": "query-yank"}"#,
+            peer.socket_str(),
+        ],
+        "",
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 3, "{}", show(&out));
+    assert!(lines[0]["return"].is_array(), "{}", show(&out));
+    assert_eq!(
+        lines[1]["error"]["desc"],
+        "migrate-pause is currently only supported during postcopy-active state"
+    );
+    assert!(lines[2]["return"].is_array(), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        "ERROR: /oob: query-status cannot run out of band (its allow-oob is false in the QMP \
+         schema; these can: migrate-pause, migrate-recover, query-yank, yank)\n"
+    );
+}
+
+#[test]
+fn a_file_passed_with_fd_is_written_by_qemu() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("disk.img");
+    std::fs::write(&file, vec![0u8; 65536]).unwrap();
+    let script = format!(
+        "/fd {} add-fd fdset-id=5\n\
+         blockdev-add driver=file filename=/dev/fdset/5 node-name=f0\n\
+         human-monitor-command command-line='qemu-io f0 \"write -P 0x5a 4096 512\"'\n\
+         blockdev-del node-name=f0\n",
+        file.display()
+    );
+    let out = shell(&["--exit-status", peer.socket_str()], &script, cache.path());
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        text(&out.stdout).contains("\"fdset-id\": 5"),
+        "{}",
+        show(&out)
+    );
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(
+        bytes[4096..4608].iter().all(|b| *b == 0x5a),
+        "QEMU's write is in the file"
+    );
+    assert!(bytes[..4096].iter().all(|b| *b == 0));
+}
+
+#[test]
+fn fd_over_tcp_fails_cleanly_and_the_session_goes_on() {
+    let peer = Peer::qemu_with_args(&[
+        "-M",
+        "none",
+        "-chardev",
+        "socket,id=tcp4,host=127.0.0.1,port=0,server=on,wait=off",
+        "-mon",
+        "chardev=tcp4,mode=control",
+    ]);
+    let port = qemu_tcp_port(&peer, "tcp4");
+    let cache = tempfile::tempdir().unwrap();
+    let out = shell(
+        &[
+            "-c",
+            "/fd /dev/null add-fd fdset-id=1",
+            "-c",
+            "query-name",
+            &format!("127.0.0.1:{port}"),
+        ],
+        "",
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        "ERROR: /fd: this connection cannot pass file descriptors (only a UNIX socket can)\n"
+    );
+    assert_eq!(text(&out.stdout), "{\"return\": {}}\n");
+}
+
+// ---------------------------------------------------------------------------
+// --read-only and deprecation warnings
+// ---------------------------------------------------------------------------
+
+#[test]
+fn read_only_refuses_what_could_change_the_vm() {
+    let peer = Peer::qemu_two_monitors(&["-M", "none"]);
+    let cache = tempfile::tempdir().unwrap();
+    let out = shell(
+        &["--read-only", peer.socket_str()],
+        "query-status\nstop\nhuman-monitor-command command-line=stop\n\
+         human-monitor-command command-line=\"info status\"\n{\"execute\": \"stop\"}\n",
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        "ERROR: refused by --read-only: stop may change the VM; it was not sent\n\
+         ERROR: refused by --read-only: human-monitor-command may change the VM; it was not sent\n\
+         ERROR: refused by --read-only: stop may change the VM; it was not sent\n"
+    );
+    assert!(
+        text(&out.stdout).contains("VM status: running"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(status_of(peer.second_socket())["return"]["running"], true);
+    // HMP mode: only info.
+    let out = shell(
+        &["-H", "--read-only", "--exit-status", peer.socket_str()],
+        "stop\ninfo status\n",
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert!(
+        text(&out.stdout).contains("VM status: running"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(status_of(peer.second_socket())["return"]["running"], true);
+}
+
+#[test]
+fn deprecated_and_unstable_commands_get_a_warning_once() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    let script = "query-status\nnbd-server-add device=x\nnbd-server-add device=y\n\
+                  nbd-server-remove name=x\ndrive-backup device=x target=/dev/null sync=full\n\
+                  x-query-roms\nquery-name\n";
+    let out = shell(&[peer.socket_str()], script, cache.path());
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        "warning: command nbd-server-add is deprecated (QMP schema)\n\
+         warning: command nbd-server-remove is deprecated (QMP schema)\n\
+         warning: command drive-backup is deprecated (QMP schema)\n\
+         warning: command x-query-roms is unstable (QMP schema)\n"
+    );
+    // The facts were cached on disk (mode 0600, in a 0700 directory)...
+    use std::os::unix::fs::PermissionsExt;
+    let dir = cache.path().join("qmp-shell");
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(
+        files[0].metadata().unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // ... and are what the next session uses: marked by hand, query-name
+    // now gets a warning without the schema being fetched again.
+    let path = files[0].path();
+    let mut facts: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    facts["commands"]["query-name"] = serde_json::json!({"mark": "deprecated"});
+    std::fs::write(&path, serde_json::to_vec(&facts).unwrap()).unwrap();
+    let out = shell(&["-c", "query-name", peer.socket_str()], "", cache.path());
+    assert_eq!(
+        text(&out.stderr),
+        "warning: command query-name is deprecated (QMP schema)\n"
+    );
+}
