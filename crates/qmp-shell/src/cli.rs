@@ -135,8 +135,13 @@ pub struct ShellArgs {
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, default_value = "1")]
     pub retry_delay: Duration,
 
-    /// < UNIX socket path | TCP address:port | [IPv6]:port > (default: $QMP_SOCKET)
-    #[arg(value_name = "qmp_server", env = "QMP_SOCKET", hide_env_values = true)]
+    /// The server's address (default: `$QMP_SOCKET`).
+    #[arg(
+        value_name = "qmp_server",
+        env = "QMP_SOCKET",
+        hide_env_values = true,
+        help = "< UNIX socket path | TCP address:port | [IPv6]:port | ssh://[USER@]HOST[:PORT]/PATH > (default: $QMP_SOCKET)"
+    )]
     pub qmp_server: Option<String>,
 }
 

@@ -5,7 +5,7 @@
 //! for a terminal) only feed the engine lines and tell it when input ended
 //! or the user pressed Ctrl-C. The engine sends each command as soon as it
 //! is read (pipelining) and keeps what is to be printed in a queue of
-//! [`Slot`]s, in input order; [`Engine::pump`] prints the front of the
+//! slots, in input order; [`Engine::pump`] prints the front of the
 //! queue as far as replies have arrived. Nothing in it blocks on a channel:
 //! it sleeps on one [`Doorbell`] that replies, events, input and signals
 //! ring, so every way of ending (end of input, `quit`, a lost connection, a

@@ -47,7 +47,7 @@ pub enum Received {
 /// The receiving half of a transport.
 pub trait Source: Send {
     /// Block until the next message arrives. `Ok(None)` at end of stream
-    /// (also after [`Closer::close`]). `raw` is given the text of each frame as
+    /// (also after the [`Closer`] ran). `raw` is given the text of each frame as
     /// received (trailing whitespace trimmed), for logging.
     fn receive(&mut self, raw: &mut dyn FnMut(&[u8])) -> io::Result<Option<Received>>;
 }
