@@ -185,7 +185,8 @@ pub struct WrapArgs {
 /// Options of `qmp-shell` that `qmp-shell-wrap` does not take.
 pub const SHELL_ONLY_OPTIONS: [&str; 4] = ["-N", "--skip-negotiation", "--retry", "--retry-delay"];
 
-fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
+/// A number of seconds, more than 0 (for `--timeout`).
+pub fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
     let d = parse_seconds(text)?;
     if d.is_zero() {
         return Err(format!(
@@ -195,7 +196,8 @@ fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, String> {
+/// A number of seconds, 0 or more (a fraction is fine).
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     let secs: f64 = text
         .trim()
         .parse()

@@ -20,7 +20,7 @@ use qmp::router::{Router, RouterOptions, DEFAULT_MAX_CLIENTS};
 use qmp::{Address, Client, ClientOptions, Error as QmpError, Incoming};
 
 use crate::app::{die, SharedLog, GREETING_TIMEOUT};
-use crate::cli;
+use crate::cli::{self, parse_positive_seconds, parse_seconds};
 use crate::doorbell::Doorbell;
 use crate::signals;
 use crate::wording::{client_error, python_io_error};
@@ -91,25 +91,6 @@ pub struct ProxyArgs {
         help = "< UNIX socket path | HOST:PORT | [IPv6]:PORT | ssh://[USER@]HOST[:PORT]/PATH >"
     )]
     pub target: String,
-}
-
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("not a number of seconds: {text}"))?;
-    if !secs.is_finite() || !(0.0..=1.0e9).contains(&secs) {
-        return Err(format!("not a sensible number of seconds: {text}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
-    let d = parse_seconds(text)?;
-    if d.is_zero() {
-        return Err(format!("must be more than 0: {text}"));
-    }
-    Ok(d)
 }
 
 /// Connect to `address`, retrying `retry` more times while it is missing
