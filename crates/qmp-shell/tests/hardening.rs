@@ -334,9 +334,13 @@ fn retry_does_not_start_the_log_afresh() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
-    // The log exists once the shell started trying; a line written there
-    // now stands for what earlier attempts would have logged.
-    wait_until("the log to be created", SHELL_TIMEOUT, || log.exists());
+    // Once the shell sleeps between two attempts, the log was opened (and
+    // started afresh) long before; a line written there now stands for
+    // what earlier attempts would have logged.
+    let pid = child.id();
+    wait_until("the shell to sleep between attempts", SHELL_TIMEOUT, || {
+        log.exists() && thread_wchans(pid).iter().any(|w| w.contains("nanosleep"))
+    });
     std::fs::OpenOptions::new()
         .append(true)
         .open(&log)
@@ -491,7 +495,7 @@ fn a_busy_monitor_and_a_guest_agent_without_dash_n_are_explained() {
     assert_eq!(
         text(&out.stderr),
         format!(
-            "ERROR: Couldn't connect to {}: timed out waiting for the greeting \
+            "ERROR: Couldn't connect to {}: timed out after 1 s waiting for the greeting \
              (another client may be attached: QEMU serves one client per monitor at a time)\n",
             peer.socket_str()
         )

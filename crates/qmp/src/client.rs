@@ -1094,7 +1094,8 @@ impl Client {
                         // Stop treating the next message as the greeting.
                         st.awaiting_greeting = false;
                         drop(st);
-                        return Err(Error::NoGreeting(self.no_greeting_hint()));
+                        let waited = timeout.unwrap_or_default();
+                        return Err(Error::NoGreeting(self.no_greeting_hint(waited)));
                     }
                     st = self
                         .shared
@@ -1109,7 +1110,7 @@ impl Client {
 
     /// No greeting came: tell a guest agent (which sends none and answers
     /// commands at once) from a monitor that serves another client.
-    fn no_greeting_hint(&self) -> String {
+    fn no_greeting_hint(&self, waited: Duration) -> String {
         let probe = self
             .submit(Request::new(command("guest-ping", None)).unlogged())
             .and_then(|p| p.wait(Some(PROBE_TIMEOUT)));
@@ -1117,9 +1118,11 @@ impl Client {
             Ok(reply) if !reply.is_error() => {
                 "no greeting: this looks like a guest agent, which sends none (use -N)".to_owned()
             }
-            _ => "timed out waiting for the greeting (another client may be attached: \
-                       QEMU serves one client per monitor at a time)"
-                .to_owned(),
+            _ => format!(
+                "timed out after {} s waiting for the greeting (another client may be \
+                 attached: QEMU serves one client per monitor at a time)",
+                waited.as_secs_f64()
+            ),
         }
     }
 
@@ -1714,8 +1717,8 @@ mod tests {
         let e = Client::from_unix_stream(a, opts()).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "timed out waiting for the greeting (another client may be attached: \
-             QEMU serves one client per monitor at a time)"
+            "timed out after 0.2 s waiting for the greeting (another client may be \
+             attached: QEMU serves one client per monitor at a time)"
         );
 
         let (a, mut b) = UnixStream::pair().unwrap();
