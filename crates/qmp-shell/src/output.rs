@@ -7,6 +7,7 @@
 //! are ignored, so a closed or full stderr never stops the shell.
 
 use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
 
 use qmp::Object;
 use serde_json::Value;
@@ -35,6 +36,14 @@ pub trait Output: Send {
 
     /// Flush standard output.
     fn flush(&mut self) -> io::Result<()>;
+
+    /// The message that ends a session (the connection lost, a reply that
+    /// never came): `text` for standard error; `class` names it where an
+    /// object stands for it (one target of many, with `--json`).
+    fn fatal(&mut self, class: &str, text: &str) {
+        let _ = class;
+        self.diag(text);
+    }
 }
 
 /// Output to the process's standard output and standard error (or any two
@@ -116,6 +125,194 @@ impl Output for StdOutput {
     }
 }
 
+/// The writers that several [`TaggedOutput`]s share, and the progress bar
+/// (if any) that their standard error lines must not garble.
+pub struct SharedStreams {
+    out: Mutex<Box<dyn Write + Send>>,
+    err: Mutex<Box<dyn Write + Send>>,
+    bar: Mutex<Option<indicatif::ProgressBar>>,
+}
+
+impl SharedStreams {
+    /// Standard output and standard error.
+    pub fn stdio() -> Arc<SharedStreams> {
+        SharedStreams::new(Box::new(io::stdout()), Box::new(io::stderr()))
+    }
+
+    /// Any two writers.
+    pub fn new(out: Box<dyn Write + Send>, err: Box<dyn Write + Send>) -> Arc<SharedStreams> {
+        Arc::new(SharedStreams {
+            out: Mutex::new(out),
+            err: Mutex::new(err),
+            bar: Mutex::new(None),
+        })
+    }
+
+    /// Draw standard error lines above `bar` (or plainly, with `None`).
+    pub fn set_bar(&self, bar: Option<indicatif::ProgressBar>) {
+        *self.bar.lock().unwrap_or_else(|e| e.into_inner()) = bar;
+    }
+
+    fn write_out(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        out.write_all(bytes)?;
+        out.flush()
+    }
+
+    /// Write to standard error, errors ignored.
+    pub fn write_err(&self, bytes: &[u8]) {
+        let write = || {
+            let mut err = self.err.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = err.write_all(bytes);
+            let _ = err.flush();
+        };
+        let bar = self.bar.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+    }
+}
+
+/// Output for one target among many (fan-out): every line of text is
+/// prefixed with `TARGET: `; with `--json` every object gets a `"target"`
+/// member first. Lines are written whole, so targets interleave only
+/// between lines.
+pub struct TaggedOutput {
+    streams: Arc<SharedStreams>,
+    target: String,
+    style: Style,
+    json: bool,
+    /// Text of standard output not ended by a newline yet.
+    partial: String,
+}
+
+impl TaggedOutput {
+    /// Output tagged with `target`, written to `streams`.
+    pub fn new(
+        streams: Arc<SharedStreams>,
+        target: &str,
+        style: Style,
+        json: bool,
+    ) -> TaggedOutput {
+        TaggedOutput {
+            streams,
+            target: target.to_owned(),
+            style: if json { Style::default() } else { style },
+            json,
+            partial: String::new(),
+        }
+    }
+
+    /// `text` (whole lines) with every line prefixed.
+    fn prefixed(&self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len() + 16);
+        for line in text.lines() {
+            out.push_str(&self.target);
+            out.push_str(": ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// `body` with `"target"` first.
+    fn with_target(&self, body: Object) -> Object {
+        let mut obj = Object::new();
+        obj.insert("target".to_owned(), Value::String(self.target.clone()));
+        for (k, v) in body {
+            if k != "target" {
+                obj.insert(k, v);
+            }
+        }
+        obj
+    }
+
+    fn json_line(&self, body: Object) -> String {
+        let mut text = render::to_string(&Value::Object(self.with_target(body)), self.style);
+        text.push('\n');
+        text
+    }
+
+    /// A message for standard error, tagged, in the `--json` case as an
+    /// object (for an error the caller already worded).
+    pub fn tagged_error(&self, class: &str, desc: &str) -> io::Result<()> {
+        if self.json {
+            let mut error = Object::new();
+            error.insert("class".to_owned(), Value::from(class));
+            error.insert("desc".to_owned(), Value::from(desc));
+            let mut body = Object::new();
+            body.insert("error".to_owned(), Value::Object(error));
+            self.streams.write_out(self.json_line(body).as_bytes())
+        } else {
+            self.streams
+                .write_err(self.prefixed(&format!("ERROR: {desc}\n")).as_bytes());
+            Ok(())
+        }
+    }
+}
+
+impl Output for TaggedOutput {
+    fn text(&mut self, text: &str) -> io::Result<()> {
+        self.partial.push_str(text);
+        let Some(end) = self.partial.rfind('\n') else {
+            return Ok(());
+        };
+        let whole: String = self.partial.drain(..=end).collect();
+        self.streams.write_out(self.prefixed(&whole).as_bytes())
+    }
+
+    fn reply(&mut self, body: Object) -> io::Result<()> {
+        if self.json {
+            let line = self.json_line(body);
+            return self.streams.write_out(line.as_bytes());
+        }
+        let text = render::to_string(&Value::Object(body), self.style);
+        self.streams.write_out(self.prefixed(&text).as_bytes())
+    }
+
+    fn echo(&mut self, command: &Object) -> io::Result<()> {
+        let text = render::to_string(&Value::Object(command.clone()), self.style);
+        self.streams.write_out(self.prefixed(&text).as_bytes())
+    }
+
+    fn event(&mut self, body: Object) -> io::Result<()> {
+        if self.json {
+            let line = self.json_line(body);
+            self.streams.write_err(line.as_bytes());
+            return Ok(());
+        }
+        self.reply(body)
+    }
+
+    fn diag(&mut self, text: &str) {
+        self.streams.write_err(self.prefixed(text).as_bytes());
+    }
+
+    fn fatal(&mut self, class: &str, text: &str) {
+        if self.json {
+            let desc = text.trim_end().trim_start_matches("ERROR: ");
+            let _ = self.tagged_error(class, desc);
+        } else {
+            self.diag(text);
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for TaggedOutput {
+    fn drop(&mut self) {
+        // What is left without a newline (HMP's trailing space, say).
+        let rest = std::mem::take(&mut self.partial);
+        if !rest.trim().is_empty() {
+            let _ = self.streams.write_out(self.prefixed(&rest).as_bytes());
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     //! An [`Output`] into shared buffers, for tests.
@@ -177,6 +374,42 @@ mod tests {
             "{\n    \"return\": {\n        \"a\": 2,\n        \"b\": 1\n    }\n}\n{\n    \"event\": \"STOP\"\n}\n"
         );
         assert_eq!(err.text(), "warning: x\n");
+    }
+
+    #[test]
+    fn tagged_lines_and_objects() {
+        use super::testing::Buffer;
+        let (out, err) = (Buffer::default(), Buffer::default());
+        let streams = SharedStreams::new(Box::new(out.clone()), Box::new(err.clone()));
+        let pretty = Style {
+            pretty: true,
+            color: false,
+        };
+        let mut a = TaggedOutput::new(Arc::clone(&streams), "vm1", pretty, false);
+        a.reply(obj(r#"{"return": {"b": 1}}"#)).unwrap();
+        a.text("7.2.22\r\n ").unwrap();
+        a.diag("warning: x\n");
+        drop(a);
+        assert_eq!(
+            out.text(),
+            "vm1: {\nvm1:     \"return\": {\nvm1:         \"b\": 1\nvm1:     }\nvm1: }\nvm1: 7.2.22\n"
+        );
+        assert_eq!(err.text(), "vm1: warning: x\n");
+        let (out, err) = (Buffer::default(), Buffer::default());
+        let streams = SharedStreams::new(Box::new(out.clone()), Box::new(err.clone()));
+        let mut b = TaggedOutput::new(streams, "/run/b.sock", pretty, true);
+        b.reply(obj(r#"{"return": {}, "id": 3}"#)).unwrap();
+        b.event(obj(r#"{"event": "STOP"}"#)).unwrap();
+        b.tagged_error("ConnectError", "refused").unwrap();
+        assert_eq!(
+            out.text(),
+            "{\"target\": \"/run/b.sock\", \"return\": {}, \"id\": 3}\n\
+             {\"target\": \"/run/b.sock\", \"error\": {\"class\": \"ConnectError\", \"desc\": \"refused\"}}\n"
+        );
+        assert_eq!(
+            err.text(),
+            "{\"target\": \"/run/b.sock\", \"event\": \"STOP\"}\n"
+        );
     }
 
     #[test]

@@ -989,10 +989,10 @@ impl Engine {
                         match (*deadline, self.cfg.timeout) {
                             (None, Some(t)) => *deadline = now.checked_add(t),
                             (Some(d), Some(t)) if now >= d => {
-                                self.out.diag(&format!(
-                                    "ERROR: no reply within {} s\n",
-                                    t.as_secs_f64()
-                                ));
+                                self.out.fatal(
+                                    "Timeout",
+                                    &format!("ERROR: no reply within {} s\n", t.as_secs_f64()),
+                                );
                                 self.stop = Some(exit::FATAL);
                             }
                             _ => {}
@@ -1259,10 +1259,13 @@ impl Engine {
             }
             Err(QmpError::Disconnected) => {
                 let reason = self.client.end_reason();
-                self.out.diag(&match reason {
-                    Some(why) => format!("Disconnected: {why}\n"),
-                    None => "Disconnected\n".to_owned(),
-                });
+                self.out.fatal(
+                    "Disconnected",
+                    &match reason {
+                        Some(why) => format!("Disconnected: {why}\n"),
+                        None => "Disconnected\n".to_owned(),
+                    },
+                );
                 self.stop = Some(exit::FATAL);
                 Ok(())
             }

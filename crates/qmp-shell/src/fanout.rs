@@ -1,0 +1,192 @@
+//! One command, many VMs: the same lines run on every target, concurrently,
+//! with tagged output.
+//!
+//! No engine of its own: each target gets the ordinary session engine
+//! ([`Engine`], run by [`script::run`]) on its own connection, with a
+//! [`TaggedOutput`] that prefixes its lines (`TARGET: `) or adds
+//! `"target"` to its JSON objects. At most `jobs` targets are served at
+//! once. The exit status sums them up: 1 when a target could not be
+//! reached or went away, else 3 when a command failed somewhere, else 0;
+//! a one-line summary goes to standard error.
+
+use std::collections::VecDeque;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use qmp::Client;
+
+use crate::cli::exit;
+use crate::doorbell::Doorbell;
+use crate::output::{SharedStreams, TaggedOutput};
+use crate::render::Style;
+use crate::script;
+use crate::session::{Config, Engine};
+use crate::signals;
+
+/// Targets served at once unless `--jobs` says otherwise.
+pub const DEFAULT_JOBS: usize = 16;
+
+/// A progress bar is drawn (on a terminal) for more targets than this.
+const BAR_FROM: usize = 5;
+
+/// How to reach one target.
+pub type Connect = Box<dyn FnOnce() -> Result<Client, String> + Send>;
+
+/// One VM to run the commands on.
+pub struct Target {
+    /// How its output is tagged: the address, or the domain name.
+    pub label: String,
+    /// Connect to it (the error is the one-line reason).
+    pub connect: Connect,
+}
+
+/// What happened on one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Every command answered without error.
+    Answered,
+    /// Some command failed (an error reply, a line that did not parse).
+    Failed,
+    /// Could not connect, or the connection was lost (or timed out).
+    Unreachable,
+    /// Ended by a signal.
+    Interrupted(i32),
+}
+
+/// Run `lines` on every target and return the exit status.
+pub fn run(
+    targets: Vec<Target>,
+    lines: Vec<String>,
+    cfg: Config,
+    style: Style,
+    jobs: usize,
+) -> i32 {
+    run_with(targets, lines, cfg, style, jobs, SharedStreams::stdio())
+}
+
+/// [`run`] writing to `streams`.
+pub fn run_with(
+    targets: Vec<Target>,
+    lines: Vec<String>,
+    cfg: Config,
+    style: Style,
+    jobs: usize,
+    streams: Arc<SharedStreams>,
+) -> i32 {
+    let total = targets.len();
+    let queue = Arc::new(Mutex::new(targets.into_iter().collect::<VecDeque<_>>()));
+    let outcomes = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let bar = (total > BAR_FROM && std::io::stderr().is_terminal()).then(|| {
+        let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+        if let Ok(style) =
+            ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} targets done")
+        {
+            bar.set_style(style);
+        }
+        bar
+    });
+    streams.set_bar(bar.clone());
+    let lines = Arc::new(lines);
+    let workers: Vec<_> = (0..jobs.clamp(1, total.max(1)))
+        .filter_map(|i| {
+            let queue = Arc::clone(&queue);
+            let outcomes = Arc::clone(&outcomes);
+            let streams = Arc::clone(&streams);
+            let lines = Arc::clone(&lines);
+            let cfg = cfg.clone();
+            let bar = bar.clone();
+            thread::Builder::new()
+                .name(format!("target-{i}"))
+                .spawn(move || loop {
+                    if signals::terminating().is_some() {
+                        return;
+                    }
+                    let Some(target) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+                    else {
+                        return;
+                    };
+                    let outcome = serve(target, &lines, &cfg, style, &streams);
+                    outcomes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(outcome);
+                    if let Some(bar) = &bar {
+                        bar.inc(1);
+                    }
+                })
+                .ok()
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    streams.set_bar(None);
+    let outcomes = outcomes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let count = |o: Outcome| outcomes.iter().filter(|x| **x == o).count();
+    let (answered, failed, unreachable) = (
+        count(Outcome::Answered),
+        count(Outcome::Failed),
+        count(Outcome::Unreachable),
+    );
+    let interrupted = outcomes.iter().find_map(|o| match o {
+        Outcome::Interrupted(code) => Some(*code),
+        _ => None,
+    });
+    let not_run = total - outcomes.len();
+    let mut summary = format!(
+        "qmp-shell: {total} targets: {answered} answered, {failed} with failed commands, \
+         {unreachable} unreachable or lost"
+    );
+    if not_run > 0 {
+        summary.push_str(&format!(", {not_run} not run"));
+    }
+    summary.push('\n');
+    streams.write_err(summary.as_bytes());
+    if let Some(code) = interrupted.or(signals::terminating().map(|s| 128 + s)) {
+        code
+    } else if unreachable > 0 {
+        exit::FATAL
+    } else if failed > 0 {
+        exit::COMMAND_FAILED
+    } else {
+        exit::OK
+    }
+}
+
+/// Connect to one target and run the lines on it.
+fn serve(
+    target: Target,
+    lines: &[String],
+    cfg: &Config,
+    style: Style,
+    streams: &Arc<SharedStreams>,
+) -> Outcome {
+    let out = TaggedOutput::new(Arc::clone(streams), &target.label, style, cfg.json);
+    let client = match (target.connect)() {
+        Ok(client) => Arc::new(client),
+        Err(msg) => {
+            let _ = out.tagged_error("ConnectError", &msg);
+            return Outcome::Unreachable;
+        }
+    };
+    let engine = Engine::new(
+        Arc::clone(&client),
+        cfg.clone(),
+        Box::new(out),
+        Arc::new(Doorbell::new()),
+    );
+    let lines: script::Lines = Box::new(lines.to_vec().into_iter().map(Ok));
+    let code = script::run(engine, lines);
+    client.close();
+    match code {
+        exit::OK => Outcome::Answered,
+        exit::COMMAND_FAILED => Outcome::Failed,
+        exit::FATAL => Outcome::Unreachable,
+        other => Outcome::Interrupted(other),
+    }
+}
