@@ -14,11 +14,14 @@
 //!   input order; it alone decides when a session ends and its exit status.
 //! * the drivers, which only feed the engine lines: [`script`] (pipes and
 //!   `-c`) and [`interactive`] (a terminal, with [`complete`]).
+//! * [`connect`]: how a target (a socket, an ssh address, a libvirt
+//!   domain) becomes a client.
 //! * [`app`] and [`wrap`]: the two programs.
 
 pub mod app;
 pub mod cli;
 pub mod complete;
+pub mod connect;
 pub mod doorbell;
 pub mod files;
 pub mod hmp;
