@@ -44,8 +44,14 @@
 //!   that stopped ends the source instead, as QEMU closing its socket would.
 //! * Events are rebuilt as QEMU sends them:
 //!   `{"timestamp": {"seconds": S, "microseconds": US}, "event": NAME, "data": {...}}`.
-//!   They and the replies come through different paths inside libvirt, so
-//!   an event QEMU sent just before a reply may be received just after it.
+//!   They and the replies come through different paths inside libvirt:
+//!   the library hands events over on its event loop thread, replies on
+//!   the calling thread. So that an event QEMU sent before a reply is
+//!   received before it, as on a socket, each reply waits until the event
+//!   loop has gone around once (microseconds; at most [`SETTLE_LIMIT`]).
+//!   libvirtd itself relays events from its own event loop, which in
+//!   practice runs ahead of the reply; nothing in libvirt's API promises
+//!   it.
 //! * `human-monitor-command` goes through as QMP, so its reply is QEMU's own.
 //! * Agent mode: libvirt synchronises with the agent before each command;
 //!   `guest-sync-delimited` is sent as `guest-sync`, and the source reports
@@ -349,6 +355,10 @@ impl Transport for LibvirtTransport {
         })
     }
 }
+
+/// How long a reply may wait for the events received before it to be
+/// dispatched by the event loop (normally microseconds).
+pub const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long the `guest-ping` at open time may take, in seconds.
 const AGENT_PING_TIMEOUT: c_int = 5;
@@ -1073,6 +1083,11 @@ impl Sink for LibvirtSink {
         };
         match result {
             Ok(text) => {
+                if !session.agent {
+                    // Events QEMU sent before this reply may still be on
+                    // their way through the event loop: let them pass.
+                    event_loop::settle(session.lib, SETTLE_LIMIT);
+                }
                 let mut reply = reply_item(&text, id);
                 reply.delimited = delimited;
                 session.queue.end_call(Some(reply));
