@@ -150,5 +150,9 @@ pub fn main() -> i32 {
         args.skip_negotiation,
     );
     client.close();
+    // The process ends now: the client's threads need no joining, and one
+    // may be inside a libvirt call that QEMU never answers (what --timeout
+    // gave up on), which a join would wait for.
+    std::mem::forget(client);
     code
 }

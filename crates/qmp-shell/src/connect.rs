@@ -189,15 +189,16 @@ fn connect_domain(
     guest_agent: bool,
     opts: ClientOptions,
 ) -> Result<Connected, Failure> {
-    let transport = LibvirtTransport::open(uri, domain, guest_agent).map_err(|e| match e {
-        // Not there yet: a domain being defined or started, an agent that
-        // has not connected, a libvirtd starting.
-        LibvirtError::NoSuchDomain { .. }
-        | LibvirtError::NotRunning { .. }
-        | LibvirtError::NoAgent { .. }
-        | LibvirtError::CannotConnect { .. } => Failure::Retryable(e.to_string()),
-        _ => Failure::Fatal(e.to_string()),
-    })?;
+    let transport = LibvirtTransport::open_timeout(uri, domain, guest_agent, opts.greeting_timeout)
+        .map_err(|e| match e {
+            // Not there yet: a domain being defined or started, an agent that
+            // has not connected, a libvirtd starting.
+            LibvirtError::NoSuchDomain { .. }
+            | LibvirtError::NotRunning { .. }
+            | LibvirtError::NoAgent { .. }
+            | LibvirtError::CannotConnect { .. } => Failure::Retryable(e.to_string()),
+            _ => Failure::Fatal(e.to_string()),
+        })?;
     let notice = transport.taint_notice();
     let name = transport.domain_name().to_owned();
     match Client::open(Box::new(transport), opts) {

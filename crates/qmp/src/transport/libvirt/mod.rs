@@ -68,6 +68,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -133,6 +134,17 @@ pub enum LibvirtError {
         domain: String,
         /// libvirt's message.
         message: String,
+    },
+    /// QEMU did not answer `query-version` in time (it is stopped, say).
+    #[error(
+        "QEMU of domain {domain} did not answer within {} s (is its process stopped or hung?)",
+        timeout.as_secs_f64()
+    )]
+    NoAnswer {
+        /// The domain's name.
+        domain: String,
+        /// How long it was given.
+        timeout: Duration,
     },
     /// Any other failure reported by libvirt.
     #[error("libvirt: {message}")]
@@ -231,6 +243,25 @@ impl LibvirtTransport {
         domain: &str,
         agent: bool,
     ) -> Result<LibvirtTransport, LibvirtError> {
+        LibvirtTransport::open_timeout(uri, domain, agent, None)
+    }
+
+    /// [`LibvirtTransport::open`], giving QEMU at most `timeout` to answer
+    /// the `query-version` that makes the greeting (libvirt itself would
+    /// wait for ever on a QEMU that is stopped or hung); then the error is
+    /// [`LibvirtError::NoAnswer`]. `None` waits as long as libvirt does.
+    /// Connecting to libvirt is not bounded by it (libvirt bounds it, and
+    /// may ask for a password meanwhile); the guest agent's `guest-ping`
+    /// has a bound of its own.
+    ///
+    /// After a timeout, a thread of its own waits for the call to return,
+    /// then closes the connection.
+    pub fn open_timeout(
+        uri: Option<&str>,
+        domain: &str,
+        agent: bool,
+        timeout: Option<Duration>,
+    ) -> Result<LibvirtTransport, LibvirtError> {
         let lib = ffi::lib()?;
         let uri = ResolvedUri::new(uri);
         let conn = Connection::open(lib, &uri)?;
@@ -271,8 +302,18 @@ impl LibvirtTransport {
                 Err(e) => return Err(classify(e, &uri.described, "guest-ping failed")),
             }
         } else {
-            let cmd = CString::from(c"{\"execute\":\"query-version\"}");
-            let text = match handles.monitor_command(&cmd, &[]) {
+            let caller = Arc::clone(&handles);
+            let call = move || {
+                let cmd = CString::from(c"{\"execute\":\"query-version\"}");
+                caller.monitor_command(&cmd, &[])
+            };
+            let Some(result) = bounded(timeout, call)? else {
+                return Err(LibvirtError::NoAnswer {
+                    domain: name,
+                    timeout: timeout.unwrap_or_default(),
+                });
+            };
+            let text = match result {
                 Ok(text) => text,
                 Err(e) if !handles.alive() => return Err(not_running_or(e, &uri, &name)),
                 Err(e) => return Err(classify(e, &uri.described, "query-version failed")),
@@ -358,7 +399,28 @@ impl Transport for LibvirtTransport {
 
 /// How long a reply may wait for the events received before it to be
 /// dispatched by the event loop (normally microseconds).
-pub const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(1);
+
+/// Call `f` and return what it returns, or `Ok(None)` if it did not
+/// return within `timeout` (it then goes on, on a thread of its own).
+fn bounded<T: Send + 'static>(
+    timeout: Option<Duration>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<Option<T>, LibvirtError> {
+    let Some(timeout) = timeout else {
+        return Ok(Some(f()));
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("libvirt-open".to_owned())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| LibvirtError::Libvirt {
+            message: format!("cannot start a thread: {e}"),
+        })?;
+    Ok(rx.recv_timeout(timeout).ok())
+}
 
 /// How long the `guest-ping` at open time may take, in seconds.
 const AGENT_PING_TIMEOUT: c_int = 5;
