@@ -456,6 +456,7 @@ impl ResolvedUri {
 fn classify(e: VirErr, uri: &str, what: &str) -> LibvirtError {
     match e.code {
         code::VIR_ERR_ACCESS_DENIED
+        | code::VIR_ERR_OPERATION_DENIED
         | code::VIR_ERR_AUTH_FAILED
         | code::VIR_ERR_AUTH_CANCELLED
         | code::VIR_ERR_AUTH_UNAVAILABLE => LibvirtError::PermissionDenied {
