@@ -557,6 +557,10 @@ impl Engine {
             }
             Slot::Barrier => {
                 self.barriers -= 1;
+                // Over libvirt, events may trail the replies they preceded.
+                let _ = self
+                    .client
+                    .sync(Some(self.cfg.timeout.unwrap_or(LOOKUP_TIMEOUT)));
                 for item in self.client.drain_incoming() {
                     self.incoming(item)?;
                 }

@@ -44,14 +44,10 @@
 //!   that stopped ends the source instead, as QEMU closing its socket would.
 //! * Events are rebuilt as QEMU sends them:
 //!   `{"timestamp": {"seconds": S, "microseconds": US}, "event": NAME, "data": {...}}`.
-//!   They and the replies come through different paths inside libvirt:
-//!   the library hands events over on its event loop thread, replies on
-//!   the calling thread. So that an event QEMU sent before a reply is
-//!   received before it, as on a socket, each reply waits until the event
-//!   loop has gone around once (microseconds; at most [`SETTLE_LIMIT`]).
-//!   libvirtd itself relays events from its own event loop, which in
-//!   practice runs ahead of the reply; nothing in libvirt's API promises
-//!   it.
+//!   They and the replies come through different paths inside libvirt,
+//!   so an event QEMU sent just before a reply may be received just after
+//!   it; the transport's [`Transport::syncer`] waits for such events (one
+//!   round trip to libvirtd), and [`crate::Client::sync`] calls it.
 //! * `human-monitor-command` goes through as QMP, so its reply is QEMU's own.
 //! * Agent mode: libvirt synchronises with the agent before each command;
 //!   `guest-sync-delimited` is sent as `guest-sync`, and the source reports
@@ -73,7 +69,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use self::ffi::{code, virConnectPtr, virDomainPtr, Lib, VirErr};
-use super::{Closer, Halves, Handshake, Received, Sink, Source, Transport};
+use super::{Closer, Halves, Handshake, Received, Sink, Source, Syncer, Transport};
 use crate::framing::{Decoder, FrameError};
 use crate::message::{Greeting, Object};
 
@@ -382,6 +378,15 @@ impl Transport for LibvirtTransport {
                 .is_some()
     }
 
+    fn syncer(&self) -> Option<Syncer> {
+        // The guest agent sends no events.
+        if self.session.agent {
+            return None;
+        }
+        let session = Arc::clone(&self.session);
+        Some(Arc::new(move |timeout| session.sync(timeout)))
+    }
+
     fn split(self: Box<Self>) -> io::Result<Halves> {
         let session = self.session;
         let closing = Arc::clone(&session);
@@ -397,9 +402,9 @@ impl Transport for LibvirtTransport {
     }
 }
 
-/// How long a reply may wait for the events received before it to be
-/// dispatched by the event loop (normally microseconds).
-pub const SETTLE_LIMIT: Duration = Duration::from_secs(1);
+/// How long a sync waits for libvirt's event loop to hand over the events
+/// it holds (normally microseconds).
+const SETTLE_LIMIT: Duration = Duration::from_secs(1);
 
 /// Call `f` and return what it returns, or `Ok(None)` if it did not
 /// return within `timeout` (it then goes on, on a thread of its own).
@@ -858,6 +863,34 @@ impl Session {
         Ok(())
     }
 
+    /// Wait until every event QEMU sent before the replies queued so far
+    /// has been queued and handled by the source's reader.
+    ///
+    /// libvirtd relays QEMU's events from its event loop, its replies from
+    /// worker threads: a reply may leave before an event QEMU sent first.
+    /// But libvirtd queues that event (its loop's timer fires at once)
+    /// before it wakes the worker, and so relays it in the loop iteration
+    /// that sends the reply at the latest; a request read after that, in a
+    /// later iteration, is answered after it. So one round trip through
+    /// libvirtd (`virDomainIsActive`) brings every such event here. Here,
+    /// libvirt's client library hands events over on the event loop
+    /// thread: [`event_loop::settle`] lets them through. Then a marker
+    /// goes into the queue behind them, and the wait is for the source's
+    /// reader to get past it.
+    fn sync(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let Some(h) = self.handles() else {
+            return Ok(());
+        };
+        if !self.agent {
+            if let Err(e) = h.dom.is_active() {
+                return Err(io::Error::other(format!("libvirt: {}", e.message)));
+            }
+            drop(h);
+            event_loop::settle(self.lib, SETTLE_LIMIT);
+        }
+        self.queue.mark_and_wait(timeout)
+    }
+
     /// End the session: the source returns end of stream, callbacks are
     /// deregistered, and the connection is closed (once no call is in
     /// progress on it), which stops the event thread if no other connection
@@ -978,16 +1011,28 @@ struct Item {
     delimited: bool,
 }
 
+/// What the queue holds.
+enum Entry {
+    /// A message for the source.
+    Item(Item),
+    /// A [`Session::sync`] waits for the source to get past this.
+    Marker(u64),
+}
+
 #[derive(Default)]
 struct QueueState {
-    items: VecDeque<Item>,
-    /// The connection or the domain is gone: end once `items` is empty and
-    /// no call is in progress.
+    entries: VecDeque<Entry>,
+    /// The connection or the domain is gone: end once `entries` is empty
+    /// and no call is in progress.
     ended: bool,
     /// Closed: end now.
     closed: bool,
     /// Calls in progress, whose replies are still to come.
     calls: usize,
+    /// The last marker queued.
+    last_marker: u64,
+    /// The last marker the source got past.
+    passed: u64,
 }
 
 /// Replies and events on their way to the source.
@@ -1001,7 +1046,7 @@ impl Queue {
     fn push(&self, item: Item) {
         let mut s = lock(&self.state);
         if !s.closed {
-            s.items.push_back(item);
+            s.entries.push_back(Entry::Item(item));
             self.ready.notify_all();
         }
     }
@@ -1014,7 +1059,7 @@ impl Queue {
     fn close(&self) {
         let mut s = lock(&self.state);
         s.closed = true;
-        s.items.clear();
+        s.entries.clear();
         self.ready.notify_all();
     }
 
@@ -1036,25 +1081,68 @@ impl Queue {
         let mut s = lock(&self.state);
         s.calls = s.calls.saturating_sub(1);
         if let (Some(item), false) = (reply, s.closed) {
-            s.items.push_back(item);
+            s.entries.push_back(Entry::Item(item));
         }
         self.ready.notify_all();
     }
 
-    /// The next item, waiting for one; `None` at the end.
+    /// The next item, waiting for one; `None` at the end. Markers are
+    /// passed by: the source comes back for the next item only once it
+    /// handled the one before, so everything before a marker is handled.
     fn pop(&self) -> Option<Item> {
         let mut s = lock(&self.state);
         loop {
             if s.closed {
                 return None;
             }
-            if let Some(item) = s.items.pop_front() {
-                return Some(item);
+            match s.entries.pop_front() {
+                Some(Entry::Item(item)) => return Some(item),
+                Some(Entry::Marker(n)) => {
+                    s.passed = n;
+                    self.ready.notify_all();
+                    continue;
+                }
+                None => {}
             }
             if s.ended && s.calls == 0 {
                 return None;
             }
             s = self.ready.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Queue a marker and wait (at most `timeout`) until the source got
+    /// past it, or the queue closed or ran out.
+    fn mark_and_wait(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+        let mut s = lock(&self.state);
+        if s.closed {
+            return Ok(());
+        }
+        s.last_marker += 1;
+        let n = s.last_marker;
+        s.entries.push_back(Entry::Marker(n));
+        self.ready.notify_all();
+        loop {
+            if s.passed >= n || s.closed || (s.ended && s.calls == 0 && s.entries.is_empty()) {
+                return Ok(());
+            }
+            s = match deadline {
+                None => self.ready.wait(s).unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let now = std::time::Instant::now();
+                    if now >= d {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "timed out waiting for libvirt's events",
+                        ));
+                    }
+                    self.ready
+                        .wait_timeout(s, d - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
         }
     }
 }
@@ -1146,11 +1234,6 @@ impl Sink for LibvirtSink {
         };
         match result {
             Ok(text) => {
-                if !session.agent {
-                    // Events QEMU sent before this reply may still be on
-                    // their way through the event loop: let them pass.
-                    event_loop::settle(session.lib, SETTLE_LIMIT);
-                }
                 let mut reply = reply_item(&text, id);
                 reply.delimited = delimited;
                 session.queue.end_call(Some(reply));
