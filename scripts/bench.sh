@@ -12,7 +12,15 @@
 #       one at a time by the reference, all at once by socat);
 #   (b) one command, `query-status`;
 #   (c) `-p` and `query-qmp-schema` (about 200 KB of JSON, pretty-printed);
-#   (d) peak RSS (GNU time's %M, the largest of RSS_RUNS runs) for (b) and (c).
+#   (d) peak RSS (GNU time's %M, the largest of RSS_RUNS runs) for (b) and (c);
+#   (e) through libvirt, on a transient TCG domain the script starts (and
+#       destroys on every exit path): a script of LV_N commands (default
+#       500) through `qmp-shell --domain`, against as many
+#       `virsh qemu-monitor-command` processes (the same four commands in
+#       turn, as JSON), per command; and one whole process each:
+#       `qmp-shell --domain D -c query-status` against one
+#       `virsh qemu-monitor-command D '{"execute":"query-status"}'`.
+#       LIBVIRT=0 leaves (e) out.
 #
 # The raw socket baseline: socat gets, on standard input, exactly the bytes
 # our shell writes to the socket for the same script: `qmp_capabilities`
@@ -35,6 +43,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 N=${N:-2000}
+LV_N=${LV_N:-500}
+LV_RUNS=${LV_RUNS:-5}
+LIBVIRT=${LIBVIRT:-1}
+LIBVIRT_URI=qemu:///system
 RUNS=${RUNS:-10}
 RSS_RUNS=${RSS_RUNS:-5}
 WARMUP=${WARMUP:-2}
@@ -49,6 +61,10 @@ for tool in qemu-system-x86_64 socat hyperfine qmp-shell; do
     command -v "$tool" >/dev/null 2>&1 || need_install=1
 done
 [ -x /usr/bin/time ] || need_install=1
+if [ "$LIBVIRT" = 1 ]; then
+    # install-deps.sh installs libvirt and starts libvirtd.
+    virsh -c "$LIBVIRT_URI" list >/dev/null 2>&1 || need_install=1
+fi
 if [ "$need_install" = 1 ]; then
     log "installing missing peers / reference: scripts/install-deps.sh"
     bash scripts/install-deps.sh
@@ -73,7 +89,11 @@ QEMU=$(command -v qemu-system-x86_64)
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/qmp-bench.XXXXXX")
 QEMU_PID=""
+DOMAIN=""
 cleanup() {
+    if [ -n "$DOMAIN" ]; then
+        virsh -c "$LIBVIRT_URI" destroy "$DOMAIN" >/dev/null 2>&1 || true
+    fi
     if [ -n "$QEMU_PID" ]; then
         kill "$QEMU_PID" 2>/dev/null || true
         wait "$QEMU_PID" 2>/dev/null || true
@@ -190,10 +210,70 @@ RSS_ONE_REF=$(rss "$TMP/one.txt" "$REF" "$SOCK")
 RSS_SCHEMA_OURS=$(rss "$TMP/schema.txt" "$OURS" -p "$SOCK")
 RSS_SCHEMA_REF=$(rss "$TMP/schema.txt" "$REF" -p "$SOCK")
 
+# --- through libvirt ----------------------------------------------------------
+
+if [ "$LIBVIRT" = 1 ]; then
+    virsh -c "$LIBVIRT_URI" list >/dev/null 2>&1 ||
+        die "libvirtd does not answer on $LIBVIRT_URI (bash scripts/install-deps.sh starts it)"
+    DOMAIN="qmp-bench-$$"
+    cat >"$TMP/dom.xml" <<XML
+<domain type='qemu'>
+  <name>$DOMAIN</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices><emulator>$QEMU</emulator></devices>
+</domain>
+XML
+    log "starting transient domain $DOMAIN"
+    virsh -c "$LIBVIRT_URI" create "$TMP/dom.xml" >/dev/null
+    LIBVIRT_VERSION=$(virsh -c "$LIBVIRT_URI" version | awk '/Using library/ { print $NF }')
+
+    # The same four commands as the socket script, in turn: for us in
+    # shorthand, for virsh as JSON, one process each.
+    JSON=(
+        '{"execute":"query-status"}'
+        '{"execute":"query-name"}'
+        '{"execute":"query-version"}'
+        '{"execute":"qom-list","arguments":{"path":"/machine"}}'
+    )
+    {
+        for ((i = 0; i < LV_N; i++)); do printf '%s\n' "${SHORT[i % 4]}"; done
+    } >"$TMP/lv-script.txt"
+    {
+        echo 'set -e'
+        for ((i = 0; i < LV_N; i++)); do
+            printf 'virsh -c %q qemu-monitor-command %q %q >/dev/null\n' \
+                "$LIBVIRT_URI" "$DOMAIN" "${JSON[i % 4]}"
+        done
+    } >"$TMP/lv-virsh.sh"
+
+    log "checking outputs (libvirt)"
+    "$OURS" --domain "$DOMAIN" --connect "$LIBVIRT_URI" <"$TMP/lv-script.txt" \
+        >"$TMP/lv-ours.out" 2>"$TMP/lv-ours.err"
+    got=$(grep -c '"return"' "$TMP/lv-ours.out")
+    [ "$got" -eq "$LV_N" ] || die "ours printed $got replies through libvirt, expected $LV_N"
+    grep -q 'tainted (custom-monitor)' "$TMP/lv-ours.err" || die "no taint notice on stderr"
+    one_ours=$("$OURS" --domain "$DOMAIN" --connect "$LIBVIRT_URI" -c query-status 2>/dev/null)
+    one_virsh=$(virsh -c "$LIBVIRT_URI" qemu-monitor-command "$DOMAIN" '{"execute":"query-status"}')
+    case "$one_ours" in *'"running": true'*) ;; *) die "ours -c query-status: $one_ours" ;; esac
+    case "$one_virsh" in *'"running":true'*) ;; *) die "virsh query-status: $one_virsh" ;; esac
+
+    log "timing: libvirt script ($LV_N commands)"
+    hyperfine --warmup 1 --runs "$LV_RUNS" --style basic \
+        --export-json "$TMP/hf-lv-script.json" \
+        -n ours "$(q "$OURS") --domain $(q "$DOMAIN") --connect $(q "$LIBVIRT_URI") < $(q "$TMP/lv-script.txt")" \
+        -n virsh "bash $(q "$TMP/lv-virsh.sh")" >&2
+    log "timing: libvirt, one command"
+    hyperfine --warmup "$WARMUP" --runs "$((RUNS * 3))" --style basic \
+        --export-json "$TMP/hf-lv-one.json" \
+        -n ours "$(q "$OURS") --domain $(q "$DOMAIN") --connect $(q "$LIBVIRT_URI") -c query-status 2>/dev/null" \
+        -n virsh "virsh -c $(q "$LIBVIRT_URI") qemu-monitor-command $(q "$DOMAIN") '{\"execute\":\"query-status\"}'" >&2
+fi
+
 # --- summary ----------------------------------------------------------------
 
 CPU=$(grep -m 1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-export N RUNS RSS_RUNS TMP CPU QEMU_VERSION SCHEMA_BYTES \
+export N LV_N LV_RUNS LIBVIRT LIBVIRT_VERSION=${LIBVIRT_VERSION:-} \
+    RUNS RSS_RUNS TMP CPU QEMU_VERSION SCHEMA_BYTES \
     RSS_ONE_OURS RSS_ONE_REF RSS_SCHEMA_OURS RSS_SCHEMA_REF
 export NPROC=$(nproc) REF_VERSION=$(python3 -c 'import importlib.metadata as m; print(m.version("qemu.qmp"))' 2>/dev/null || echo "?")
 export OURS_VERSION=$("$OURS" --version 2>/dev/null || echo "?")
@@ -253,8 +333,35 @@ print("| measure | ours | reference | socat (raw socket) | ours vs reference | o
 print("| --- | --- | --- | --- | --- | --- |")
 for row in rows:
     print("| " + " | ".join(row) + " |")
+if os.environ["LIBVIRT"] == "1":
+    lv_n = int(os.environ["LV_N"])
+    script, one = load("lv-script"), load("lv-one")
+    per = lambda r: r["median"] * 1000 / lv_n
+    per_range = lambda r: f'{per(r):.2f} ms ({r["min"] * 1000 / lv_n:.2f}–{r["max"] * 1000 / lv_n:.2f})'
+    lv_rows = []
+    s_ours, s_virsh = script["ours"], script["virsh"]
+    faster = s_virsh["median"] / s_ours["median"]
+    lv_rows.append((f"{lv_n}-command script, per command", per_range(s_ours), per_range(s_virsh), f"{faster:.1f}x faster"))
+    goals.append((f"through libvirt, per command of a {lv_n}-command script: ours >= 20x faster than virsh", faster >= 20.0, f"{faster:.1f}x"))
+    o_ours, o_virsh = one["ours"], one["virsh"]
+    ratio1 = o_virsh["median"] / o_ours["median"]
+    lv_rows.append(("one command (`-c query-status`), whole process", ms(o_ours), ms(o_virsh), f"{ratio1:.2f}x faster"))
+    goals.append(("through libvirt, one whole-process command: ours no slower than virsh", ratio1 >= 1.0, f"{ratio1:.2f}x"))
+
 print()
 print("Goals:")
 for text, ok, got in goals:
     print(f"- [{'x' if ok else ' '}] {text}: {got}")
+
+if os.environ["LIBVIRT"] == "1":
+    print()
+    print("### Through libvirt (`--domain`)")
+    print()
+    print(f"A transient TCG domain (`-M pc`, 1 vCPU) on libvirt {os.environ['LIBVIRT_VERSION']} (`qemu:///system`), the same four commands in turn.")
+    print(f"Command: `scripts/bench.sh` (hyperfine, script: {os.environ['LV_RUNS']} runs; one command: {int(os.environ['RUNS']) * 3} runs; median (min–max); script figures divided by {lv_n}).")
+    print()
+    print("| measure | `qmp-shell --domain` | `virsh qemu-monitor-command` | ours vs virsh |")
+    print("| --- | --- | --- | --- |")
+    for row in lv_rows:
+        print("| " + " | ".join(row) + " |")
 EOF

@@ -15,8 +15,7 @@ use crate::{interactive, script, signals};
 
 pub use crate::connect::{client_options, SharedLog, GREETING_TIMEOUT};
 
-const USAGE: &str = "qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] [OPTIONS] qmp_server\n       \
-                     qmp-shell [OPTIONS] --domain DOMAIN [--connect URI]";
+const USAGE: &str = "qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] [OPTIONS] qmp_server";
 
 /// Print `ERROR: MSG` on standard error and return the fatal exit status.
 pub fn die(msg: &str) -> i32 {
