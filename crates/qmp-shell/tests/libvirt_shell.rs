@@ -692,7 +692,7 @@ fn a_read_only_connection_is_permission_denied() {
         &l,
         &format!(
             "permission denied by libvirt at {uri}: operation forbidden: \
-             read only access prevents virConnectDomainQemuMonitorEventRegister"
+             read only access prevents virDomainQemuMonitorCommand"
         ),
     );
     // Listing only reads: it works there.

@@ -266,24 +266,16 @@ impl LibvirtTransport {
         let not_running = || LibvirtError::NotRunning {
             domain: name.clone(),
         };
-        match dom.is_active() {
-            Ok(true) => {}
-            Ok(false) => return Err(not_running()),
-            Err(e) => return Err(classify(e, &uri.described, "cannot get the domain's state")),
+        if agent {
+            // The monitor's query-version below says as much, in one call
+            // less; guest-ping's errors would not.
+            match dom.is_active() {
+                Ok(true) => {}
+                Ok(false) => return Err(not_running()),
+                Err(e) => return Err(classify(e, &uri.described, "cannot get the domain's state")),
+            }
         }
-        let queue = Arc::new(Queue::default());
         let handles = Arc::new(Handles { dom, conn });
-        let session = Arc::new(Session {
-            lib,
-            handles: Mutex::new(Some(Arc::clone(&handles))),
-            callbacks: Mutex::new(Callbacks::default()),
-            queue,
-            agent,
-        });
-        // From here on, dropping `session` deregisters what was registered.
-        session
-            .register(&handles)
-            .map_err(|e| classify(e, &uri.described, "cannot register for events"))?;
         let greeting = if agent {
             let ping = CString::from(c"{\"execute\":\"guest-ping\"}");
             match handles.agent_command(&ping, AGENT_PING_TIMEOUT) {
@@ -316,6 +308,17 @@ impl LibvirtTransport {
             };
             Some(greeting_from(&text).map_err(|message| LibvirtError::Libvirt { message })?)
         };
+        let session = Arc::new(Session {
+            lib,
+            handles: Mutex::new(Some(Arc::clone(&handles))),
+            callbacks: Mutex::new(Callbacks::default()),
+            queue: Arc::new(Queue::default()),
+            agent,
+        });
+        // From here on, dropping `session` deregisters what was registered.
+        session
+            .register(&handles)
+            .map_err(|e| classify(e, &uri.described, "cannot register for events"))?;
         drop(handles);
         Ok(LibvirtTransport {
             session,
