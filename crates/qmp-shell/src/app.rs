@@ -128,16 +128,24 @@ pub fn main() -> i32 {
         count: args.retry,
         delay: args.retry_delay,
     };
-    let connected =
-        match crate::connect::connect(&target, &args.common, args.skip_negotiation, retry) {
-            Ok(connected) => connected,
-            Err(msg) => {
-                return match signals::terminating() {
-                    Some(sig) => 128 + sig,
-                    None => die(&msg),
-                }
+    // A banner, with QEMU's version, starts a session on a pipe or a
+    // terminal; -c and --json print none.
+    let banner = args.commands.is_empty() && !args.common.json;
+    let connected = match crate::connect::connect(
+        &target,
+        &args.common,
+        args.skip_negotiation,
+        banner,
+        retry,
+    ) {
+        Ok(connected) => connected,
+        Err(msg) => {
+            return match signals::terminating() {
+                Some(sig) => 128 + sig,
+                None => die(&msg),
             }
-        };
+        }
+    };
     if let Some(notice) = &connected.notice {
         let _ = writeln!(std::io::stderr(), "{notice}");
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use qmp::transport::libvirt::{self, LibvirtError, LibvirtTransport};
+use qmp::transport::libvirt::{self, LibvirtError, LibvirtTransport, OpenOptions};
 use qmp::{Address, Client, ClientOptions, Error as QmpError};
 
 use crate::cli::Common;
@@ -110,7 +110,8 @@ enum Failure {
 }
 
 /// Connect to `target`. `guest_agent` (`-N`): the peer is a guest agent,
-/// not a QMP monitor. While the target is not there yet (a socket missing
+/// not a QMP monitor. `banner`: the session prints a banner with QEMU's
+/// version (a socket's greeting has it; libvirt is asked for it). While the target is not there yet (a socket missing
 /// or refusing, a domain not running or not defined yet, libvirtd not
 /// answering), try again as `retry` says. The error is the message to print
 /// after `ERROR: `.
@@ -118,6 +119,7 @@ pub fn connect(
     target: &Target,
     common: &Common,
     guest_agent: bool,
+    banner: bool,
     retry: Retry,
 ) -> Result<Connected, String> {
     let log = match &common.logfile {
@@ -130,7 +132,7 @@ pub fn connect(
         match target {
             Target::Address { text, address } => connect_address(text, address, opts),
             Target::Domain { domain, uri } => {
-                connect_domain(domain, uri.as_deref(), guest_agent, opts)
+                connect_domain(domain, uri.as_deref(), guest_agent, banner, opts)
             }
         }
     })
@@ -183,22 +185,28 @@ fn connect_address(
 }
 
 /// A libvirt domain: its monitor, or with `guest_agent` its guest agent.
+/// `banner`: the version is wanted (one more call to QEMU).
 fn connect_domain(
     domain: &str,
     uri: Option<&str>,
     guest_agent: bool,
+    banner: bool,
     opts: ClientOptions,
 ) -> Result<Connected, Failure> {
-    let transport = LibvirtTransport::open_timeout(uri, domain, guest_agent, opts.greeting_timeout)
-        .map_err(|e| match e {
-            // Not there yet: a domain being defined or started, an agent that
-            // has not connected, a libvirtd starting.
-            LibvirtError::NoSuchDomain { .. }
-            | LibvirtError::NotRunning { .. }
-            | LibvirtError::NoAgent { .. }
-            | LibvirtError::CannotConnect { .. } => Failure::Retryable(e.to_string()),
-            _ => Failure::Fatal(e.to_string()),
-        })?;
+    let open = OpenOptions {
+        agent: guest_agent,
+        skip_greeting: !banner,
+        greeting_timeout: opts.greeting_timeout,
+    };
+    let transport = LibvirtTransport::open_with(uri, domain, &open).map_err(|e| match e {
+        // Not there yet: a domain being defined or started, an agent that
+        // has not connected, a libvirtd starting.
+        LibvirtError::NoSuchDomain { .. }
+        | LibvirtError::NotRunning { .. }
+        | LibvirtError::NoAgent { .. }
+        | LibvirtError::CannotConnect { .. } => Failure::Retryable(e.to_string()),
+        _ => Failure::Fatal(e.to_string()),
+    })?;
     let notice = transport.taint_notice();
     let name = transport.domain_name().to_owned();
     match Client::open(Box::new(transport), opts) {

@@ -556,8 +556,16 @@ fn timeout_bounds_a_reply_and_the_greeting() {
         format!("{}ERROR: no reply within 1 s\n", notice(&dom.name))
     );
 
-    // The greeting (query-version) is bounded too.
+    // -c: the command's reply.
     let l = through_libvirt(&dom, &["--timeout", "0.5", "-c", "query-status"], "");
+    assert_eq!(l.status.code(), Some(1), "{}", show(&l));
+    assert_eq!(
+        text(&l.stderr),
+        format!("{}ERROR: no reply within 0.5 s\n", notice(&dom.name))
+    );
+    // With a banner, the version is asked for first (query-version): that
+    // is bounded too.
+    let l = through_libvirt(&dom, &["--timeout", "0.5"], "query-status\n");
     assert_error(
         &l,
         &format!(
@@ -687,14 +695,24 @@ fn libvirtd_unreachable_names_the_uri() {
 fn a_read_only_connection_is_permission_denied() {
     let dom = TestDomain::start("readonly");
     let uri = "qemu+unix:///system?socket=/run/libvirt/libvirt-sock-ro";
-    let l = through_uri(uri, &dom, &["-c", "query-status"], "");
-    assert_error(
-        &l,
-        &format!(
-            "permission denied by libvirt at {uri}: operation forbidden: \
-             read only access prevents virDomainQemuMonitorCommand"
+    // The first call that needs write access names itself.
+    for (args, stdin, call) in [
+        (
+            &["-c", "query-status"][..],
+            "",
+            "virConnectDomainQemuMonitorEventRegister",
         ),
-    );
+        (&[], "query-status\n", "virDomainQemuMonitorCommand"),
+    ] {
+        let l = through_uri(uri, &dom, args, stdin);
+        assert_error(
+            &l,
+            &format!(
+                "permission denied by libvirt at {uri}: operation forbidden: \
+                 read only access prevents {call}"
+            ),
+        );
+    }
     // Listing only reads: it works there.
     let l = shell(&["--list", "--connect", uri], "");
     assert_eq!(l.status.code(), Some(0), "{}", show(&l));

@@ -150,6 +150,26 @@ pub enum LibvirtError {
     },
 }
 
+/// How [`LibvirtTransport::open_with`] opens a session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// With the guest agent rather than QEMU's monitor.
+    pub agent: bool,
+    /// Monitor: do not ask QEMU for its version, so there is no greeting
+    /// ([`Handshake::Negotiated`]`(None)`) and one call to QEMU less (for
+    /// a run of one command with no banner, that is half the calls).
+    pub skip_greeting: bool,
+    /// Monitor: give QEMU at most this long to answer the `query-version`
+    /// that makes the greeting (libvirt itself would wait for ever on a
+    /// QEMU that is stopped or hung); then the error is
+    /// [`LibvirtError::NoAnswer`], and a thread of its own waits for the
+    /// call to return and closes the connection. `None`: wait as long as
+    /// libvirt does. Connecting to libvirt is not bounded by it (libvirt
+    /// bounds it, and may ask for a password meanwhile); the guest agent's
+    /// `guest-ping` has a bound of its own.
+    pub greeting_timeout: Option<Duration>,
+}
+
 /// A running domain, as listed by [`list_domains`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainInfo {
@@ -239,25 +259,24 @@ impl LibvirtTransport {
         domain: &str,
         agent: bool,
     ) -> Result<LibvirtTransport, LibvirtError> {
-        LibvirtTransport::open_timeout(uri, domain, agent, None)
+        let opts = OpenOptions {
+            agent,
+            ..OpenOptions::default()
+        };
+        LibvirtTransport::open_with(uri, domain, &opts)
     }
 
-    /// [`LibvirtTransport::open`], giving QEMU at most `timeout` to answer
-    /// the `query-version` that makes the greeting (libvirt itself would
-    /// wait for ever on a QEMU that is stopped or hung); then the error is
-    /// [`LibvirtError::NoAnswer`]. `None` waits as long as libvirt does.
-    /// Connecting to libvirt is not bounded by it (libvirt bounds it, and
-    /// may ask for a password meanwhile); the guest agent's `guest-ping`
-    /// has a bound of its own.
-    ///
-    /// After a timeout, a thread of its own waits for the call to return,
-    /// then closes the connection.
-    pub fn open_timeout(
+    /// [`LibvirtTransport::open`], as `opts` say.
+    pub fn open_with(
         uri: Option<&str>,
         domain: &str,
-        agent: bool,
-        timeout: Option<Duration>,
+        opts: &OpenOptions,
     ) -> Result<LibvirtTransport, LibvirtError> {
+        let OpenOptions {
+            agent,
+            skip_greeting,
+            greeting_timeout: timeout,
+        } = *opts;
         let lib = ffi::lib()?;
         let uri = ResolvedUri::new(uri);
         let conn = Connection::open(lib, &uri)?;
@@ -266,7 +285,7 @@ impl LibvirtTransport {
         let not_running = || LibvirtError::NotRunning {
             domain: name.clone(),
         };
-        if agent {
+        if agent || skip_greeting {
             // The monitor's query-version below says as much, in one call
             // less; guest-ping's errors would not.
             match dom.is_active() {
@@ -289,6 +308,8 @@ impl LibvirtTransport {
                 }
                 Err(e) => return Err(classify(e, &uri.described, "guest-ping failed")),
             }
+        } else if skip_greeting {
+            None
         } else {
             let caller = Arc::clone(&handles);
             let call = move || {
