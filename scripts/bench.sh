@@ -19,7 +19,9 @@
 #       `virsh qemu-monitor-command` processes (the same four commands in
 #       turn, as JSON), per command; and one whole process each:
 #       `qmp-shell --domain D -c query-status` against one
-#       `virsh qemu-monitor-command D '{"execute":"query-status"}'`.
+#       `virsh qemu-monitor-command D '{"execute":"query-status"}'`, run in
+#       turn (the two are close, and a series of one then a series of the
+#       other would measure the machine's load drifting).
 #       LIBVIRT=0 leaves (e) out.
 #
 # The raw socket baseline: socat gets, on standard input, exactly the bytes
@@ -262,11 +264,37 @@ XML
         --export-json "$TMP/hf-lv-script.json" \
         -n ours "$(q "$OURS") --domain $(q "$DOMAIN") --connect $(q "$LIBVIRT_URI") < $(q "$TMP/lv-script.txt")" \
         -n virsh "bash $(q "$TMP/lv-virsh.sh")" >&2
-    log "timing: libvirt, one command"
-    hyperfine --warmup "$WARMUP" --runs "$((RUNS * 3))" --style basic \
-        --export-json "$TMP/hf-lv-one.json" \
-        -n ours "$(q "$OURS") --domain $(q "$DOMAIN") --connect $(q "$LIBVIRT_URI") -c query-status 2>/dev/null" \
-        -n virsh "virsh -c $(q "$LIBVIRT_URI") qemu-monitor-command $(q "$DOMAIN") '{\"execute\":\"query-status\"}'" >&2
+    # The two are close and this machine's load drifts: run them in turn
+    # (alternating which goes first), not one series after the other as
+    # hyperfine does; results in hyperfine's JSON shape.
+    log "timing: libvirt, one command ($((RUNS * 6)) rounds, interleaved)"
+    python3 - "$TMP/hf-lv-one.json" "$((RUNS * 6))" "$WARMUP" \
+        "$OURS" --domain "$DOMAIN" --connect "$LIBVIRT_URI" -c query-status -- \
+        virsh -c "$LIBVIRT_URI" qemu-monitor-command "$DOMAIN" '{"execute":"query-status"}' <<'PY'
+import json, statistics, subprocess, sys, time
+
+out, rounds, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rest = sys.argv[4:]
+cut = rest.index("--")
+commands = {"ours": rest[:cut], "virsh": rest[cut + 1:]}
+times = {name: [] for name in commands}
+
+def run(argv):
+    start = time.perf_counter()
+    subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - start
+
+for i in range(warmup + rounds):
+    order = ["ours", "virsh"] if i % 2 == 0 else ["virsh", "ours"]
+    for name in order:
+        t = run(commands[name])
+        if i >= warmup:
+            times[name].append(t)
+results = [{"command": name, "median": statistics.median(ts), "min": min(ts),
+            "max": max(ts), "times": ts} for name, ts in times.items()]
+json.dump({"results": results}, open(out, "w"))
+PY
 fi
 
 # --- summary ----------------------------------------------------------------
@@ -358,7 +386,7 @@ if os.environ["LIBVIRT"] == "1":
     print("### Through libvirt (`--domain`)")
     print()
     print(f"A transient TCG domain (`-M pc`, 1 vCPU) on libvirt {os.environ['LIBVIRT_VERSION']} (`qemu:///system`), the same four commands in turn.")
-    print(f"Command: `scripts/bench.sh` (hyperfine, script: {os.environ['LV_RUNS']} runs; one command: {int(os.environ['RUNS']) * 3} runs; median (min–max); script figures divided by {lv_n}).")
+    print(f"Command: `scripts/bench.sh` (script: hyperfine, {os.environ['LV_RUNS']} runs, figures divided by {lv_n}; one command: {int(os.environ['RUNS']) * 6} rounds running both in turn; median (min–max)).")
     print()
     print("| measure | `qmp-shell --domain` | `virsh qemu-monitor-command` | ours vs virsh |")
     print("| --- | --- | --- | --- |")
