@@ -155,8 +155,14 @@ wire "$TMP/schema.txt" "$TMP/schema.json"
 [ "$(wc -l <"$TMP/script.json")" -eq $((N + 1)) ] || die "unexpected -l log for the script"
 
 log "checking outputs"
-"$SOCAT" -t 30 - "UNIX-CONNECT:$SOCK" <"$TMP/script.json" >"$TMP/socat.out"
-got=$(wc -l <"$TMP/socat.out")
+# QEMU 7.2 now and then closes a half-closed connection before it sent the
+# last reply (seen under load): try a few times before calling it a failure.
+for attempt in 1 2 3 4 5 6 7 8 9 10; do
+    "$SOCAT" -t 30 - "UNIX-CONNECT:$SOCK" <"$TMP/script.json" >"$TMP/socat.out"
+    got=$(wc -l <"$TMP/socat.out")
+    [ "$got" -eq $((N + 2)) ] && break
+    log "socat got $got lines, expected greeting + $((N + 1)) replies (attempt $attempt)"
+done
 [ "$got" -eq $((N + 2)) ] || die "socat got $got lines, expected greeting + $((N + 1)) replies"
 "$OURS" "$SOCK" <"$TMP/script.txt" >"$TMP/ours.out"
 "$REF" "$SOCK" <"$TMP/script.txt" >"$TMP/ref.out"
