@@ -308,6 +308,12 @@ impl Engine {
                 "end of input inside a transaction".to_owned(),
             );
         }
+        if self.cfg.json && !self.cfg.live_events {
+            // The events of the last commands, which over libvirt may trail
+            // their replies, are printed before the end.
+            self.queue.push_back(Slot::Barrier);
+            self.barriers += 1;
+        }
     }
 
     /// Ctrl-C at a `TRANS>` prompt: drop the transaction and say so.

@@ -90,10 +90,10 @@ fn assert_same(what: &str, domain: &str, libvirt: &Output, socket: &Output) {
         show(libvirt),
         show(socket)
     );
-    let err = text(&libvirt.stderr);
+    let err = without_timestamps(&text(&libvirt.stderr));
     assert_eq!(
         err.strip_prefix(&notice(domain)),
-        Some(text(&socket.stderr).as_str()),
+        Some(without_timestamps(&text(&socket.stderr)).as_str()),
         "{what}: standard error: the notice, then the socket's\n{}",
         show(libvirt)
     );
@@ -423,6 +423,21 @@ fn events_at_empty_lines_of_a_script_as_on_a_socket() {
         "{}",
         show(&l)
     );
+    // Without empty lines, --json still prints the last commands' events
+    // before it ends, as on the socket.
+    for _ in 0..20 {
+        let script = "stop\ncont\n";
+        let l = through_libvirt(&dom, &["--json"], script);
+        let s = through_socket(&dom, &["--json"], script);
+        assert_same("--json stop/cont", &dom.name, &l, &s);
+        let err = without_timestamps(&text(&l.stderr));
+        assert_eq!(
+            err,
+            format!("{}{stop}\n{resume}\n", notice(&dom.name)),
+            "{}",
+            show(&l)
+        );
+    }
 }
 
 /// Send an empty line and `query-name` until `event` has been printed
