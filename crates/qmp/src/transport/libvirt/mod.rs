@@ -1148,7 +1148,11 @@ impl Queue {
         s.entries.push_back(Entry::Marker(n));
         self.ready.notify_all();
         loop {
-            if s.passed >= n || s.closed || (s.ended && s.calls == 0 && s.entries.is_empty()) {
+            // Ended, with nothing but markers left: the source has returned
+            // (or is about to return) the end, and may not come back.
+            let over =
+                s.ended && s.calls == 0 && s.entries.iter().all(|e| matches!(e, Entry::Marker(_)));
+            if s.passed >= n || s.closed || over {
                 return Ok(());
             }
             s = match deadline {
@@ -1629,6 +1633,48 @@ mod tests {
         });
         q.close();
         assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn a_marker_is_passed_once_what_is_before_it_was_taken() {
+        let q = Arc::new(Queue::default());
+        q.push(Item {
+            frame: Ok(obj(r#"{"event":"STOP"}"#)),
+            raw: None,
+            delimited: false,
+        });
+        let reader = {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || {
+                let first = q.pop().map(|i| json(&i));
+                // The marker is passed on the way to the next item.
+                let second = q.pop().map(|i| json(&i));
+                (first, second)
+            })
+        };
+        q.mark_and_wait(Some(Duration::from_secs(20)))
+            .expect("the reader gets past the marker");
+        q.push(Item {
+            frame: Ok(obj(r#"{"return":{}}"#)),
+            raw: None,
+            delimited: false,
+        });
+        let (first, second) = reader.join().expect("reader");
+        assert_eq!(first.as_deref(), Some(r#"{"event":"STOP"}"#));
+        assert_eq!(second.as_deref(), Some(r#"{"return":{}}"#));
+
+        // Nobody reads: the wait is bounded; a closed queue ends it at once.
+        let q = Queue::default();
+        let e = q
+            .mark_and_wait(Some(Duration::from_millis(10)))
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        q.close();
+        q.mark_and_wait(None).expect("closed: nothing to wait for");
+        // An ended queue with nothing left: nothing to wait for either.
+        let q = Queue::default();
+        q.end();
+        q.mark_and_wait(None).expect("ended");
     }
 
     #[test]
