@@ -12,27 +12,40 @@
 #       one at a time by the reference, all at once by socat);
 #   (b) one command, `query-status`;
 #   (c) `-p` and `query-qmp-schema` (about 200 KB of JSON, pretty-printed);
-#   (d) peak RSS (GNU time's %M, the largest of RSS_RUNS runs) for (b) and (c).
+#   (d) peak RSS (GNU time's %M, the largest of RSS_RUNS runs) for (b) and (c);
 #   (e) the script of (a) run by our shell directly, through qmp-proxy, and
 #       through ssh:// (a private sshd on 127.0.0.1 with throwaway keys,
 #       forwarding to the socket of the direct runs): three commands in one
 #       hyperfine invocation, against a second QEMU of their own with two
 #       monitors (one for the direct and ssh runs, one for qmp-proxy's
 #       connection). The ssh row includes ssh's connection set-up, as a
-#       user would see it; so does the one-command row.
+#       user would see it; so does the one-command row;
+#   (f) through libvirt, on a transient TCG domain the script starts (and
+#       destroys on every exit path): a script of LV_N commands (default
+#       500) through `qmp-shell --domain`, against as many
+#       `virsh qemu-monitor-command` processes (the same four commands in
+#       turn, as JSON), per command, and against one virsh process running
+#       them all (libvirt's own floor); and one whole process each:
+#       `qmp-shell --domain D -c query-status` against one
+#       `virsh qemu-monitor-command D '{"execute":"query-status"}'`, run in
+#       turn (the two are close, and a series of one then a series of the
+#       other would measure the machine's load drifting).
+#       LIBVIRT=0 leaves (f) out.
 #
 # The raw socket baseline: socat gets, on standard input, exactly the bytes
 # our shell writes to the socket for the same script: `qmp_capabilities`
 # followed by the N commands, encoded as JSON, each with the id the client
 # assigns (integers; empty arguments left out, since QEMU's work per
 # command grows with the bytes it parses). They are taken from our own `-l` log of a run of the script. At the end of its input socat
-# half-closes the socket (shutdown SHUT_WR); QEMU still answers every command
-# it has read and then closes its side, and socat exits when that EOF
-# arrives. So socat's time is the true round trip of all N commands, with no
-# fixed sleep: `-t` is only an upper bound on that wait, never spent when
-# QEMU closes first. Before timing, the script checks that socat did get
-# greeting + N+1 replies, that our output has N replies, and that ours and the
-# reference print the same bytes.
+# half-closes the socket (shutdown SHUT_WR); QEMU answers the commands it
+# has read and then closes its side, and socat exits when that EOF arrives.
+# QEMU 7.2 may close before it sent the reply to the very last command, so
+# a sentinel `query-status` goes after the script (its reply may be lost).
+# So socat's time is the true round trip of all N commands, with no fixed
+# sleep: `-t` is only an upper bound on that wait, never spent when QEMU
+# closes first. Before timing, the script checks that socat did get greeting
+# + N+1 replies (the last command's included), that our output has N
+# replies, and that ours and the reference print the same bytes.
 #
 # One difference: socat negotiates without out-of-band execution. Ours (like
 # the reference) enables it when QEMU offers it, and then keeps at most 7
@@ -50,6 +63,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 N=${N:-2000}
+LV_N=${LV_N:-500}
+LV_RUNS=${LV_RUNS:-5}
+LIBVIRT=${LIBVIRT:-1}
+LIBVIRT_URI=qemu:///system
 RUNS=${RUNS:-10}
 RSS_RUNS=${RSS_RUNS:-5}
 WARMUP=${WARMUP:-2}
@@ -67,6 +84,10 @@ done
 [ -x /usr/bin/time ] || need_install=1
 [ -x /usr/sbin/sshd ] || need_install=1
 "$PYTHON" -I -c 'import qemu.qmp.qmp_shell' >/dev/null 2>&1 || need_install=1
+if [ "$LIBVIRT" = 1 ]; then
+    # install-deps.sh installs libvirt and starts libvirtd.
+    virsh -c "$LIBVIRT_URI" list >/dev/null 2>&1 || need_install=1
+fi
 if [ "$need_install" = 1 ]; then
     log "installing missing peers / reference: scripts/install-deps.sh"
     bash scripts/install-deps.sh
@@ -100,7 +121,11 @@ QEMU_PID=""
 PROXY_PID=""
 SSHD_PID=""
 QEMU2_PID=""
+DOMAIN=""
 cleanup() {
+    if [ -n "$DOMAIN" ]; then
+        virsh -c "$LIBVIRT_URI" destroy "$DOMAIN" >/dev/null 2>&1 || true
+    fi
     for pid in $PROXY_PID $SSHD_PID $QEMU2_PID; do
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
@@ -162,12 +187,19 @@ wire() {
 wire "$TMP/script.txt" "$TMP/script.json"
 wire "$TMP/one.txt" "$TMP/one.json"
 wire "$TMP/schema.txt" "$TMP/schema.json"
-[ "$(wc -l <"$TMP/script.json")" -eq $((N + 1)) ] || die "unexpected -l log for the script"
+# QEMU (7.2) may close a half-closed connection without sending the reply
+# to the last command it read (seen often under load): a cheap sentinel
+# command goes last, so that socat's time includes the script's last reply.
+for f in script one schema; do
+    printf '{"execute":"query-status","id":"sentinel"}\n' >>"$TMP/$f.json"
+done
+[ "$(wc -l <"$TMP/script.json")" -eq $((N + 2)) ] || die "unexpected -l log for the script"
 
 log "checking outputs"
 "$SOCAT" -t 30 - "UNIX-CONNECT:$SOCK" <"$TMP/script.json" >"$TMP/socat.out"
 got=$(wc -l <"$TMP/socat.out")
-[ "$got" -eq $((N + 2)) ] || die "socat got $got lines, expected greeting + $((N + 1)) replies"
+[ "$got" -ge $((N + 2)) ] || die "socat got $got lines, expected greeting + $((N + 1)) replies"
+grep -q "\"id\": $((N + 1))}" "$TMP/socat.out" || die "socat did not get the reply to the last command"
 "$OURS" "$SOCK" <"$TMP/script.txt" >"$TMP/ours.out"
 "${REF[@]}" "$SOCK" <"$TMP/script.txt" >"$TMP/ref.out"
 cmp -s "$TMP/ours.out" "$TMP/ref.out" || die "ours and the reference differ on the script (see $TMP)"
@@ -303,10 +335,104 @@ RSS_ONE_REF=$(rss "$TMP/one.txt" "${REF[@]}" "$SOCK")
 RSS_SCHEMA_OURS=$(rss "$TMP/schema.txt" "$OURS" -p "$SOCK")
 RSS_SCHEMA_REF=$(rss "$TMP/schema.txt" "${REF[@]}" -p "$SOCK")
 
+# --- through libvirt ----------------------------------------------------------
+
+if [ "$LIBVIRT" = 1 ]; then
+    virsh -c "$LIBVIRT_URI" list >/dev/null 2>&1 ||
+        die "libvirtd does not answer on $LIBVIRT_URI (bash scripts/install-deps.sh starts it)"
+    DOMAIN="qmp-bench-$$"
+    cat >"$TMP/dom.xml" <<XML
+<domain type='qemu'>
+  <name>$DOMAIN</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices><emulator>$QEMU</emulator></devices>
+</domain>
+XML
+    log "starting transient domain $DOMAIN"
+    virsh -c "$LIBVIRT_URI" create "$TMP/dom.xml" >/dev/null
+    LIBVIRT_VERSION=$(virsh -c "$LIBVIRT_URI" version | awk '/Using library/ { print $NF }')
+
+    # The same four commands as the socket script, in turn: for us in
+    # shorthand, for virsh as JSON, one process each.
+    JSON=(
+        '{"execute":"query-status"}'
+        '{"execute":"query-name"}'
+        '{"execute":"query-version"}'
+        '{"execute":"qom-list","arguments":{"path":"/machine"}}'
+    )
+    {
+        for ((i = 0; i < LV_N; i++)); do printf '%s\n' "${SHORT[i % 4]}"; done
+    } >"$TMP/lv-script.txt"
+    {
+        echo 'set -e'
+        for ((i = 0; i < LV_N; i++)); do
+            printf 'virsh -c %q qemu-monitor-command %q %q >/dev/null\n' \
+                "$LIBVIRT_URI" "$DOMAIN" "${JSON[i % 4]}"
+        done
+    } >"$TMP/lv-virsh.sh"
+    # The floor of libvirt's passthrough: virsh running the same commands in
+    # one process, on one connection.
+    {
+        for ((i = 0; i < LV_N; i++)); do
+            printf 'qemu-monitor-command %q %q\n' "$DOMAIN" "${JSON[i % 4]}"
+        done
+    } >"$TMP/lv-virsh-session.txt"
+
+    log "checking outputs (libvirt)"
+    "$OURS" --domain "$DOMAIN" --connect "$LIBVIRT_URI" <"$TMP/lv-script.txt" \
+        >"$TMP/lv-ours.out" 2>"$TMP/lv-ours.err"
+    got=$(grep -c '"return"' "$TMP/lv-ours.out")
+    [ "$got" -eq "$LV_N" ] || die "ours printed $got replies through libvirt, expected $LV_N"
+    grep -q 'tainted (custom-monitor)' "$TMP/lv-ours.err" || die "no taint notice on stderr"
+    one_ours=$("$OURS" --domain "$DOMAIN" --connect "$LIBVIRT_URI" -c query-status 2>/dev/null)
+    one_virsh=$(virsh -c "$LIBVIRT_URI" qemu-monitor-command "$DOMAIN" '{"execute":"query-status"}')
+    case "$one_ours" in *'"running": true'*) ;; *) die "ours -c query-status: $one_ours" ;; esac
+    case "$one_virsh" in *'"running":true'*) ;; *) die "virsh query-status: $one_virsh" ;; esac
+
+    log "timing: libvirt script ($LV_N commands)"
+    hyperfine --warmup 1 --runs "$LV_RUNS" --style basic \
+        --export-json "$TMP/hf-lv-script.json" \
+        -n ours "$(q "$OURS") --domain $(q "$DOMAIN") --connect $(q "$LIBVIRT_URI") < $(q "$TMP/lv-script.txt")" \
+        -n virsh "bash $(q "$TMP/lv-virsh.sh")" \
+        -n virsh-session "virsh -c $(q "$LIBVIRT_URI") < $(q "$TMP/lv-virsh-session.txt") > /dev/null" >&2
+    # The two are close and this machine's load drifts: run them in turn
+    # (alternating which goes first), not one series after the other as
+    # hyperfine does; results in hyperfine's JSON shape.
+    log "timing: libvirt, one command ($((RUNS * 6)) rounds, interleaved)"
+    python3 - "$TMP/hf-lv-one.json" "$((RUNS * 6))" "$WARMUP" \
+        "$OURS" --domain "$DOMAIN" --connect "$LIBVIRT_URI" -c query-status -- \
+        virsh -c "$LIBVIRT_URI" qemu-monitor-command "$DOMAIN" '{"execute":"query-status"}' <<'PY'
+import json, statistics, subprocess, sys, time
+
+out, rounds, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rest = sys.argv[4:]
+cut = rest.index("--")
+commands = {"ours": rest[:cut], "virsh": rest[cut + 1:]}
+times = {name: [] for name in commands}
+
+def run(argv):
+    start = time.perf_counter()
+    subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - start
+
+for i in range(warmup + rounds):
+    order = ["ours", "virsh"] if i % 2 == 0 else ["virsh", "ours"]
+    for name in order:
+        t = run(commands[name])
+        if i >= warmup:
+            times[name].append(t)
+results = [{"command": name, "median": statistics.median(ts), "min": min(ts),
+            "max": max(ts), "times": ts} for name, ts in times.items()]
+json.dump({"results": results}, open(out, "w"))
+PY
+fi
+
 # --- summary ----------------------------------------------------------------
 
 CPU=$(grep -m 1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-export N RUNS RSS_RUNS TMP CPU QEMU_VERSION SCHEMA_BYTES \
+export N LV_N LV_RUNS LIBVIRT LIBVIRT_VERSION=${LIBVIRT_VERSION:-} \
+    RUNS RSS_RUNS TMP CPU QEMU_VERSION SCHEMA_BYTES \
     RSS_ONE_OURS RSS_ONE_REF RSS_SCHEMA_OURS RSS_SCHEMA_REF
 export NPROC=$(nproc) REF_VERSION
 export OURS_VERSION=$("$OURS" --version 2>/dev/null || echo "?")
@@ -382,9 +508,37 @@ for key, label in [("paths", f"{n}-command script on stdin"), ("paths-one", "one
     print(f"| {label} | {ms(d)} | {ms(p)} | {pr:.2f}x | {ms(s)} | {sr:.2f}x |")
     if key == "paths":
         goals.append((f"{label}: through qmp-proxy within 1.3x of direct", pr <= 1.3, f"{pr:.2f}x"))
+if os.environ["LIBVIRT"] == "1":
+    lv_n = int(os.environ["LV_N"])
+    script, one = load("lv-script"), load("lv-one")
+    per = lambda r: r["median"] * 1000 / lv_n
+    per_range = lambda r: f'{per(r):.2f} ms ({r["min"] * 1000 / lv_n:.2f}–{r["max"] * 1000 / lv_n:.2f})'
+    lv_rows = []
+    s_ours, s_virsh = script["ours"], script["virsh"]
+    faster = s_virsh["median"] / s_ours["median"]
+    lv_rows.append((f"{lv_n}-command script, per command", per_range(s_ours), per_range(s_virsh), f"{faster:.1f}x faster"))
+    s_session = script["virsh-session"]
+    lv_rows.append((f"(libvirt's floor: virsh running the {lv_n} commands in one process)", "–", per_range(s_session), f"{s_session['median'] / s_ours['median']:.2f}x faster"))
+    goals.append((f"through libvirt, per command of a {lv_n}-command script: ours >= 20x faster than virsh", faster >= 20.0, f"{faster:.1f}x"))
+    o_ours, o_virsh = one["ours"], one["virsh"]
+    ratio1 = o_virsh["median"] / o_ours["median"]
+    lv_rows.append(("one command (`-c query-status`), whole process", ms(o_ours), ms(o_virsh), f"{ratio1:.2f}x faster"))
+    goals.append(("through libvirt, one whole-process command: ours no slower than virsh", ratio1 >= 1.0, f"{ratio1:.2f}x"))
 
 print()
 print("Goals:")
 for text, ok, got in goals:
     print(f"- [{'x' if ok else ' '}] {text}: {got}")
+
+if os.environ["LIBVIRT"] == "1":
+    print()
+    print("### Through libvirt (`--domain`)")
+    print()
+    print(f"A transient TCG domain (`-M pc`, 1 vCPU) on libvirt {os.environ['LIBVIRT_VERSION']} (`qemu:///system`), the same four commands in turn.")
+    print(f"Command: `scripts/bench.sh` (script: hyperfine, {os.environ['LV_RUNS']} runs, figures divided by {lv_n}; one command: {int(os.environ['RUNS']) * 6} rounds running both in turn; median (min–max)).")
+    print()
+    print("| measure | `qmp-shell --domain` | `virsh qemu-monitor-command` | ours vs virsh |")
+    print("| --- | --- | --- | --- |")
+    for row in lv_rows:
+        print("| " + " | ".join(row) + " |")
 EOF

@@ -29,6 +29,8 @@ CHECKS=(
     "virsh libvirt-clients"
     "libvirtd libvirt-daemon"
     "virtlogd libvirt-daemon"
+    # qemu+ssh:// URIs run it on the remote side (else they fall back to nc)
+    "virt-ssh-helper libvirt-daemon"
     "driver:qemu libvirt-daemon-driver-qemu"
     "lib:libvirt.so.0 libvirt0"
     "lib:libvirt-qemu.so.0 libvirt0"

@@ -1,75 +1,27 @@
 //! `qmp-shell`'s main: arguments, connection, and choosing the driver.
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use clap::Parser as _;
-use qmp::{Address, Client, ClientOptions, Error as QmpError};
+use qmp::{Address, Client};
 
 use crate::cli::{self, exit, ColorChoice, Common, ShellArgs};
+use crate::connect::{Retry, Target};
 use crate::doorbell::Doorbell;
-use crate::files::{open_private, Existing};
 use crate::output::StdOutput;
 use crate::render::Style;
 use crate::session::{Config, Engine};
-use crate::wording::{client_error, python_io_error};
 use crate::{interactive, script, signals};
 
-const USAGE: &str = "qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] [OPTIONS] qmp_server";
+pub use crate::connect::{client_options, SharedLog, GREETING_TIMEOUT};
 
-/// How long to wait for the greeting when `--timeout` is not given.
-pub const GREETING_TIMEOUT: Duration = Duration::from_secs(10);
+const USAGE: &str = "qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] [OPTIONS] qmp_server";
 
 /// Print `ERROR: MSG` on standard error and return the fatal exit status.
 pub fn die(msg: &str) -> i32 {
     // A closed standard error must not turn into a panic.
     let _ = writeln!(std::io::stderr(), "ERROR: {msg}");
     exit::FATAL
-}
-
-/// The `-l` log, opened once (mode 0600) and shared by every connection
-/// attempt, so that `--retry` does not start it afresh each time.
-#[derive(Clone)]
-pub struct SharedLog(Arc<Mutex<std::fs::File>>);
-
-impl SharedLog {
-    /// Open (create or truncate) the log at `path`.
-    pub fn open(path: &Path) -> Result<SharedLog, String> {
-        open_private(path, Existing::Truncate)
-            .map(|f| SharedLog(Arc::new(Mutex::new(f))))
-            .map_err(|err| {
-                format!(
-                    "cannot open log file {}: {}",
-                    path.display(),
-                    python_io_error(&err)
-                )
-            })
-    }
-}
-
-impl Write for SharedLog {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
-    }
-}
-
-/// Client options for the shell's common flags.
-pub fn client_options(common: &Common, negotiate: bool, log: Option<&SharedLog>) -> ClientOptions {
-    ClientOptions {
-        read_greeting: negotiate,
-        negotiate,
-        greeting_timeout: Some(common.timeout.unwrap_or(GREETING_TIMEOUT)),
-        log: log.map(|l| Box::new(l.clone()) as Box<dyn Write + Send>),
-        // -N talks to a guest agent: drop stale bytes left in its channel.
-        guest_sync: !negotiate,
-        ..ClientOptions::default()
-    }
 }
 
 /// Whether the session will run on the terminal (line editing, live
@@ -126,78 +78,70 @@ pub fn run_session(
     }
 }
 
-/// Connect to `server`, retrying `retry` more times `delay` apart while the
-/// socket is missing or refuses (the server may not be up yet). The error is
-/// the message to print after `ERROR: `.
-fn connect(
-    server: &str,
-    address: &Address,
-    common: &Common,
-    negotiate: bool,
-    retry: u32,
-    delay: Duration,
-) -> Result<Client, String> {
-    let log = match &common.logfile {
-        Some(path) => Some(SharedLog::open(path)?),
-        None => None,
+/// What to attach to, from the arguments; a usage error (exit 2) when
+/// there is nothing, or an address that does not parse.
+fn target(args: &ShellArgs) -> Target {
+    if let Some(domain) = &args.domain {
+        return Target::Domain {
+            domain: domain.clone(),
+            uri: args.connect.clone(),
+        };
+    }
+    // An empty QMP_SOCKET (or argument) is no address at all.
+    let Some(text) = args.qmp_server.clone().filter(|s| !s.is_empty()) else {
+        cli::usage_error(
+            "qmp-shell",
+            USAGE,
+            "the following arguments are required: qmp_server \
+             (or set QMP_SOCKET, or give --domain)",
+        );
     };
-    let mut attempt = 0;
-    loop {
-        let opts = client_options(common, negotiate, log.as_ref());
-        match Client::connect(address, opts) {
-            Ok(client) => return Ok(client),
-            Err(QmpError::Io(_)) if attempt < retry => {
-                attempt += 1;
-                let until = Instant::now() + delay;
-                while Instant::now() < until {
-                    if let Some(sig) = signals::terminating() {
-                        return Err(format!("interrupted by signal {sig}"));
-                    }
-                    std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
-                }
+    match text.parse::<Address>() {
+        Ok(address) => Target::Address { text, address },
+        Err(err) => cli::usage_error("qmp-shell", USAGE, &err.to_string()),
+    }
+}
+
+/// `--list`: print the running domains; the exit status.
+fn list(args: &ShellArgs) -> i32 {
+    match crate::connect::list_domains(args.connect.as_deref(), args.common.verbose) {
+        Ok(text) => {
+            if text.is_empty() && std::io::stdout().is_terminal() {
+                let _ = writeln!(std::io::stderr(), "(no running domains)");
             }
-            Err(QmpError::Io(err)) => {
-                return Err(format!(
-                    "Couldn't connect to {server}: Failed to establish connection: {}",
-                    python_io_error(&err)
-                ))
-            }
-            Err(err) => {
-                return Err(format!(
-                    "Couldn't connect to {server}: {}",
-                    client_error(&err)
-                ))
+            let mut out = std::io::stdout().lock();
+            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                Ok(()) => exit::OK,
+                Err(err) => die(&format!("cannot write the list: {err}")),
             }
         }
+        Err(msg) => die(&msg),
     }
 }
 
 /// The `qmp-shell` program; returns the exit status.
 pub fn main() -> i32 {
-    let args = ShellArgs::parse();
-    // An empty QMP_SOCKET (or argument) is no address at all.
-    let Some(server) = args.qmp_server.clone().filter(|s| !s.is_empty()) else {
-        cli::usage_error(
-            "qmp-shell",
-            USAGE,
-            "the following arguments are required: qmp_server (or set QMP_SOCKET)",
-        );
-    };
-    let address: Address = match server.parse() {
-        Ok(address) => address,
-        Err(err) => cli::usage_error("qmp-shell", USAGE, &err.to_string()),
-    };
+    let args = ShellArgs::parse_args();
+    if args.list {
+        return list(&args);
+    }
+    let target = target(&args);
     signals::install(!is_interactive(&args.common, &args.commands));
-    let negotiate = !args.skip_negotiation;
-    let client = match connect(
-        &server,
-        &address,
+    let retry = Retry {
+        count: args.retry,
+        delay: args.retry_delay,
+    };
+    // A banner, with QEMU's version, starts a session on a pipe or a
+    // terminal; -c and --json print none.
+    let banner = args.commands.is_empty() && !args.common.json;
+    let connected = match crate::connect::connect(
+        &target,
         &args.common,
-        negotiate,
-        args.retry,
-        args.retry_delay,
+        args.skip_negotiation,
+        banner,
+        retry,
     ) {
-        Ok(client) => Arc::new(client),
+        Ok(connected) => connected,
         Err(msg) => {
             return match signals::terminating() {
                 Some(sig) => 128 + sig,
@@ -205,12 +149,24 @@ pub fn main() -> i32 {
             }
         }
     };
+    if let Some(notice) = &connected.notice {
+        let _ = writeln!(std::io::stderr(), "{notice}");
+    }
+    let client = Arc::new(connected.client);
     let code = run_session(
         Arc::clone(&client),
         &args.common,
         args.commands,
         args.skip_negotiation,
     );
-    client.close();
+    if matches!(target, Target::Address { .. }) {
+        client.close();
+    }
+    // The process ends now: the client's threads need no joining, and one
+    // may be inside a libvirt call that QEMU never answers (what --timeout
+    // gave up on), which a join would wait for. Nor does a libvirt session
+    // need closing: libvirtd drops a client's event registrations when its
+    // connection goes, which spares four round trips to libvirtd.
+    std::mem::forget(client);
     code
 }

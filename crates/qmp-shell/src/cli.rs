@@ -7,7 +7,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, ValueEnum};
+use clap::builder::NonEmptyStringValueParser;
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgGroup, Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 /// Exit statuses, shared by both binaries and documented in `--help`.
 pub mod exit {
@@ -111,9 +114,15 @@ pub struct Common {
     about = "Low-level QEMU shell on top of QMP.",
     long_about = "Low-level QEMU shell on top of QMP.\n\n\
         Start QEMU with:  qemu-system-x86_64 [...] -qmp unix:./qmp-sock,server=on,wait=off\n\
-        Run the shell:    qmp-shell ./qmp-sock",
-    override_usage = "qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] [OPTIONS] [qmp_server]",
-    after_help = EXIT_HELP
+        Run the shell:    qmp-shell ./qmp-sock\n\n\
+        A VM that libvirt manages:  qmp-shell --domain NAME [--connect URI]\n\
+        (commands, events, -N and -H go through libvirt's QEMU monitor passthrough;\n\
+        libvirt then marks the domain as tainted). Running domains:  qmp-shell --list",
+    override_usage = "qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] [OPTIONS] [qmp_server]\n       \
+        qmp-shell [OPTIONS] --domain DOMAIN [--connect URI]\n       \
+        qmp-shell --list [-v] [--connect URI]",
+    after_help = EXIT_HELP,
+    group(ArgGroup::new("libvirt").args(["domain", "list"]).multiple(false))
 )]
 pub struct ShellArgs {
     #[command(flatten)]
@@ -143,6 +152,67 @@ pub struct ShellArgs {
         help = "< UNIX socket path | TCP address:port | [IPv6]:port | ssh://[USER@]HOST[:PORT]/PATH > (default: $QMP_SOCKET)"
     )]
     pub qmp_server: Option<String>,
+
+    /// Attach to the QEMU of libvirt domain DOMAIN (name, UUID or id)
+    /// through libvirt instead of a socket; with -N, to its guest agent
+    #[arg(
+        long,
+        value_name = "DOMAIN",
+        value_parser = NonEmptyStringValueParser::new(),
+        help_heading = "libvirt"
+    )]
+    pub domain: Option<String>,
+
+    /// libvirt URI for --domain and --list (default: $LIBVIRT_DEFAULT_URI,
+    /// else qemu:///system); remote ones too: qemu+ssh://USER@HOST/system
+    #[arg(
+        long = "connect",
+        value_name = "URI",
+        requires = "libvirt",
+        help_heading = "libvirt"
+    )]
+    pub connect: Option<String>,
+
+    /// List the running libvirt domains and exit: names, one per line
+    /// (with -v: ID UUID NAME)
+    #[arg(long, help_heading = "libvirt")]
+    pub list: bool,
+}
+
+impl ShellArgs {
+    /// Parse the process's arguments (exit 2 on a usage error, as clap
+    /// does); see [`ShellArgs::try_parse_args_from`].
+    pub fn parse_args() -> ShellArgs {
+        ShellArgs::try_parse_args_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parse `args`, then settle what clap alone cannot: `--domain` and
+    /// `--list` do not go with an address on the command line, but win over
+    /// one from `$QMP_SOCKET` (which is then ignored).
+    pub fn try_parse_args_from<I, T>(args: I) -> Result<ShellArgs, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut cmd = ShellArgs::command();
+        let matches = cmd.try_get_matches_from_mut(args)?;
+        let mut parsed = ShellArgs::from_arg_matches(&matches)?;
+        if parsed.domain.is_some() || parsed.list {
+            if matches.value_source("qmp_server") == Some(ValueSource::CommandLine) {
+                let option = if parsed.list {
+                    "--list"
+                } else {
+                    "--domain <DOMAIN>"
+                };
+                return Err(cmd.error(
+                    ErrorKind::ArgumentConflict,
+                    format!("the argument '{option}' cannot be used with '[qmp_server]'"),
+                ));
+            }
+            parsed.qmp_server = None;
+        }
+        Ok(parsed)
+    }
 }
 
 /// `qmp-shell-wrap`: launch QEMU and attach the shell to it.
@@ -262,6 +332,29 @@ mod tests {
             parse_positive_seconds("0.5"),
             Ok(Duration::from_millis(500))
         );
+    }
+
+    #[test]
+    fn domain_and_list() {
+        let a =
+            ShellArgs::try_parse_args_from(["q", "--domain", "vm1", "-c", "query-status"]).unwrap();
+        assert_eq!(a.domain.as_deref(), Some("vm1"));
+        assert_eq!(a.connect, None);
+        let a = ShellArgs::try_parse_args_from(["q", "--connect", "test:///default", "--list"])
+            .unwrap();
+        assert!(a.list);
+        assert_eq!(a.connect.as_deref(), Some("test:///default"));
+        for bad in [
+            &["q", "--domain", "vm1", "/tmp/s"][..],
+            &["q", "--list", "/tmp/s"],
+            &["q", "--domain", "vm1", "--list"],
+            &["q", "--connect", "qemu:///system", "/tmp/s"],
+            &["q", "--connect", "qemu:///system"],
+            &["q", "--domain", ""],
+        ] {
+            let e = ShellArgs::try_parse_args_from(bad).unwrap_err();
+            assert_eq!(e.exit_code(), exit::USAGE, "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -180,7 +180,8 @@ fn serve(
         Box::new(out),
         Arc::new(Doorbell::new()),
     );
-    let lines: script::Lines = Box::new(lines.to_vec().into_iter().map(Ok));
+    let owned: Vec<Result<String, String>> = lines.iter().cloned().map(Ok).collect();
+    let lines: script::Lines = Box::new(owned.into_iter());
     let code = script::run(engine, lines);
     client.close();
     match code {

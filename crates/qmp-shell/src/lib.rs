@@ -18,6 +18,8 @@
 //!   input order; it alone decides when a session ends and its exit status.
 //! * the drivers, which only feed the engine lines: [`script`] (pipes and
 //!   `-c`) and [`interactive`] (a terminal, with [`complete`]).
+//! * [`connect`]: how a target (a socket, an ssh address, a libvirt
+//!   domain) becomes a client.
 //! * [`fanout`]: the same lines on many targets at once, each with its own
 //!   engine and tagged output.
 //! * [`app`], [`wrap`] and [`proxy`]: the programs.
@@ -25,6 +27,7 @@
 pub mod app;
 pub mod cli;
 pub mod complete;
+pub mod connect;
 pub mod doorbell;
 pub mod facts;
 pub mod fanout;

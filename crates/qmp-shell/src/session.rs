@@ -494,6 +494,12 @@ impl Engine {
                 "end of input inside a transaction".to_owned(),
             );
         }
+        if self.cfg.json && !self.cfg.live_events {
+            // The events of the last commands, which over libvirt may trail
+            // their replies, are printed before the end.
+            self.queue.push_back(Slot::Barrier);
+            self.barriers += 1;
+        }
     }
 
     /// Ctrl-C at a `TRANS>` prompt: drop the transaction and say so.
@@ -1233,6 +1239,10 @@ impl Engine {
             }
             Slot::Barrier => {
                 self.barriers -= 1;
+                // Over libvirt, events may trail the replies they preceded.
+                let _ = self
+                    .client
+                    .sync(Some(self.cfg.timeout.unwrap_or(LOOKUP_TIMEOUT)));
                 for item in self.client.drain_incoming() {
                     self.incoming(item)?;
                 }

@@ -25,7 +25,9 @@ use crate::address::Address;
 use crate::framing::{encode, truncate, FrameError};
 use crate::message::{command, Event, Greeting, Message, Object, Reply};
 use crate::transport::ssh::{SshOptions, SshTransport};
-use crate::transport::{Closer, Handshake, Received, Sink, Source, StreamTransport, Transport};
+use crate::transport::{
+    Closer, Handshake, Received, Sink, Source, StreamTransport, Syncer, Transport,
+};
 
 /// How much of an unexpected message goes into warnings and errors.
 const TEXT_IN_MESSAGES: usize = 200;
@@ -791,6 +793,7 @@ fn compact_value(v: &Value) -> String {
 /// A connected QMP client. `Send + Sync`: share it with `Arc`.
 pub struct Client {
     shared: Arc<Shared>,
+    syncer: Option<Syncer>,
     greeting: Option<Greeting>,
     oob: bool,
     passes_fds: bool,
@@ -989,6 +992,7 @@ impl Client {
     pub fn open(transport: Box<dyn Transport>, mut opts: ClientOptions) -> Result<Client, Error> {
         let handshake = transport.handshake();
         let passes_fds = transport.passes_fds();
+        let syncer = transport.syncer();
         let halves = transport.split()?;
         let (greeting, awaiting_greeting) = match &handshake {
             Handshake::Server => (None, opts.read_greeting),
@@ -1041,6 +1045,7 @@ impl Client {
             thread_ids: vec![reader.thread().id(), writer.thread().id()],
             threads: Mutex::new(vec![reader, writer]),
             shared,
+            syncer,
             greeting: None,
             oob: false,
             passes_fds,
@@ -1340,6 +1345,20 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<Reply, Error> {
         self.call(command(name, args), timeout)
+    }
+
+    /// Wait (at most `timeout`; `None`: as long as it takes) until every
+    /// event the server sent before the replies received so far is queued.
+    /// Over a socket that is always so (an event sent before a reply is
+    /// read first) and this returns at once; over libvirt, events come on a
+    /// path of their own and this waits for them (one round trip to
+    /// libvirtd). A shell that prints the events caused by the commands
+    /// before an empty line calls this first.
+    pub fn sync(&self, timeout: Option<Duration>) -> Result<(), Error> {
+        match &self.syncer {
+            Some(sync) if self.is_connected() => sync(timeout).map_err(Error::Io),
+            _ => Ok(()),
+        }
     }
 
     /// Take everything queued so far (events, late replies and warnings),

@@ -580,6 +580,43 @@ fn events_from_the_side_socket_arrive_as_qemu_sends_them() {
     drop(s);
 }
 
+/// QEMU sends STOP before its reply to `stop` (and RESUME before `cont`'s).
+/// libvirt may deliver the event after the reply, but once the syncer
+/// returned, it has been received.
+#[test]
+fn after_a_sync_the_events_sent_before_a_reply_are_received() {
+    ensure_libvirtd();
+    let dom = TestDomain::start("evorder");
+    let t = dom.open();
+    let sync = t.syncer().expect("a libvirt monitor session has a syncer");
+    let mut s = Session::new(t);
+    for i in 0..100 {
+        for (cmd, event) in [("stop", "STOP"), ("cont", "RESUME")] {
+            s.send(&format!(r#"{{"execute":"{cmd}","id":{i}}}"#));
+            let mut seen = Vec::new();
+            loop {
+                let msg = s.next().expect("a message");
+                let done = msg.contains_key("return");
+                seen.push(msg);
+                if done {
+                    break;
+                }
+            }
+            sync(Some(WAIT)).expect("sync");
+            while let Ok(Some(Received::Frame(Ok(msg)))) = s.rx.try_recv() {
+                seen.push(msg);
+            }
+            let events: Vec<String> = seen
+                .iter()
+                .filter_map(|m| m.get("event").and_then(|e| e.as_str()).map(str::to_owned))
+                .collect();
+            assert_eq!(events, [event], "round {i} ({cmd})");
+        }
+    }
+    // The guest agent sends no events: nothing to wait for.
+    drop(s);
+}
+
 #[test]
 fn an_event_with_data_keeps_it() {
     ensure_libvirtd();

@@ -66,6 +66,12 @@ pub trait Sink: Send {
     fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()>;
 }
 
+/// Makes sure, from any thread, that every event the server sent before
+/// the replies the source has returned so far has been returned too (and
+/// so handled by whoever reads the source), waiting at most the given time
+/// (`None`: as long as it takes). See [`Transport::syncer`].
+pub type Syncer = Arc<dyn Fn(Option<std::time::Duration>) -> io::Result<()> + Send + Sync>;
+
 /// Ends a connection from any thread: a blocked [`Source::receive`] returns
 /// end of stream, later sends fail. Idempotent.
 pub type Closer = Arc<dyn Fn() + Send + Sync>;
@@ -97,6 +103,14 @@ pub trait Transport: Send {
     /// over a UNIX socket).
     fn passes_fds(&self) -> bool {
         false
+    }
+
+    /// For a transport that carries events apart from replies (libvirt's
+    /// passthrough), a way to wait for the events sent before the replies
+    /// received so far. `None` (the default) when the order of the stream
+    /// already says so: an event sent before a reply is received first.
+    fn syncer(&self) -> Option<Syncer> {
+        None
     }
 
     /// Split into the halves the client's threads use.

@@ -16,9 +16,9 @@
 
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::ffi::Lib;
 use super::LibvirtError;
@@ -111,6 +111,109 @@ impl Drop for LoopGuard {
         }
         // Without a wake-up timer the thread ends at its next event;
         // waiting for it could take for ever.
+    }
+}
+
+/// What a [`settle`] timer and its caller share.
+struct Ticks {
+    lib: &'static Lib,
+    state: Mutex<TickState>,
+    changed: Condvar,
+}
+
+struct TickState {
+    /// The timer's id, once added.
+    timer: Option<c_int>,
+    /// Iterations in which it fired.
+    count: u32,
+    /// It was removed (by its callback or by the caller).
+    removed: bool,
+}
+
+impl Ticks {
+    /// Remove the timer, once (called with the state locked).
+    fn remove(&self, state: &mut TickState) {
+        if let (Some(timer), false) = (state.timer, state.removed) {
+            state.removed = true;
+            // SAFETY: a timer added by `settle` and not removed yet;
+            // libvirt allows removing a timer from its own callback.
+            if unsafe { (self.lib.virEventRemoveTimeout)(timer) } < 0 {
+                let _ = self.lib.take_error();
+            }
+        }
+    }
+}
+
+/// Wait (at most `limit`) until the event loop has gone around once more:
+/// everything libvirt queued for it before this call, such as the events
+/// that arrived before a reply, has then been dispatched.
+///
+/// libvirt's client library hands events over through a timer of the
+/// loop that it sets to fire at once when it queues them; a timer added
+/// now fires in the same iteration as that one, or a later one. So once
+/// ours has fired twice, the iteration that dispatched theirs is over.
+/// The timer removes itself then, so the loop does not spin on it.
+pub(super) fn settle(lib: &'static Lib, limit: Duration) {
+    let ticks = Arc::new(Ticks {
+        lib,
+        state: Mutex::new(TickState {
+            timer: None,
+            count: 0,
+            removed: false,
+        }),
+        changed: Condvar::new(),
+    });
+    let opaque = Arc::into_raw(Arc::clone(&ticks))
+        .cast_mut()
+        .cast::<c_void>();
+    // Held while adding, so the callback sees the timer's id.
+    let mut state = lock(&ticks.state);
+    // SAFETY: `opaque` is a counted reference that libvirt gives back to
+    // `release_ticks` once the timer is removed (never for a failed
+    // registration).
+    let timer = unsafe { (lib.virEventAddTimeout)(0, tick, opaque, Some(release_ticks)) };
+    if timer < 0 {
+        drop(state);
+        let _ = lib.take_error();
+        // SAFETY: not registered: the reference is still ours.
+        unsafe { release_ticks(opaque) };
+        return;
+    }
+    state.timer = Some(timer);
+    let deadline = Instant::now() + limit;
+    while state.count < 2 {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        state = ticks
+            .changed
+            .wait_timeout(state, deadline - now)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+    ticks.remove(&mut state);
+}
+
+/// A [`settle`] timer fired: count it; the second time, remove it.
+unsafe extern "C" fn tick(_timer: c_int, opaque: *mut c_void) {
+    // SAFETY: the reference registered with this timer, alive until
+    // `release_ticks`.
+    if let Some(ticks) = unsafe { opaque.cast_const().cast::<Ticks>().as_ref() } {
+        let mut state = lock(&ticks.state);
+        state.count += 1;
+        if state.count >= 2 {
+            ticks.remove(&mut state);
+        }
+        ticks.changed.notify_all();
+    }
+}
+
+/// Release the reference held by a [`settle`] timer.
+unsafe extern "C" fn release_ticks(opaque: *mut c_void) {
+    if !opaque.is_null() {
+        // SAFETY: made by `Arc::into_raw` in `settle`, released once.
+        drop(unsafe { Arc::from_raw(opaque.cast_const().cast::<Ticks>()) });
     }
 }
 

@@ -93,6 +93,7 @@ pub(super) mod code {
     use std::ffi::c_int;
     pub const VIR_ERR_INVALID_DOMAIN: c_int = 7;
     pub const VIR_ERR_OPERATION_FAILED: c_int = 9;
+    pub const VIR_ERR_OPERATION_DENIED: c_int = 29;
     pub const VIR_ERR_SYSTEM_ERROR: c_int = 38;
     pub const VIR_ERR_NO_DOMAIN: c_int = 42;
     pub const VIR_ERR_AUTH_FAILED: c_int = 45;

@@ -44,8 +44,10 @@
 //!   that stopped ends the source instead, as QEMU closing its socket would.
 //! * Events are rebuilt as QEMU sends them:
 //!   `{"timestamp": {"seconds": S, "microseconds": US}, "event": NAME, "data": {...}}`.
-//!   They and the replies come through different paths inside libvirt, so
-//!   an event QEMU sent just before a reply may be received just after it.
+//!   They and the replies come through different paths inside libvirt,
+//!   so an event QEMU sent just before a reply may be received just after
+//!   it; the transport's [`Transport::syncer`] waits for such events (one
+//!   round trip to libvirtd), and [`crate::Client::sync`] calls it.
 //! * `human-monitor-command` goes through as QMP, so its reply is QEMU's own.
 //! * Agent mode: libvirt synchronises with the agent before each command;
 //!   `guest-sync-delimited` is sent as `guest-sync`, and the source reports
@@ -62,11 +64,12 @@ use std::io;
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use self::ffi::{code, virConnectPtr, virDomainPtr, Lib, VirErr};
-use super::{Closer, Halves, Handshake, Received, Sink, Source, Transport};
+use super::{Closer, Halves, Handshake, Received, Sink, Source, Syncer, Transport};
 use crate::framing::{Decoder, FrameError};
 use crate::message::{Greeting, Object};
 
@@ -128,12 +131,43 @@ pub enum LibvirtError {
         /// libvirt's message.
         message: String,
     },
+    /// QEMU did not answer `query-version` in time (it is stopped, say).
+    #[error(
+        "QEMU of domain {domain} did not answer within {} s (is its process stopped or hung?)",
+        timeout.as_secs_f64()
+    )]
+    NoAnswer {
+        /// The domain's name.
+        domain: String,
+        /// How long it was given.
+        timeout: Duration,
+    },
     /// Any other failure reported by libvirt.
     #[error("libvirt: {message}")]
     Libvirt {
         /// What failed, with libvirt's message.
         message: String,
     },
+}
+
+/// How [`LibvirtTransport::open_with`] opens a session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// With the guest agent rather than QEMU's monitor.
+    pub agent: bool,
+    /// Monitor: do not ask QEMU for its version, so there is no greeting
+    /// ([`Handshake::Negotiated`]`(None)`) and one call to QEMU less (for
+    /// a run of one command with no banner, that is half the calls).
+    pub skip_greeting: bool,
+    /// Monitor: give QEMU at most this long to answer the `query-version`
+    /// that makes the greeting (libvirt itself would wait for ever on a
+    /// QEMU that is stopped or hung); then the error is
+    /// [`LibvirtError::NoAnswer`], and a thread of its own waits for the
+    /// call to return and closes the connection. `None`: wait as long as
+    /// libvirt does. Connecting to libvirt is not bounded by it (libvirt
+    /// bounds it, and may ask for a password meanwhile); the guest agent's
+    /// `guest-ping` has a bound of its own.
+    pub greeting_timeout: Option<Duration>,
 }
 
 /// A running domain, as listed by [`list_domains`].
@@ -225,6 +259,24 @@ impl LibvirtTransport {
         domain: &str,
         agent: bool,
     ) -> Result<LibvirtTransport, LibvirtError> {
+        let opts = OpenOptions {
+            agent,
+            ..OpenOptions::default()
+        };
+        LibvirtTransport::open_with(uri, domain, &opts)
+    }
+
+    /// [`LibvirtTransport::open`], as `opts` say.
+    pub fn open_with(
+        uri: Option<&str>,
+        domain: &str,
+        opts: &OpenOptions,
+    ) -> Result<LibvirtTransport, LibvirtError> {
+        let OpenOptions {
+            agent,
+            skip_greeting,
+            greeting_timeout: timeout,
+        } = *opts;
         let lib = ffi::lib()?;
         let uri = ResolvedUri::new(uri);
         let conn = Connection::open(lib, &uri)?;
@@ -233,24 +285,16 @@ impl LibvirtTransport {
         let not_running = || LibvirtError::NotRunning {
             domain: name.clone(),
         };
-        match dom.is_active() {
-            Ok(true) => {}
-            Ok(false) => return Err(not_running()),
-            Err(e) => return Err(classify(e, &uri.described, "cannot get the domain's state")),
+        if agent || skip_greeting {
+            // The monitor's query-version below says as much, in one call
+            // less; guest-ping's errors would not.
+            match dom.is_active() {
+                Ok(true) => {}
+                Ok(false) => return Err(not_running()),
+                Err(e) => return Err(classify(e, &uri.described, "cannot get the domain's state")),
+            }
         }
-        let queue = Arc::new(Queue::default());
         let handles = Arc::new(Handles { dom, conn });
-        let session = Arc::new(Session {
-            lib,
-            handles: Mutex::new(Some(Arc::clone(&handles))),
-            callbacks: Mutex::new(Callbacks::default()),
-            queue,
-            agent,
-        });
-        // From here on, dropping `session` deregisters what was registered.
-        session
-            .register(&handles)
-            .map_err(|e| classify(e, &uri.described, "cannot register for events"))?;
         let greeting = if agent {
             let ping = CString::from(c"{\"execute\":\"guest-ping\"}");
             match handles.agent_command(&ping, AGENT_PING_TIMEOUT) {
@@ -264,15 +308,38 @@ impl LibvirtTransport {
                 }
                 Err(e) => return Err(classify(e, &uri.described, "guest-ping failed")),
             }
+        } else if skip_greeting {
+            None
         } else {
-            let cmd = CString::from(c"{\"execute\":\"query-version\"}");
-            let text = match handles.monitor_command(&cmd, &[]) {
+            let caller = Arc::clone(&handles);
+            let call = move || {
+                let cmd = CString::from(c"{\"execute\":\"query-version\"}");
+                caller.monitor_command(&cmd, &[])
+            };
+            let Some(result) = bounded(timeout, call)? else {
+                return Err(LibvirtError::NoAnswer {
+                    domain: name,
+                    timeout: timeout.unwrap_or_default(),
+                });
+            };
+            let text = match result {
                 Ok(text) => text,
                 Err(e) if !handles.alive() => return Err(not_running_or(e, &uri, &name)),
                 Err(e) => return Err(classify(e, &uri.described, "query-version failed")),
             };
             Some(greeting_from(&text).map_err(|message| LibvirtError::Libvirt { message })?)
         };
+        let session = Arc::new(Session {
+            lib,
+            handles: Mutex::new(Some(Arc::clone(&handles))),
+            callbacks: Mutex::new(Callbacks::default()),
+            queue: Arc::new(Queue::default()),
+            agent,
+        });
+        // From here on, dropping `session` deregisters what was registered.
+        session
+            .register(&handles)
+            .map_err(|e| classify(e, &uri.described, "cannot register for events"))?;
         drop(handles);
         Ok(LibvirtTransport {
             session,
@@ -335,6 +402,15 @@ impl Transport for LibvirtTransport {
                 .is_some()
     }
 
+    fn syncer(&self) -> Option<Syncer> {
+        // The guest agent sends no events.
+        if self.session.agent {
+            return None;
+        }
+        let session = Arc::clone(&self.session);
+        Some(Arc::new(move |timeout| session.sync(timeout)))
+    }
+
     fn split(self: Box<Self>) -> io::Result<Halves> {
         let session = self.session;
         let closing = Arc::clone(&session);
@@ -348,6 +424,31 @@ impl Transport for LibvirtTransport {
             closer,
         })
     }
+}
+
+/// How long a sync waits for libvirt's event loop to hand over the events
+/// it holds (normally microseconds).
+const SETTLE_LIMIT: Duration = Duration::from_secs(1);
+
+/// Call `f` and return what it returns, or `Ok(None)` if it did not
+/// return within `timeout` (it then goes on, on a thread of its own).
+fn bounded<T: Send + 'static>(
+    timeout: Option<Duration>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<Option<T>, LibvirtError> {
+    let Some(timeout) = timeout else {
+        return Ok(Some(f()));
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("libvirt-open".to_owned())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| LibvirtError::Libvirt {
+            message: format!("cannot start a thread: {e}"),
+        })?;
+    Ok(rx.recv_timeout(timeout).ok())
 }
 
 /// How long the `guest-ping` at open time may take, in seconds.
@@ -384,6 +485,7 @@ impl ResolvedUri {
 fn classify(e: VirErr, uri: &str, what: &str) -> LibvirtError {
     match e.code {
         code::VIR_ERR_ACCESS_DENIED
+        | code::VIR_ERR_OPERATION_DENIED
         | code::VIR_ERR_AUTH_FAILED
         | code::VIR_ERR_AUTH_CANCELLED
         | code::VIR_ERR_AUTH_UNAVAILABLE => LibvirtError::PermissionDenied {
@@ -785,6 +887,34 @@ impl Session {
         Ok(())
     }
 
+    /// Wait until every event QEMU sent before the replies queued so far
+    /// has been queued and handled by the source's reader.
+    ///
+    /// libvirtd relays QEMU's events from its event loop, its replies from
+    /// worker threads: a reply may leave before an event QEMU sent first.
+    /// But libvirtd queues that event (its loop's timer fires at once)
+    /// before it wakes the worker, and so relays it in the loop iteration
+    /// that sends the reply at the latest; a request read after that, in a
+    /// later iteration, is answered after it. So one round trip through
+    /// libvirtd (`virDomainIsActive`) brings every such event here. Here,
+    /// libvirt's client library hands events over on the event loop
+    /// thread: [`event_loop::settle`] lets them through. Then a marker
+    /// goes into the queue behind them, and the wait is for the source's
+    /// reader to get past it.
+    fn sync(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let Some(h) = self.handles() else {
+            return Ok(());
+        };
+        if !self.agent {
+            if let Err(e) = h.dom.is_active() {
+                return Err(io::Error::other(format!("libvirt: {}", e.message)));
+            }
+            drop(h);
+            event_loop::settle(self.lib, SETTLE_LIMIT);
+        }
+        self.queue.mark_and_wait(timeout)
+    }
+
     /// End the session: the source returns end of stream, callbacks are
     /// deregistered, and the connection is closed (once no call is in
     /// progress on it), which stops the event thread if no other connection
@@ -905,16 +1035,28 @@ struct Item {
     delimited: bool,
 }
 
+/// What the queue holds.
+enum Entry {
+    /// A message for the source.
+    Item(Item),
+    /// A [`Session::sync`] waits for the source to get past this.
+    Marker(u64),
+}
+
 #[derive(Default)]
 struct QueueState {
-    items: VecDeque<Item>,
-    /// The connection or the domain is gone: end once `items` is empty and
-    /// no call is in progress.
+    entries: VecDeque<Entry>,
+    /// The connection or the domain is gone: end once `entries` is empty
+    /// and no call is in progress.
     ended: bool,
     /// Closed: end now.
     closed: bool,
     /// Calls in progress, whose replies are still to come.
     calls: usize,
+    /// The last marker queued.
+    last_marker: u64,
+    /// The last marker the source got past.
+    passed: u64,
 }
 
 /// Replies and events on their way to the source.
@@ -928,7 +1070,7 @@ impl Queue {
     fn push(&self, item: Item) {
         let mut s = lock(&self.state);
         if !s.closed {
-            s.items.push_back(item);
+            s.entries.push_back(Entry::Item(item));
             self.ready.notify_all();
         }
     }
@@ -941,7 +1083,7 @@ impl Queue {
     fn close(&self) {
         let mut s = lock(&self.state);
         s.closed = true;
-        s.items.clear();
+        s.entries.clear();
         self.ready.notify_all();
     }
 
@@ -963,25 +1105,72 @@ impl Queue {
         let mut s = lock(&self.state);
         s.calls = s.calls.saturating_sub(1);
         if let (Some(item), false) = (reply, s.closed) {
-            s.items.push_back(item);
+            s.entries.push_back(Entry::Item(item));
         }
         self.ready.notify_all();
     }
 
-    /// The next item, waiting for one; `None` at the end.
+    /// The next item, waiting for one; `None` at the end. Markers are
+    /// passed by: the source comes back for the next item only once it
+    /// handled the one before, so everything before a marker is handled.
     fn pop(&self) -> Option<Item> {
         let mut s = lock(&self.state);
         loop {
             if s.closed {
                 return None;
             }
-            if let Some(item) = s.items.pop_front() {
-                return Some(item);
+            match s.entries.pop_front() {
+                Some(Entry::Item(item)) => return Some(item),
+                Some(Entry::Marker(n)) => {
+                    s.passed = n;
+                    self.ready.notify_all();
+                    continue;
+                }
+                None => {}
             }
             if s.ended && s.calls == 0 {
                 return None;
             }
             s = self.ready.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Queue a marker and wait (at most `timeout`) until the source got
+    /// past it, or the queue closed or ran out.
+    fn mark_and_wait(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+        let mut s = lock(&self.state);
+        if s.closed {
+            return Ok(());
+        }
+        s.last_marker += 1;
+        let n = s.last_marker;
+        s.entries.push_back(Entry::Marker(n));
+        self.ready.notify_all();
+        loop {
+            // Ended, with nothing but markers left: the source has returned
+            // (or is about to return) the end, and may not come back.
+            let over =
+                s.ended && s.calls == 0 && s.entries.iter().all(|e| matches!(e, Entry::Marker(_)));
+            if s.passed >= n || s.closed || over {
+                return Ok(());
+            }
+            s = match deadline {
+                None => self.ready.wait(s).unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let now = std::time::Instant::now();
+                    if now >= d {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "timed out waiting for libvirt's events",
+                        ));
+                    }
+                    self.ready
+                        .wait_timeout(s, d - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
         }
     }
 }
@@ -1444,6 +1633,48 @@ mod tests {
         });
         q.close();
         assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn a_marker_is_passed_once_what_is_before_it_was_taken() {
+        let q = Arc::new(Queue::default());
+        q.push(Item {
+            frame: Ok(obj(r#"{"event":"STOP"}"#)),
+            raw: None,
+            delimited: false,
+        });
+        let reader = {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || {
+                let first = q.pop().map(|i| json(&i));
+                // The marker is passed on the way to the next item.
+                let second = q.pop().map(|i| json(&i));
+                (first, second)
+            })
+        };
+        q.mark_and_wait(Some(Duration::from_secs(20)))
+            .expect("the reader gets past the marker");
+        q.push(Item {
+            frame: Ok(obj(r#"{"return":{}}"#)),
+            raw: None,
+            delimited: false,
+        });
+        let (first, second) = reader.join().expect("reader");
+        assert_eq!(first.as_deref(), Some(r#"{"event":"STOP"}"#));
+        assert_eq!(second.as_deref(), Some(r#"{"return":{}}"#));
+
+        // Nobody reads: the wait is bounded; a closed queue ends it at once.
+        let q = Queue::default();
+        let e = q
+            .mark_and_wait(Some(Duration::from_millis(10)))
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        q.close();
+        q.mark_and_wait(None).expect("closed: nothing to wait for");
+        // An ended queue with nothing left: nothing to wait for either.
+        let q = Queue::default();
+        q.end();
+        q.mark_and_wait(None).expect("ended");
     }
 
     #[test]
