@@ -11,7 +11,7 @@ use crate::doorbell::Doorbell;
 use crate::output::StdOutput;
 use crate::render::Style;
 use crate::session::{Config, Engine};
-use crate::{interactive, script, signals};
+use crate::{fanout, interactive, script, signals};
 
 pub use crate::connect::{client_options, SharedLog, GREETING_TIMEOUT};
 
@@ -40,18 +40,7 @@ pub fn run_session(
     guest_agent: bool,
 ) -> i32 {
     let interactive = is_interactive(common, &commands);
-    let stdout_tty = std::io::stdout().is_terminal();
-    let color = match common.color {
-        ColorChoice::Always => true,
-        ColorChoice::Never => false,
-        ColorChoice::Auto => {
-            stdout_tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-        }
-    };
-    let style = Style {
-        pretty: common.pretty,
-        color: color && !common.json,
-    };
+    let style = style(common);
     let scripted = !commands.is_empty();
     let cfg = Config {
         hmp: common.hmp,
@@ -78,45 +67,164 @@ pub fn run_session(
     }
 }
 
-/// What to attach to, from the arguments; a usage error (exit 2) when
-/// there is nothing, or an address that does not parse.
-fn target(args: &ShellArgs) -> Target {
-    if let Some(domain) = &args.domain {
-        return Target::Domain {
-            domain: domain.clone(),
-            uri: args.connect.clone(),
+/// One target or many: what to attach to, from the arguments, each with
+/// the label its output gets when there are several. A usage error (exit
+/// 2) when there is nothing, or an address that does not parse.
+fn targets(args: &ShellArgs) -> Vec<(String, Target)> {
+    if !args.domain.is_empty() || args.all_domains {
+        let uris: Vec<Option<String>> = if args.connect.is_empty() {
+            vec![None]
+        } else {
+            args.connect.iter().cloned().map(Some).collect()
         };
+        let mut targets = Vec::new();
+        for uri in &uris {
+            let names = if args.all_domains {
+                match crate::connect::running_domains(uri.as_deref()) {
+                    Ok(names) => names,
+                    Err(msg) => std::process::exit(die(&msg)),
+                }
+            } else {
+                args.domain.clone()
+            };
+            for name in names {
+                let label = match (&uri, uris.len()) {
+                    (Some(uri), 2..) => format!("{uri}/{name}"),
+                    _ => name.clone(),
+                };
+                targets.push((
+                    label,
+                    Target::Domain {
+                        domain: name,
+                        uri: uri.clone(),
+                    },
+                ));
+            }
+        }
+        return targets;
     }
-    // An empty QMP_SOCKET (or argument) is no address at all.
-    let Some(text) = args.qmp_server.clone().filter(|s| !s.is_empty()) else {
+    if args.qmp_servers.is_empty() {
         cli::usage_error(
             "qmp-shell",
             USAGE,
             "the following arguments are required: qmp_server \
              (or set QMP_SOCKET, or give --domain)",
         );
-    };
-    match text.parse::<Address>() {
-        Ok(address) => Target::Address { text, address },
-        Err(err) => cli::usage_error("qmp-shell", USAGE, &err.to_string()),
     }
+    args.qmp_servers
+        .iter()
+        .map(|text| match text.parse::<Address>() {
+            Ok(address) => (
+                text.clone(),
+                Target::Address {
+                    text: text.clone(),
+                    address,
+                },
+            ),
+            Err(err) => cli::usage_error("qmp-shell", USAGE, &err.to_string()),
+        })
+        .collect()
 }
 
 /// `--list`: print the running domains; the exit status.
 fn list(args: &ShellArgs) -> i32 {
-    match crate::connect::list_domains(args.connect.as_deref(), args.common.verbose) {
-        Ok(text) => {
-            if text.is_empty() && std::io::stdout().is_terminal() {
-                let _ = writeln!(std::io::stderr(), "(no running domains)");
+    let uris: Vec<Option<&str>> = if args.connect.is_empty() {
+        vec![None]
+    } else {
+        args.connect.iter().map(|u| Some(u.as_str())).collect()
+    };
+    let mut text = String::new();
+    for uri in &uris {
+        match crate::connect::list_domains(*uri, args.common.verbose) {
+            // With several hosts, each line says which.
+            Ok(list) if uris.len() > 1 => {
+                for line in list.lines() {
+                    text.push_str(&format!("{} {line}\n", uri.unwrap_or_default()));
+                }
             }
-            let mut out = std::io::stdout().lock();
-            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-                Ok(()) => exit::OK,
-                Err(err) => die(&format!("cannot write the list: {err}")),
-            }
+            Ok(list) => text.push_str(&list),
+            Err(msg) => return die(&msg),
         }
-        Err(msg) => die(&msg),
     }
+    if text.is_empty() && std::io::stdout().is_terminal() {
+        let _ = writeln!(std::io::stderr(), "(no running domains)");
+    }
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => exit::OK,
+        Err(err) => die(&format!("cannot write the list: {err}")),
+    }
+}
+
+/// The style of JSON output for the common flags.
+fn style(common: &Common) -> Style {
+    let color = match common.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
+    };
+    Style {
+        pretty: common.pretty,
+        color: color && !common.json,
+    }
+}
+
+/// Several targets: the same commands on each, concurrently.
+fn fan_out(args: ShellArgs, targets: Vec<(String, Target)>) -> i32 {
+    if args.common.logfile.is_some() {
+        cli::usage_error(
+            "qmp-shell",
+            USAGE,
+            "-l logs one connection; with several targets, run one shell per target",
+        );
+    }
+    let lines: Vec<Result<String, String>> = if !args.commands.is_empty() {
+        args.commands.iter().cloned().map(Ok).collect()
+    } else if std::io::stdin().is_terminal() {
+        cli::usage_error(
+            "qmp-shell",
+            USAGE,
+            "with several targets, give the commands with -c or on standard input \
+             (there is no interactive session on several targets)",
+        );
+    } else {
+        script::reader_lines(std::io::BufReader::new(std::io::stdin())).collect()
+    };
+    let cfg = Config {
+        hmp: args.common.hmp,
+        verbose: args.common.verbose,
+        json: args.common.json,
+        prompts: false,
+        timeout: args.common.timeout,
+        exit_status: true,
+        guest_agent: args.skip_negotiation,
+        live_events: false,
+        read_only: args.common.read_only,
+        exit_on_error: args.common.exit_on_error,
+        progress_bars: false,
+    };
+    let retry = Retry {
+        count: args.retry,
+        delay: args.retry_delay,
+    };
+    let guest_agent = args.skip_negotiation;
+    let targets = targets
+        .into_iter()
+        .map(|(label, target)| {
+            let common = args.common.clone();
+            fanout::Target {
+                label,
+                connect: Box::new(move || {
+                    crate::connect::connect(&target, &common, guest_agent, false, retry)
+                        .map(|c| (c.client, c.notice))
+                }),
+            }
+        })
+        .collect();
+    fanout::run(targets, lines, cfg, style(&args.common), args.jobs as usize)
 }
 
 /// The `qmp-shell` program; returns the exit status.
@@ -125,7 +233,12 @@ pub fn main() -> i32 {
     if args.list {
         return list(&args);
     }
-    let target = target(&args);
+    let mut targets = targets(&args);
+    if targets.len() != 1 || args.all_domains || args.connect.len() > 1 {
+        signals::install(true);
+        return fan_out(args, targets);
+    }
+    let (_, target) = targets.remove(0);
     signals::install(!is_interactive(&args.common, &args.commands));
     let retry = Retry {
         count: args.retry,

@@ -118,11 +118,12 @@ pub struct Common {
         A VM that libvirt manages:  qmp-shell --domain NAME [--connect URI]\n\
         (commands, events, -N and -H go through libvirt's QEMU monitor passthrough;\n\
         libvirt then marks the domain as tainted). Running domains:  qmp-shell --list",
-    override_usage = "qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] [OPTIONS] [qmp_server]\n       \
-        qmp-shell [OPTIONS] --domain DOMAIN [--connect URI]\n       \
-        qmp-shell --list [-v] [--connect URI]",
+    override_usage = "qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] [OPTIONS] [qmp_server...]\n       \
+        qmp-shell [OPTIONS] --domain DOMAIN... [--connect URI...]\n       \
+        qmp-shell [OPTIONS] --all-domains [--connect URI...]\n       \
+        qmp-shell --list [-v] [--connect URI...]",
     after_help = EXIT_HELP,
-    group(ArgGroup::new("libvirt").args(["domain", "list"]).multiple(false))
+    group(ArgGroup::new("libvirt").args(["domain", "list", "all_domains"]).multiple(false))
 )]
 pub struct ShellArgs {
     #[command(flatten)]
@@ -144,34 +145,52 @@ pub struct ShellArgs {
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, default_value = "1")]
     pub retry_delay: Duration,
 
-    /// The server's address (default: `$QMP_SOCKET`).
+    /// The servers' addresses (default: `$QMP_SOCKET`); more than one runs
+    /// the same commands on each.
     #[arg(
         value_name = "qmp_server",
         env = "QMP_SOCKET",
         hide_env_values = true,
-        help = "< UNIX socket path | TCP address:port | [IPv6]:port | ssh://[USER@]HOST[:PORT]/PATH > (default: $QMP_SOCKET)"
+        help = "< UNIX socket path | TCP address:port | [IPv6]:port | ssh://[USER@]HOST[:PORT]/PATH > \
+                (default: $QMP_SOCKET); several: the same commands on each"
     )]
-    pub qmp_server: Option<String>,
+    pub qmp_servers: Vec<String>,
 
     /// Attach to the QEMU of libvirt domain DOMAIN (name, UUID or id)
-    /// through libvirt instead of a socket; with -N, to its guest agent
+    /// through libvirt instead of a socket; with -N, to its guest agent;
+    /// repeat it to run the same commands on several domains
     #[arg(
         long,
         value_name = "DOMAIN",
         value_parser = NonEmptyStringValueParser::new(),
         help_heading = "libvirt"
     )]
-    pub domain: Option<String>,
+    pub domain: Vec<String>,
 
-    /// libvirt URI for --domain and --list (default: $LIBVIRT_DEFAULT_URI,
-    /// else qemu:///system); remote ones too: qemu+ssh://USER@HOST/system
+    /// Run the commands on every running domain of the --connect URIs
+    #[arg(long, help_heading = "libvirt")]
+    pub all_domains: bool,
+
+    /// libvirt URI for --domain, --all-domains and --list (default:
+    /// $LIBVIRT_DEFAULT_URI, else qemu:///system); remote ones too:
+    /// qemu+ssh://USER@HOST/system; repeat it to cover several hosts
     #[arg(
         long = "connect",
         value_name = "URI",
         requires = "libvirt",
         help_heading = "libvirt"
     )]
-    pub connect: Option<String>,
+    pub connect: Vec<String>,
+
+    /// With several targets: serve at most N at once
+    #[arg(
+        short = 'j',
+        long = "jobs",
+        value_name = "N",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(1..=1024)
+    )]
+    pub jobs: u32,
 
     /// List the running libvirt domains and exit: names, one per line
     /// (with -v: ID UUID NAME)
@@ -197,10 +216,12 @@ impl ShellArgs {
         let mut cmd = ShellArgs::command();
         let matches = cmd.try_get_matches_from_mut(args)?;
         let mut parsed = ShellArgs::from_arg_matches(&matches)?;
-        if parsed.domain.is_some() || parsed.list {
-            if matches.value_source("qmp_server") == Some(ValueSource::CommandLine) {
+        if !parsed.domain.is_empty() || parsed.list || parsed.all_domains {
+            if matches.value_source("qmp_servers") == Some(ValueSource::CommandLine) {
                 let option = if parsed.list {
                     "--list"
+                } else if parsed.all_domains {
+                    "--all-domains"
                 } else {
                     "--domain <DOMAIN>"
                 };
@@ -209,8 +230,10 @@ impl ShellArgs {
                     format!("the argument '{option}' cannot be used with '[qmp_server]'"),
                 ));
             }
-            parsed.qmp_server = None;
+            parsed.qmp_servers.clear();
         }
+        // An empty QMP_SOCKET (or argument) is no address at all.
+        parsed.qmp_servers.retain(|s| !s.is_empty());
         Ok(parsed)
     }
 }
@@ -306,7 +329,7 @@ mod tests {
             .unwrap();
         assert!(a.common.hmp && a.common.verbose && a.common.pretty && a.skip_negotiation);
         assert_eq!(a.common.logfile, Some(PathBuf::from("log")));
-        assert_eq!(a.qmp_server.as_deref(), Some("s"));
+        assert_eq!(a.qmp_servers, ["s"]);
     }
 
     #[test]
@@ -338,12 +361,30 @@ mod tests {
     fn domain_and_list() {
         let a =
             ShellArgs::try_parse_args_from(["q", "--domain", "vm1", "-c", "query-status"]).unwrap();
-        assert_eq!(a.domain.as_deref(), Some("vm1"));
-        assert_eq!(a.connect, None);
+        assert_eq!(a.domain, ["vm1"]);
+        assert!(a.connect.is_empty());
         let a = ShellArgs::try_parse_args_from(["q", "--connect", "test:///default", "--list"])
             .unwrap();
         assert!(a.list);
-        assert_eq!(a.connect.as_deref(), Some("test:///default"));
+        assert_eq!(a.connect, ["test:///default"]);
+        let a = ShellArgs::try_parse_args_from([
+            "q",
+            "--domain",
+            "a",
+            "--domain",
+            "b",
+            "--connect",
+            "u1",
+            "--connect",
+            "u2",
+            "-j",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!((a.domain.len(), a.connect.len(), a.jobs), (2, 2, 4));
+        let a = ShellArgs::try_parse_args_from(["q", "/a.sock", "/b.sock"]).unwrap();
+        assert_eq!(a.qmp_servers, ["/a.sock", "/b.sock"]);
+        assert!(ShellArgs::try_parse_args_from(["q", "--all-domains", "-c", "x"]).is_ok());
         for bad in [
             &["q", "--domain", "vm1", "/tmp/s"][..],
             &["q", "--list", "/tmp/s"],
@@ -351,6 +392,9 @@ mod tests {
             &["q", "--connect", "qemu:///system", "/tmp/s"],
             &["q", "--connect", "qemu:///system"],
             &["q", "--domain", ""],
+            &["q", "--all-domains", "/tmp/s"],
+            &["q", "--all-domains", "--domain", "x"],
+            &["q", "-j", "0", "/tmp/s"],
         ] {
             let e = ShellArgs::try_parse_args_from(bad).unwrap_err();
             assert_eq!(e.exit_code(), exit::USAGE, "{bad:?}: {e}");

@@ -221,6 +221,15 @@ fn connect_domain(
     }
 }
 
+/// The names of the running domains of `uri` (for `--all-domains`).
+pub fn running_domains(uri: Option<&str>) -> Result<Vec<String>, String> {
+    Ok(libvirt::list_domains(uri)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|d| d.name)
+        .collect())
+}
+
 /// The running domains at `uri`, for `--list`: names one per line, or with
 /// `details` `ID UUID NAME` (the name last, as it may contain spaces).
 pub fn list_domains(uri: Option<&str>, details: bool) -> Result<String, String> {

@@ -19,7 +19,7 @@ use qmp::Client;
 
 use crate::cli::exit;
 use crate::doorbell::Doorbell;
-use crate::output::{SharedStreams, TaggedOutput};
+use crate::output::{Output, SharedStreams, TaggedOutput};
 use crate::render::Style;
 use crate::script;
 use crate::session::{Config, Engine};
@@ -31,8 +31,9 @@ pub const DEFAULT_JOBS: usize = 16;
 /// A progress bar is drawn (on a terminal) for more targets than this.
 const BAR_FROM: usize = 5;
 
-/// How to reach one target.
-pub type Connect = Box<dyn FnOnce() -> Result<Client, String> + Send>;
+/// How to reach one target: the client, and a notice for standard error
+/// (libvirt's taint), or the one-line reason it failed.
+pub type Connect = Box<dyn FnOnce() -> Result<(Client, Option<String>), String> + Send>;
 
 /// One VM to run the commands on.
 pub struct Target {
@@ -58,7 +59,7 @@ enum Outcome {
 /// Run `lines` on every target and return the exit status.
 pub fn run(
     targets: Vec<Target>,
-    lines: Vec<String>,
+    lines: Vec<Result<String, String>>,
     cfg: Config,
     style: Style,
     jobs: usize,
@@ -69,7 +70,7 @@ pub fn run(
 /// [`run`] writing to `streams`.
 pub fn run_with(
     targets: Vec<Target>,
-    lines: Vec<String>,
+    lines: Vec<Result<String, String>>,
     cfg: Config,
     style: Style,
     jobs: usize,
@@ -107,7 +108,7 @@ pub fn run_with(
                     else {
                         return;
                     };
-                    let outcome = serve(target, &lines, &cfg, style, &streams);
+                    let outcome = serve(target, lines.to_vec(), &cfg, style, &streams);
                     outcomes
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -161,14 +162,19 @@ pub fn run_with(
 /// Connect to one target and run the lines on it.
 fn serve(
     target: Target,
-    lines: &[String],
+    lines: Vec<Result<String, String>>,
     cfg: &Config,
     style: Style,
     streams: &Arc<SharedStreams>,
 ) -> Outcome {
-    let out = TaggedOutput::new(Arc::clone(streams), &target.label, style, cfg.json);
+    let mut out = TaggedOutput::new(Arc::clone(streams), &target.label, style, cfg.json);
     let client = match (target.connect)() {
-        Ok(client) => Arc::new(client),
+        Ok((client, notice)) => {
+            if let Some(notice) = notice {
+                out.diag(&format!("{notice}\n"));
+            }
+            Arc::new(client)
+        }
         Err(msg) => {
             let _ = out.tagged_error("ConnectError", &msg);
             return Outcome::Unreachable;
@@ -180,8 +186,7 @@ fn serve(
         Box::new(out),
         Arc::new(Doorbell::new()),
     );
-    let owned: Vec<Result<String, String>> = lines.iter().cloned().map(Ok).collect();
-    let lines: script::Lines = Box::new(owned.into_iter());
+    let lines: script::Lines = Box::new(lines.into_iter());
     let code = script::run(engine, lines);
     client.close();
     match code {

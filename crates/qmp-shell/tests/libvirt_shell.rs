@@ -26,6 +26,8 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use common::{escape_visible, ours, run_shell_env, show, text};
 use libvirt::{virsh_ok, TestDomain, URI, WAIT};
 
@@ -1157,5 +1159,107 @@ fn on_a_terminal_completion_events_help_and_history() {
     assert!(
         history.lines().any(|l| l == "help query-status"),
         "{history:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Fan-out over domains
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_same_commands_on_several_domains() {
+    let a = TestDomain::start("fan-a");
+    let b = TestDomain::start("fan-b");
+    let out = shell(
+        &[
+            "--domain",
+            &a.name,
+            "--domain",
+            &b.name,
+            "-c",
+            "query-name",
+            "-c",
+            "query-status",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    for d in [&a, &b] {
+        let name = format!("{}: {{\"return\": {{\"name\": \"{}\"}}}}", d.name, d.name);
+        assert!(text(&out.stdout).contains(&name), "{}", show(&out));
+        // The taint notice, tagged, once each.
+        let tagged = format!("{}: {}", d.name, notice(&d.name));
+        assert_eq!(
+            text(&out.stderr).matches(&tagged).count(),
+            1,
+            "{}",
+            show(&out)
+        );
+    }
+    assert!(
+        text(&out.stderr).ends_with(
+            "qmp-shell: 2 targets: 2 answered, 0 with failed commands, 0 unreachable or lost\n"
+        ),
+        "{}",
+        show(&out)
+    );
+    // Every running domain: ours among them (other tests' may be there).
+    let out = shell(&["--all-domains", "--json", "-c", "query-name"], "");
+    let names: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .collect();
+    for d in [&a, &b] {
+        assert!(
+            names
+                .iter()
+                .any(|v| v["target"] == d.name.as_str() && v["return"]["name"] == d.name.as_str()),
+            "{}",
+            show(&out)
+        );
+    }
+    // Two URIs (two ways to one libvirtd here): each target names its URI.
+    let second = "qemu+unix:///system";
+    let out = shell(
+        &[
+            "--domain",
+            &a.name,
+            "--connect",
+            URI,
+            "--connect",
+            second,
+            "-c",
+            "query-name",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    for uri in [URI, second] {
+        let line = format!(
+            "{uri}/{}: {{\"return\": {{\"name\": \"{}\"}}}}",
+            a.name, a.name
+        );
+        assert!(text(&out.stdout).contains(&line), "{}", show(&out));
+    }
+    // An unknown domain among others: unreachable, named.
+    let out = shell(
+        &[
+            "--domain",
+            &a.name,
+            "--domain",
+            "no-such-domain-here",
+            "--json",
+            "-c",
+            "query-name",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        text(&out.stdout).contains(
+            "\"target\": \"no-such-domain-here\", \"error\": {\"class\": \"ConnectError\""
+        ),
+        "{}",
+        show(&out)
     );
 }
