@@ -247,20 +247,18 @@ pub fn main() -> i32 {
     // A banner, with QEMU's version, starts a session on a pipe or a
     // terminal; -c and --json print none.
     let banner = args.commands.is_empty() && !args.common.json;
-    let connected = match crate::connect::connect(
-        &target,
-        &args.common,
-        args.skip_negotiation,
-        banner,
-        retry,
-    ) {
-        Ok(connected) => connected,
-        Err(msg) => {
-            return match signals::terminating() {
-                Some(sig) => 128 + sig,
-                None => die(&msg),
-            }
-        }
+    // A connection attempt may wait up to --timeout for a greeting; a
+    // signal ends the shell at once all the same.
+    let attempt = {
+        let (target, common, agent) = (target.clone(), args.common.clone(), args.skip_negotiation);
+        signals::unless_terminated(move || {
+            crate::connect::connect(&target, &common, agent, banner, retry)
+        })
+    };
+    let connected = match attempt {
+        Some(Ok(connected)) => connected,
+        Some(Err(msg)) if signals::terminating().is_none() => return die(&msg),
+        _ => return 128 + signals::terminating().unwrap_or(libc::SIGINT),
     };
     if let Some(notice) = &connected.notice {
         let _ = writeln!(std::io::stderr(), "{notice}");

@@ -81,11 +81,14 @@ pub fn run_with(
     let outcomes = Arc::new(Mutex::new(Vec::with_capacity(total)));
     let bar = (total > BAR_FROM && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
-        if let Ok(style) =
-            ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} targets done")
-        {
+        if let Ok(style) = ProgressStyle::with_template(
+            "{spinner} {bar:30.cyan/blue} {pos}/{len} targets done ({elapsed})",
+        ) {
             bar.set_style(style);
         }
+        // Redrawn while a slow target keeps it still, so it shows the
+        // latest count and that the shell is alive.
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
         bar
     });
     streams.set_bar(bar.clone());
@@ -138,11 +141,18 @@ pub fn run_with(
         Outcome::Interrupted(code) => Some(*code),
         _ => None,
     });
+    let stopped = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Interrupted(_)))
+        .count();
     let not_run = total - outcomes.len();
     let mut summary = format!(
         "qmp-shell: {total} targets: {answered} answered, {failed} with failed commands, \
          {unreachable} unreachable or lost"
     );
+    if stopped > 0 {
+        summary.push_str(&format!(", {stopped} interrupted"));
+    }
     if not_run > 0 {
         summary.push_str(&format!(", {not_run} not run"));
     }
@@ -168,7 +178,10 @@ fn serve(
     streams: &Arc<SharedStreams>,
 ) -> Outcome {
     let mut out = TaggedOutput::new(Arc::clone(streams), &target.label, style, cfg.json);
-    let client = match (target.connect)() {
+    let Some(connected) = signals::unless_terminated(target.connect) else {
+        return Outcome::Interrupted(128 + signals::terminating().unwrap_or(libc::SIGINT));
+    };
+    let client = match connected {
         Ok((client, notice)) => {
             if let Some(notice) = notice {
                 out.diag(&format!("{notice}\n"));

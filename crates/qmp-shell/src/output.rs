@@ -153,24 +153,31 @@ impl SharedStreams {
         *self.bar.lock().unwrap_or_else(|e| e.into_inner()) = bar;
     }
 
-    fn write_out(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        out.write_all(bytes)?;
-        out.flush()
-    }
-
-    /// Write to standard error, errors ignored.
-    pub fn write_err(&self, bytes: &[u8]) {
-        let write = || {
-            let mut err = self.err.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = err.write_all(bytes);
-            let _ = err.flush();
-        };
+    /// Run `write` with the bar (if any) off the screen: standard output
+    /// may be the same terminal.
+    fn around_bar<T>(&self, write: impl FnOnce() -> T) -> T {
         let bar = self.bar.lock().unwrap_or_else(|e| e.into_inner()).clone();
         match bar {
             Some(bar) => bar.suspend(write),
             None => write(),
         }
+    }
+
+    fn write_out(&self, bytes: &[u8]) -> io::Result<()> {
+        self.around_bar(|| {
+            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            out.write_all(bytes)?;
+            out.flush()
+        })
+    }
+
+    /// Write to standard error, errors ignored.
+    pub fn write_err(&self, bytes: &[u8]) {
+        self.around_bar(|| {
+            let mut err = self.err.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = err.write_all(bytes);
+            let _ = err.flush();
+        })
     }
 }
 

@@ -127,6 +127,55 @@ pub fn on_emergency(cleanup: Cleanup) {
     registry().cleanups.push(cleanup);
 }
 
+/// Run `work` (a connection attempt, say, which may take up to its own
+/// timeout) on a thread of its own and return its result, or `None` as
+/// soon as a signal arrives (SIGTERM, SIGHUP or SIGINT, even where SIGINT
+/// only means "stop waiting"): the caller goes on ending the process while
+/// `work` finishes (its result is dropped).
+pub fn unless_terminated<T, F>(work: F) -> Option<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let interrupted = interrupts();
+    let stop = move || terminating().is_some() || interrupts() != interrupted;
+    if stop() {
+        return None;
+    }
+    let bell = Arc::new(Doorbell::new());
+    watch(&bell);
+    let slot: Arc<Mutex<Option<T>>> = Arc::new(Mutex::new(None));
+    let work = Arc::new(Mutex::new(Some(work)));
+    let spawned = {
+        let (bell, slot, work) = (Arc::clone(&bell), Arc::clone(&slot), Arc::clone(&work));
+        thread::Builder::new()
+            .name("attempt".to_owned())
+            .spawn(move || {
+                let taken = work.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(work) = taken {
+                    let value = work();
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+                    bell.ring();
+                }
+            })
+    };
+    if spawned.is_err() {
+        // No thread to spare: do it here, uninterruptibly.
+        let taken = work.lock().unwrap_or_else(|e| e.into_inner()).take();
+        return taken.map(|work| work());
+    }
+    loop {
+        let seen = bell.seen();
+        if let Some(value) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Some(value);
+        }
+        if stop() {
+            return None;
+        }
+        bell.wait(seen, None);
+    }
+}
+
 /// How many SIGINTs arrived (at a terminal, where they abandon a wait).
 pub fn interrupts() -> u64 {
     INTERRUPTS.load(Ordering::SeqCst)
@@ -201,5 +250,22 @@ pub fn restore_terminal() {
             return;
         }
         libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unless_terminated_returns_the_result() {
+        assert_eq!(unless_terminated(|| 6 * 7), Some(42));
+        let held = Arc::new(Mutex::new(()));
+        let guard = held.lock().unwrap();
+        let h = Arc::clone(&held);
+        let t = thread::spawn(move || unless_terminated(move || drop(h.lock())));
+        thread::sleep(Duration::from_millis(20));
+        drop(guard);
+        assert_eq!(t.join().unwrap(), Some(()));
     }
 }

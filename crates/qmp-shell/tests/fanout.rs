@@ -3,6 +3,8 @@
 //! output tagged with the right target; the exit status and the summary.
 
 mod common;
+#[path = "../../qmp/tests/common/sshd.rs"]
+mod sshd;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -171,4 +173,57 @@ fn fan_out_needs_commands_and_no_log() {
         show(&out)
     );
     assert!(!Path::new(&log).exists());
+}
+
+/// `-N` fans out to guest agents; `ssh://` addresses (through a real
+/// sshd) sit beside local sockets, each tagged with its own address.
+#[test]
+fn guest_agents_and_ssh_addresses_fan_out_too() {
+    let agents = [Peer::guest_agent(), Peer::guest_agent()];
+    let mut args = vec!["-N", "--json", "-c", "guest-ping"];
+    args.extend(agents.iter().map(Peer::socket_str));
+    let out = run(&args, "");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    for a in &agents {
+        assert!(
+            text(&out.stdout).contains(&format!(
+                "{{\"target\": \"{}\", \"return\": {{}}}}",
+                a.socket_str()
+            )),
+            "{}",
+            show(&out)
+        );
+    }
+
+    let peers = fleet(2);
+    let sshd = sshd::Sshd::start();
+    let remote = format!("ssh://{}{}", sshd::HOST, peers[0].socket_str());
+    let command = sshd.ssh_command();
+    let cache = tempfile::tempdir().unwrap();
+    let out = run_shell_env(
+        &ours(),
+        &["-c", "query-name", &remote, peers[1].socket_str()],
+        "",
+        SHELL_TIMEOUT,
+        &[
+            ("XDG_CACHE_HOME", cache.path().to_str().unwrap()),
+            ("QMP_SSH_COMMAND", &command),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        text(&out.stdout).contains(&format!(
+            "{remote}: {{\"return\": {{\"name\": \"vm0\"}}}}\n"
+        )),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        text(&out.stdout).contains(&format!(
+            "{}: {{\"return\": {{\"name\": \"vm1\"}}}}\n",
+            peers[1].socket_str()
+        )),
+        "{}",
+        show(&out)
+    );
 }

@@ -308,9 +308,9 @@ impl Term {
     /// Check that the shell left the terminal usable: a line typed at the
     /// `read` that follows it is echoed and read whole.
     fn assert_terminal_usable(&self) {
-        self.wait_until("the EXIT= line", |s| {
-            s.lines().any(|l| l.starts_with("EXIT="))
-        });
+        // (After Ctrl-C in cooked mode, the terminal's own "^C" may
+        // precede it on the line.)
+        self.wait_until("the EXIT= line", |s| s.lines().any(|l| l.contains("EXIT=")));
         self.line("still-usable");
         self.wait_for("READ=[still-usable]");
         let screen = self.screen();
@@ -1275,4 +1275,113 @@ fn completion_of_shell_commands_events_and_marks() {
     t.press(&["C-u"]);
     t.press(&["C-d"]);
     assert_eq!(t.wait_exit(), 0, "{}", t.failure("exit status"));
+}
+
+// ---------------------------------------------------------------------------
+// Connecting, and many targets at once
+// ---------------------------------------------------------------------------
+
+/// Whether process `pid` has a thread named `name`.
+fn has_thread(pid: u32, name: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks.flatten().any(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn ctrl_c_while_connecting_to_a_peer_that_never_greets() {
+    let hung = Peer::qemu_none();
+    freeze(hung.pid());
+    let t = Term::start(&["--timeout", "600", hung.socket_str()], &[]);
+    let pid = t.shell_pid();
+    wait_until("the connection attempt", DEADLINE, || {
+        has_thread(pid, "attempt")
+    });
+    t.press(&["C-c"]);
+    let code = t.wait_exit();
+    thaw(hung.pid());
+    assert_eq!(code, 130, "{}", t.failure("exit status"));
+    t.assert_terminal_usable();
+}
+
+/// The lines of a fan-out's screen before its summary: every one a reply
+/// of one of `peers` (`vmK`), but for a progress bar as the very last.
+fn check_replies(t: &Term, peers: &[Peer], screen: &str, bar_may_stay: bool) {
+    let mut lines: Vec<&str> = screen
+        .lines()
+        .take_while(|l| !l.starts_with("qmp-shell: "))
+        .filter(|l| !l.contains("ERROR: Couldn't connect"))
+        .collect();
+    if bar_may_stay && lines.last().is_some_and(|l| l.contains("targets done")) {
+        lines.pop();
+    }
+    let mut expected: Vec<String> = peers
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            format!(
+                "{}: {{\"return\": {{\"name\": \"vm{k}\"}}}}",
+                p.socket_str()
+            )
+        })
+        .collect();
+    let mut got: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    expected.sort();
+    got.sort();
+    assert_eq!(
+        got,
+        expected,
+        "{}",
+        t.failure("replies garbled by the bar?")
+    );
+}
+
+#[test]
+fn fan_out_shows_progress_and_ctrl_c_ends_it_with_a_summary() {
+    let peers: Vec<Peer> = (0..8)
+        .map(|k| Peer::qemu_with_args(&["-M", "none", "-name", &format!("vm{k}")]))
+        .collect();
+    let hung = Peer::qemu_none();
+    freeze(hung.pid());
+    let targets = |timeout: &'static str| {
+        let mut args = vec!["--timeout", timeout, "-j", "3", "-c", "query-name"];
+        args.extend(peers.iter().map(Peer::socket_str));
+        args.push(hung.socket_str());
+        args
+    };
+    // To the end: the frozen target times out, the bar goes away.
+    let t = Term::start(&targets("3"), &[]);
+    t.wait_for("8/9 targets done");
+    assert_eq!(t.wait_exit(), 1, "{}", t.failure("exit status"));
+    let screen = t.wait_for("EXIT=1");
+    assert!(
+        screen.contains(
+            "qmp-shell: 9 targets: 8 answered, 0 with failed commands, 1 unreachable or lost\n"
+        ),
+        "{}",
+        t.failure("the summary")
+    );
+    check_replies(&t, &peers, &screen, false);
+    // Interrupted: the summary says so; the bar may stay where it got to.
+    let t = Term::start(&targets("600"), &[]);
+    t.wait_for("8/9 targets done");
+    t.press(&["C-c"]);
+    let code = t.wait_exit();
+    thaw(hung.pid());
+    assert_eq!(code, 130, "{}", t.failure("exit status"));
+    let screen = t.screen();
+    assert!(
+        screen.contains(
+            "qmp-shell: 9 targets: 8 answered, 0 with failed commands, \
+             0 unreachable or lost, 1 interrupted"
+        ),
+        "{}",
+        t.failure("the summary")
+    );
+    check_replies(&t, &peers, &screen, true);
+    t.assert_terminal_usable();
 }
