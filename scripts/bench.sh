@@ -31,6 +31,10 @@
 #       turn (the two are close, and a series of one then a series of the
 #       other would measure the machine's load drifting).
 #       LIBVIRT=0 leaves (f) out.
+#   (g) fan-out: FLEET QEMUs (default 30, `-M none -name vmK`, one socket
+#       each), two commands (`query-status`, `query-name`) on every one: one
+#       `qmp-shell -c ... SOCKETS...` call, against a shell loop running the
+#       reference once per socket, and against a loop of our own shell.
 #
 # The raw socket baseline: socat gets, on standard input, exactly the bytes
 # our shell writes to the socket for the same script: `qmp_capabilities`
@@ -67,6 +71,7 @@ LV_N=${LV_N:-500}
 LV_RUNS=${LV_RUNS:-5}
 LIBVIRT=${LIBVIRT:-1}
 LIBVIRT_URI=qemu:///system
+FLEET=${FLEET:-30}
 RUNS=${RUNS:-10}
 RSS_RUNS=${RSS_RUNS:-5}
 WARMUP=${WARMUP:-2}
@@ -121,12 +126,13 @@ QEMU_PID=""
 PROXY_PID=""
 SSHD_PID=""
 QEMU2_PID=""
+FLEET_PIDS=""
 DOMAIN=""
 cleanup() {
     if [ -n "$DOMAIN" ]; then
         virsh -c "$LIBVIRT_URI" destroy "$DOMAIN" >/dev/null 2>&1 || true
     fi
-    for pid in $PROXY_PID $SSHD_PID $QEMU2_PID; do
+    for pid in $PROXY_PID $SSHD_PID $QEMU2_PID $FLEET_PIDS; do
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
@@ -335,6 +341,60 @@ RSS_ONE_REF=$(rss "$TMP/one.txt" "${REF[@]}" "$SOCK")
 RSS_SCHEMA_OURS=$(rss "$TMP/schema.txt" "$OURS" -p "$SOCK")
 RSS_SCHEMA_REF=$(rss "$TMP/schema.txt" "${REF[@]}" -p "$SOCK")
 
+# --- fan-out ------------------------------------------------------------------
+
+log "starting $FLEET QEMUs for the fan-out"
+mkdir -p "$TMP/fleet"
+FLEET_SOCKS=()
+for ((k = 0; k < FLEET; k++)); do
+    sock="$TMP/fleet/vm$k.sock"
+    "$QEMU" -M none -display none -nodefaults -name "vm$k" \
+        -qmp "unix:$sock,server=on,wait=off" >"$TMP/fleet/vm$k.log" 2>&1 &
+    FLEET_PIDS="$FLEET_PIDS $!"
+    FLEET_SOCKS+=("$sock")
+done
+for sock in "${FLEET_SOCKS[@]}"; do
+    for _ in $(seq 1 400); do
+        [ -S "$sock" ] && break
+        sleep 0.05
+    done
+    [ -S "$sock" ] || die "QEMU did not create $sock"
+done
+printf 'query-status\nquery-name\n' >"$TMP/fleet.txt"
+{
+    printf 'for s in'
+    for sock in "${FLEET_SOCKS[@]}"; do printf ' %q' "$sock"; done
+    printf '; do %s "$s" < %q || exit 1; done\n' "$REFQ" "$TMP/fleet.txt"
+} >"$TMP/fleet-ref.sh"
+{
+    printf 'for s in'
+    for sock in "${FLEET_SOCKS[@]}"; do printf ' %q' "$sock"; done
+    printf '; do %q "$s" < %q || exit 1; done\n' "$OURS" "$TMP/fleet.txt"
+} >"$TMP/fleet-ours-loop.sh"
+FANOUT="$(q "$OURS") -c query-status -c query-name"
+for sock in "${FLEET_SOCKS[@]}"; do FANOUT="$FANOUT $(q "$sock")"; done
+
+log "checking outputs (fan-out)"
+sh -c "$FANOUT" >"$TMP/fanout.out" 2>"$TMP/fanout.err" || die "the fan-out failed: $(cat "$TMP/fanout.err")"
+for ((k = 0; k < FLEET; k++)); do
+    grep -qxF "${FLEET_SOCKS[k]}: {\"return\": {\"name\": \"vm$k\"}}" "$TMP/fanout.out" ||
+        die "no tagged reply of vm$k in the fan-out (see $TMP)"
+done
+[ "$(wc -l <"$TMP/fanout.out")" -eq $((2 * FLEET)) ] || die "the fan-out printed $(wc -l <"$TMP/fanout.out") lines"
+sh "$TMP/fleet-ref.sh" >"$TMP/fleet-ref.out"
+sh "$TMP/fleet-ours-loop.sh" >"$TMP/fleet-ours-loop.out"
+cmp -s "$TMP/fleet-ref.out" "$TMP/fleet-ours-loop.out" || die "ours and the reference differ on the fleet (see $TMP)"
+
+log "timing: $FLEET VMs, one fan-out call / a loop of the reference / a loop of ours"
+hyperfine --warmup 1 --runs "$RUNS" --style basic \
+    --export-json "$TMP/hf-fleet.json" \
+    -n fan-out "$FANOUT" \
+    -n reference-loop "sh $(q "$TMP/fleet-ref.sh")" \
+    -n ours-loop "sh $(q "$TMP/fleet-ours-loop.sh")" >&2
+for pid in $FLEET_PIDS; do kill "$pid" 2>/dev/null || true; done
+for pid in $FLEET_PIDS; do wait "$pid" 2>/dev/null || true; done
+FLEET_PIDS=""
+
 # --- through libvirt ----------------------------------------------------------
 
 if [ "$LIBVIRT" = 1 ]; then
@@ -431,7 +491,7 @@ fi
 # --- summary ----------------------------------------------------------------
 
 CPU=$(grep -m 1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-export N LV_N LV_RUNS LIBVIRT LIBVIRT_VERSION=${LIBVIRT_VERSION:-} \
+export N FLEET LV_N LV_RUNS LIBVIRT LIBVIRT_VERSION=${LIBVIRT_VERSION:-} \
     RUNS RSS_RUNS TMP CPU QEMU_VERSION SCHEMA_BYTES \
     RSS_ONE_OURS RSS_ONE_REF RSS_SCHEMA_OURS RSS_SCHEMA_REF
 export NPROC=$(nproc) REF_VERSION
@@ -508,6 +568,17 @@ for key, label in [("paths", f"{n}-command script on stdin"), ("paths-one", "one
     print(f"| {label} | {ms(d)} | {ms(p)} | {pr:.2f}x | {ms(s)} | {sr:.2f}x |")
     if key == "paths":
         goals.append((f"{label}: through qmp-proxy within 1.3x of direct", pr <= 1.3, f"{pr:.2f}x"))
+fleet = os.environ["FLEET"]
+r = paths("fleet")
+f, rl, ol = r["fan-out"], r["reference-loop"], r["ours-loop"]
+vs_ref, vs_ours = rl["median"] / f["median"], ol["median"] / f["median"]
+print()
+print(f"Fan-out: {fleet} QEMUs (`-M none`), `query-status` and `query-name` on each:")
+print()
+print("| measure | one fan-out call | loop of the reference | loop of ours | fan-out vs reference loop | fan-out vs our loop |")
+print("| --- | --- | --- | --- | --- | --- |")
+print(f"| {fleet} VMs, 2 commands each | {ms(f)} | {ms(rl)} | {ms(ol)} | {vs_ref:.1f}x faster | {vs_ours:.1f}x faster |")
+goals.append((f"{fleet} VMs: one fan-out call >= 20x faster than a loop of the reference", vs_ref >= 20.0, f"{vs_ref:.1f}x"))
 if os.environ["LIBVIRT"] == "1":
     lv_n = int(os.environ["LV_N"])
     script, one = load("lv-script"), load("lv-one")
