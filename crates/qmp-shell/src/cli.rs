@@ -35,6 +35,8 @@ Exit status:
   3  with -c or --exit-status: at least one command got an error reply
      or could not be parsed
   128+N  ended by signal N (SIGINT 130 on a pipe, SIGHUP 129, SIGTERM 143)
+With several targets: 1 if any could not be reached or went away, else 3 if
+any command failed anywhere, else 0; a summary line goes to standard error.
 
 Commands:  <command-name> [arg-name1=arg1] ... [arg-nameN=argN]
   device_add driver=e1000 id=net1
