@@ -54,6 +54,8 @@ enum Outcome {
     Unreachable,
     /// Ended by a signal.
     Interrupted(i32),
+    /// Ended because standard output could not be written.
+    Stopped,
 }
 
 /// Run `lines` on every target and return the exit status.
@@ -104,7 +106,7 @@ pub fn run_with(
             thread::Builder::new()
                 .name(format!("target-{i}"))
                 .spawn(move || loop {
-                    if signals::terminating().is_some() {
+                    if signals::terminating().is_some() || streams.output_error().is_some() {
                         return;
                     }
                     let Some(target) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
@@ -141,7 +143,7 @@ pub fn run_with(
         Outcome::Interrupted(code) => Some(*code),
         _ => None,
     });
-    let stopped = outcomes
+    let interrupted_count = outcomes
         .iter()
         .filter(|o| matches!(o, Outcome::Interrupted(_)))
         .count();
@@ -150,17 +152,28 @@ pub fn run_with(
         "qmp-shell: {total} targets: {answered} answered, {failed} with failed commands, \
          {unreachable} unreachable or lost"
     );
-    if stopped > 0 {
-        summary.push_str(&format!(", {stopped} interrupted"));
+    if interrupted_count > 0 {
+        summary.push_str(&format!(", {interrupted_count} interrupted"));
     }
-    if not_run > 0 {
-        summary.push_str(&format!(", {not_run} not run"));
+    let output_error = streams.output_error();
+    match &output_error {
+        Some((kind, text)) => {
+            let stopped = count(Outcome::Stopped) + not_run;
+            let why = if *kind == std::io::ErrorKind::BrokenPipe {
+                "standard output closed".to_owned()
+            } else {
+                format!("cannot write to standard output: {text}")
+            };
+            summary.push_str(&format!(", {stopped} stopped ({why})"));
+        }
+        None if not_run > 0 => summary.push_str(&format!(", {not_run} not run")),
+        None => {}
     }
     summary.push('\n');
     streams.write_err(summary.as_bytes());
     if let Some(code) = interrupted.or(signals::terminating().map(|s| 128 + s)) {
         code
-    } else if unreachable > 0 {
+    } else if unreachable > 0 || output_error.is_some() {
         exit::FATAL
     } else if failed > 0 {
         exit::COMMAND_FAILED
@@ -205,6 +218,7 @@ fn serve(
     match code {
         exit::OK => Outcome::Answered,
         exit::COMMAND_FAILED => Outcome::Failed,
+        exit::FATAL if streams.output_error().is_some() => Outcome::Stopped,
         exit::FATAL => Outcome::Unreachable,
         other => Outcome::Interrupted(other),
     }

@@ -37,6 +37,14 @@ pub trait Output: Send {
     /// Flush standard output.
     fn flush(&mut self) -> io::Result<()>;
 
+    /// Standard output could not be written (the session ends): say so on
+    /// standard error, unless the reader just went away (`| head`).
+    fn output_error(&mut self, err: &io::Error) {
+        if err.kind() != io::ErrorKind::BrokenPipe {
+            self.diag(&format!("ERROR: cannot write to standard output: {err}\n"));
+        }
+    }
+
     /// The message that ends a session (the connection lost, a reply that
     /// never came): `text` for standard error; `class` names it where an
     /// object stands for it (one target of many, with `--json`).
@@ -131,6 +139,8 @@ pub struct SharedStreams {
     out: Mutex<Box<dyn Write + Send>>,
     err: Mutex<Box<dyn Write + Send>>,
     bar: Mutex<Option<indicatif::ProgressBar>>,
+    /// The first error writing standard output: nothing is written after it.
+    out_error: Mutex<Option<(io::ErrorKind, String)>>,
 }
 
 impl SharedStreams {
@@ -145,6 +155,7 @@ impl SharedStreams {
             out: Mutex::new(out),
             err: Mutex::new(err),
             bar: Mutex::new(None),
+            out_error: Mutex::new(None),
         })
     }
 
@@ -164,11 +175,28 @@ impl SharedStreams {
     }
 
     fn write_out(&self, bytes: &[u8]) -> io::Result<()> {
-        self.around_bar(|| {
+        let mut failed = self.out_error.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((kind, text)) = &*failed {
+            return Err(io::Error::new(*kind, text.clone()));
+        }
+        let written = self.around_bar(|| {
             let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
             out.write_all(bytes)?;
             out.flush()
-        })
+        });
+        if let Err(err) = &written {
+            *failed = Some((err.kind(), err.to_string()));
+        }
+        written
+    }
+
+    /// The first error writing standard output, if any (kind and text):
+    /// every target's session ends on it, and it is reported once.
+    pub fn output_error(&self) -> Option<(io::ErrorKind, String)> {
+        self.out_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Write to standard error, errors ignored.
@@ -307,6 +335,10 @@ impl Output for TaggedOutput {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+
+    fn output_error(&mut self, _: &io::Error) {
+        // Shared by every target: the fan-out reports it once.
     }
 }
 

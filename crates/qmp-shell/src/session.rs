@@ -1331,11 +1331,7 @@ impl Engine {
     }
 
     fn output_failed(&mut self, err: &io::Error) {
-        // A reader that went away (`| head`) needs no explanation.
-        if err.kind() != io::ErrorKind::BrokenPipe {
-            self.out
-                .diag(&format!("ERROR: cannot write to standard output: {err}\n"));
-        }
+        self.out.output_error(err);
         self.stop = Some(exit::FATAL);
         self.queue.clear();
         self.barriers = 0;

@@ -227,3 +227,45 @@ fn guest_agents_and_ssh_addresses_fan_out_too() {
         show(&out)
     );
 }
+
+/// Standard output closed after one line (`| head -n 1`) or full: every
+/// session stops, the summary says why once, the status is 1, and nothing
+/// hangs with targets still queued.
+#[test]
+fn standard_output_closed_or_full_stops_every_target() {
+    let peers = fleet(6);
+    let mut args: Vec<&str> = vec!["-j", "2", "-c", "query-name", "-c", "query-status"];
+    args.extend(peers.iter().map(Peer::socket_str));
+    let cache = tempfile::tempdir().unwrap();
+    let shell = |redirect: &str| {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg("-c")
+            .arg(format!(
+                "\"$0\" \"$@\" {redirect}; echo \"status=${{PIPESTATUS[0]}}\" >&2"
+            ))
+            .arg(ours())
+            .args(&args)
+            .env("XDG_CACHE_HOME", cache.path());
+        run_with_timeout(cmd, b"", SHELL_TIMEOUT)
+    };
+    let out = shell("| head -n 1");
+    assert_eq!(text(&out.stdout).lines().count(), 1, "{}", show(&out));
+    let err = text(&out.stderr);
+    assert!(
+        err.ends_with("(standard output closed)\nstatus=1\n"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(err.lines().count(), 2, "{}", show(&out));
+
+    let out = shell("> /dev/full");
+    let err = text(&out.stderr);
+    assert_eq!(
+        err,
+        "qmp-shell: 6 targets: 0 answered, 0 with failed commands, 0 unreachable or lost, \
+         6 stopped (cannot write to standard output: No space left on device (os error 28))\n\
+         status=1\n",
+        "{}",
+        show(&out)
+    );
+}
