@@ -138,6 +138,21 @@ pub fn connect(
     })
 }
 
+/// Connect to the QMP socket `address` (written `text` in messages), with
+/// options from `opts` for every attempt, retrying while it is missing or
+/// refuses as `retry` says. The error is the message to print after
+/// `ERROR: `.
+pub fn connect_socket(
+    text: &str,
+    address: &Address,
+    retry: Retry,
+    opts: impl Fn() -> ClientOptions,
+) -> Result<Client, String> {
+    with_retry(retry, || {
+        connect_address(text, address, opts()).map(|c| c.client)
+    })
+}
+
 /// Call `attempt` until it succeeds, fails for good, or `retry` is spent.
 fn with_retry<T>(
     retry: Retry,

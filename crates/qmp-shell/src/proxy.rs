@@ -13,17 +13,17 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use qmp::router::{Router, RouterOptions, DEFAULT_MAX_CLIENTS};
-use qmp::{Address, Client, ClientOptions, Error as QmpError, Incoming};
+use qmp::{Address, Client, ClientOptions, Incoming};
 
 use crate::app::{die, SharedLog, GREETING_TIMEOUT};
 use crate::cli::{self, parse_positive_seconds, parse_seconds};
+use crate::connect::{connect_socket, Retry};
 use crate::doorbell::Doorbell;
 use crate::signals;
-use crate::wording::{client_error, python_io_error};
 
 const USAGE: &str = "qmp-proxy [-h] [-l LOGFILE] [OPTIONS] --listen PATH TARGET";
 
@@ -93,45 +93,6 @@ pub struct ProxyArgs {
     pub target: String,
 }
 
-/// Connect to `address`, retrying `retry` more times while it is missing
-/// or refuses. The error is the message to print after `ERROR: `.
-fn connect(args: &ProxyArgs, address: &Address, log: Option<&SharedLog>) -> Result<Client, String> {
-    let target = &args.target;
-    let mut attempt = 0;
-    loop {
-        let opts = ClientOptions {
-            greeting_timeout: Some(args.timeout.unwrap_or(GREETING_TIMEOUT)),
-            log: log.map(|l| Box::new(l.clone()) as Box<dyn Write + Send>),
-            ..ClientOptions::default()
-        };
-        match Client::connect(address, opts) {
-            Ok(client) => return Ok(client),
-            Err(QmpError::Io(_)) if attempt < args.retry => {
-                attempt += 1;
-                let until = Instant::now() + args.retry_delay;
-                while Instant::now() < until {
-                    if let Some(sig) = signals::terminating() {
-                        return Err(format!("interrupted by signal {sig}"));
-                    }
-                    std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
-                }
-            }
-            Err(QmpError::Io(err)) => {
-                return Err(format!(
-                    "Couldn't connect to {target}: Failed to establish connection: {}",
-                    python_io_error(&err)
-                ))
-            }
-            Err(err) => {
-                return Err(format!(
-                    "Couldn't connect to {target}: {}",
-                    client_error(&err)
-                ))
-            }
-        }
-    }
-}
-
 /// The `qmp-proxy` program; returns the exit status.
 pub fn main() -> i32 {
     let args = ProxyArgs::parse();
@@ -150,14 +111,26 @@ pub fn main() -> i32 {
         },
         None => None,
     };
-    let client = match connect(&args, &address, log.as_ref()) {
-        Ok(client) => Arc::new(client),
-        Err(msg) => {
-            return match signals::terminating() {
-                Some(sig) => 128 + sig,
-                None => die(&msg),
-            }
-        }
+    let retry = Retry {
+        count: args.retry,
+        delay: args.retry_delay,
+    };
+    let greeting_timeout = args.timeout.unwrap_or(GREETING_TIMEOUT);
+    let target = args.target.clone();
+    // A signal ends the proxy at once, also while TARGET has not greeted.
+    let attempt = signals::unless_terminated(move || {
+        connect_socket(&target, &address, retry, || ClientOptions {
+            greeting_timeout: Some(greeting_timeout),
+            log: log
+                .as_ref()
+                .map(|l| Box::new(l.clone()) as Box<dyn Write + Send>),
+            ..ClientOptions::default()
+        })
+    });
+    let client = match attempt {
+        Some(Ok(client)) => Arc::new(client),
+        Some(Err(msg)) if signals::terminating().is_none() => return die(&msg),
+        _ => return 128 + signals::terminating().unwrap_or(libc::SIGINT),
     };
     let opts = RouterOptions {
         max_clients: args.max_clients,
