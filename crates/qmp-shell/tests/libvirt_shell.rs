@@ -13,7 +13,7 @@
 //! destroyed when their test ends, on failure too.
 
 mod common;
-#[path = "common/libvirt.rs"]
+#[path = "../../qmp/tests/common/libvirt.rs"]
 mod libvirt;
 #[path = "../../qmp/tests/common/sshd.rs"]
 mod sshd;
@@ -479,7 +479,7 @@ fn events_caused_behind_the_shells_back_arrive() {
 
     // Through the side socket, which libvirt knows nothing of.
     let mut side = dom.side_monitor();
-    assert!(side.execute("stop").get("return").is_some());
+    assert!(side.execute(r#"{"execute":"stop"}"#).contains_key("return"));
     empty_lines_until(&mut live, &mut replies, "STOP");
 
     // Through libvirt itself.
@@ -1135,7 +1135,7 @@ fn on_a_terminal_completion_events_help_and_history() {
     t.type_text("query-na");
     t.wait_line("(QEMU) query-na");
     let mut side = dom.side_monitor();
-    assert!(side.execute("stop").get("return").is_some());
+    assert!(side.execute(r#"{"execute":"stop"}"#).contains_key("return"));
     let screen = t.wait_for("\"event\": \"STOP\"");
     assert!(
         screen

@@ -6,25 +6,23 @@
 //! Every domain is destroyed when its test ends, on failure too. Every wait
 //! is bounded.
 
-use std::io::{Read, Write};
+#[path = "common/libvirt.rs"]
+mod libvirt;
+
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use libvirt::{ensure_libvirtd, unique_name, virsh, TestDomain, URI};
 use qmp::transport::libvirt::{list_domains, LibvirtError, LibvirtTransport};
 use qmp::transport::{Closer, Handshake, Received, Sink, Transport};
-use qmp::{Decoder, Object};
-use tempfile::TempDir;
+use qmp::Object;
 
-const URI: &str = "qemu:///system";
-/// How long any single wait may take.
+/// How long any single wait on the transport may take (the harness's own
+/// waits, for domains and side sockets, are [`libvirt::WAIT`]).
 const WAIT: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------- harness
@@ -69,244 +67,10 @@ fn run_alone(name: &str, wrapper: &[&str]) {
     );
 }
 
-fn virsh(args: &[&str]) -> std::process::Output {
-    Command::new("virsh")
-        .arg("-c")
-        .arg(URI)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run virsh (install-deps.sh installs it): {e}"))
-}
-
-fn libvirtd_answers() -> bool {
-    Command::new("virsh")
-        .args(["-c", URI, "list"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// libvirtd must answer; if it does not, start it with the project's
-/// script (once per process), else fail saying how to fix it.
-fn ensure_libvirtd() {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    let ready = READY.get_or_init(|| {
-        if libvirtd_answers() {
-            return Ok(());
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install-deps.sh");
-        let status = Command::new("bash")
-            .arg(&script)
-            .stdin(Stdio::null())
-            .status()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if status.success() && libvirtd_answers() {
-            Ok(())
-        } else {
-            Err(format!(
-                "libvirtd does not answer on {URI}, and {} did not start it ({status}); \
-                 run it as root and see its output",
-                script.display()
-            ))
-        }
-    });
-    if let Err(e) = ready {
-        panic!("{e}");
-    }
-}
-
-fn unique_name(tag: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "qmp-test-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-/// `agent`: with a guest agent channel (no guest runs an agent on it).
-fn domain_xml(name: &str, dir: &Path, agent: bool) -> String {
-    let channel = if agent {
-        format!(
-            "<channel type='unix'><source mode='bind' path='{}/agent.sock'/>\
-             <target type='virtio' name='org.qemu.guest_agent.0'/></channel>",
-            dir.display()
-        )
-    } else {
-        String::new()
-    };
-    format!(
-        "<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>\n\
-         <name>{name}</name><memory unit='MiB'>64</memory><vcpu>2</vcpu>\n\
-         <os><type arch='x86_64' machine='pc'>hvm</type></os>\n\
-         <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>{channel}</devices>\n\
-         <qemu:commandline><qemu:arg value='-qmp'/>\
-         <qemu:arg value='unix:{}/side.sock,server=on,wait=off'/></qemu:commandline>\n\
-         </domain>\n",
-        dir.display()
-    )
-}
-
-/// A libvirt domain made for one test: transient and running
-/// ([`TestDomain::start`]) or defined and stopped ([`TestDomain::define`]).
-/// Destroyed (and undefined) when dropped, on panic too.
-struct TestDomain {
-    name: String,
-    dir: TempDir,
-    defined: bool,
-}
-
 impl TestDomain {
-    fn new(tag: &str, agent: bool) -> TestDomain {
-        let dir = tempfile::tempdir().expect("tempdir");
-        // QEMU runs as another process and must reach the side socket.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod 0755");
-        let name = unique_name(tag);
-        std::fs::write(
-            dir.path().join("dom.xml"),
-            domain_xml(&name, dir.path(), agent),
-        )
-        .expect("write dom.xml");
-        TestDomain {
-            name,
-            dir,
-            defined: false,
-        }
-    }
-
-    /// A running transient domain whose side socket accepts connections.
-    fn start(tag: &str) -> TestDomain {
-        TestDomain::start_with(tag, false)
-    }
-
-    /// A running transient domain, with a guest agent channel if `agent`.
-    fn start_with(tag: &str, agent: bool) -> TestDomain {
-        let d = TestDomain::new(tag, agent);
-        let xml = d.dir.path().join("dom.xml");
-        let out = virsh(&["create", xml.to_str().expect("utf-8 path")]);
-        assert!(
-            out.status.success(),
-            "virsh create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let deadline = Instant::now() + WAIT;
-        while UnixStream::connect(d.side_path()).is_err() {
-            assert!(Instant::now() < deadline, "the side socket never came up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
-    }
-
-    /// A persistent domain that is not running.
-    fn define(tag: &str) -> TestDomain {
-        let mut d = TestDomain::new(tag, false);
-        let xml = d.dir.path().join("dom.xml");
-        let out = virsh(&["define", xml.to_str().expect("utf-8 path")]);
-        assert!(
-            out.status.success(),
-            "virsh define failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        d.defined = true;
-        d
-    }
-
-    fn side_path(&self) -> PathBuf {
-        self.dir.path().join("side.sock")
-    }
-
-    fn side(&self) -> SideMonitor {
-        SideMonitor::connect(&self.side_path())
-    }
-
+    /// The libvirt transport to the domain's monitor.
     fn open(&self) -> LibvirtTransport {
         LibvirtTransport::open(Some(URI), &self.name, false).expect("open the libvirt transport")
-    }
-
-    fn destroy(&self) {
-        let _ = virsh(&["destroy", &self.name]);
-    }
-}
-
-impl Drop for TestDomain {
-    fn drop(&mut self) {
-        self.destroy();
-        if self.defined {
-            let _ = virsh(&["undefine", &self.name]);
-        }
-    }
-}
-
-/// A plain QMP client on the side socket.
-struct SideMonitor {
-    stream: UnixStream,
-    decoder: Decoder,
-    greeting: Object,
-    /// Events received while waiting for replies.
-    events: Vec<Object>,
-}
-
-impl SideMonitor {
-    fn connect(path: &Path) -> SideMonitor {
-        let stream = UnixStream::connect(path).expect("connect to the side socket");
-        stream.set_read_timeout(Some(WAIT)).expect("read timeout");
-        let mut side = SideMonitor {
-            stream,
-            decoder: Decoder::new(64 << 20),
-            greeting: Object::new(),
-            events: Vec::new(),
-        };
-        side.greeting = side.next();
-        side.execute(r#"{"execute":"qmp_capabilities"}"#);
-        side
-    }
-
-    fn next(&mut self) -> Object {
-        let mut buf = [0u8; 16384];
-        loop {
-            if let Some(frame) = self.decoder.next_message() {
-                return frame.expect("QEMU sends JSON objects");
-            }
-            let n = self
-                .stream
-                .read(&mut buf)
-                .expect("read from the side socket");
-            assert!(n > 0, "the side socket closed");
-            self.decoder.feed(&buf[..n]);
-        }
-    }
-
-    /// Send `json` and return its reply (events are kept aside).
-    fn execute(&mut self, json: &str) -> Object {
-        self.stream
-            .write_all(json.as_bytes())
-            .expect("write to the side socket");
-        loop {
-            let msg = self.next();
-            if msg.contains_key("event") {
-                self.events.push(msg);
-            } else {
-                return msg;
-            }
-        }
-    }
-
-    /// The next event named `name`, among those kept or still to come.
-    fn event(&mut self, name: &str) -> Object {
-        if let Some(i) = self.events.iter().position(|e| e["event"] == name) {
-            return self.events.remove(i);
-        }
-        loop {
-            let msg = self.next();
-            if msg["event"] == name {
-                return msg;
-            }
-        }
     }
 }
 
@@ -464,7 +228,7 @@ fn open_fds() -> usize {
 fn query_status_and_hmp_equal_the_side_socket() {
     ensure_libvirtd();
     let dom = TestDomain::start("status");
-    let mut side = dom.side();
+    let mut side = dom.side_monitor();
     let t = dom.open();
     assert_eq!(t.domain_name(), dom.name);
     assert_eq!(t.uri(), URI);
@@ -506,7 +270,7 @@ fn query_status_and_hmp_equal_the_side_socket() {
 fn ids_are_restored() {
     ensure_libvirtd();
     let dom = TestDomain::start("ids");
-    let mut side = dom.side();
+    let mut side = dom.side_monitor();
     let mut s = Session::new(dom.open());
 
     let r = s.execute(r#"{"execute":"query-status","id":"abc"}"#);
@@ -559,7 +323,7 @@ fn an_unknown_command_gets_qmps_error() {
 fn events_from_the_side_socket_arrive_as_qemu_sends_them() {
     ensure_libvirtd();
     let dom = TestDomain::start("events");
-    let mut side = dom.side();
+    let mut side = dom.side_monitor();
     let s = Session::new(dom.open());
 
     assert!(side.execute(r#"{"execute":"stop"}"#).contains_key("return"));
@@ -621,7 +385,7 @@ fn after_a_sync_the_events_sent_before_a_reply_are_received() {
 fn an_event_with_data_keeps_it() {
     ensure_libvirtd();
     let dom = TestDomain::start("evdata");
-    let mut side = dom.side();
+    let mut side = dom.side_monitor();
     let s = Session::new(dom.open());
     // system_reset makes QEMU send RESET with data {"guest": false, "reason": "host-qmp-system-reset"}.
     assert!(side
@@ -676,7 +440,7 @@ fn losing_the_connection_to_libvirtd_ends_the_source() {
     // libvirt's `ext` transport runs a command that carries the connection
     // on its standard input and output: here socat, to libvirtd's socket.
     // Killing it cuts the connection as a network failure would.
-    let dir = dom.dir.path();
+    let dir = dom.dir();
     let pid_file = dir.join("relay.pid");
     let script = dir.join("relay.sh");
     std::fs::write(
@@ -931,7 +695,7 @@ fn sessions_can_overlap() {
     let dom = TestDomain::start("overlap");
     let mut a = Session::new(dom.open());
     let mut b = Session::new(dom.open());
-    let mut side = dom.side();
+    let mut side = dom.side_monitor();
     assert!(a.execute(r#"{"execute":"query-status","id":"a"}"#)["id"] == "a");
     a.close();
     // b still works, events included.

@@ -1,15 +1,17 @@
-//! libvirt for the shell's tests: the real libvirtd (started with the
+//! libvirt for integration tests: the real libvirtd (started with the
 //! project's `scripts/install-deps.sh` when it does not answer), and
 //! transient TCG domains made for one test, each with a QMP socket of the
-//! test's own beside libvirt's monitor ("the side socket"), to compare the
-//! shell's output through libvirt with its output on a socket, and to cause
+//! test's own beside libvirt's monitor ("the side socket"), to compare what
+//! comes through libvirt with what QEMU says on a socket, and to cause
 //! events. Every domain is destroyed when dropped, on failure too.
 //!
-//! Include it with `#[path = "common/libvirt.rs"] mod libvirt;`.
+//! Include it with `#[path = "common/libvirt.rs"] mod libvirt;` (the qmp
+//! crate's tests) or `#[path = "../../qmp/tests/common/libvirt.rs"] mod
+//! libvirt;` (qmp-shell's).
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -18,11 +20,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use qmp::{Decoder, Object};
 use tempfile::TempDir;
 
 /// The local libvirtd.
 pub const URI: &str = "qemu:///system";
-/// How long any single wait may take.
+/// How long any single wait of the harness (a domain's side socket coming
+/// up, a reply on it) may take; the tests' own waits too, unless they set
+/// their own bound.
 pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Run `virsh -c URI ARGS...`.
@@ -87,11 +92,14 @@ pub fn ensure_libvirtd() {
     }
 }
 
-/// A domain name no other test (nor another run) uses.
+/// A domain name no other test (nor another run) uses:
+/// `PACKAGE-test-TAG-PID-N`, PACKAGE being the crate whose tests run
+/// (`qmp-test-...`, `qmp-shell-test-...`).
 pub fn unique_name(tag: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     format!(
-        "qmp-shell-test-{tag}-{}-{}",
+        "{}-test-{tag}-{}-{}",
+        env!("CARGO_PKG_NAME"),
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     )
@@ -120,8 +128,9 @@ fn domain_xml(name: &str, dir: &Path, agent: bool) -> String {
     )
 }
 
-/// A libvirt domain made for one test: transient and running, or defined
-/// and stopped. Destroyed (and undefined) when dropped, on panic too.
+/// A libvirt domain made for one test: transient and running
+/// ([`TestDomain::start`]) or defined and stopped ([`TestDomain::define`]).
+/// Destroyed (and undefined) when dropped, on panic too.
 pub struct TestDomain {
     pub name: String,
     dir: TempDir,
@@ -181,6 +190,11 @@ impl TestDomain {
         d
     }
 
+    /// The test's temporary directory (the domain's XML, the side socket).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The side socket's path.
     pub fn side_path(&self) -> PathBuf {
         self.dir.path().join("side.sock")
@@ -217,11 +231,16 @@ impl TestDomain {
         let uuid = virsh_ok(&["domuuid", &self.name]).trim().to_owned();
         (id, uuid)
     }
+
+    /// Destroy the domain (a transient one is gone then); errors ignored.
+    pub fn destroy(&self) {
+        let _ = virsh(&["destroy", &self.name]);
+    }
 }
 
 impl Drop for TestDomain {
     fn drop(&mut self) {
-        let _ = virsh(&["destroy", &self.name]);
+        self.destroy();
         if self.defined {
             let _ = virsh(&["undefine", &self.name]);
         }
@@ -241,46 +260,74 @@ impl Drop for Frozen {
 /// A plain QMP client on the side socket: commands one at a time, events
 /// kept aside.
 pub struct SideMonitor {
-    writer: UnixStream,
-    reader: BufReader<UnixStream>,
+    stream: UnixStream,
+    decoder: Decoder,
+    /// QEMU's greeting.
+    pub greeting: Object,
     /// Events received while waiting for replies.
-    pub events: Vec<serde_json::Value>,
+    pub events: Vec<Object>,
 }
 
 impl SideMonitor {
     fn connect(path: &Path) -> SideMonitor {
         let stream = UnixStream::connect(path).expect("connect to the side socket");
         stream.set_read_timeout(Some(WAIT)).expect("read timeout");
-        let mut m = SideMonitor {
-            writer: stream.try_clone().expect("clone"),
-            reader: BufReader::new(stream),
+        let mut side = SideMonitor {
+            stream,
+            decoder: Decoder::new(64 << 20),
+            greeting: Object::new(),
             events: Vec::new(),
         };
-        let greeting = m.next();
-        assert!(greeting.get("QMP").is_some(), "greeting: {greeting}");
-        let r = m.execute("qmp_capabilities");
-        assert!(r.get("return").is_some(), "qmp_capabilities: {r}");
-        m
+        side.greeting = side.next();
+        assert!(
+            side.greeting.contains_key("QMP"),
+            "greeting: {:?}",
+            side.greeting
+        );
+        let r = side.execute(r#"{"execute":"qmp_capabilities"}"#);
+        assert!(r.contains_key("return"), "qmp_capabilities: {r:?}");
+        side
     }
 
-    fn next(&mut self) -> serde_json::Value {
-        let mut line = String::new();
-        let n = self
-            .reader
-            .read_line(&mut line)
-            .expect("read the side socket");
-        assert!(n > 0, "the side socket closed");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
+    fn next(&mut self) -> Object {
+        let mut buf = [0u8; 16384];
+        loop {
+            if let Some(frame) = self.decoder.next_message() {
+                return frame.expect("QEMU sends JSON objects");
+            }
+            let n = self
+                .stream
+                .read(&mut buf)
+                .expect("read from the side socket");
+            assert!(n > 0, "the side socket closed");
+            self.decoder.feed(&buf[..n]);
+        }
     }
 
-    /// Run `command` (no arguments) and return its reply.
-    pub fn execute(&mut self, command: &str) -> serde_json::Value {
-        writeln!(self.writer, "{{\"execute\": \"{command}\"}}").expect("write the side socket");
+    /// Send `json` (a whole command) and return its reply; events are kept
+    /// aside.
+    pub fn execute(&mut self, json: &str) -> Object {
+        self.stream
+            .write_all(json.as_bytes())
+            .expect("write to the side socket");
         loop {
             let msg = self.next();
-            if msg.get("event").is_some() {
+            if msg.contains_key("event") {
                 self.events.push(msg);
             } else {
+                return msg;
+            }
+        }
+    }
+
+    /// The next event named `name`, among those kept or still to come.
+    pub fn event(&mut self, name: &str) -> Object {
+        if let Some(i) = self.events.iter().position(|e| e["event"] == name) {
+            return self.events.remove(i);
+        }
+        loop {
+            let msg = self.next();
+            if msg["event"] == name {
                 return msg;
             }
         }
