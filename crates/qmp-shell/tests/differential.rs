@@ -29,6 +29,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -1075,9 +1076,13 @@ fn run_wrap(
         .current_dir(cwd.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // A group of its own, which the guard below kills whole should the
+        // test fail midway: the reference wrap's QEMU is in it too.
+        .process_group(0);
     let desc = format!("{cmd:?}");
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {desc}: {e}"));
+    let mut group = GroupGuard(Some(child.id() as i32));
     let mut stdin = child.stdin.take().unwrap();
     let input = input.to_string();
     let writer = std::thread::spawn(move || {
@@ -1129,6 +1134,7 @@ fn run_wrap(
         }
         std::thread::sleep(Duration::from_millis(5));
     };
+    group.0 = None;
     let _ = writer.join();
     out_reader.join().unwrap();
     let stderr = err_reader.join().unwrap();
@@ -1140,6 +1146,21 @@ fn run_wrap(
     }
 }
 
+/// Kills a process group when dropped (unless disarmed with `None`): a
+/// failed wrap test leaves no wrap and no QEMU behind.
+struct GroupGuard(Option<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            // SAFETY: kill(2) on the group the test created.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// How many prompts (`(QEMU) ` or `TRANS> `) `stdout` holds: one per line
 /// read, and one more for the end of input.
 fn prompts(stdout: &str) -> usize {
@@ -1147,18 +1168,21 @@ fn prompts(stdout: &str) -> usize {
 }
 
 /// Whether QEMU (asked through its monitor at `side`) reports the monitor
-/// the wrap added (`-qmp unix:...qmp-shell-wrap-PID`) as disconnected.
+/// the wrap added (`-qmp unix:...qmp-shell-wrap-PID`, the one that is not
+/// `side`) as disconnected. (Connected, QEMU names it just `unix:`.)
 fn wrap_monitor_disconnected(side: &Path) -> bool {
     let reply = qmp_raw(side, &[r#"{"execute": "query-chardev"}"#]);
     let v: serde_json::Value = serde_json::from_str(&reply[0]).expect("query-chardev reply");
-    let wrap = v["return"]
+    let side = side.to_str().unwrap();
+    let others: Vec<&str> = v["return"]
         .as_array()
         .expect("query-chardev returns a list")
         .iter()
         .filter_map(|c| c["filename"].as_str())
-        .find(|f| f.contains("qmp-shell-wrap-"))
-        .unwrap_or_else(|| panic!("no wrap monitor in {}", reply[0]));
-    wrap.starts_with("disconnected:")
+        .filter(|f| !f.contains(side))
+        .collect();
+    assert_eq!(others.len(), 1, "one wrap monitor in {}", reply[0]);
+    others[0].starts_with("disconnected:")
 }
 
 /// Our wrap against the reference's on the same QEMU command line and
