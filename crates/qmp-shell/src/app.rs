@@ -234,6 +234,11 @@ pub fn main() -> i32 {
         return list(&args);
     }
     let mut targets = targets(&args);
+    if targets.is_empty() {
+        // --all-domains found nothing to run on: not a failure.
+        let _ = writeln!(std::io::stderr(), "qmp-shell: no running domains");
+        return exit::OK;
+    }
     if targets.len() != 1 || args.all_domains || args.connect.len() > 1 {
         signals::install(true);
         return fan_out(args, targets);

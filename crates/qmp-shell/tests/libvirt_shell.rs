@@ -845,6 +845,23 @@ fn list_shows_running_domains() {
         assert!(text(&l.stdout).contains(&dom.name), "{}", show(&l));
         assert_eq!(text(&l.stderr), notice(&dom.name));
     }
+    // A host with no running domain (libvirt's own in-process test driver,
+    // on a node description with none): --list prints nothing, and
+    // --all-domains has nothing to do, which is no failure.
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("node.xml");
+    std::fs::write(&node, "<node/>\n").unwrap();
+    let empty = format!("test://{}", node.display());
+    let l = shell(&["--list", "--connect", &empty], "");
+    assert_eq!(l.status.code(), Some(0), "{}", show(&l));
+    assert!(l.stdout.is_empty(), "{}", show(&l));
+    let l = shell(
+        &["--all-domains", "--connect", &empty, "-c", "query-status"],
+        "",
+    );
+    assert_eq!(l.status.code(), Some(0), "{}", show(&l));
+    assert!(l.stdout.is_empty(), "{}", show(&l));
+    assert_eq!(text(&l.stderr), "qmp-shell: no running domains\n");
 }
 
 // ---------------------------------------------------------------------------
