@@ -126,24 +126,26 @@ impl ShellHelper {
         let Some(schema) = schema else {
             return (before.len(), Vec::new());
         };
-        let candidates: Vec<String> = match name {
-            "/wait" => schema
-                .event_names()
-                .into_iter()
-                .filter(|e| e.starts_with(word))
-                .map(str::to_owned)
-                .collect(),
-            "/oob" => schema
-                .command_names()
-                .into_iter()
-                .filter(|c| c.starts_with(word) && schema.allows_oob(c) == Some(true))
-                .map(str::to_owned)
-                .collect(),
-            _ => Vec::new(),
-        };
         let pairs = match name {
-            "/wait" => Self::marked(candidates, |n| schema.event_mark(n)),
-            _ => Self::marked(candidates, |n| schema.command_mark(n)),
+            "/wait" => Self::marked(
+                schema
+                    .event_names()
+                    .into_iter()
+                    .filter(|e| e.starts_with(word))
+                    .map(str::to_owned)
+                    .collect(),
+                |n| schema.event_mark(n),
+            ),
+            "/oob" => Self::marked(
+                schema
+                    .command_names()
+                    .into_iter()
+                    .filter(|c| c.starts_with(word) && schema.allows_oob(c))
+                    .map(str::to_owned)
+                    .collect(),
+                |n| schema.command_mark(n),
+            ),
+            _ => Vec::new(),
         };
         (rest_start, pairs)
     }
@@ -174,7 +176,7 @@ impl Completer for ShellHelper {
             let first_word = !before.trim_start().contains(char::is_whitespace);
             let pairs = if first_word && !in_transaction {
                 let mut pairs = Self::marked(words, |n| schema.command_mark(n));
-                if "/".starts_with(before.trim_start()) {
+                if before.trim_start().is_empty() {
                     pairs.extend(Self::pairs(
                         meta::NAMES.iter().map(|n| n.to_string()).collect(),
                     ));

@@ -7,7 +7,7 @@
 //! a QEMU build are a few kilobytes, its schema half a megabyte that takes
 //! QEMU 25 ms to produce).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use qmp::Object;
 use serde_json::{json, Value};
@@ -49,7 +49,7 @@ impl Facts {
                 name.to_owned(),
                 Command {
                     mark: schema.command_mark(name),
-                    oob: schema.allows_oob(name) == Some(true),
+                    oob: schema.allows_oob(name),
                     args: schema.marks(name),
                 },
             );
@@ -94,11 +94,6 @@ impl Facts {
     /// Whether the server has event `name`.
     pub fn knows_event(&self, name: &str) -> bool {
         self.events.contains_key(name)
-    }
-
-    /// Every event name, sorted.
-    pub fn event_names(&self) -> Vec<&str> {
-        self.events.keys().map(String::as_str).collect()
     }
 
     /// One-line warnings (without the `warning: ` prefix) for what the
@@ -216,11 +211,6 @@ impl Facts {
             facts.events.insert(name.clone(), mark);
         }
         Some(facts)
-    }
-
-    /// Command names, for fingerprinting a server.
-    pub fn command_names(&self) -> BTreeSet<&str> {
-        self.commands.keys().map(String::as_str).collect()
     }
 }
 

@@ -44,12 +44,15 @@ pub fn history_path() -> Option<PathBuf> {
 pub fn open_private(path: &Path, existing: Existing) -> io::Result<File> {
     // Always O_APPEND: each line goes at the end, even if something else
     // writes to the same file.
-    let mut opts = OpenOptions::new();
-    opts.append(true)
-        .create(true)
-        .mode(PRIVATE)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW);
-    let file = match opts.open(path) {
+    let open = |flags| {
+        OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(PRIVATE)
+            .custom_flags(flags)
+            .open(path)
+    };
+    let file = match open(libc::O_CLOEXEC | libc::O_NOFOLLOW) {
         Ok(file) => file,
         // ELOOP: the last component is a symlink (EACCES when the kernel's
         // own protected_symlinks refused it first).
@@ -58,13 +61,7 @@ pub fn open_private(path: &Path, existing: Existing) -> io::Result<File> {
                 && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) =>
         {
             check_symlink(path)?;
-            let mut follow = OpenOptions::new();
-            follow
-                .append(true)
-                .create(true)
-                .mode(PRIVATE)
-                .custom_flags(libc::O_CLOEXEC);
-            follow.open(path)?
+            open(libc::O_CLOEXEC)?
         }
         Err(e) => return Err(e),
     };

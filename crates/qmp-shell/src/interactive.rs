@@ -29,7 +29,7 @@ use rustyline::{
 };
 use serde_json::Value;
 
-use qmp::{Client, Incoming, Request};
+use qmp::{Client, Incoming};
 
 use crate::cli::exit;
 use crate::complete::{Knowledge, ShellHelper};
@@ -38,7 +38,7 @@ use crate::hmp;
 use crate::render::{self, Style};
 use crate::session::{Engine, LOOKUP_TIMEOUT};
 use crate::signals;
-use crate::store::SCHEMA_LOOKUP;
+use crate::store::{call_unlogged, SCHEMA_LOOKUP};
 use crate::wording::shown;
 
 /// Entries kept in the history file, as the reference does.
@@ -51,11 +51,7 @@ const DOUBLE_CTRL_C: Duration = Duration::from_secs(1);
 /// keeping these look-ups out of the `-l` log: the log records what the
 /// user did.
 fn learn(client: Arc<Client>, knowledge: Knowledge, hmp_mode: bool, guest_agent: bool) {
-    let call = |client: &Client, msg| {
-        client
-            .submit(Request::new(msg).unlogged())
-            .and_then(|p| p.wait(Some(LOOKUP_TIMEOUT)))
-    };
+    let call = |client: &Client, msg| call_unlogged(client, msg, Some(LOOKUP_TIMEOUT));
     let _ = thread::Builder::new()
         .name("learn".to_owned())
         .spawn(move || {
@@ -162,12 +158,10 @@ impl Printer {
 /// whatever was typed ahead after it.)
 struct CtrlC {
     pressed: Arc<AtomicBool>,
-    empty: Arc<AtomicBool>,
 }
 
 impl ConditionalEventHandler for CtrlC {
-    fn handle(&self, _: &Event, _: RepeatCount, _: bool, ctx: &EventContext) -> Option<Cmd> {
-        self.empty.store(ctx.line().is_empty(), Ordering::SeqCst);
+    fn handle(&self, _: &Event, _: RepeatCount, _: bool, _: &EventContext) -> Option<Cmd> {
         self.pressed.store(true, Ordering::SeqCst);
         Some(Cmd::AcceptLine)
     }
@@ -269,12 +263,10 @@ pub fn run(mut engine: Engine, style: Style) -> i32 {
         store: engine.store(),
         ..Knowledge::default()
     };
-    let empty_ctrl_c = Arc::new(AtomicBool::new(false));
     editor.bind_sequence(
         KeyEvent::ctrl('C'),
         EventHandler::Conditional(Box::new(CtrlC {
             pressed: Arc::clone(&knowledge.ctrl_c),
-            empty: Arc::clone(&empty_ctrl_c),
         })),
     );
     editor.set_helper(Some(ShellHelper::new(knowledge.clone(), cfg.hmp)));
@@ -333,9 +325,9 @@ pub fn run(mut engine: Engine, style: Style) -> i32 {
         };
         signals::in_readline(false);
         match read {
-            Ok(_) if knowledge.ctrl_c.swap(false, Ordering::SeqCst) => {
+            Ok(text) if knowledge.ctrl_c.swap(false, Ordering::SeqCst) => {
                 // The half-typed line is dropped.
-                if ctrl_c.pressed(&mut engine, empty_ctrl_c.load(Ordering::SeqCst)) {
+                if ctrl_c.pressed(&mut engine, text.is_empty()) {
                     break;
                 }
             }

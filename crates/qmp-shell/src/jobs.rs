@@ -240,6 +240,7 @@ impl Progress {
 /// indicatif's own estimate).
 pub struct Bars {
     multi: MultiProgress,
+    style: ProgressStyle,
     bars: BTreeMap<String, ProgressBar>,
 }
 
@@ -248,21 +249,21 @@ impl Bars {
     pub fn new() -> Bars {
         Bars {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            style: ProgressStyle::with_template(
+                "{prefix:>16} {bar:30.cyan/blue} {percent:>3}% {binary_bytes_per_sec:>12} ETA {eta:>4} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
             bars: BTreeMap::new(),
         }
     }
 
     /// Show the jobs' current state.
     pub fn show<'a>(&mut self, jobs: impl Iterator<Item = &'a Job>) {
-        let style = ProgressStyle::with_template(
-            "{prefix:>16} {bar:30.cyan/blue} {percent:>3}% {binary_bytes_per_sec:>12} ETA {eta:>4} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
         for job in jobs {
             let bar = self.bars.entry(job.id.clone()).or_insert_with(|| {
                 let b = self.multi.add(ProgressBar::new(job.total.max(1)));
-                b.set_style(style.clone());
+                b.set_style(self.style.clone());
                 b.set_prefix(format!("{} {}", job.kind, job.id));
                 b
             });

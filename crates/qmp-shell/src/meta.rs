@@ -77,11 +77,6 @@ pub fn is_meta(line: &str) -> bool {
     line.trim_start().starts_with('/')
 }
 
-/// A token as the user meant it: quotes removed, escapes resolved.
-fn plain(token: &str) -> String {
-    unquote(token)
-}
-
 /// `--timeout=SECONDS`.
 fn parse_timeout(value: &str) -> Result<Duration, ParseError> {
     let secs: f64 = value
@@ -113,7 +108,7 @@ fn options<'a>(
             break;
         };
         let (name, value) = match option.split_once('=') {
-            Some((n, v)) => (n, Some(plain(v))),
+            Some((n, v)) => (n, Some(unquote(v))),
             None => (option, None),
         };
         if !allowed.contains(&name) {
@@ -156,7 +151,7 @@ pub fn parse(line: &str) -> Result<Meta, ParseError> {
             parse_arguments(filters, &mut filter)?;
             Ok(Meta::Wait {
                 timeout,
-                event: plain(event),
+                event: unquote(event),
                 filter,
             })
         }
@@ -172,18 +167,18 @@ pub fn parse(line: &str) -> Result<Meta, ParseError> {
         }
         "/record" => match rest {
             [off] if off == "off" => Ok(Meta::Record(None)),
-            [file] => Ok(Meta::Record(Some(plain(file)))),
+            [file] => Ok(Meta::Record(Some(unquote(file)))),
             _ => Err(usage_of("/record FILE, or /record off")),
         },
         "/play" => match rest {
-            [file] => Ok(Meta::Play(plain(file))),
+            [file] => Ok(Meta::Play(unquote(file))),
             _ => Err(usage_of("/play FILE")),
         },
         "/oob" => {
             let Some((cmd, args)) = rest.split_first() else {
                 return Err(usage_of("/oob COMMAND [KEY=VALUE...]"));
             };
-            Ok(Meta::Oob(command("exec-oob", &plain(cmd), args)?))
+            Ok(Meta::Oob(command("exec-oob", &unquote(cmd), args)?))
         }
         "/fd" => {
             const U: &str = "/fd [--read-only] PATH COMMAND [KEY=VALUE...]";
@@ -196,8 +191,8 @@ pub fn parse(line: &str) -> Result<Meta, ParseError> {
             };
             Ok(Meta::Fd {
                 read_only: !opts.is_empty(),
-                path: plain(path),
-                command: command("execute", &plain(cmd), args)?,
+                path: unquote(path),
+                command: command("execute", &unquote(cmd), args)?,
             })
         }
         other => Err(ParseError(format!(

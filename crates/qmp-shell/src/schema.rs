@@ -39,8 +39,9 @@ struct Member {
 enum Type {
     /// A builtin type; the string is its JSON type (`"boolean"`, ...).
     Builtin(String),
-    /// An enumeration and its values.
-    Enum(Vec<String>),
+    /// An enumeration: its values, and those the schema marks
+    /// `deprecated` or `unstable` with the first such feature.
+    Enum(Vec<String>, Vec<(String, &'static str)>),
     /// An array and its element type.
     Array(String),
     /// An object: members, and for a union the tag member's name and the
@@ -77,9 +78,6 @@ pub struct Schema {
     types: HashMap<String, Type>,
     commands: BTreeMap<String, Entity>,
     events: BTreeMap<String, Entity>,
-    /// Features of enum values, for the enums that have any:
-    /// type name to `(value, features)`.
-    enum_features: HashMap<String, Vec<(String, Vec<String>)>>,
 }
 
 /// The features that make a name worth a warning.
@@ -123,15 +121,22 @@ fn parse_type(meta: &str, entry: &Value) -> Option<Type> {
         "builtin" => Type::Builtin(str_field(entry, "json-type").unwrap_or_default()),
         "enum" => {
             // `members` ([{name}]) is the newer spelling, `values` the older.
-            let mut values: Vec<String> = entry
-                .get("members")
-                .and_then(Value::as_array)
+            let members = entry.get("members").and_then(Value::as_array);
+            let mut values: Vec<String> = members
                 .map(|a| a.iter().filter_map(|m| str_field(m, "name")).collect())
                 .unwrap_or_default();
             if values.is_empty() {
                 values = string_list(entry.get("values"));
             }
-            Type::Enum(values)
+            let marked = members
+                .into_iter()
+                .flatten()
+                .filter_map(|m| {
+                    let feature = warned_feature(&string_list(m.get("features")))?;
+                    Some((str_field(m, "name")?, feature))
+                })
+                .collect();
+            Type::Enum(values, marked)
         }
         "array" => Type::Array(str_field(entry, "element-type")?),
         "object" => {
@@ -251,24 +256,6 @@ impl Schema {
                     schema.events.entry(name).or_insert_with(entity);
                 }
                 _ => {
-                    if meta == "enum" {
-                        let marked: Vec<(String, Vec<String>)> = entry
-                            .get("members")
-                            .and_then(Value::as_array)
-                            .map(|a| {
-                                a.iter()
-                                    .filter_map(|m| {
-                                        let features = string_list(m.get("features"));
-                                        (!features.is_empty())
-                                            .then(|| Some((str_field(m, "name")?, features)))?
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        if !marked.is_empty() {
-                            schema.enum_features.entry(name.clone()).or_insert(marked);
-                        }
-                    }
                     if let Some(ty) = parse_type(&meta, entry) {
                         schema.types.entry(name).or_insert(ty);
                     }
@@ -288,10 +275,10 @@ impl Schema {
         warned_feature(&self.events.get(name)?.features)
     }
 
-    /// Whether command `name` may run out of band; `None` for an unknown
-    /// command.
-    pub fn allows_oob(&self, name: &str) -> Option<bool> {
-        self.commands.get(name).map(|c| c.allow_oob)
+    /// Whether command `name` may run out of band (`false` for an unknown
+    /// command).
+    pub fn allows_oob(&self, name: &str) -> bool {
+        self.commands.get(name).is_some_and(|c| c.allow_oob)
     }
 
     /// Every argument of command `name` (dotted paths, through nested
@@ -351,16 +338,12 @@ impl Schema {
                     self.mark_walk(b, path, depth + 1, seen, out);
                 }
             }
-            Some(Type::Enum(_)) => {
-                for (value, features) in self.enum_features.get(ty).into_iter().flatten() {
-                    if let Some(feature) = warned_feature(features) {
-                        out.push(Mark {
-                            path: path.to_owned(),
-                            value: Some(value.clone()),
-                            feature,
-                        });
-                    }
-                }
+            Some(Type::Enum(_, marked)) => {
+                out.extend(marked.iter().map(|(value, feature)| Mark {
+                    path: path.to_owned(),
+                    value: Some(value.clone()),
+                    feature,
+                }));
             }
             _ => {}
         }
@@ -387,7 +370,7 @@ impl Schema {
         let mut names: Vec<&str> = match self.action_union() {
             Some(ActionUnion {
                 variants: [],
-                tag_type: Some(Type::Enum(values)),
+                tag_type: Some(Type::Enum(values, _)),
             }) => values.iter().map(String::as_str).collect(),
             Some(union) => union.variants.iter().map(|(c, _)| c.as_str()).collect(),
             None => Vec::new(),
@@ -590,7 +573,7 @@ impl Schema {
     /// Enum values and booleans that a value of type `ty` may take.
     fn scalar_values<'a>(&'a self, ty: &str, depth: usize, out: &mut Vec<&'a str>) {
         match self.types.get(ty) {
-            Some(Type::Enum(values)) => out.extend(values.iter().map(String::as_str)),
+            Some(Type::Enum(values, _)) => out.extend(values.iter().map(String::as_str)),
             Some(Type::Builtin(json)) if json == "boolean" => out.extend(["true", "false"]),
             Some(Type::Alternate(branches)) if depth < 2 => {
                 for b in branches {
@@ -730,7 +713,7 @@ impl Schema {
         }
         match self.types.get(ty) {
             Some(Type::Builtin(_)) | None => ty.to_owned(),
-            Some(Type::Enum(_)) => "enum".to_owned(),
+            Some(Type::Enum(..)) => "enum".to_owned(),
             Some(Type::Object { .. }) => "object".to_owned(),
             Some(Type::Array(e)) => format!("array of {}", self.describe(e, depth + 1)),
             Some(Type::Alternate(branches)) => branches
@@ -744,7 +727,7 @@ impl Schema {
     /// Does type `ty` have details that help shows below its member line?
     fn has_detail(&self, ty: &str, depth: usize) -> bool {
         match self.types.get(ty) {
-            Some(Type::Enum(_)) => true,
+            Some(Type::Enum(..)) => true,
             Some(Type::Object { .. }) => !self.is_empty_object(ty),
             Some(Type::Array(e)) => depth < MAX_DEPTH && self.has_detail(e, depth + 1),
             _ => false,
@@ -925,7 +908,7 @@ impl<'a> HelpWriter<'a> {
             })
         };
         match schema.types.get(ty) {
-            Some(Type::Enum(values)) => {
+            Some(Type::Enum(values, _)) => {
                 if values.len() > SMALL_ENUM {
                     if let Some(p) = seen(&self.shown) {
                         self.line(format!("{pad}(values as for {p})"));

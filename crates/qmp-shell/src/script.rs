@@ -165,7 +165,7 @@ pub fn run(mut engine: Engine, lines: Lines) -> i32 {
             engine.queue_prompt();
             continue;
         }
-        if engine.wants_input() && !ended && !engine.is_playing() {
+        if engine.wants_input() && !ended {
             match queue.pop() {
                 Pop::Line(Ok(line)) => {
                     engine.line(&line);

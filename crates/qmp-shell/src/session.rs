@@ -335,11 +335,6 @@ impl Engine {
         true
     }
 
-    /// Whether `/play` lines are still waiting.
-    pub fn is_playing(&self) -> bool {
-        !self.playback.is_empty()
-    }
-
     /// Nothing is left to print.
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty()
@@ -637,27 +632,20 @@ impl Engine {
     }
 
     fn send(&mut self, request: Request, hmp: bool) {
-        let (name, args) = {
+        {
             let msg = request.message();
             let name = msg
                 .get("execute")
                 .or_else(|| msg.get("exec-oob"))
                 .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            (
-                name,
-                msg.get("arguments").and_then(Value::as_object).cloned(),
-            )
-        };
-        if self.cfg.read_only
-            && !hmp
-            && !readonly::allowed(&name, args.as_ref(), self.cfg.guest_agent)
-        {
-            return self.refuse(&name);
-        }
-        if !hmp && !self.cfg.guest_agent {
-            self.warn_marked(&name, args.as_ref());
+                .unwrap_or_default();
+            let args = msg.get("arguments").and_then(Value::as_object);
+            if self.cfg.read_only && !hmp && !readonly::allowed(name, args, self.cfg.guest_agent) {
+                return self.refuse(name);
+            }
+            if !hmp && !self.cfg.guest_agent {
+                self.warn_marked(name, args);
+            }
         }
         match self.client.submit(request) {
             Ok(pending) => {

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use qmp::{Client, Request};
+use qmp::{Client, Object, Reply, Request};
 use serde_json::Value;
 
 use crate::facts::Facts;
@@ -52,11 +52,20 @@ impl std::fmt::Debug for SchemaStore {
     }
 }
 
-fn call(client: &Client, command: &str, timeout: Option<Duration>) -> Result<Value, String> {
-    let request = Request::new(qmp::command(command, None)).unlogged();
-    let reply = client
-        .submit(request)
+/// Send `msg` kept out of the `-l` log (the shell asks, not the user) and
+/// wait for its reply.
+pub fn call_unlogged(
+    client: &Client,
+    msg: Object,
+    timeout: Option<Duration>,
+) -> Result<Reply, qmp::Error> {
+    client
+        .submit(Request::new(msg).unlogged())
         .and_then(|p| p.wait(timeout))
+}
+
+fn call(client: &Client, command: &str, timeout: Option<Duration>) -> Result<Value, String> {
+    let reply = call_unlogged(client, qmp::command(command, None), timeout)
         .map_err(|e| client_error(&e))?;
     match reply.ret() {
         Some(ret) => Ok(ret.clone()),
