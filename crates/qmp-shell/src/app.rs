@@ -13,8 +13,6 @@ use crate::render::Style;
 use crate::session::{Config, Engine};
 use crate::{fanout, interactive, script, signals};
 
-pub use crate::connect::{client_options, SharedLog, GREETING_TIMEOUT};
-
 const USAGE: &str = "qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] [OPTIONS] qmp_server";
 
 /// Print `ERROR: MSG` on standard error and return the fatal exit status.

@@ -64,6 +64,11 @@ pub struct Connected {
 pub struct SharedLog(Arc<Mutex<std::fs::File>>);
 
 impl SharedLog {
+    /// Open the `-l` log if one was asked for.
+    pub fn open_option(path: Option<&Path>) -> Result<Option<SharedLog>, String> {
+        path.map(SharedLog::open).transpose()
+    }
+
     /// Open (create or truncate) the log at `path`.
     pub fn open(path: &Path) -> Result<SharedLog, String> {
         open_private(path, Existing::Truncate)
@@ -88,12 +93,17 @@ impl Write for SharedLog {
     }
 }
 
-/// Client options for the shell's common flags.
-pub fn client_options(common: &Common, negotiate: bool, log: Option<&SharedLog>) -> ClientOptions {
+/// Client options: `timeout` is `--timeout` (it bounds the greeting too);
+/// `negotiate` is false for a guest agent (`-N`); `log` is `-l`.
+pub fn client_options(
+    timeout: Option<Duration>,
+    negotiate: bool,
+    log: Option<&SharedLog>,
+) -> ClientOptions {
     ClientOptions {
         read_greeting: negotiate,
         negotiate,
-        greeting_timeout: Some(common.timeout.unwrap_or(GREETING_TIMEOUT)),
+        greeting_timeout: Some(timeout.unwrap_or(GREETING_TIMEOUT)),
         log: log.map(|l| Box::new(l.clone()) as Box<dyn Write + Send>),
         // -N talks to a guest agent: drop stale bytes left in its channel.
         guest_sync: !negotiate,
@@ -128,7 +138,7 @@ pub fn connect(
     };
     let negotiate = !guest_agent;
     with_retry(retry, || {
-        let opts = client_options(common, negotiate, log.as_ref());
+        let opts = client_options(common.timeout, negotiate, log.as_ref());
         match target {
             Target::Address { text, address } => connect_address(text, address, opts),
             Target::Domain { domain, uri } => {

@@ -14,6 +14,18 @@ use serde_json::Value;
 
 use crate::render::{self, Style};
 
+/// `{"error": {"class": CLASS, "desc": DESC}}`: what `--json` prints for
+/// an error that no reply carried (a line that did not parse, a target
+/// that could not be reached).
+pub fn error_object(class: &str, desc: &str) -> Object {
+    let mut error = Object::new();
+    error.insert("class".to_owned(), Value::from(class));
+    error.insert("desc".to_owned(), Value::from(desc));
+    let mut body = Object::new();
+    body.insert("error".to_owned(), Value::Object(error));
+    body
+}
+
 /// A session's output.
 pub trait Output: Send {
     /// Text for standard output, as is (banner, prompts, HMP replies, help).
@@ -273,12 +285,8 @@ impl TaggedOutput {
     /// object (for an error the caller already worded).
     pub fn tagged_error(&self, class: &str, desc: &str) -> io::Result<()> {
         if self.json {
-            let mut error = Object::new();
-            error.insert("class".to_owned(), Value::from(class));
-            error.insert("desc".to_owned(), Value::from(desc));
-            let mut body = Object::new();
-            body.insert("error".to_owned(), Value::Object(error));
-            self.streams.write_out(self.json_line(body).as_bytes())
+            self.streams
+                .write_out(self.json_line(error_object(class, desc)).as_bytes())
         } else {
             self.streams
                 .write_err(self.prefixed(&format!("ERROR: {desc}\n")).as_bytes());

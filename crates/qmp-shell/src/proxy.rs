@@ -11,17 +11,17 @@
 //! for them, then are disconnected; one line on standard error; exit 1).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use qmp::router::{Router, RouterOptions, DEFAULT_MAX_CLIENTS};
-use qmp::{Address, Client, ClientOptions, Incoming};
+use qmp::{Address, Client, Incoming};
 
-use crate::app::{die, SharedLog, GREETING_TIMEOUT};
+use crate::app::die;
 use crate::cli::{self, parse_positive_seconds, parse_seconds};
-use crate::connect::{connect_socket, Retry};
+use crate::connect::{client_options, connect_socket, Retry, SharedLog};
 use crate::doorbell::Doorbell;
 use crate::signals;
 
@@ -104,27 +104,19 @@ pub fn main() -> i32 {
         cli::usage_error("qmp-proxy", USAGE, "--max-clients must be at least 1");
     }
     signals::install(true);
-    let log = match &args.logfile {
-        Some(path) => match SharedLog::open(path) {
-            Ok(log) => Some(log),
-            Err(msg) => return die(&msg),
-        },
-        None => None,
+    let log = match SharedLog::open_option(args.logfile.as_deref()) {
+        Ok(log) => log,
+        Err(msg) => return die(&msg),
     };
     let retry = Retry {
         count: args.retry,
         delay: args.retry_delay,
     };
-    let greeting_timeout = args.timeout.unwrap_or(GREETING_TIMEOUT);
-    let target = args.target.clone();
+    let (target, timeout) = (args.target.clone(), args.timeout);
     // A signal ends the proxy at once, also while TARGET has not greeted.
     let attempt = signals::unless_terminated(move || {
-        connect_socket(&target, &address, retry, || ClientOptions {
-            greeting_timeout: Some(greeting_timeout),
-            log: log
-                .as_ref()
-                .map(|l| Box::new(l.clone()) as Box<dyn Write + Send>),
-            ..ClientOptions::default()
+        connect_socket(&target, &address, retry, || {
+            client_options(timeout, true, log.as_ref())
         })
     });
     let client = match attempt {
@@ -136,20 +128,31 @@ pub fn main() -> i32 {
         max_clients: args.max_clients,
         ..RouterOptions::default()
     };
-    let router = match Router::serve(Arc::clone(&client), &args.listen, opts) {
+    let router = match share(&client, &args.listen, opts) {
         Ok(router) => router,
-        Err(err) => {
+        Err(msg) => {
             client.close();
-            return die(&format!(
-                "cannot listen on {}: {err}",
-                args.listen.display()
-            ));
+            return die(&msg);
         }
     };
+    serve(&args.target, &client, router)
+}
+
+/// Serve `client` to other QMP clients on `path` (`qmp-proxy`,
+/// `qmp-shell-wrap --serve`); the socket is removed on every way out, the
+/// emergency exit of a second signal included. The error is the message
+/// to print after `ERROR: `.
+pub(crate) fn share(
+    client: &Arc<Client>,
+    path: &Path,
+    opts: RouterOptions,
+) -> Result<Router, String> {
+    let router = Router::serve(Arc::clone(client), path, opts)
+        .map_err(|err| format!("cannot listen on {}: {err}", path.display()))?;
     if let Some(remove) = router.socket_remover() {
         signals::on_emergency(Box::new(move || remove()));
     }
-    serve(&args.target, &client, router)
+    Ok(router)
 }
 
 /// Wait for a signal or for TARGET to go away.

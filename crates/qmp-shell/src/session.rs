@@ -39,7 +39,7 @@ use crate::files::{open_private, Existing};
 use crate::hmp;
 use crate::jobs::{self, Bars, Progress};
 use crate::meta::{self, Meta};
-use crate::output::Output;
+use crate::output::{error_object, Output};
 use crate::readonly;
 use crate::shorthand::{Parsed, Parser};
 use crate::store::SchemaStore;
@@ -89,7 +89,7 @@ pub struct Config {
 /// Events kept for `/wait` at most (those since the last command sent).
 const MAX_RECENT_EVENTS: usize = 100_000;
 
-/// Lines a `/play` file may have at most (it is read whole).
+/// Bytes a `/play` file may have at most (it is read whole).
 const MAX_PLAY_BYTES: u64 = 64 << 20;
 
 /// One thing to print, in input order.
@@ -515,9 +515,7 @@ impl Engine {
     fn raw_json(&mut self, text: &str) {
         match serde_json::from_str::<Object>(text) {
             Ok(msg) => {
-                if self.cfg.verbose && !self.cfg.json {
-                    self.queue.push_back(Slot::Echo(msg.clone()));
-                }
+                self.echo(&msg);
                 self.send(Request::new(msg), false);
             }
             Err(err) => self.parse_error(&format!("not a JSON object: {err}")),
@@ -531,9 +529,7 @@ impl Engine {
             Err(err) => self.parse_error(&err.to_string()),
             Ok(Parsed::Empty) | Ok(Parsed::Queued) => {}
             Ok(Parsed::Command(cmd)) => {
-                if self.cfg.verbose && !self.cfg.json {
-                    self.queue.push_back(Slot::Echo(cmd.clone()));
-                }
+                self.echo(&cmd);
                 self.send(Request::new(cmd), false);
             }
         }
@@ -674,10 +670,23 @@ impl Engine {
             return;
         };
         for warning in facts.warnings(name, args) {
-            if self.warned.insert(warning.clone()) {
-                self.queue
-                    .push_back(Slot::Note(format!("warning: {warning}\n")));
-            }
+            self.warn_once(warning);
+        }
+    }
+
+    /// Queue `warning: WARNING` unless this session gave it already.
+    fn warn_once(&mut self, warning: String) {
+        if !self.warned.contains(&warning) {
+            self.queue
+                .push_back(Slot::Note(format!("warning: {warning}\n")));
+            self.warned.insert(warning);
+        }
+    }
+
+    /// Queue the command for `-v` (not with `--json`).
+    fn echo(&mut self, msg: &Object) {
+        if self.cfg.verbose && !self.cfg.json {
+            self.queue.push_back(Slot::Echo(msg.clone()));
         }
     }
 
@@ -687,11 +696,9 @@ impl Engine {
         let parsed = match meta::parse(line) {
             Ok(parsed) => parsed,
             Err(err) => {
-                return self.failure(
-                    format!("ERROR: {name}: {err}\n"),
-                    "ParseError",
-                    format!("{name}: {err}"),
-                )
+                return self
+                    .queue
+                    .push_back(meta_error(&name, "ParseError", err.to_string()))
             }
         };
         match parsed {
@@ -734,11 +741,7 @@ impl Engine {
                         .meta_failure("/wait", format!("the server has no event named {event}"));
                 }
                 if let Some(mark) = facts.event_mark(&event) {
-                    let warning = format!("event {event} is {mark} (QMP schema)");
-                    if self.warned.insert(warning.clone()) {
-                        self.queue
-                            .push_back(Slot::Note(format!("warning: {warning}\n")));
-                    }
+                    self.warn_once(format!("event {event} is {mark} (QMP schema)"));
                 }
             }
         }
@@ -789,11 +792,7 @@ impl Engine {
     }
 
     fn meta_failure(&mut self, name: &str, text: String) {
-        self.failure(
-            format!("ERROR: {name}: {text}\n"),
-            "GenericError",
-            format!("{name}: {text}"),
-        );
+        self.queue.push_back(meta_error(name, "GenericError", text));
     }
 
     /// `/oob COMMAND ...`: only when out-of-band execution was negotiated
@@ -823,9 +822,7 @@ impl Engine {
                 );
             }
         }
-        if self.cfg.verbose && !self.cfg.json {
-            self.queue.push_back(Slot::Echo(msg.clone()));
-        }
+        self.echo(&msg);
         self.send(Request::new(msg), false);
     }
 
@@ -853,9 +850,7 @@ impl Engine {
                 )
             }
         };
-        if self.cfg.verbose && !self.cfg.json {
-            self.queue.push_back(Slot::Echo(command.clone()));
-        }
+        self.echo(&command);
         self.send(
             Request::new(command).with_fds(vec![OwnedFd::from(file)]),
             false,
@@ -1013,8 +1008,7 @@ impl Engine {
             }
         }
         if self.stop.is_some() {
-            self.queue.clear();
-            self.barriers = 0;
+            self.drop_queue();
         }
     }
 
@@ -1045,8 +1039,7 @@ impl Engine {
         let now = Instant::now();
         if let Some(i) = found {
             let body = self.recent[i].1.body.clone();
-            self.queue.pop_front();
-            self.barriers -= 1;
+            self.pop_barrier();
             if let Err(err) = self.out.reply(body) {
                 self.output_failed(&err);
             }
@@ -1056,23 +1049,14 @@ impl Engine {
             (None, Some(t)) => *deadline = now.checked_add(t),
             (Some(d), Some(t)) if now >= d => {
                 let text = format!("no {event} event within {} s", t.as_secs_f64());
-                self.queue.pop_front();
-                self.barriers -= 1;
-                if let Err(err) = self.print(Slot::Failure {
-                    diag: format!("ERROR: /wait: {text}\n"),
-                    class: "Timeout",
-                    desc: format!("/wait: {text}"),
-                }) {
-                    self.output_failed(&err);
-                }
+                self.pop_barrier();
+                self.print_now(meta_error("/wait", "Timeout", text));
                 return true;
             }
             _ => {}
         }
         if !self.client.is_connected() {
-            self.queue.pop_front();
-            self.barriers -= 1;
-            self.disconnected();
+            self.front_disconnected();
             return true;
         }
         false
@@ -1127,9 +1111,7 @@ impl Engine {
                     follow.results = [None, None];
                 }
                 _ => {
-                    self.queue.pop_front();
-                    self.barriers -= 1;
-                    self.disconnected();
+                    self.front_disconnected();
                     return true;
                 }
             }
@@ -1143,9 +1125,7 @@ impl Engine {
             }
             if let [Some(ra), Some(rb)] = &follow.results {
                 if matches!(ra, Err(QmpError::Disconnected)) {
-                    self.queue.pop_front();
-                    self.barriers -= 1;
-                    self.disconnected();
+                    self.front_disconnected();
                     return true;
                 }
                 let ret =
@@ -1163,10 +1143,9 @@ impl Engine {
         }
         let timed_out = !done && follow.deadline.is_some_and(|d| now >= d);
         if done || timed_out {
-            let Some(Slot::Jobs(follow)) = self.queue.pop_front() else {
+            let Some(Slot::Jobs(follow)) = self.pop_barrier() else {
                 unreachable!("the front slot is /jobs");
             };
-            self.barriers -= 1;
             let follow = *follow;
             if let Some(bars) = follow.bars {
                 bars.finish();
@@ -1181,13 +1160,7 @@ impl Engine {
             if timed_out {
                 let t = follow.timeout.unwrap_or_default().as_secs_f64();
                 let text = format!("jobs still running after {t} s (they go on)");
-                if let Err(err) = self.print(Slot::Failure {
-                    diag: format!("ERROR: /jobs: {text}\n"),
-                    class: "Timeout",
-                    desc: format!("/jobs: {text}"),
-                }) {
-                    self.output_failed(&err);
-                }
+                self.print_now(meta_error("/jobs", "Timeout", text));
             }
             return true;
         }
@@ -1198,6 +1171,32 @@ impl Engine {
             }
         }
         false
+    }
+
+    /// The `/wait` or `/jobs` at the front is over: take it off the queue.
+    fn pop_barrier(&mut self) -> Option<Slot> {
+        self.barriers -= 1;
+        self.queue.pop_front()
+    }
+
+    /// The connection went while the `/wait` or `/jobs` at the front was
+    /// waiting.
+    fn front_disconnected(&mut self) {
+        self.pop_barrier();
+        self.disconnected();
+    }
+
+    /// Print `slot` now (what was before it is printed already).
+    fn print_now(&mut self, slot: Slot) {
+        if let Err(err) = self.print(slot) {
+            self.output_failed(&err);
+        }
+    }
+
+    /// Forget everything still to print (the session ends).
+    fn drop_queue(&mut self) {
+        self.queue.clear();
+        self.barriers = 0;
     }
 
     fn print(&mut self, slot: Slot) -> io::Result<()> {
@@ -1216,12 +1215,7 @@ impl Engine {
                 self.failed();
                 self.out.diag(&diag);
                 if self.cfg.json {
-                    let mut error = Object::new();
-                    error.insert("class".to_owned(), Value::from(class));
-                    error.insert("desc".to_owned(), Value::from(desc));
-                    let mut body = Object::new();
-                    body.insert("error".to_owned(), Value::Object(error));
-                    self.out.reply(body)?;
+                    self.out.reply(error_object(class, &desc))?;
                 }
                 Ok(())
             }
@@ -1321,8 +1315,7 @@ impl Engine {
     fn output_failed(&mut self, err: &io::Error) {
         self.out.output_error(err);
         self.stop = Some(exit::FATAL);
-        self.queue.clear();
-        self.barriers = 0;
+        self.drop_queue();
     }
 
     /// Flush standard output (before waiting for anything).
@@ -1417,8 +1410,7 @@ impl Engine {
         if self.stop.is_none() {
             self.stop = Some(code);
         }
-        self.queue.clear();
-        self.barriers = 0;
+        self.drop_queue();
     }
 
     /// The exit status: the one the session stopped with, or 3 when
@@ -1435,6 +1427,16 @@ impl Engine {
     /// How many commands failed so far.
     pub fn failures(&self) -> u64 {
         self.failures
+    }
+}
+
+/// A failed shell command `name` (`/wait`, say): `ERROR: NAME: TEXT` on
+/// standard error, and with `--json` an error object of `class`.
+fn meta_error(name: &str, class: &'static str, text: String) -> Slot {
+    Slot::Failure {
+        diag: format!("ERROR: {name}: {text}\n"),
+        class,
+        desc: format!("{name}: {text}"),
     }
 }
 

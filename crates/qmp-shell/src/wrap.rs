@@ -27,11 +27,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
-use qmp::router::{Router, RouterOptions};
+use qmp::router::RouterOptions;
 use qmp::{Client, Listener};
 
-use crate::app::{client_options, die, is_interactive, run_session, SharedLog};
+use crate::app::{die, is_interactive, run_session};
 use crate::cli::{self, WrapArgs, SHELL_ONLY_OPTIONS};
+use crate::connect::{client_options, SharedLog};
+use crate::proxy::share;
 use crate::signals;
 use crate::wording::client_error;
 
@@ -207,12 +209,9 @@ pub fn main() -> i32 {
     unsafe {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     }
-    let log = match &args.common.logfile {
-        Some(path) => match SharedLog::open(path) {
-            Ok(log) => Some(log),
-            Err(msg) => return die(&msg),
-        },
-        None => None,
+    let log = match SharedLog::open_option(args.common.logfile.as_deref()) {
+        Ok(log) => log,
+        Err(msg) => return die(&msg),
     };
     let dir = match tempfile::Builder::new()
         .prefix("qmp-shell-wrap-")
@@ -302,7 +301,7 @@ pub fn main() -> i32 {
         if let Some(pid) = peer_pid(&stream) {
             qemu.peer.store(pid, Ordering::SeqCst);
         }
-        let opts = client_options(&args.common, true, log.as_ref());
+        let opts = client_options(args.common.timeout, true, log.as_ref());
         let c = match Client::from_unix_stream(stream, opts) {
             Ok(c) => Arc::new(c),
             Err(err) => return die(&format!("QEMU connected but {}", client_error(&err))),
@@ -310,14 +309,9 @@ pub fn main() -> i32 {
         client = Some(Arc::clone(&c));
         // --serve: share this QEMU with other clients while the shell runs.
         let router = match &args.serve {
-            Some(path) => match Router::serve(Arc::clone(&c), path, RouterOptions::default()) {
-                Ok(router) => {
-                    if let Some(remove) = router.socket_remover() {
-                        signals::on_emergency(Box::new(move || remove()));
-                    }
-                    Some(router)
-                }
-                Err(err) => return die(&format!("cannot listen on {}: {err}", path.display())),
+            Some(path) => match share(&c, path, RouterOptions::default()) {
+                Ok(router) => Some(router),
+                Err(msg) => return die(&msg),
             },
             None => None,
         };
