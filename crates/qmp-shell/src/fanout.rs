@@ -66,18 +66,7 @@ pub fn run(
     style: Style,
     jobs: usize,
 ) -> i32 {
-    run_with(targets, lines, cfg, style, jobs, SharedStreams::stdio())
-}
-
-/// [`run`] writing to `streams`.
-pub fn run_with(
-    targets: Vec<Target>,
-    lines: Vec<Result<String, String>>,
-    cfg: Config,
-    style: Style,
-    jobs: usize,
-    streams: Arc<SharedStreams>,
-) -> i32 {
+    let streams = SharedStreams::stdio();
     let total = targets.len();
     let queue = Arc::new(Mutex::new(targets.into_iter().collect::<VecDeque<_>>()));
     let outcomes = Arc::new(Mutex::new(Vec::with_capacity(total)));
