@@ -142,6 +142,18 @@ fn parse_ssh(whole: &str, rest: &str) -> Result<Address, AddressError> {
         address: whole.to_owned(),
         reason: reason.to_owned(),
     };
+    // What ssh would misread in a user name or a host (`noun`).
+    let check_name = |noun: &str, text: &str| {
+        if text.starts_with('-') {
+            return Err(bad(&format!("{noun} must not start with '-'")));
+        }
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad(&format!(
+                "{noun} contains a space or a control character"
+            )));
+        }
+        Ok(())
+    };
     let (authority, path) = match rest.find('/') {
         Some(at) => rest.split_at(at),
         None => (rest, ""),
@@ -181,22 +193,12 @@ fn parse_ssh(whole: &str, rest: &str) -> Result<Address, AddressError> {
         if user.is_empty() {
             return Err(bad("empty user name before '@'"));
         }
-        if user.starts_with('-') {
-            return Err(bad("the user name must not start with '-'"));
-        }
-        if user.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(bad("the user name contains a space or a control character"));
-        }
+        check_name("the user name", user)?;
     }
     if host.is_empty() {
         return Err(bad("no host"));
     }
-    if host.starts_with('-') {
-        return Err(bad("the host must not start with '-'"));
-    }
-    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad("the host contains a space or a control character"));
-    }
+    check_name("the host", host)?;
     let port = match port {
         None => None,
         Some(text) => Some(parse_ssh_port(text).ok_or_else(|| {

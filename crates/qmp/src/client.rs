@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle, ThreadId};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -262,8 +262,6 @@ struct State {
     incoming: VecDeque<(Incoming, usize)>,
     queued_events: usize,
     queued_event_bytes: usize,
-    /// Queued items that are not events.
-    notices: usize,
     dropped_events: u64,
     /// While resynchronising with a guest agent: the id of the
     /// `guest-sync-delimited` request; other replies are stale.
@@ -326,7 +324,6 @@ impl State {
             self.queued_event_bytes += size;
             self.incoming.push_back((item, size));
         } else {
-            self.notices += 1;
             self.incoming.push_back((item, 0));
         }
     }
@@ -344,23 +341,45 @@ impl State {
         if matches!(item, Incoming::Event(_)) {
             self.queued_events -= 1;
             self.queued_event_bytes -= size;
-        } else {
-            self.notices -= 1;
         }
         Some(item)
     }
 
     /// The oldest queued item that is not an event.
     fn take_notice(&mut self) -> Option<Incoming> {
-        if self.notices == 0 {
+        // Everything queued but events is a notice.
+        if self.incoming.len() == self.queued_events {
             return None;
         }
         let at = self
             .incoming
             .iter()
             .position(|(i, _)| !matches!(i, Incoming::Event(_)))?;
-        self.notices -= 1;
         self.incoming.remove(at).map(|(item, _)| item)
+    }
+
+    /// Book-keeping when request `w` left `waiting` with its result (a
+    /// reply, or an error).
+    fn answered(&mut self, w: &Waiter) {
+        if w.written && !w.oob {
+            self.inband_in_flight = self.inband_in_flight.saturating_sub(1);
+        }
+        if !w.logged {
+            self.unlogged = self.unlogged.saturating_sub(1);
+        }
+    }
+
+    /// Index in `waiting` of the request a reply with `id` answers: the
+    /// oldest written one with that id, or the oldest written one when the
+    /// reply has no id.
+    fn waiter_for(&self, id: Option<&Value>) -> Option<usize> {
+        match id {
+            None => self.waiting.iter().position(|w| w.written),
+            Some(id) => self
+                .waiting
+                .iter()
+                .position(|w| w.written && same_id(&w.id, id)),
+        }
     }
 
     /// Index of the next message the writer may send: the first
@@ -539,9 +558,7 @@ impl Shared {
                     st.waiting.push_back(w);
                     continue;
                 }
-                if !w.logged {
-                    st.unlogged = st.unlogged.saturating_sub(1);
-                }
+                st.answered(&w);
                 st.complete(w, Err(Error::Disconnected));
             }
         }
@@ -582,8 +599,9 @@ impl Shared {
                     if st.syncing.is_some() {
                         return;
                     }
-                    let size = approx_heap_size(&ev.body);
                     drop(st);
+                    // Sized outside the lock: the tree may be large.
+                    let size = approx_heap_size(&ev.body);
                     for tap in self.taps() {
                         (tap.f)(Tapped::Event(&ev));
                     }
@@ -617,10 +635,10 @@ impl Shared {
                     return;
                 }
                 let reason = e.to_string();
-                match st.waiting.iter().position(|w| w.written) {
+                match st.waiter_for(None) {
                     Some(i) => {
                         let w = st.waiting.remove(i).expect("index from position");
-                        self.answered(&mut st, &w);
+                        st.answered(&w);
                         st.complete(w, Err(Error::Protocol(reason)));
                         drop(st);
                         self.replies.notify_all();
@@ -636,16 +654,6 @@ impl Shared {
         }
     }
 
-    /// Book-keeping when a request got its answer.
-    fn answered(&self, st: &mut State, w: &Waiter) {
-        if w.written && !w.oob {
-            st.inband_in_flight = st.inband_in_flight.saturating_sub(1);
-        }
-        if !w.logged {
-            st.unlogged = st.unlogged.saturating_sub(1);
-        }
-    }
-
     fn route_reply(&self, mut st: MutexGuard<'_, State>, mut reply: Reply) {
         if let Some(sync_id) = st.syncing.clone() {
             // Resynchronising: only the reply to our guest-sync-delimited counts.
@@ -653,23 +661,17 @@ impl Shared {
                 return;
             }
         }
-        let index = match reply.id() {
-            None => st.waiting.iter().position(|w| w.written),
-            Some(id) => st
-                .waiting
-                .iter()
-                .position(|w| w.written && same_id(&w.id, id)),
-        };
+        let index = st.waiter_for(reply.id());
         match index.and_then(|i| st.waiting.remove(i)) {
             Some(w) if w.reply_to.is_some() => {
-                self.answered(&mut st, &w);
+                st.answered(&w);
                 reply.assigned_id = w.assigned;
                 st.complete(w, Ok(reply));
                 drop(st);
                 self.writer.notify_all();
             }
             Some(w) => {
-                self.answered(&mut st, &w);
+                st.answered(&w);
                 match w.late {
                     Late::No => {
                         reply.assigned_id = w.assigned;
@@ -800,7 +802,6 @@ pub struct Client {
     next_id: AtomicU64,
     next_seq: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    thread_ids: Vec<ThreadId>,
 }
 
 impl std::fmt::Debug for Client {
@@ -952,23 +953,19 @@ impl Drop for Pending {
 impl Client {
     /// Connect to `addr`, then read the greeting and negotiate as `opts` says.
     pub fn connect(addr: &Address, opts: ClientOptions) -> Result<Client, Error> {
-        let transport = match addr {
-            Address::Unix(path) => StreamTransport::unix(UnixStream::connect(path)?)?,
+        match addr {
+            Address::Unix(path) => Client::from_unix_stream(UnixStream::connect(path)?, opts),
             Address::Tcp { host, port } => {
                 let host: &str = if host.is_empty() { "localhost" } else { host };
-                StreamTransport::tcp(TcpStream::connect((host, *port))?)?
+                Client::from_tcp_stream(TcpStream::connect((host, *port))?, opts)
             }
             Address::Ssh { .. } => {
                 let t = SshTransport::connect_address(addr, &SshOptions::from_env()?)?
                     .max_message(opts.max_message)
                     .delimiters(opts.guest_sync);
-                return Client::open(Box::new(t), opts);
+                Client::open(Box::new(t), opts)
             }
-        };
-        let transport = transport
-            .max_message(opts.max_message)
-            .delimiters(opts.guest_sync);
-        Client::open(Box::new(transport), opts)
+        }
     }
 
     /// Use an already connected UNIX socket (e.g. from [`crate::Listener`]).
@@ -1042,7 +1039,6 @@ impl Client {
             }
         };
         let mut client = Client {
-            thread_ids: vec![reader.thread().id(), writer.thread().id()],
             threads: Mutex::new(vec![reader, writer]),
             shared,
             syncer,
@@ -1271,6 +1267,7 @@ impl Client {
 
     /// Queue a request; returns its sequence number and id.
     fn enqueue(&self, request: Request, reply_to: Option<Callback>) -> Result<(u64, Value), Error> {
+        let oob = request.is_oob();
         let Request {
             mut msg,
             fds,
@@ -1288,7 +1285,6 @@ impl Client {
         {
             msg.shift_remove("arguments");
         }
-        let oob = msg.contains_key("exec-oob");
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let mut st = lock(&self.shared.state);
         if !st.connected || st.write_failed {
@@ -1448,7 +1444,7 @@ impl Drop for Client {
         for handle in handles {
             // The last reference may be dropped by the notify callback on a
             // client thread itself; never join ourselves.
-            if self.thread_ids.contains(&me) && handle.thread().id() == me {
+            if handle.thread().id() == me {
                 continue;
             }
             let _ = handle.join();
@@ -1510,11 +1506,8 @@ fn logged(shared: &Shared, frame: &Result<Object, FrameError>) -> bool {
     if !(obj.contains_key("return") || obj.contains_key("error")) {
         return true;
     }
-    let w = match obj.get("id") {
-        None => st.waiting.iter().find(|w| w.written),
-        Some(id) => st.waiting.iter().find(|w| w.written && same_id(&w.id, id)),
-    };
-    w.is_none_or(|w| w.logged)
+    st.waiter_for(obj.get("id"))
+        .is_none_or(|i| st.waiting[i].logged)
 }
 
 fn writer_loop(mut sink: Box<dyn Sink>, shared: &Shared) {
@@ -1548,10 +1541,10 @@ fn writer_loop(mut sink: Box<dyn Sink>, shared: &Shared) {
             }
             Outgoing::Message {
                 seq,
-                oob,
                 logged,
                 msg,
                 fds,
+                ..
             } => {
                 let bytes = encode(&msg);
                 if logged {
@@ -1565,12 +1558,9 @@ fn writer_loop(mut sink: Box<dyn Sink>, shared: &Shared) {
                         let mut st = lock(&shared.state);
                         if let Some(i) = st.waiting.iter().position(|w| w.seq == seq) {
                             let w = st.waiting.remove(i).expect("index from position");
-                            if !oob {
-                                st.inband_in_flight = st.inband_in_flight.saturating_sub(1);
-                            }
-                            if !w.logged {
-                                st.unlogged = st.unlogged.saturating_sub(1);
-                            }
+                            // Flagged written when taken from `outgoing`
+                            // above, so an in-band one frees its window slot.
+                            st.answered(&w);
                             st.complete(w, Err(Error::Unsupported(e.to_string())));
                         }
                         drop(st);

@@ -44,15 +44,12 @@ impl StreamTransport {
         let control = stream.try_clone()?;
         let writer = stream.try_clone()?;
         let unix = stream.try_clone()?;
+        let closer: Closer = Arc::new(move || {
+            let _ = control.shutdown(Shutdown::Both);
+        });
         Ok(StreamTransport {
-            reader: Box::new(stream),
-            writer: Box::new(writer),
             unix: Some(unix),
-            closer: Arc::new(move || {
-                let _ = control.shutdown(Shutdown::Both);
-            }),
-            max_message: DEFAULT_MAX_MESSAGE,
-            delimiters: false,
+            ..StreamTransport::pipes(Box::new(stream), Box::new(writer), closer)
         })
     }
 
@@ -62,16 +59,14 @@ impl StreamTransport {
         let writer = stream.try_clone()?;
         // Commands are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
-        Ok(StreamTransport {
-            reader: Box::new(stream),
-            writer: Box::new(writer),
-            unix: None,
-            closer: Arc::new(move || {
-                let _ = control.shutdown(Shutdown::Both);
-            }),
-            max_message: DEFAULT_MAX_MESSAGE,
-            delimiters: false,
-        })
+        let closer: Closer = Arc::new(move || {
+            let _ = control.shutdown(Shutdown::Both);
+        });
+        Ok(StreamTransport::pipes(
+            Box::new(stream),
+            Box::new(writer),
+            closer,
+        ))
     }
 
     /// Any reader and writer (say, the pipes of a child process), with
@@ -207,8 +202,7 @@ struct StreamSink {
 impl Sink for StreamSink {
     fn send(&mut self, _msg: &Object, encoded: &[u8], fds: &[RawFd]) -> io::Result<()> {
         if fds.is_empty() {
-            self.writer.write_all(encoded)?;
-            return self.writer.flush();
+            return self.send_raw(encoded);
         }
         match &self.unix {
             Some(sock) => send_with_fds(sock, encoded, fds),
@@ -264,17 +258,8 @@ fn send_with_fds(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Result<(
         }
     };
     // The descriptors went with the first bytes; the rest is plain data.
-    let mut rest = &bytes[sent..];
     let mut w = sock;
-    while !rest.is_empty() {
-        match w.write(rest) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => rest = &rest[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    w.write_all(&bytes[sent..])
 }
 
 #[cfg(test)]
