@@ -85,10 +85,10 @@ use serde_json::Value;
 
 use crate::client::{Client, Error, EventTap, Request, Tapped};
 use crate::framing::{Decoder, FrameError};
-use crate::message::{Object, Reply};
+use crate::message::{self, Object, Reply};
 
 mod socket;
-pub mod wire;
+pub(crate) mod wire;
 
 pub use socket::ServeSocket;
 
@@ -495,7 +495,7 @@ impl Inner {
             let desc = wire::check_request(&msg, false)
                 .err()
                 .unwrap_or_else(|| "QMP input member 'exec-oob' is unexpected".to_owned());
-            return ds.push_reply(&wire::generic_error(msg.get("id"), &desc));
+            return ds.push_reply(&message::generic_error(msg.get("id"), &desc));
         }
         let id = msg.shift_remove("id");
         if !ds.await_room(self.opts.max_in_flight) {
@@ -727,7 +727,7 @@ impl Downstream {
             // The upstream is gone; the connection ends once the queue is
             // written.
             Err(Error::Disconnected) => None,
-            Err(e) => Some(wire::generic_error(id.as_ref(), &e.to_string())),
+            Err(e) => Some(message::generic_error(id.as_ref(), &e.to_string())),
         };
         let encoded = reply.as_ref().map(wire::encode);
         let mut out = lock(&self.out);
