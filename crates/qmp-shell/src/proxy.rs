@@ -150,7 +150,7 @@ pub(crate) fn share(
     let router = Router::serve(Arc::clone(client), path, opts)
         .map_err(|err| format!("cannot listen on {}: {err}", path.display()))?;
     if let Some(remove) = router.socket_remover() {
-        signals::on_emergency(Box::new(move || remove()));
+        signals::on_emergency(remove);
     }
     Ok(router)
 }

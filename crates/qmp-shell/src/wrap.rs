@@ -117,20 +117,42 @@ fn reap_all() {
     while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
 }
 
+/// What to signal to stop QEMU: the process group we started and the
+/// process that connected to our socket. Shared with the emergency
+/// cleanup.
+#[derive(Clone)]
+struct Targets {
+    pgid: i32,
+    /// The peer's pid once known, 0 before.
+    peer: Arc<AtomicI32>,
+}
+
+impl Targets {
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our process group and on the peer pid.
+        unsafe {
+            libc::kill(-self.pgid, sig);
+            let peer = self.peer.load(Ordering::SeqCst);
+            if peer > 0 {
+                libc::kill(peer, sig);
+            }
+        }
+    }
+}
+
 /// The QEMU we started: the direct child (QEMU itself, or a launcher), its
 /// process group, and the process that connected to our socket.
 struct Qemu {
     child: Child,
-    pgid: i32,
-    /// Shared with the emergency cleanup.
-    peer: Arc<AtomicI32>,
+    targets: Targets,
 }
 
 impl Qemu {
     fn pids(&self) -> Vec<i32> {
-        let mut pids = vec![self.pgid];
-        let peer = self.peer.load(Ordering::SeqCst);
-        if peer > 0 && peer != self.pgid {
+        let pgid = self.targets.pgid;
+        let mut pids = vec![pgid];
+        let peer = self.targets.peer.load(Ordering::SeqCst);
+        if peer > 0 && peer != pgid {
             pids.push(peer);
         }
         pids
@@ -141,7 +163,7 @@ impl Qemu {
     fn all_gone(&self) -> bool {
         reap_all();
         // SAFETY: kill(-pgid, 0) only probes the group.
-        let group_gone = unsafe { libc::kill(-self.pgid, 0) } != 0;
+        let group_gone = unsafe { libc::kill(-self.targets.pgid, 0) } != 0;
         group_gone && self.pids().into_iter().all(gone)
     }
 
@@ -158,17 +180,6 @@ impl Qemu {
         }
     }
 
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our process group and on the peer pid.
-        unsafe {
-            libc::kill(-self.pgid, sig);
-            let peer = self.peer.load(Ordering::SeqCst);
-            if peer > 0 {
-                libc::kill(peer, sig);
-            }
-        }
-    }
-
     /// Stop QEMU: `quit` over QMP (no "terminating on signal" message),
     /// then SIGTERM to its process group and itself, then SIGKILL.
     fn stop(&mut self, client: Option<&Client>) {
@@ -176,9 +187,9 @@ impl Qemu {
             let _ = client.execute("quit", None, Some(QUIT_GRACE));
         }
         if !self.wait_gone(QUIT_GRACE) {
-            self.signal(libc::SIGTERM);
+            self.targets.signal(libc::SIGTERM);
             if !self.wait_gone(TERM_GRACE) {
-                self.signal(libc::SIGKILL);
+                self.targets.signal(libc::SIGKILL);
                 self.wait_gone(TERM_GRACE);
             }
         }
@@ -247,24 +258,19 @@ pub fn main() -> i32 {
         }
         Err(err) => return die(&format!("cannot start '{}': {err}", argv[0])),
     };
-    let pgid = child.id() as i32;
-    let peer = Arc::new(AtomicI32::new(0));
+    let targets = Targets {
+        pgid: child.id() as i32,
+        peer: Arc::new(AtomicI32::new(0)),
+    };
     {
-        let peer = Arc::clone(&peer);
+        let targets = targets.clone();
         let dir: PathBuf = dir.path().to_path_buf();
         signals::on_emergency(Box::new(move || {
-            // SAFETY: kill(2) on what we started.
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
-                let p = peer.load(Ordering::SeqCst);
-                if p > 0 {
-                    libc::kill(p, libc::SIGKILL);
-                }
-            }
+            targets.signal(libc::SIGKILL);
             let _ = std::fs::remove_dir_all(&dir);
         }));
     }
-    let mut qemu = Qemu { child, pgid, peer };
+    let mut qemu = Qemu { child, targets };
 
     let mut client = None;
     let code = (|| {
@@ -299,7 +305,7 @@ pub fn main() -> i32 {
             Err(err) => return die(&format!("waiting for QEMU to connect: {err}")),
         };
         if let Some(pid) = peer_pid(&stream) {
-            qemu.peer.store(pid, Ordering::SeqCst);
+            qemu.targets.peer.store(pid, Ordering::SeqCst);
         }
         let opts = client_options(args.common.timeout, true, log.as_ref());
         let c = match Client::from_unix_stream(stream, opts) {

@@ -24,6 +24,35 @@ pub fn command(name: &str, arguments: Option<Object>) -> Object {
     obj
 }
 
+/// An error reply as QEMU lays it out: `{"id": ..., "error": {"class":
+/// ..., "desc": ...}}`, the id first, and none when the request had none.
+pub(crate) fn error_reply(id: Option<&Value>, class: &str, desc: &str) -> Object {
+    let mut error = Object::new();
+    error.insert("class".to_owned(), Value::from(class));
+    error.insert("desc".to_owned(), Value::from(desc));
+    let mut reply = Object::new();
+    if let Some(id) = id {
+        reply.insert("id".to_owned(), id.clone());
+    }
+    reply.insert("error".to_owned(), Value::Object(error));
+    reply
+}
+
+/// A `GenericError` reply ([`error_reply`] with that class).
+pub(crate) fn generic_error(id: Option<&Value>, desc: &str) -> Object {
+    error_reply(id, "GenericError", desc)
+}
+
+/// An empty success reply as QEMU lays it out: `{"return": {}, "id": ...}`.
+pub(crate) fn empty_return(id: Option<&Value>) -> Object {
+    let mut reply = Object::new();
+    reply.insert("return".to_owned(), Value::Object(Object::new()));
+    if let Some(id) = id {
+        reply.insert("id".to_owned(), id.clone());
+    }
+    reply
+}
+
 /// The greeting a QMP server sends as soon as a client connects:
 /// `{"QMP": {"version": {...}, "capabilities": [...]}}`.
 #[derive(Debug, Clone, PartialEq)]

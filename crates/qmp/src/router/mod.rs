@@ -85,10 +85,10 @@ use serde_json::Value;
 
 use crate::client::{Client, Error, EventTap, Request, Tapped};
 use crate::framing::{Decoder, FrameError};
-use crate::message::{Object, Reply};
+use crate::message::{self, Object, Reply};
 
 mod socket;
-pub mod wire;
+pub(crate) mod wire;
 
 pub use socket::ServeSocket;
 
@@ -148,17 +148,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// [module documentation](self).
 pub struct Router {
     inner: Arc<Inner>,
-    accept: Option<JoinHandle<()>>,
-    /// Wakes the accept thread (the write end of a pipe).
-    wake: Option<OwnedFd>,
+    listening: Option<Listening>,
     tap: Option<EventTap>,
-    socket: Option<Arc<ServeSocket>>,
+}
+
+/// The socket of a router that has one, and its accept thread.
+struct Listening {
+    socket: Arc<ServeSocket>,
+    accept: JoinHandle<()>,
+    /// Wakes the accept thread (the write end of a pipe).
+    wake: OwnedFd,
 }
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Router")
-            .field("path", &self.socket.as_ref().map(|s| s.path().to_owned()))
+            .field("path", &self.path())
             .field("clients", &self.clients())
             .finish_non_exhaustive()
     }
@@ -170,8 +175,6 @@ struct Inner {
     opts: RouterOptions,
     /// The greeting for clients, encoded.
     greeting: Arc<[u8]>,
-    /// Whether clients may enable `oob`.
-    offer_oob: bool,
     conns: Mutex<Conns>,
     /// Signalled when a client leaves.
     left: Condvar,
@@ -208,26 +211,26 @@ impl Router {
         let (read_end, write_end) = pipe()?;
         let inner = Arc::clone(&router.inner);
         let listening = Arc::clone(&socket);
-        router.accept = Some(
-            thread::Builder::new()
-                .name("qmp-router-accept".to_owned())
-                .spawn(move || accept_loop(&inner, &listening, &read_end))?,
-        );
-        router.wake = Some(write_end);
-        router.socket = Some(socket);
+        let accept = thread::Builder::new()
+            .name("qmp-router-accept".to_owned())
+            .spawn(move || accept_loop(&inner, &listening, &read_end))?;
+        router.listening = Some(Listening {
+            socket,
+            accept,
+            wake: write_end,
+        });
         Ok(router)
     }
 
     /// A router with no socket of its own: clients come through
     /// [`attach`](Router::attach) only.
     pub fn new(client: Arc<Client>, opts: RouterOptions) -> Router {
-        let offer_oob = client.oob_enabled();
-        let greeting = wire::encode(&wire::greeting(client.greeting(), offer_oob)).into();
+        let greeting =
+            wire::encode(&wire::greeting(client.greeting(), client.oob_enabled())).into();
         let inner = Arc::new(Inner {
             client: Arc::clone(&client),
             opts,
             greeting,
-            offer_oob,
             conns: Mutex::new(Conns::default()),
             left: Condvar::new(),
         });
@@ -239,10 +242,8 @@ impl Router {
         });
         Router {
             inner,
-            accept: None,
-            wake: None,
+            listening: None,
             tap: Some(tap),
-            socket: None,
         }
     }
 
@@ -255,14 +256,14 @@ impl Router {
 
     /// The path of the socket, if the router has one.
     pub fn path(&self) -> Option<&Path> {
-        self.socket.as_deref().map(ServeSocket::path)
+        self.listening.as_ref().map(|l| l.socket.path())
     }
 
     /// A function that removes the socket file if it is still the one the
     /// router created, for an emergency exit that cannot wait for
     /// [`stop`](Router::stop).
-    pub fn socket_remover(&self) -> Option<Arc<dyn Fn() + Send + Sync>> {
-        self.socket.as_deref().map(ServeSocket::remover)
+    pub fn socket_remover(&self) -> Option<Box<dyn Fn() + Send + Sync>> {
+        self.listening.as_ref().map(|l| l.socket.remover())
     }
 
     /// Clients connected now.
@@ -302,21 +303,28 @@ impl Router {
 
     /// Stop: close the socket (removing its file), disconnect every client
     /// and end every thread. The upstream client is left as it is.
-    pub fn stop(mut self) {
-        self.shutdown();
+    pub fn stop(self) {
+        // The drop does it all.
+        drop(self);
     }
 
+    /// Idempotent: run by the drop, which may follow a former call.
     fn shutdown(&mut self) {
         lock(&self.inner.conns).stopping = true;
-        if let Some(wake) = self.wake.take() {
+        // The socket file is removed last, once every thread has ended.
+        let socket = self.listening.take().map(|listening| {
+            let Listening {
+                socket,
+                accept,
+                wake,
+            } = listening;
             // SAFETY: write(2) of one byte from a valid buffer on our pipe.
             unsafe {
                 libc::write(wake.as_raw_fd(), [1u8].as_ptr().cast(), 1);
             }
-            if let Some(accept) = self.accept.take() {
-                let _ = accept.join();
-            }
-        }
+            let _ = accept.join();
+            socket
+        });
         self.tap = None;
         let (list, threads) = {
             let mut conns = lock(&self.inner.conns);
@@ -331,7 +339,7 @@ impl Router {
         for t in threads {
             let _ = t.join();
         }
-        self.socket = None;
+        drop(socket);
     }
 }
 
@@ -406,8 +414,11 @@ impl Inner {
     fn tapped(&self, tapped: Tapped<'_>) {
         match tapped {
             Tapped::Event(ev) => {
-                let bytes: Arc<[u8]> = wire::encode(&ev.body).into();
                 let conns = lock(&self.conns);
+                if conns.list.is_empty() {
+                    return;
+                }
+                let bytes: Arc<[u8]> = wire::encode(&ev.body).into();
                 for ds in &conns.list {
                     ds.push_event(&bytes);
                 }
@@ -481,7 +492,7 @@ impl Inner {
             Err(e) => return ds.push_reply(&wire::frame_error(&e)),
         };
         if !session.negotiated {
-            let outcome = wire::before_negotiation(&msg, self.offer_oob);
+            let outcome = wire::before_negotiation(&msg, self.client.oob_enabled());
             return match outcome.negotiated {
                 Some(oob) => {
                     session.negotiated = true;
@@ -495,7 +506,7 @@ impl Inner {
             let desc = wire::check_request(&msg, false)
                 .err()
                 .unwrap_or_else(|| "QMP input member 'exec-oob' is unexpected".to_owned());
-            return ds.push_reply(&wire::generic_error(msg.get("id"), &desc));
+            return ds.push_reply(&message::generic_error(msg.get("id"), &desc));
         }
         let id = msg.shift_remove("id");
         if !ds.await_room(self.opts.max_in_flight) {
@@ -727,7 +738,7 @@ impl Downstream {
             // The upstream is gone; the connection ends once the queue is
             // written.
             Err(Error::Disconnected) => None,
-            Err(e) => Some(wire::generic_error(id.as_ref(), &e.to_string())),
+            Err(e) => Some(message::generic_error(id.as_ref(), &e.to_string())),
         };
         let encoded = reply.as_ref().map(wire::encode);
         let mut out = lock(&self.out);

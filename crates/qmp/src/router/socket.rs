@@ -8,11 +8,17 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// Most descriptors taken with one read (the kernel's own limit per
 /// message is 253; the rest would be closed by it).
 const MAX_FDS_PER_READ: usize = 253;
+
+/// Bytes of the control buffer for [`MAX_FDS_PER_READ`] descriptors.
+// SAFETY: CMSG_SPACE only computes a size.
+const CONTROL_LEN: usize =
+    unsafe { libc::CMSG_SPACE((MAX_FDS_PER_READ * std::mem::size_of::<RawFd>()) as libc::c_uint) }
+        as usize;
 
 /// A listening UNIX socket for the router's clients. Dropping it removes
 /// the socket file, if the file at its path is still the one it created.
@@ -77,10 +83,10 @@ impl ServeSocket {
 
     /// A function that removes the socket file if it is still ours: for
     /// an emergency exit that cannot wait for the drop.
-    pub fn remover(&self) -> Arc<dyn Fn() + Send + Sync> {
+    pub fn remover(&self) -> Box<dyn Fn() + Send + Sync> {
         let path = self.path.clone();
         let identity = self.identity;
-        Arc::new(move || remove_if_ours(&path, identity))
+        Box::new(move || remove_if_ours(&path, identity))
     }
 }
 
@@ -157,9 +163,8 @@ pub(crate) fn recv_with_fds(
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
 ) -> io::Result<usize> {
-    let space = cmsg_space(MAX_FDS_PER_READ);
     // u64 elements keep the control buffer aligned for cmsghdr.
-    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut control = [0u64; CONTROL_LEN.div_ceil(8)];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -169,10 +174,10 @@ pub(crate) fn recv_with_fds(
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    msg.msg_controllen = CONTROL_LEN as _;
     let n = loop {
         // SAFETY: msg points to a valid iovec over `buf` and a control
-        // buffer of `space` bytes, both alive for the call.
+        // buffer of `CONTROL_LEN` bytes, both alive for the call.
         let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
         if n >= 0 {
             break n as usize;
@@ -204,11 +209,6 @@ pub(crate) fn recv_with_fds(
         }
     }
     Ok(n)
-}
-
-fn cmsg_space(fds: usize) -> usize {
-    // SAFETY: CMSG_SPACE only computes a size.
-    unsafe { libc::CMSG_SPACE((fds * std::mem::size_of::<RawFd>()) as libc::c_uint) as usize }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use serde_json::ser::{CharEscape, Formatter};
 use serde_json::Value;
 
 use crate::framing::FrameError;
-use crate::message::{Greeting, Object};
+use crate::message::{empty_return, error_reply, generic_error, Greeting, Object};
 
 /// The error QEMU gives to any command but `qmp_capabilities` before
 /// capabilities negotiation.
@@ -101,35 +101,6 @@ impl Formatter for QemuFormatter {
             CharEscape::AsciiControl(b) => write!(w, "\\u{:04X}", b),
         }
     }
-}
-
-/// An error reply as QEMU lays it out: `{"id": ..., "error": {"class":
-/// ..., "desc": ...}}`, the id first, and none when the request had none.
-pub fn error_reply(id: Option<&Value>, class: &str, desc: &str) -> Object {
-    let mut error = Object::new();
-    error.insert("class".to_owned(), Value::from(class));
-    error.insert("desc".to_owned(), Value::from(desc));
-    let mut reply = Object::new();
-    if let Some(id) = id {
-        reply.insert("id".to_owned(), id.clone());
-    }
-    reply.insert("error".to_owned(), Value::Object(error));
-    reply
-}
-
-/// A `GenericError` reply.
-pub fn generic_error(id: Option<&Value>, desc: &str) -> Object {
-    error_reply(id, "GenericError", desc)
-}
-
-/// An empty success reply as QEMU lays it out: `{"return": {}, "id": ...}`.
-pub fn empty_return(id: Option<&Value>) -> Object {
-    let mut reply = Object::new();
-    reply.insert("return".to_owned(), Value::Object(Object::new()));
-    if let Some(id) = id {
-        reply.insert("id".to_owned(), id.clone());
-    }
-    reply
 }
 
 /// The reply to a frame that is not a JSON object (QEMU answers those
