@@ -13,7 +13,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use qmp::transport::libvirt::LibvirtTransport;
+use qmp::transport::libvirt::{LibvirtTransport, DEFAULT_URI};
 use qmp::transport::{Received, Transport};
 
 fn main() {
@@ -44,7 +44,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         Some(n) => n.parse()?,
         None => 500,
     };
-    let uri = args.next().unwrap_or_else(|| "qemu:///system".to_owned());
+    let uri = args.next().unwrap_or_else(|| DEFAULT_URI.to_owned());
     if count == 0 {
         return Err("COUNT must be at least 1".into());
     }

@@ -48,8 +48,11 @@ fn next(source: &mut dyn Source) -> Result<Object, String> {
     }
 }
 
-fn object(text: &str) -> Object {
-    serde_json::from_str(text).unwrap_or_default()
+/// `query-status` with `id`: `{"execute":"query-status","id":ID}`.
+fn query_status(id: u64) -> Object {
+    let mut msg = qmp::command("query-status", None);
+    msg.insert("id".to_owned(), id.into());
+    msg
 }
 
 /// One run: time connecting and negotiating, then `n` commands.
@@ -64,7 +67,7 @@ fn run(addr: &Address, n: u64, serial: bool) -> Result<(f64, f64), String> {
     if !greeting.contains_key("QMP") {
         return Err(format!("not a QMP greeting: {greeting:?}"));
     }
-    let caps = object(r#"{"execute":"qmp_capabilities"}"#);
+    let caps = qmp::command("qmp_capabilities", None);
     sink.send(&caps, &qmp::encode(&caps), &[])
         .map_err(|e| e.to_string())?;
     next(&mut *source)?;
@@ -73,7 +76,7 @@ fn run(addr: &Address, n: u64, serial: bool) -> Result<(f64, f64), String> {
     let start = Instant::now();
     if serial {
         for id in 0..n {
-            let msg = object(&format!(r#"{{"execute":"query-status","id":{id}}}"#));
+            let msg = query_status(id);
             sink.send(&msg, &qmp::encode(&msg), &[])
                 .map_err(|e| e.to_string())?;
             while !next(&mut *source)?.contains_key("return") {}
@@ -84,7 +87,7 @@ fn run(addr: &Address, n: u64, serial: bool) -> Result<(f64, f64), String> {
     }
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
         for id in 0..n {
-            let msg = object(&format!(r#"{{"execute":"query-status","id":{id}}}"#));
+            let msg = query_status(id);
             sink.send(&msg, &qmp::encode(&msg), &[])?;
         }
         Ok(())

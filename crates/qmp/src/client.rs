@@ -1454,6 +1454,7 @@ impl Drop for Client {
 
 fn reader_loop(mut source: Box<dyn Source>, shared: &Shared) {
     let logging = shared.has_log();
+    source.want_raw(logging);
     // The raw text of the current frame when whether it is logged depends
     // on what it is: during a guest agent resync (only the sync reply is),
     // or while a request kept out of the log is outstanding.

@@ -50,6 +50,13 @@ pub trait Source: Send {
     /// (also after the [`Closer`] ran). `raw` is given the text of each frame as
     /// received (trailing whitespace trimmed), for logging.
     fn receive(&mut self, raw: &mut dyn FnMut(&[u8])) -> io::Result<Option<Received>>;
+
+    /// Whether the `raw` given to [`Source::receive`] will use the text it
+    /// is given (a reader that keeps no log says `false`, once, before it
+    /// receives). A source that has to make that text (from messages that
+    /// do not arrive as text) may then skip making it. The default does
+    /// nothing; until told, a source makes it.
+    fn want_raw(&mut self, _wanted: bool) {}
 }
 
 /// The sending half of a transport.

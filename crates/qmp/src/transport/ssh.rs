@@ -482,8 +482,8 @@ impl SshTransport {
     }
 
     /// A handle on the ssh process that stays usable after the transport
-    /// is split: its pid, what it wrote on standard error, and why it
-    /// failed. It does not keep ssh running.
+    /// is split: its pid, its exit status, and why it failed. It does
+    /// not keep ssh running.
     pub fn monitor(&self) -> SshMonitor {
         SshMonitor {
             shared: Arc::clone(&self.owner.shared),
@@ -552,13 +552,6 @@ impl SshMonitor {
         *lock(&self.shared.status)
     }
 
-    /// The last [`STDERR_LINES`] lines ssh wrote on its standard error.
-    pub fn stderr(&self) -> Vec<String> {
-        let mut log = lock(&self.shared.stderr);
-        log.drain();
-        log.lines.iter().cloned().collect()
-    }
-
     /// Why ssh failed, if its messages (or its exit) say it did; `None`
     /// while all is well, and after the transport was closed on purpose.
     pub fn failure(&self) -> Option<SshError> {
@@ -585,13 +578,16 @@ struct Shared {
 
 impl Shared {
     fn failure(&self) -> Option<SshError> {
-        let lines: Vec<String> = {
-            let mut log = lock(&self.stderr);
-            log.drain();
-            log.lines.iter().cloned().collect()
-        };
+        let lines = self.lines();
         let status = *lock(&self.status);
         classify(&lines, status, &self.destination, &self.path)
+    }
+
+    /// The last [`STDERR_LINES`] lines ssh wrote on its standard error.
+    fn lines(&self) -> Vec<String> {
+        let mut log = lock(&self.stderr);
+        log.drain();
+        log.lines.iter().cloned().collect()
     }
 
     fn last_line(&self) -> Option<String> {
@@ -820,32 +816,8 @@ fn wait_ready(mut stdout: ChildStdout, timeout: Option<Duration>) -> io::Result<
     let mut seen = Vec::new();
     let mut buf = [0u8; 512];
     loop {
-        let wait_ms = match deadline {
-            None => -1,
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Ok(Ready::TimedOut);
-                }
-                i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX)
-            }
-        };
-        let mut pfd = libc::pollfd {
-            fd: stdout.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll(2) on one live descriptor.
-        let n = unsafe { libc::poll(&mut pfd, 1, wait_ms) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            continue;
+        if !wait_readable(stdout.as_raw_fd(), deadline)? {
+            return Ok(Ready::TimedOut);
         }
         let got = match stdout.read(&mut buf) {
             Ok(0) => return Ok(Ready::Ended),
@@ -1131,25 +1103,43 @@ fn wait_pid_exit(pid: u32, timeout: Duration) -> bool {
     }
     // SAFETY: the descriptor was just created and is ours.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    let deadline = Instant::now() + timeout;
+    // A pidfd is readable once the process exited.
+    matches!(
+        wait_readable(fd.as_raw_fd(), Some(Instant::now() + timeout)),
+        Ok(true)
+    )
+}
+
+/// Wait until `fd` is readable (or at its end, or in error): `true`; or
+/// until `deadline` (`None`: no limit) has passed: `false`. Interrupted
+/// waits are resumed.
+fn wait_readable(fd: RawFd, deadline: Option<Instant>) -> io::Result<bool> {
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let wait_ms = match deadline {
+            None => -1,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX)
+            }
+        };
         let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
+            fd,
             events: libc::POLLIN,
             revents: 0,
         };
-        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: poll(2) on one live descriptor.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        // SAFETY: poll(2) on one descriptor the caller keeps open.
+        let n = unsafe { libc::poll(&mut pfd, 1, wait_ms) };
         if n > 0 {
-            return true;
+            return Ok(true);
         }
-        if n == 0 {
-            return false;
-        }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return false;
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
         }
     }
 }

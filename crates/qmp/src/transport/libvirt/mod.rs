@@ -394,12 +394,7 @@ impl Transport for LibvirtTransport {
     }
 
     fn passes_fds(&self) -> bool {
-        !self.session.agent
-            && self
-                .session
-                .lib
-                .virDomainQemuMonitorCommandWithFiles
-                .is_some()
+        self.session.passes_fds()
     }
 
     fn syncer(&self) -> Option<Syncer> {
@@ -419,6 +414,7 @@ impl Transport for LibvirtTransport {
             source: Box::new(LibvirtSource {
                 session: Arc::clone(&session),
                 pending: None,
+                raw_wanted: true,
             }),
             sink: Box::new(LibvirtSink { session }),
             closer,
@@ -450,6 +446,9 @@ fn bounded<T: Send + 'static>(
         })?;
     Ok(rx.recv_timeout(timeout).ok())
 }
+
+/// Why file descriptors cannot go to the monitor through this libvirt.
+const NO_FD_PASSING: &str = "this libvirt cannot pass file descriptors (libvirt 7.2 or later can)";
 
 /// How long the `guest-ping` at open time may take, in seconds.
 const AGENT_PING_TIMEOUT: c_int = 5;
@@ -483,23 +482,28 @@ impl ResolvedUri {
 
 /// Turn a libvirt error into the [`LibvirtError`] it stands for.
 fn classify(e: VirErr, uri: &str, what: &str) -> LibvirtError {
-    match e.code {
-        code::VIR_ERR_ACCESS_DENIED
-        | code::VIR_ERR_OPERATION_DENIED
-        | code::VIR_ERR_AUTH_FAILED
-        | code::VIR_ERR_AUTH_CANCELLED
-        | code::VIR_ERR_AUTH_UNAVAILABLE => LibvirtError::PermissionDenied {
+    if is_permission_denied(&e) {
+        LibvirtError::PermissionDenied {
             uri: uri.to_owned(),
             message: e.message,
-        },
-        _ if e.message.contains("Permission denied") => LibvirtError::PermissionDenied {
-            uri: uri.to_owned(),
-            message: e.message,
-        },
-        _ => LibvirtError::Libvirt {
+        }
+    } else {
+        LibvirtError::Libvirt {
             message: format!("{what}: {}", e.message),
-        },
+        }
     }
+}
+
+/// Whether libvirt (or the system) refused access.
+fn is_permission_denied(e: &VirErr) -> bool {
+    matches!(
+        e.code,
+        code::VIR_ERR_ACCESS_DENIED
+            | code::VIR_ERR_OPERATION_DENIED
+            | code::VIR_ERR_AUTH_FAILED
+            | code::VIR_ERR_AUTH_CANCELLED
+            | code::VIR_ERR_AUTH_UNAVAILABLE
+    ) || e.message.contains("Permission denied")
 }
 
 /// A call failed and the connection or the domain is gone: say which.
@@ -609,9 +613,13 @@ impl Connection {
         let ptr = unsafe { (lib.virConnectOpenAuth)(curi.as_ptr(), lib.auth_default.0, 0) };
         if ptr.is_null() {
             let e = lib.take_error();
-            return Err(match classify(e.clone(), &uri.described, "") {
-                p @ LibvirtError::PermissionDenied { .. } => p,
-                _ => cannot(e.message),
+            return Err(if is_permission_denied(&e) {
+                LibvirtError::PermissionDenied {
+                    uri: uri.described.clone(),
+                    message: e.message,
+                }
+            } else {
+                cannot(e.message)
             });
         }
         Ok(Connection {
@@ -719,11 +727,11 @@ impl Handles {
                 )
             }
         } else {
+            // The sink checks `Session::passes_fds` before calling.
             let Some(with_files) = lib.virDomainQemuMonitorCommandWithFiles else {
                 return Err(VirErr {
                     code: 0,
-                    message: "this libvirt cannot pass file descriptors (7.2 or later can)"
-                        .to_owned(),
+                    message: NO_FD_PASSING.to_owned(),
                 });
             };
             let Ok(count) = c_uint::try_from(fds.len()) else {
@@ -819,6 +827,12 @@ impl Session {
         lock(&self.handles).clone()
     }
 
+    /// Whether file descriptors can go with a command: to the monitor,
+    /// through a libvirt that has `virDomainQemuMonitorCommandWithFiles`.
+    fn passes_fds(&self) -> bool {
+        !self.agent && self.lib.virDomainQemuMonitorCommandWithFiles.is_some()
+    }
+
     /// Register for the loss of the connection, the domain's lifecycle and,
     /// for the monitor, all of QEMU's events.
     fn register(&self, h: &Handles) -> Result<(), VirErr> {
@@ -902,16 +916,15 @@ impl Session {
     /// goes into the queue behind them, and the wait is for the source's
     /// reader to get past it.
     fn sync(&self, timeout: Option<Duration>) -> io::Result<()> {
+        // Only for the monitor: the guest agent has no syncer.
         let Some(h) = self.handles() else {
             return Ok(());
         };
-        if !self.agent {
-            if let Err(e) = h.dom.is_active() {
-                return Err(io::Error::other(format!("libvirt: {}", e.message)));
-            }
-            drop(h);
-            event_loop::settle(self.lib, SETTLE_LIMIT);
+        if let Err(e) = h.dom.is_active() {
+            return Err(io::Error::other(format!("libvirt: {}", e.message)));
         }
+        drop(h);
+        event_loop::settle(self.lib, SETTLE_LIMIT);
         self.queue.mark_and_wait(timeout)
     }
 
@@ -1033,6 +1046,17 @@ struct Item {
     raw: Option<Vec<u8>>,
     /// A `0xFF` delimiter is received first (see `guest-sync-delimited`).
     delimited: bool,
+}
+
+impl Item {
+    /// A JSON object, its text to be made from it, with no delimiter.
+    fn object(obj: Object) -> Item {
+        Item {
+            frame: Ok(obj),
+            raw: None,
+            delimited: false,
+        }
+    }
 }
 
 /// What the queue holds.
@@ -1179,20 +1203,45 @@ struct LibvirtSource {
     session: Arc<Session>,
     /// A frame whose delimiter was just received.
     pending: Option<Item>,
+    /// Whether `receive`'s `raw` is used ([`Source::want_raw`]): if not,
+    /// the frames made here are not serialised for it.
+    raw_wanted: bool,
 }
 
 impl Source for LibvirtSource {
+    fn want_raw(&mut self, wanted: bool) {
+        self.raw_wanted = wanted;
+    }
+
     fn receive(&mut self, raw: &mut dyn FnMut(&[u8])) -> io::Result<Option<Received>> {
-        Ok(next_received(&self.session.queue, &mut self.pending, raw))
+        let queue = &self.session.queue;
+        Ok(if self.raw_wanted {
+            next_received(queue, &mut self.pending, raw)
+        } else {
+            next_frame(queue, &mut self.pending, None)
+        })
     }
 }
 
 /// The source's next message from `queue`, a delimiter first for a
-/// delimited frame (which then waits in `pending`).
+/// delimited frame (which then waits in `pending`), its text given to `raw`.
 fn next_received(
     queue: &Queue,
     pending: &mut Option<Item>,
     raw: &mut dyn FnMut(&[u8]),
+) -> Option<Received> {
+    next_frame(queue, pending, Some(raw))
+}
+
+/// Where [`Source::receive`] gives the text of a frame.
+type RawText<'a> = &'a mut dyn FnMut(&[u8]);
+
+/// [`next_received`], with the text made and given to `raw` only if there
+/// is one.
+fn next_frame(
+    queue: &Queue,
+    pending: &mut Option<Item>,
+    raw: Option<RawText<'_>>,
 ) -> Option<Received> {
     let item = match pending.take() {
         Some(item) if !queue.is_closed() => item,
@@ -1205,10 +1254,12 @@ fn next_received(
         });
         return Some(Received::Delimiter);
     }
-    match (&item.raw, &item.frame) {
-        (Some(text), _) => raw(text),
-        (None, Ok(obj)) => raw(&serde_json::to_vec(obj).unwrap_or_default()),
-        (None, Err(_)) => {}
+    if let Some(raw) = raw {
+        match (&item.raw, &item.frame) {
+            (Some(text), _) => raw(text),
+            (None, Ok(obj)) => raw(&serde_json::to_vec(obj).unwrap_or_default()),
+            (None, Err(_)) => {}
+        }
     }
     Some(Received::Frame(item.frame))
 }
@@ -1226,15 +1277,13 @@ impl Sink for LibvirtSink {
                 "the libvirt session is closed",
             ));
         };
-        if !fds.is_empty()
-            && (session.agent || session.lib.virDomainQemuMonitorCommandWithFiles.is_none())
-        {
+        if !fds.is_empty() && !session.passes_fds() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 if session.agent {
                     "libvirt cannot pass file descriptors to a guest agent"
                 } else {
-                    "this libvirt cannot pass file descriptors (libvirt 7.2 or later can)"
+                    NO_FD_PASSING
                 },
             ));
         }
@@ -1247,11 +1296,10 @@ impl Sink for LibvirtSink {
         let id = msg.get("id");
         let (cmd, delimited) = libvirt_command(msg, encoded, session.agent);
         let Some(cmd) = cmd else {
-            session.queue.push(Item {
-                frame: Ok(error_reply(id, "the message contains a NUL character")),
-                raw: None,
-                delimited: false,
-            });
+            session.queue.push(Item::object(error_reply(
+                id,
+                "the message contains a NUL character",
+            )));
             return Ok(());
         };
         session.queue.begin_call();
@@ -1274,11 +1322,7 @@ impl Sink for LibvirtSink {
                 let mut reply = Object::new();
                 reply.insert("return".to_owned(), Value::Object(Object::new()));
                 restore_id(&mut reply, id);
-                session.queue.end_call(Some(Item {
-                    frame: Ok(reply),
-                    raw: None,
-                    delimited: false,
-                }));
+                session.queue.end_call(Some(Item::object(reply)));
                 Ok(())
             }
             Err(e) if !handles.alive() => {
@@ -1290,11 +1334,9 @@ impl Sink for LibvirtSink {
                 ))
             }
             Err(e) => {
-                session.queue.end_call(Some(Item {
-                    frame: Ok(error_reply(id, &e.message)),
-                    raw: None,
-                    delimited: false,
-                }));
+                session
+                    .queue
+                    .end_call(Some(Item::object(error_reply(id, &e.message))));
                 Ok(())
             }
         }
@@ -1359,13 +1401,21 @@ fn libvirt_command(msg: &Object, encoded: &[u8], agent: bool) -> (Option<CString
 /// `None` if it contains a NUL character (JSON text cannot, unescaped).
 fn command_text(msg: &Object, encoded: &[u8]) -> Option<CString> {
     let bytes = if msg.contains_key("id") || encoded.is_empty() {
-        let mut m = msg.clone();
-        m.shift_remove("id");
-        serde_json::to_vec(&m).ok()?
+        serde_json::to_vec(&WithoutId(msg)).ok()?
     } else {
         encoded.trim_ascii_end().to_vec()
     };
     CString::new(bytes).ok()
+}
+
+/// A message serialised without its `"id"`, the other members in their
+/// order: the same text as the message with the id removed.
+struct WithoutId<'a>(&'a Object);
+
+impl serde::Serialize for WithoutId<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().filter(|(k, _)| k.as_str() != "id"))
+    }
 }
 
 /// Parse a reply's text as the decoder parses a socket's frames.
@@ -1391,11 +1441,7 @@ fn reply_item(text: &[u8], id: Option<&Value>) -> Item {
     match parse_frame(text) {
         Ok(mut obj) => {
             restore_id(&mut obj, id);
-            Item {
-                frame: Ok(obj),
-                raw: None,
-                delimited: false,
-            }
+            Item::object(obj)
         }
         Err(e) => Item {
             frame: Err(e),
@@ -1464,11 +1510,7 @@ fn event_item(name: &str, seconds: c_longlong, micros: c_uint, details: Option<&
             }
         }
     }
-    Item {
-        frame: Ok(obj),
-        raw: None,
-        delimited: false,
-    }
+    Item::object(obj)
 }
 
 /// The greeting QEMU would have sent, from libvirt's `query-version` reply.
@@ -1588,6 +1630,28 @@ mod tests {
         let m = obj(r#"{"execute":"a\u0000b","id":1}"#);
         let c = command_text(&m, &crate::encode(&m)).unwrap();
         assert_eq!(c.to_str().unwrap(), r#"{"execute":"a\u0000b"}"#);
+    }
+
+    #[test]
+    fn the_text_without_the_id_is_the_text_of_the_message_without_it() {
+        for text in [
+            r#"{"execute":"query-status","id":"a"}"#,
+            r#"{"id":1,"execute":"x","arguments":{"id":2,"b":[1.50,{"id":3}]}}"#,
+            r#"{"execute":"x","arguments":{"z":1,"a":2},"id":{"n":18446744073709551616}}"#,
+            r#"{"id":null}"#,
+            r#"{"execute":"a\u0000b\u00e9\"\\\n","id":1,"control":{"run-oob":true}}"#,
+            r#"{"execute":"query-status"}"#,
+            r#"{}"#,
+        ] {
+            let m = obj(text);
+            let mut old = m.clone();
+            old.shift_remove("id");
+            assert_eq!(
+                serde_json::to_vec(&WithoutId(&m)).unwrap(),
+                serde_json::to_vec(&old).unwrap(),
+                "{text}"
+            );
+        }
     }
 
     #[test]
