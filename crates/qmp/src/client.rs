@@ -24,6 +24,7 @@ use serde_json::Value;
 use crate::address::Address;
 use crate::framing::{encode, truncate, FrameError};
 use crate::message::{command, Event, Greeting, Message, Object, Reply};
+use crate::plumbing::lock;
 use crate::transport::ssh::{SshOptions, SshTransport};
 use crate::transport::{
     Closer, Handshake, Received, Sink, Source, StreamTransport, Syncer, Transport,
@@ -465,10 +466,6 @@ impl Drop for EventTap {
             lock(&shared.taps).retain(|(id, _)| *id != self.id);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {

@@ -51,6 +51,7 @@ pub mod address;
 pub mod client;
 pub mod framing;
 pub mod message;
+mod plumbing;
 pub mod router;
 pub mod server;
 pub mod transport;

@@ -74,10 +74,10 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -86,6 +86,7 @@ use serde_json::Value;
 use crate::client::{Client, Error, EventTap, Request, Tapped};
 use crate::framing::{Decoder, FrameError};
 use crate::message::{self, Object, Reply};
+use crate::plumbing::{lock, pipe};
 
 mod socket;
 pub(crate) mod wire;
@@ -138,10 +139,6 @@ impl Default for RouterOptions {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Serves QMP clients on top of one upstream [`Client`]. See the
@@ -208,7 +205,7 @@ impl Router {
     ) -> io::Result<Router> {
         let mut router = Router::new(client, opts);
         let socket = Arc::new(socket);
-        let (read_end, write_end) = pipe()?;
+        let (read_end, write_end) = pipe(libc::O_NONBLOCK)?;
         let inner = Arc::clone(&router.inner);
         let listening = Arc::clone(&socket);
         let accept = thread::Builder::new()
@@ -570,17 +567,6 @@ fn accept_loop(inner: &Arc<Inner>, socket: &ServeSocket, wake: &OwnedFd) {
             }
         }
     }
-}
-
-/// A pipe (read end, write end), close-on-exec.
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2(2) fills `fds` with two new descriptors on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// A client's protocol state, kept by its reader thread.

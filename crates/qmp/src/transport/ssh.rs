@@ -98,12 +98,13 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{Closer, Halves, Received, Source, StreamTransport, Transport};
 use crate::address::Address;
+use crate::plumbing::{lock, pipe};
 
 /// The environment variable that replaces the ssh program and its leading
 /// options, split like a shell command line (as git's `GIT_SSH_COMMAND`).
@@ -615,7 +616,7 @@ impl Owner {
     /// blocks on it; lines are kept in `shared.stderr`.
     fn start_stderr_reader(&self, stderr: OwnedFd) -> io::Result<()> {
         set_nonblocking(stderr.as_raw_fd())?;
-        let (wake_read, wake_write) = pipe()?;
+        let (wake_read, wake_write) = pipe(0)?;
         lock(&self.shared.stderr).fd = Some(stderr.as_raw_fd());
         let shared = Arc::clone(&self.shared);
         let handle = std::thread::Builder::new()
@@ -1153,21 +1154,6 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A close-on-exec pipe: (read end, write end).
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2(2) fills two descriptors on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

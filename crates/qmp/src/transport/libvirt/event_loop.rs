@@ -16,12 +16,13 @@
 
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::ffi::Lib;
 use super::LibvirtError;
+use crate::plumbing::lock;
 
 /// Most idle iterations run when the loop stops (each runs every pending
 /// clean-up of one priority level; a handful are enough).
@@ -43,10 +44,6 @@ static STATE: Mutex<State> = Mutex::new(State {
     users: 0,
     running: None,
 });
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// Keeps the event loop thread running while it exists.
 pub(super) struct LoopGuard {

@@ -63,7 +63,7 @@ use std::ffi::{c_char, c_int, c_longlong, c_uint, c_void, CStr, CString};
 use std::io;
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -71,7 +71,8 @@ use serde_json::Value;
 use self::ffi::{code, virConnectPtr, virDomainPtr, Lib, VirErr};
 use super::{Closer, Halves, Handshake, Received, Sink, Source, Syncer, Transport};
 use crate::framing::{Decoder, FrameError};
-use crate::message::{Greeting, Object};
+use crate::message::{empty_return, generic_error, Greeting, Object};
+use crate::plumbing::lock;
 
 /// The URI used when none is given and `$LIBVIRT_DEFAULT_URI` is unset.
 pub const DEFAULT_URI: &str = "qemu:///system";
@@ -812,10 +813,6 @@ struct Session {
     agent: bool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// A reference to `queue` for a libvirt callback's opaque pointer, released
 /// by [`free_queue`].
 fn queue_ref(queue: &Arc<Queue>) -> *mut c_void {
@@ -1296,7 +1293,7 @@ impl Sink for LibvirtSink {
         let id = msg.get("id");
         let (cmd, delimited) = libvirt_command(msg, encoded, session.agent);
         let Some(cmd) = cmd else {
-            session.queue.push(Item::object(error_reply(
+            session.queue.push(Item::object(generic_error(
                 id,
                 "the message contains a NUL character",
             )));
@@ -1319,10 +1316,7 @@ impl Sink for LibvirtSink {
                 // QEMU answers `quit` with {"return": {}} and exits at once;
                 // libvirt often loses that answer as the monitor closes
                 // under it, and reports the closing instead.
-                let mut reply = Object::new();
-                reply.insert("return".to_owned(), Value::Object(Object::new()));
-                restore_id(&mut reply, id);
-                session.queue.end_call(Some(Item::object(reply)));
+                session.queue.end_call(Some(Item::object(empty_return(id))));
                 Ok(())
             }
             Err(e) if !handles.alive() => {
@@ -1336,7 +1330,7 @@ impl Sink for LibvirtSink {
             Err(e) => {
                 session
                     .queue
-                    .end_call(Some(Item::object(error_reply(id, &e.message))));
+                    .end_call(Some(Item::object(generic_error(id, &e.message))));
                 Ok(())
             }
         }
@@ -1472,19 +1466,6 @@ fn restore_id(obj: &mut Object, id: Option<&Value>) {
     }
 }
 
-/// An error reply as QEMU shapes them, for a libvirt call that failed.
-fn error_reply(id: Option<&Value>, desc: &str) -> Object {
-    let mut error = Object::new();
-    error.insert("class".to_owned(), Value::from("GenericError"));
-    error.insert("desc".to_owned(), Value::from(desc));
-    let mut obj = Object::new();
-    if let Some(id) = id {
-        obj.insert("id".to_owned(), id.clone());
-    }
-    obj.insert("error".to_owned(), Value::Object(error));
-    obj
-}
-
 /// An event as QEMU sends it, from what libvirt passes on: the name, the
 /// timestamp and the `data` member's JSON text (absent when QEMU sent none).
 fn event_item(name: &str, seconds: c_longlong, micros: c_uint, details: Option<&[u8]>) -> Item {
@@ -1586,12 +1567,12 @@ mod tests {
 
     #[test]
     fn error_replies_look_like_qemus() {
-        let e = error_reply(Some(&Value::from(1)), "boom");
+        let e = generic_error(Some(&Value::from(1)), "boom");
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
             r#"{"id":1,"error":{"class":"GenericError","desc":"boom"}}"#
         );
-        let e = error_reply(None, "boom");
+        let e = generic_error(None, "boom");
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
             r#"{"error":{"class":"GenericError","desc":"boom"}}"#
