@@ -20,7 +20,6 @@ mod sshd;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
@@ -28,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use common::term::Term;
 use common::{escape_visible, ours, run_shell_env, show, text};
 use libvirt::{virsh_ok, TestDomain, URI, WAIT};
 
@@ -943,192 +943,17 @@ fn a_remote_libvirtd_over_ssh() {
 // On a terminal (tmux)
 // ---------------------------------------------------------------------------
 
-/// Quote `s` for `sh`.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// One tmux server (private socket, no configuration) with one 120x40 pane
-/// running the shell in `sh`, which records its exit status in a file.
-/// Dropping it kills the server and everything in it.
-struct Term {
-    dir: tempfile::TempDir,
-}
-
-impl Term {
-    fn start(args: &[&str]) -> Term {
-        let dir = tempfile::Builder::new()
-            .prefix("qmp-term-")
-            .tempdir()
-            .expect("tempdir");
-        let home = dir.path().join("home");
-        std::fs::create_dir(&home).expect("mkdir home");
-        let mut command = sh_quote(ours().to_str().unwrap());
-        for a in args {
-            command.push(' ');
-            command.push_str(&sh_quote(a));
-        }
-        let exit = dir.path().join("exit");
-        let script = format!(
-            "#!/bin/sh\nexport HOME={} LC_ALL=C.UTF-8 LANG=C.UTF-8\n\
-             unset NO_COLOR QMP_SOCKET\n{command}\n\
-             echo \"EXIT=$?\" > {exit}.tmp && mv {exit}.tmp {exit}\nexec sleep 600\n",
-            sh_quote(home.to_str().unwrap()),
-            exit = sh_quote(exit.to_str().unwrap())
-        );
-        let run = dir.path().join("run.sh");
-        std::fs::write(&run, script).expect("write run.sh");
-        let term = Term { dir };
-        let status = term
-            .tmux()
-            .args(["new-session", "-d", "-s", "main", "-x", "120", "-y", "40"])
-            .arg(format!("sh {}", sh_quote(run.to_str().unwrap())))
-            .status()
-            .expect("run tmux (install-deps.sh installs it)");
-        assert!(status.success(), "tmux new-session failed: {status}");
-        term
-    }
-
-    fn tmux(&self) -> Command {
-        let mut cmd = Command::new("tmux");
-        cmd.arg("-S")
-            .arg(self.dir.path().join("tmux.sock"))
-            .args(["-f", "/dev/null"])
-            .env_remove("TMUX")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn home(&self) -> PathBuf {
-        self.dir.path().join("home")
-    }
-
-    fn keys(&self, literal: bool, keys: &[&str]) {
-        let mut cmd = self.tmux();
-        cmd.args(["send-keys", "-t", "main"]);
-        if literal {
-            cmd.arg("-l");
-        }
-        let out = cmd.arg("--").args(keys).output().expect("tmux send-keys");
-        assert!(out.status.success(), "tmux send-keys {keys:?} failed");
-    }
-
-    fn type_text(&self, text: &str) {
-        self.keys(true, &[text]);
-    }
-
-    fn press(&self, keys: &[&str]) {
-        self.keys(false, keys);
-    }
-
-    fn line(&self, text: &str) {
-        self.type_text(text);
-        self.press(&["Enter"]);
-    }
-
-    fn screen(&self) -> String {
-        let out = self
-            .tmux()
-            .args(["capture-pane", "-p", "-J", "-S", "-", "-t", "main"])
-            .output()
-            .expect("tmux capture-pane");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut lines: Vec<&str> = text.lines().map(str::trim_end).collect();
-        while lines.last().is_some_and(|l| l.is_empty()) {
-            lines.pop();
-        }
-        lines.join("\n")
-    }
-
-    fn current_line(&self) -> String {
-        self.screen().lines().last().unwrap_or_default().to_owned()
-    }
-
-    fn wait_until(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let screen = self.screen();
-            if pred(&screen) {
-                return screen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n----- screen -----\n{screen}"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn wait_for(&self, needle: &str) -> String {
-        self.wait_until(&format!("{needle:?}"), |s| s.contains(needle))
-    }
-
-    fn wait_line(&self, line: &str) -> String {
-        self.wait_until(&format!("the line {line:?}"), |s| {
-            s.lines().last().unwrap_or_default() == line.trim_end()
-        })
-    }
-
-    /// Clear the line, type `text`, press Tab, until the line is
-    /// `(QEMU) expected` (the schema is fetched in the background).
-    fn tab_until(&self, text: &str, expected: &str) {
-        let want = format!("(QEMU) {expected}");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            self.press(&["C-u"]);
-            self.type_text(text);
-            self.press(&["Tab"]);
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_millis(500) {
-                if self.current_line() == want.trim_end() {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Tab after {text:?} never gave {expected:?}\n{}",
-                self.screen()
-            );
-        }
-    }
-
-    fn wait_exit(&self) -> i32 {
-        let file = self.dir.path().join("exit");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&file) {
-                return text
-                    .trim()
-                    .trim_start_matches("EXIT=")
-                    .parse()
-                    .expect("status");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the shell did not exit\n{}",
-                self.screen()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Term {
-    fn drop(&mut self) {
-        let _ = self
-            .tmux()
-            .arg("kill-server")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 #[test]
 fn on_a_terminal_completion_events_help_and_history() {
     let dom = TestDomain::start("term");
-    let t = Term::start(&["--domain", &dom.name, "--connect", URI]);
+    let t = Term::launch(
+        &ours(),
+        &["--domain", &dom.name, "--connect", URI],
+        &[],
+        |_| {},
+        "",
+    )
+    .with_deadline(WAIT);
     let screen = t.wait_line("(QEMU)");
     assert!(
         screen.contains("Welcome to the QMP low-level shell!"),
@@ -1142,9 +967,13 @@ fn on_a_terminal_completion_events_help_and_history() {
     );
 
     // Completion from the schema, fetched through libvirt.
-    t.tab_until("query-sta", "query-stat");
-    t.tab_until("blockdev-add dri", "blockdev-add driver=");
-    t.tab_until("blockdev-add driver=null-c", "blockdev-add driver=null-co");
+    t.tab_until("(QEMU)", "query-sta", "query-stat");
+    t.tab_until("(QEMU)", "blockdev-add dri", "blockdev-add driver=");
+    t.tab_until(
+        "(QEMU)",
+        "blockdev-add driver=null-c",
+        "blockdev-add driver=null-co",
+    );
     t.press(&["C-u"]);
     t.wait_line("(QEMU)");
 

@@ -15,6 +15,8 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod term;
+
 /// How long a peer may take to start listening.
 pub const PEER_START_TIMEOUT: Duration = Duration::from_secs(20);
 /// A generous bound for one shell session in a test.
