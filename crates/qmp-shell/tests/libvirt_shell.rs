@@ -18,17 +18,15 @@ mod libvirt;
 #[path = "../../qmp/tests/common/sshd.rs"]
 mod sshd;
 
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use common::term::Term;
-use common::{escape_visible, ours, run_shell_env, show, text};
+use common::{ours, run_shell_env, show, text, Running};
 use libvirt::{virsh_ok, TestDomain, URI, WAIT};
 
 /// Hard limit of one shell run.
@@ -118,123 +116,10 @@ fn assert_error(out: &Output, expected: &str) {
 // A shell on pipes, fed line by line
 // ---------------------------------------------------------------------------
 
-/// A shell whose standard input the test writes as it goes, and whose
-/// standard output it reads as it comes.
-struct Live {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    out: Receiver<Vec<u8>>,
-    seen: String,
-    err: Option<thread::JoinHandle<Vec<u8>>>,
-}
-
-impl Live {
-    fn start(args: &[&str]) -> Live {
-        let home = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(ours())
-            .args(args)
-            .env("HOME", home.path())
-            .env("NO_COLOR", "1")
-            .env_remove("QMP_SOCKET")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start qmp-shell");
-        let mut stdout = child.stdout.take().expect("stdout");
-        let mut stderr = child.stderr.take().expect("stderr");
-        let (tx, out) = mpsc::channel();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match stdout.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if tx.send(buf[..n].to_vec()).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        });
-        let err = thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = stderr.read_to_end(&mut v);
-            v
-        });
-        Live {
-            stdin: child.stdin.take(),
-            child,
-            out,
-            seen: String::new(),
-            err: Some(err),
-        }
-    }
-
-    fn send(&mut self, text: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin
-            .write_all(text.as_bytes())
-            .expect("write to the shell");
-        stdin.flush().expect("flush");
-    }
-
-    /// Wait until the output so far satisfies `pred`; the output.
-    fn wait_until(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        while !pred(&self.seen) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.out.recv_timeout(left) {
-                Ok(chunk) => self.seen.push_str(&String::from_utf8_lossy(&chunk)),
-                Err(_) => panic!(
-                    "timed out waiting for {what}; output so far:\n{}",
-                    escape_visible(self.seen.as_bytes())
-                ),
-            }
-        }
-        self.seen.clone()
-    }
-
-    /// Wait until `needle` occurs `n` times in the output.
-    fn wait_count(&mut self, needle: &str, n: usize) -> String {
-        self.wait_until(&format!("{n} x {needle:?}"), |s| {
-            s.matches(needle).count() >= n
-        })
-    }
-
-    /// Close standard input and wait for the exit: status, stdout, stderr.
-    fn finish(mut self) -> (Option<i32>, String, String) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                break st;
-            }
-            if let Ok(chunk) = self.out.recv_timeout(Duration::from_millis(50)) {
-                self.seen.push_str(&String::from_utf8_lossy(&chunk));
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("the shell did not exit; output:\n{}", self.seen);
-            }
-        };
-        while let Ok(chunk) = self.out.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push_str(&String::from_utf8_lossy(&chunk));
-        }
-        let err = self
-            .err
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default();
-        (status.code(), std::mem::take(&mut self.seen), text(&err))
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The shell with `args`, its standard input written as the test goes and
+/// its standard output read as it comes.
+fn live_shell(args: &[&str]) -> Running {
+    Running::start(&ours(), args, &[])
 }
 
 // ---------------------------------------------------------------------------
@@ -446,13 +331,13 @@ fn events_at_empty_lines_of_a_script_as_on_a_socket() {
 
 /// Send an empty line and `query-name` until `event` has been printed
 /// before a `query-name` reply (it may take a moment to arrive).
-fn empty_lines_until(live: &mut Live, replies: &mut usize, event: &str) {
+fn empty_lines_until(live: &mut Running, replies: &mut usize, event: &str) {
     let needle = format!("\"event\": \"{event}\"");
     let deadline = Instant::now() + WAIT;
     loop {
         live.send("\nquery-name\n");
         *replies += 1;
-        let out = live.wait_count("\"return\": {\"name\"", *replies);
+        let out = live.wait_stdout_count("\"return\": {\"name\"", *replies);
         if out.contains(&needle) {
             let at = out.find(&needle).unwrap_or_default();
             let line_start = out[..at].rfind('\n').map_or(0, |i| i + 1);
@@ -472,10 +357,10 @@ fn empty_lines_until(live: &mut Live, replies: &mut usize, event: &str) {
 #[test]
 fn events_caused_behind_the_shells_back_arrive() {
     let dom = TestDomain::start("events-side");
-    let mut live = Live::start(&["--domain", &dom.name, "--connect", URI]);
+    let mut live = live_shell(&["--domain", &dom.name, "--connect", URI]);
     live.send("query-name\n");
     let mut replies = 1;
-    live.wait_count("\"return\": {\"name\"", replies);
+    live.wait_stdout_count("\"return\": {\"name\"", replies);
 
     // Through the side socket, which libvirt knows nothing of.
     let mut side = dom.side_monitor();
@@ -487,21 +372,21 @@ fn events_caused_behind_the_shells_back_arrive() {
     empty_lines_until(&mut live, &mut replies, "RESUME");
     drop(side);
 
-    let (code, out, err) = live.finish();
-    assert_eq!(code, Some(0), "{out}\n{err}");
+    let (status, out, err) = live.finish(WAIT);
+    assert_eq!(status.code(), Some(0), "{out}\n{err}");
     assert_eq!(out.matches("\"event\": \"STOP\"").count(), 1, "{out}");
     assert_eq!(out.matches("\"event\": \"RESUME\"").count(), 1, "{out}");
     assert_eq!(err, notice(&dom.name));
 
     // And the reverse: the shell on the side socket sees what libvirt does.
-    let mut live = Live::start(&[&dom.side()]);
+    let mut live = live_shell(&[&dom.side()]);
     live.send("query-name\n");
     let mut replies = 1;
-    live.wait_count("\"return\": {\"name\"", replies);
+    live.wait_stdout_count("\"return\": {\"name\"", replies);
     virsh_ok(&["suspend", &dom.name]);
     empty_lines_until(&mut live, &mut replies, "STOP");
-    let (code, out, _) = live.finish();
-    assert_eq!(code, Some(0), "{out}");
+    let (status, out, _) = live.finish(WAIT);
+    assert_eq!(status.code(), Some(0), "{out}");
 }
 
 // ---------------------------------------------------------------------------
@@ -557,15 +442,15 @@ fn the_log_has_the_messages_and_not_the_notice() {
 fn timeout_bounds_a_reply_and_the_greeting() {
     let dom = TestDomain::start("timeout");
     // A reply: QEMU stops answering in the middle of the session.
-    let mut live = Live::start(&["--domain", &dom.name, "--timeout", "1"]);
+    let mut live = live_shell(&["--domain", &dom.name, "--timeout", "1"]);
     live.send("query-name\n");
-    live.wait_count("\"return\"", 1);
+    live.wait_stdout_count("\"return\"", 1);
     let frozen = dom.freeze();
     live.send("query-status\n");
     // The shell gives up on its own, standard input still open.
     let deadline = Instant::now() + WAIT;
     let status = loop {
-        if let Some(st) = live.child.try_wait().expect("try_wait") {
+        if let Some(st) = live.try_wait() {
             break st;
         }
         assert!(
@@ -575,7 +460,7 @@ fn timeout_bounds_a_reply_and_the_greeting() {
         thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(1));
-    let (_, out, err) = live.finish();
+    let (_, out, err) = live.finish(WAIT);
     assert!(!out.contains("status"), "{out}");
     assert_eq!(
         err,

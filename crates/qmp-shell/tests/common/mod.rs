@@ -10,8 +10,8 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::{mpsc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -522,6 +522,206 @@ pub fn shell_env(cmd: &mut Command, home: &Path) {
         .env("LANG", "C.UTF-8")
         .env("NO_COLOR", "1")
         .env_remove("PYTHONWARNINGS");
+}
+
+// ---------------------------------------------------------------------------
+// A program running beside the test
+// ---------------------------------------------------------------------------
+
+/// The bound on each wait of [`Running::wait_stdout`] and its kin.
+pub const OUTPUT_WAIT: Duration = Duration::from_secs(30);
+
+/// A program running with piped standard streams: standard input written
+/// as the test goes (until closed), standard output read as it comes (on a
+/// thread, in chunks: a prompt ends without a newline), standard error
+/// collected. Killed, if still running, when dropped.
+pub struct Running {
+    child: Child,
+    name: String,
+    stdin: Option<ChildStdin>,
+    stdout: mpsc::Receiver<Vec<u8>>,
+    seen: Vec<u8>,
+    stderr: Option<thread::JoinHandle<Vec<u8>>>,
+    /// The private `HOME`, kept for as long as the program may use it.
+    _home: tempfile::TempDir,
+}
+
+impl Running {
+    /// Start `bin args...` in the reproducible environment of [`run_shell`]
+    /// (a private empty `HOME`, kept until this is dropped), with `env`
+    /// added.
+    pub fn start(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
+        let home = tempdir("home");
+        let mut cmd = Command::new(bin);
+        shell_env(&mut cmd, home.path());
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let name = bin
+            .file_name()
+            .map_or_else(|| bin.display().to_string(), |n| n.to_string_lossy().into());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let stdin = child.stdin.take();
+        let mut out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match out.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let stderr = spawn_reader(child.stderr.take().expect("stderr"));
+        Running {
+            child,
+            name,
+            stdin,
+            stdout: rx,
+            seen: Vec::new(),
+            stderr: Some(stderr),
+            _home: home,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Write `text` to standard input.
+    pub fn send(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("write to {}: {e}", self.name));
+        stdin.flush().expect("flush stdin");
+    }
+
+    /// Close standard input (end of input for the program).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Send signal `sig` to the program.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill {} with {sig}: {}",
+            self.name,
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// The exit status, if the program has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Standard output so far (lossily as text).
+    pub fn seen(&self) -> String {
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+
+    /// Wait (bounded by [`OUTPUT_WAIT`]) until the standard output so far
+    /// satisfies `pred`; that output.
+    #[track_caller]
+    pub fn wait_stdout_until(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + OUTPUT_WAIT;
+        loop {
+            let seen = self.seen();
+            if pred(&seen) {
+                return seen;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(chunk) => self.seen.extend_from_slice(&chunk),
+                Err(_) => panic!(
+                    "timed out waiting for {what} on the stdout of {}; so far:\n{}",
+                    self.name,
+                    escape_visible(&self.seen)
+                ),
+            }
+        }
+    }
+
+    /// Wait until standard output (everything read so far) contains `text`.
+    #[track_caller]
+    pub fn wait_stdout(&mut self, text: &str) -> String {
+        self.wait_stdout_until(&format!("{text:?}"), |s| s.contains(text))
+    }
+
+    /// Wait until `needle` occurs `n` times on standard output.
+    #[track_caller]
+    pub fn wait_stdout_count(&mut self, needle: &str, n: usize) -> String {
+        self.wait_stdout_until(&format!("{n} x {needle:?}"), |s| {
+            s.matches(needle).count() >= n
+        })
+    }
+
+    /// Wait (bounded by `timeout`; killed, then a panic, past it) for the
+    /// program to exit, standard input left as it is: the status, all of
+    /// standard output and standard error.
+    #[track_caller]
+    pub fn wait_exit(&mut self, timeout: Duration) -> (ExitStatus, String, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(st) = self.try_wait() {
+                break st;
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "{} did not exit within {timeout:?}; killed. stdout so far:\n{}",
+                    self.name,
+                    escape_visible(&self.seen)
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        // The rest of standard output: what is still in the pipe (a
+        // grandchild holding it open is given up on after a pause).
+        while let Ok(chunk) = self.stdout.recv_timeout(Duration::from_secs(5)) {
+            self.seen.extend_from_slice(&chunk);
+        }
+        let err = self
+            .stderr
+            .take()
+            .expect("stderr not yet collected")
+            .join()
+            .expect("stderr reader");
+        (status, text(&std::mem::take(&mut self.seen)), text(&err))
+    }
+
+    /// Close standard input, then [`Running::wait_exit`].
+    #[track_caller]
+    pub fn finish(mut self, timeout: Duration) -> (ExitStatus, String, String) {
+        self.close_stdin();
+        self.wait_exit(timeout)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// Run a prepared command with piped stdio, bounded by `timeout`.
