@@ -33,15 +33,6 @@ fn private_dir() -> tempfile::TempDir {
         .expect("tempdir")
 }
 
-/// Wait (bounded) until `cond` holds, checking every few milliseconds.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + T;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// A running `qmp-proxy` serving on `DIR/p.sock`.
 struct Proxy {
     run: Running,
@@ -426,7 +417,7 @@ fn wrap_serve_lets_a_second_client_attach() {
         &[("TMPDIR", tmp.path().to_str().unwrap())],
     );
     wrap.wait_stdout("(QEMU) ");
-    wait_until("the --serve socket", || listening(&serve));
+    wait_until("the --serve socket", T, || listening(&serve));
     let meta = std::fs::symlink_metadata(&serve).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o600);
     let mut raw = Raw::negotiated(&serve);

@@ -78,14 +78,6 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// A running `qmp-shell-wrap` with stdin kept open, with a private
 /// `TMPDIR` (where it makes its directory).
 struct Wrap {
