@@ -347,20 +347,12 @@ fn retry_does_not_start_the_log_afresh() {
         .unwrap()
         .write_all(b"{\"earlier\": true}\n")
         .unwrap();
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-M", "none", "-display", "none", "-nodefaults", "-qmp"])
-        .arg(format!("unix:{},server=on,wait=off", socket.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let qemu = OwnQemu::start(&socket);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"query-name\n").unwrap();
     drop(stdin);
     let out = wait_child(child, "qmp-shell --retry -l", SHELL_TIMEOUT);
-    let _ = qemu.kill();
-    let _ = qemu.wait();
+    drop(qemu);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let log = log_lines(&log);
     assert_eq!(log[0], serde_json::json!({"earlier": true}), "{log:?}");

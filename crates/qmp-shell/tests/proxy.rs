@@ -11,7 +11,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -296,21 +295,14 @@ fn retry_waits_for_qemu() {
         &["--retry", "1000", "--retry-delay", "0.02"],
         &[],
     );
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-M", "none", "-display", "none", "-nodefaults", "-qmp"])
-        .arg(format!("unix:{},server=on,wait=off", target.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start QEMU");
+    let qemu = OwnQemu::start(&target);
     proxy.wait_listening();
     let mut raw = Raw::negotiated(&proxy.listen);
     raw.check_ids();
     proxy.run.signal(libc::SIGTERM);
     let (status, _, _) = proxy.run.finish(T);
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
-    let _ = qemu.kill();
-    let _ = qemu.wait();
+    drop(qemu);
 
     // Retries exhausted: the connection error, exit 1.
     let missing = dir.path().join("missing.sock");

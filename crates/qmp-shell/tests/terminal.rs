@@ -17,7 +17,6 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::Instant;
 
@@ -26,16 +25,6 @@ use common::*;
 
 /// The QMP prompt.
 const PROMPT: &str = "(QEMU)";
-
-/// A QEMU started by the test itself, on a socket path of its choosing.
-struct OwnQemu(Child);
-
-impl Drop for OwnQemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Tests
@@ -520,17 +509,7 @@ fn retry_waits_for_the_server() {
         t.failure("connected to nothing?")
     );
     std::fs::remove_file(&socket).expect("remove the stale socket file");
-    let qemu = which("qemu-system-x86_64").expect("qemu-system-x86_64 not found");
-    let _qemu = OwnQemu(
-        Command::new(qemu)
-            .args(["-M", "none", "-display", "none", "-nodefaults", "-qmp"])
-            .arg(format!("unix:{socket_str},server=on,wait=off"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start qemu-system-x86_64"),
-    );
+    let _qemu = OwnQemu::start(&socket);
     t.wait_for("Welcome to the QMP low-level shell!");
     t.wait_line(PROMPT);
     assert_eq!(t.shell_pid(), pid, "the same shell process");

@@ -463,6 +463,33 @@ impl Drop for Peer {
     }
 }
 
+/// A QEMU (`-M none`, its QMP monitor on `socket`) started by the test
+/// itself, on a socket path of its choosing, without waiting for it to
+/// listen (the program under test is to find it coming). Killed when
+/// dropped, also when an assertion fails first.
+pub struct OwnQemu(Child);
+
+impl OwnQemu {
+    pub fn start(socket: &Path) -> OwnQemu {
+        let child = Command::new(require("qemu-system-x86_64"))
+            .args(["-M", "none", "-display", "none", "-nodefaults", "-qmp"])
+            .arg(format!("unix:{},server=on,wait=off", socket.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start qemu-system-x86_64");
+        OwnQemu(child)
+    }
+}
+
+impl Drop for OwnQemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn tempdir(kind: &str) -> tempfile::TempDir {
     // Short paths: a UNIX socket path is limited to 107 bytes.
     tempfile::Builder::new()
