@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -735,24 +735,15 @@ fn a_full_standard_error_changes_nothing() {
     shell_env(&mut cmd, home.path());
     cmd.args(qemu_args())
         .env("TMPDIR", tmp.path())
-        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create("/dev/full").unwrap());
-    let mut child = cmd.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"bad line\nquery-status\n")
-        .unwrap();
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    let status = child.wait().unwrap();
+    let out = run_configured(
+        cmd,
+        b"bad line\nquery-status\n",
+        Input::Close,
+        SHELL_TIMEOUT,
+    );
+    let (status, stdout) = (out.status, text(&out.stdout));
     assert_eq!(status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("\"running\": true"), "{stdout}");
     nothing_left(tmp.path());

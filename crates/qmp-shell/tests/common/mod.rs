@@ -756,59 +756,86 @@ impl Drop for Running {
     }
 }
 
-/// Run a prepared command with piped stdio, bounded by `timeout`.
-pub fn run_with_timeout(mut cmd: Command, stdin: &[u8], timeout: Duration) -> Output {
-    let desc = format!("{:?}", cmd);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
-    let mut sin = child.stdin.take().expect("stdin");
-    let input = stdin.to_vec();
-    let writer = thread::spawn(move || {
-        // The program may exit before reading everything: ignore EPIPE.
-        let _ = sin.write_all(&input);
-    });
-    let out = wait_child(child, &desc, timeout);
-    let _ = writer.join();
-    out
+/// Run a prepared command with piped stdio, bounded by `timeout`;
+/// standard input gets `stdin`, then end of file.
+pub fn run_with_timeout(cmd: Command, stdin: &[u8], timeout: Duration) -> Output {
+    run_piped(cmd, stdin, Input::Close, timeout)
 }
 
 /// Run a prepared command whose standard input stays open (and fed
 /// `stdin`) until it exits by itself: the program must end on its own
 /// account (a `quit`, a lost connection, a timeout), with input still
 /// queued. Bounded by `timeout`.
-pub fn run_with_input_open(mut cmd: Command, stdin: &[u8], timeout: Duration) -> Output {
+pub fn run_with_input_open(cmd: Command, stdin: &[u8], timeout: Duration) -> Output {
+    run_piped(cmd, stdin, Input::HoldOpen, timeout)
+}
+
+/// What becomes of a program's standard input once it has been fed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Closed: the program reads end of file after the input.
+    Close,
+    /// Kept open until the program has exited.
+    HoldOpen,
+}
+
+fn run_piped(mut cmd: Command, stdin: &[u8], input: Input, timeout: Duration) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    run_configured(cmd, stdin, input, timeout)
+}
+
+/// Run a prepared command with standard output and error as the caller set
+/// them (whatever is piped is collected; the rest comes back empty) and
+/// `stdin` fed through a pipe, then closed or held open; bounded by
+/// `timeout`.
+pub fn run_configured(mut cmd: Command, stdin: &[u8], input: Input, timeout: Duration) -> Output {
     let desc = format!("{:?}", cmd);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
+    cmd.stdin(Stdio::piped());
+    let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
+    feed_and_wait(child, &desc, stdin, input, timeout)
+}
+
+/// Feed `stdin` to a running `child` started with piped standard input
+/// (closing it after, or holding it open until the child has exited), and
+/// collect as [`wait_child`] does.
+pub fn feed_and_wait(
+    mut child: Child,
+    desc: &str,
+    stdin: &[u8],
+    input: Input,
+    timeout: Duration,
+) -> Output {
     let mut sin = child.stdin.take().expect("stdin");
-    let input = stdin.to_vec();
+    let bytes = stdin.to_vec();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let writer = thread::spawn(move || {
-        let _ = sin.write_all(&input);
-        // Keep the pipe open until the program is gone.
-        let _ = done_rx.recv();
+        // The program may exit before reading everything: ignore EPIPE.
+        let _ = sin.write_all(&bytes);
+        if input == Input::HoldOpen {
+            // Keep the pipe open until the program is gone.
+            let _ = done_rx.recv();
+        }
         drop(sin);
     });
-    let out = wait_child(child, &desc, timeout);
+    let out = wait_child(child, desc, timeout);
     drop(done_tx);
     let _ = writer.join();
     out
 }
 
-/// Collect the status and output of a running `child` started with piped
-/// stdout and stderr (its stdin taken or closed by the caller); kill it,
-/// then panic, if it runs longer than `timeout`.
+/// Collect the status and output of a running `child` (its stdin taken or
+/// closed by the caller; stdout and stderr read if piped and not taken,
+/// empty otherwise); kill it, then panic, if it runs longer than `timeout`.
 pub fn wait_child(mut child: Child, desc: &str, timeout: Duration) -> Output {
-    let out_reader = spawn_reader(child.stdout.take().expect("stdout"));
-    let err_reader = spawn_reader(child.stderr.take().expect("stderr"));
+    let out_reader = child.stdout.take().map(spawn_reader);
+    let err_reader = child.stderr.take().map(spawn_reader);
+    let collect = |reader: Option<thread::JoinHandle<Vec<u8>>>| {
+        reader
+            .map(|r| r.join().unwrap_or_default())
+            .unwrap_or_default()
+    };
     let start = Instant::now();
     let status = loop {
         if let Some(st) = child.try_wait().expect("try_wait") {
@@ -817,8 +844,8 @@ pub fn wait_child(mut child: Child, desc: &str, timeout: Duration) -> Output {
         if start.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
-            let stdout = out_reader.join().unwrap_or_default();
-            let stderr = err_reader.join().unwrap_or_default();
+            let stdout = collect(out_reader);
+            let stderr = collect(err_reader);
             panic!(
                 "TIMEOUT: {desc} did not finish within {timeout:?}; killed.\n\
                  --- stdout so far ---\n{}\n--- stderr so far ---\n{}",
@@ -828,12 +855,10 @@ pub fn wait_child(mut child: Child, desc: &str, timeout: Duration) -> Output {
         }
         thread::sleep(Duration::from_millis(5));
     };
-    let stdout = out_reader.join().expect("stdout reader");
-    let stderr = err_reader.join().expect("stderr reader");
     Output {
         status,
-        stdout,
-        stderr,
+        stdout: collect(out_reader),
+        stderr: collect(err_reader),
     }
 }
 
