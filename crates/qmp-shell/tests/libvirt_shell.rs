@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::term::Term;
-use common::{ours, run_shell_env, show, text, Running};
+use common::{ours, run_shell_env, show, text, without_timestamps, Running};
 use libvirt::{virsh_ok, TestDomain, URI, WAIT};
 
 /// Hard limit of one shell run.
@@ -63,13 +63,6 @@ fn through_socket(dom: &TestDomain, args: &[&str], stdin: &str) -> Output {
     let mut all: Vec<&str> = args.to_vec();
     all.push(&side);
     shell(&all, stdin)
-}
-
-/// Event timestamps differ from run to run: blank them out.
-fn without_timestamps(s: &str) -> String {
-    let re = regex::Regex::new(r#""seconds": \d+, "microseconds": \d+"#).unwrap();
-    re.replace_all(s, r#""seconds": S, "microseconds": U"#)
-        .into_owned()
 }
 
 /// `libvirt` and `socket` ran the same input: same exit status and

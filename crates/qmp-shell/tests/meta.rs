@@ -10,13 +10,6 @@ use std::path::Path;
 use common::*;
 use serde_json::Value;
 
-fn json_lines(bytes: &[u8]) -> Vec<Value> {
-    text(bytes)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect()
-}
-
 /// Run our shell with a private cache directory (`cache`).
 fn shell(args: &[&str], stdin: &str, cache: &Path) -> std::process::Output {
     run_shell_env(
@@ -371,15 +364,7 @@ fn a_file_passed_with_fd_is_written_by_qemu() {
 
 #[test]
 fn fd_over_tcp_fails_cleanly_and_the_session_goes_on() {
-    let peer = Peer::qemu_with_args(&[
-        "-M",
-        "none",
-        "-chardev",
-        "socket,id=tcp4,host=127.0.0.1,port=0,server=on,wait=off",
-        "-mon",
-        "chardev=tcp4,mode=control",
-    ]);
-    let port = qemu_tcp_port(&peer, "tcp4");
+    let (_peer, port) = qemu_tcp4_monitor();
     let cache = tempfile::tempdir().unwrap();
     let out = shell(
         &[

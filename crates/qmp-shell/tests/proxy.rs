@@ -148,13 +148,6 @@ impl Raw {
     }
 }
 
-/// Timestamps of events differ from run to run.
-fn without_timestamps(text: &str) -> String {
-    let re = regex::Regex::new(r#""seconds": \d+, "microseconds": \d+"#).unwrap();
-    re.replace_all(text, "\"seconds\": S, \"microseconds\": U")
-        .into_owned()
-}
-
 /// Our shell (kept connected), the reference shell and a raw client, at
 /// once through the proxy: each gets what it would get from QEMU
 /// directly, and the events our shell causes reach the raw client.

@@ -1005,6 +1005,27 @@ fn read_json_line<R: BufRead>(reader: &mut R, socket: &Path) -> String {
     }
 }
 
+/// Each line of `bytes` parsed as one JSON value; panics on a line that is
+/// not exactly one JSON value.
+#[track_caller]
+pub fn json_lines(bytes: &[u8]) -> Vec<serde_json::Value> {
+    let all = text(bytes);
+    all.lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| {
+                panic!("not one JSON value per line ({e}): {line:?}\nwhole output:\n{all}")
+            })
+        })
+        .collect()
+}
+
+/// Event timestamps differ from run to run: blank them out.
+pub fn without_timestamps(s: &str) -> String {
+    let re = regex::Regex::new(r#""seconds": \d+, "microseconds": \d+"#).unwrap();
+    re.replace_all(s, r#""seconds": S, "microseconds": U"#)
+        .into_owned()
+}
+
 /// Output bytes as text (lossily), for assertions.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -1094,4 +1115,20 @@ pub fn qemu_tcp_port(peer: &Peer, label: &str) -> u16 {
         .unwrap_or_else(|| panic!("no port in chardev {label}: {filename:?}"));
     assert_ne!(port, 0, "{filename}");
     port
+}
+
+/// `-M none` with, beside its UNIX monitor, a QMP monitor on TCP at
+/// 127.0.0.1 (chardev `tcp4`, its port chosen by the kernel): the peer and
+/// that port.
+pub fn qemu_tcp4_monitor() -> (Peer, u16) {
+    let peer = Peer::qemu_with_args(&[
+        "-M",
+        "none",
+        "-chardev",
+        "socket,id=tcp4,host=127.0.0.1,port=0,server=on,wait=off",
+        "-mon",
+        "chardev=tcp4,mode=control",
+    ]);
+    let port = qemu_tcp_port(&peer, "tcp4");
+    (peer, port)
 }
