@@ -79,6 +79,32 @@ WARMUP=${WARMUP:-2}
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 
+# await NAME PID LOG TRIES CONDITION...: run CONDITION every 0.05 s until it
+# succeeds, at most TRIES times. If process PID ("" for none to watch) has
+# gone meanwhile, show LOG and stop: NAME exited. If CONDITION never held:
+# NAME is not ready.
+await() {
+    local name=$1 pid=$2 log=$3 tries=$4
+    shift 4
+    for _ in $(seq 1 "$tries"); do
+        "$@" && return 0
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+            cat "$log" >&2 || true
+            die "$name exited"
+        fi
+        sleep 0.05
+    done
+    "$@" || die "$name is not ready after $tries tries: $*"
+}
+# Conditions for await: every one of the sockets exists; a socket accepts a
+# connection; a log says that sshd listens.
+sockets_exist() {
+    local s
+    for s; do [ -S "$s" ] || return 1; done
+}
+accepts() { [ -S "$1" ] && "$SOCAT" -u OPEN:/dev/null "UNIX-CONNECT:$1" 2>/dev/null; }
+sshd_listening() { grep -q 'Server listening' "$1" 2>/dev/null; }
+
 # --- tools and programs -----------------------------------------------------
 
 PYTHON=${PYTHON:-python3}
@@ -149,14 +175,7 @@ SOCK="$TMP/qmp.sock"
 "$QEMU" -M none -display none -nodefaults \
     -qmp "unix:$SOCK,server=on,wait=off" >"$TMP/qemu.log" 2>&1 &
 QEMU_PID=$!
-for _ in $(seq 1 200); do
-    if [ -S "$SOCK" ] && "$SOCAT" -u OPEN:/dev/null "UNIX-CONNECT:$SOCK" 2>/dev/null; then
-        break
-    fi
-    kill -0 "$QEMU_PID" 2>/dev/null || { cat "$TMP/qemu.log" >&2; die "QEMU exited"; }
-    sleep 0.05
-done
-[ -S "$SOCK" ] || die "QEMU did not create $SOCK"
+await QEMU "$QEMU_PID" "$TMP/qemu.log" 200 accepts "$SOCK"
 QEMU_VERSION=$("$QEMU" --version | head -n 1)
 
 # --- inputs -----------------------------------------------------------------
@@ -253,20 +272,11 @@ ESOCK2="$TMP/e2.sock"
     -qmp "unix:$ESOCK,server=on,wait=off" \
     -qmp "unix:$ESOCK2,server=on,wait=off" >"$TMP/qemu2.log" 2>&1 &
 QEMU2_PID=$!
-for _ in $(seq 1 200); do
-    [ -S "$ESOCK" ] && [ -S "$ESOCK2" ] && break
-    kill -0 "$QEMU2_PID" 2>/dev/null || { cat "$TMP/qemu2.log" >&2; die "the second QEMU exited"; }
-    sleep 0.05
-done
+await "the second QEMU" "$QEMU2_PID" "$TMP/qemu2.log" 200 sockets_exist "$ESOCK" "$ESOCK2"
 PSOCK="$TMP/proxy.sock"
 "$PROXY" --listen "$PSOCK" "$ESOCK2" 2>"$TMP/proxy.log" &
 PROXY_PID=$!
-for _ in $(seq 1 200); do
-    [ -S "$PSOCK" ] && break
-    kill -0 "$PROXY_PID" 2>/dev/null || { cat "$TMP/proxy.log" >&2; die "qmp-proxy exited"; }
-    sleep 0.05
-done
-[ -S "$PSOCK" ] || die "qmp-proxy did not create $PSOCK"
+await qmp-proxy "$PROXY_PID" "$TMP/proxy.log" 200 sockets_exist "$PSOCK"
 
 # A private sshd on 127.0.0.1: throwaway host and client keys, a free
 # port, a configuration of its own (nothing from /etc/ssh).
@@ -294,12 +304,7 @@ Host qmp-bench
     BatchMode yes
     LogLevel ERROR
 CONF
-for _ in $(seq 1 200); do
-    grep -q 'Server listening' "$TMP/sshd.log" 2>/dev/null && break
-    kill -0 "$SSHD_PID" 2>/dev/null || { cat "$TMP/sshd.log" >&2; die "sshd exited"; }
-    sleep 0.05
-done
-grep -q 'Server listening' "$TMP/sshd.log" || die "sshd did not start"
+await sshd "$SSHD_PID" "$TMP/sshd.log" 200 sshd_listening "$TMP/sshd.log"
 export QMP_SSH_COMMAND="ssh -F $SSHDIR/ssh_config"
 SSH_ADDR="ssh://qmp-bench$ESOCK"
 
@@ -346,31 +351,32 @@ RSS_SCHEMA_REF=$(rss "$TMP/schema.txt" "${REF[@]}" -p "$SOCK")
 log "starting $FLEET QEMUs for the fan-out"
 mkdir -p "$TMP/fleet"
 FLEET_SOCKS=()
+fleet_pids=()
 for ((k = 0; k < FLEET; k++)); do
     sock="$TMP/fleet/vm$k.sock"
     "$QEMU" -M none -display none -nodefaults -name "vm$k" \
         -qmp "unix:$sock,server=on,wait=off" >"$TMP/fleet/vm$k.log" 2>&1 &
     FLEET_PIDS="$FLEET_PIDS $!"
+    fleet_pids+=("$!")
     FLEET_SOCKS+=("$sock")
 done
-for sock in "${FLEET_SOCKS[@]}"; do
-    for _ in $(seq 1 400); do
-        [ -S "$sock" ] && break
-        sleep 0.05
-    done
-    [ -S "$sock" ] || die "QEMU did not create $sock"
+for ((k = 0; k < FLEET; k++)); do
+    await "QEMU vm$k" "${fleet_pids[k]}" "$TMP/fleet/vm$k.log" 400 sockets_exist "${FLEET_SOCKS[k]}"
 done
 printf 'query-status\nquery-name\n' >"$TMP/fleet.txt"
-{
-    printf 'for s in'
-    for sock in "${FLEET_SOCKS[@]}"; do printf ' %q' "$sock"; done
-    printf '; do %s "$s" < %q || exit 1; done\n' "$REFQ" "$TMP/fleet.txt"
-} >"$TMP/fleet-ref.sh"
-{
-    printf 'for s in'
-    for sock in "${FLEET_SOCKS[@]}"; do printf ' %q' "$sock"; done
-    printf '; do %q "$s" < %q || exit 1; done\n' "$OURS" "$TMP/fleet.txt"
-} >"$TMP/fleet-ours-loop.sh"
+# fleet_loop PROGRAM FILE: write to FILE a shell loop running PROGRAM (shell
+# words, quoted) on each fleet socket in turn, the two commands on its
+# standard input, stopping at the first failure.
+fleet_loop() {
+    local program=$1 sock
+    {
+        printf 'for s in'
+        for sock in "${FLEET_SOCKS[@]}"; do printf ' %q' "$sock"; done
+        printf '; do %s "$s" < %q || exit 1; done\n' "$program" "$TMP/fleet.txt"
+    } >"$2"
+}
+fleet_loop "$REFQ" "$TMP/fleet-ref.sh"
+fleet_loop "$(q "$OURS")" "$TMP/fleet-ours-loop.sh"
 FANOUT="$(q "$OURS") -c query-status -c query-name"
 for sock in "${FLEET_SOCKS[@]}"; do FANOUT="$FANOUT $(q "$sock")"; done
 

@@ -71,7 +71,15 @@ where() {
     esac
 }
 
+# Packages to install, each once.
 missing=()
+add_pkg() {
+    case " ${missing[*]-} " in
+        *" $1 "*) ;;
+        *) missing+=("$1") ;;
+    esac
+}
+
 for pair in "${CHECKS[@]}"; do
     cmd=${pair%% *}
     pkg=${pair##* }
@@ -79,10 +87,7 @@ for pair in "${CHECKS[@]}"; do
         echo "install-deps: $cmd: ok ($(where "$cmd"))"
     else
         echo "install-deps: $cmd: missing, will install package $pkg"
-        case " ${missing[*]-} " in
-            *" $pkg "*) ;;
-            *) missing+=("$pkg") ;;
-        esac
+        add_pkg "$pkg"
     fi
 done
 
@@ -101,12 +106,6 @@ need_reference=0
 if [ -z "$(ref_version)" ]; then
     need_reference=1
 fi
-add_pkg() {
-    case " ${missing[*]-} " in
-        *" $1 "*) ;;
-        *) missing+=("$1") ;;
-    esac
-}
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     echo "install-deps: $PYTHON: missing, will install package python3"
     add_pkg python3

@@ -88,15 +88,7 @@ fn unix_path_address() {
 
 #[test]
 fn tcp_host_port_address() {
-    let peer = Peer::qemu_with_args(&[
-        "-M",
-        "none",
-        "-chardev",
-        "socket,id=tcp4,host=127.0.0.1,port=0,server=on,wait=off",
-        "-mon",
-        "chardev=tcp4,mode=control",
-    ]);
-    let port = qemu_tcp_port(&peer, "tcp4");
+    let (_peer, port) = qemu_tcp4_monitor();
     let addr = format!("127.0.0.1:{port}");
     let out = run_shell(&ours(), &[&addr], "query-status\n", T);
     assert_ok(&out);

@@ -38,39 +38,9 @@ fn run_redirected(
     err: Option<File>,
 ) -> (std::process::ExitStatus, String, String) {
     let piped = |f: Option<File>| f.map(Stdio::from).unwrap_or_else(Stdio::piped);
-    cmd.stdin(Stdio::piped())
-        .stdout(piped(out))
-        .stderr(piped(err));
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let collect = |r: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_string(&mut s);
-            }
-            s
-        })
-    };
-    let o = collect(child.stdout.take().map(|s| Box::new(s) as _));
-    let e = collect(child.stderr.take().map(|s| Box::new(s) as _));
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > SHELL_TIMEOUT {
-            let _ = child.kill();
-            panic!("TIMEOUT: {cmd:?}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
-    feeder.join().unwrap();
-    (status, o.join().unwrap(), e.join().unwrap())
+    cmd.stdout(piped(out)).stderr(piped(err));
+    let out = run_configured(cmd, input, Input::Close, SHELL_TIMEOUT);
+    (out.status, text(&out.stdout), text(&out.stderr))
 }
 
 fn lines(n: usize, line: &str) -> String {
@@ -130,33 +100,16 @@ fn closed_standard_output_ends_the_session_with_status_1() {
         .unwrap();
     // The reader is gone (stdout dropped above), like `head` exiting.
     assert_eq!(first, "{\"return\": {}}\n");
-    let out = wait_child_no_stdout(child);
+    let out = wait_child(
+        child,
+        "qmp-shell after its stdout was closed",
+        SHELL_TIMEOUT,
+    );
     drop(feeder.join());
-    assert_eq!(out.0.code(), Some(1), "stderr: {}", out.1);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     // A reader that left needs no explanation, and nothing panicked.
-    assert_eq!(out.1, "");
-}
-
-/// Wait for a child whose stdout was taken; its status and stderr.
-fn wait_child_no_stdout(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut s);
-        s
-    });
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > SHELL_TIMEOUT {
-            let _ = child.kill();
-            panic!("TIMEOUT: the shell did not end after its stdout was closed");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
-    (status, reader.join().unwrap())
+    assert_eq!(stderr, "");
 }
 
 #[test]
@@ -178,21 +131,20 @@ fn a_peer_that_stops_answering_is_bounded_by_timeout_with_input_queued() {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
+    let child = cmd.spawn().unwrap();
     // Frozen once negotiated: from then on QEMU answers nothing.
     wait_until("negotiation in the log", SHELL_TIMEOUT, || {
         log_lines(&log).len() >= 3
     });
     freeze(peer.pid());
-    let mut stdin = child.stdin.take().unwrap();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(lines(10_000, "query-name").as_bytes());
-        let _ = done_rx.recv();
-    });
-    let out = wait_child(child, "qmp-shell --timeout 1", SHELL_TIMEOUT);
-    drop(done_tx);
-    feeder.join().unwrap();
+    // Standard input stays open, with input queued.
+    let out = feed_and_wait(
+        child,
+        "qmp-shell --timeout 1",
+        lines(10_000, "query-name").as_bytes(),
+        Input::HoldOpen,
+        SHELL_TIMEOUT,
+    );
     thaw(peer.pid());
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert_eq!(text(&out.stderr), "ERROR: no reply within 1 s\n");
@@ -347,20 +299,12 @@ fn retry_does_not_start_the_log_afresh() {
         .unwrap()
         .write_all(b"{\"earlier\": true}\n")
         .unwrap();
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-M", "none", "-display", "none", "-nodefaults", "-qmp"])
-        .arg(format!("unix:{},server=on,wait=off", socket.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let qemu = OwnQemu::start(&socket);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"query-name\n").unwrap();
     drop(stdin);
     let out = wait_child(child, "qmp-shell --retry -l", SHELL_TIMEOUT);
-    let _ = qemu.kill();
-    let _ = qemu.wait();
+    drop(qemu);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let log = log_lines(&log);
     assert_eq!(log[0], serde_json::json!({"earlier": true}), "{log:?}");

@@ -18,17 +18,15 @@ mod libvirt;
 #[path = "../../qmp/tests/common/sshd.rs"]
 mod sshd;
 
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{escape_visible, ours, run_shell_env, show, text};
+use common::term::Term;
+use common::{ours, run_shell_env, show, text, without_timestamps, Running};
 use libvirt::{virsh_ok, TestDomain, URI, WAIT};
 
 /// Hard limit of one shell run.
@@ -65,13 +63,6 @@ fn through_socket(dom: &TestDomain, args: &[&str], stdin: &str) -> Output {
     let mut all: Vec<&str> = args.to_vec();
     all.push(&side);
     shell(&all, stdin)
-}
-
-/// Event timestamps differ from run to run: blank them out.
-fn without_timestamps(s: &str) -> String {
-    let re = regex::Regex::new(r#""seconds": \d+, "microseconds": \d+"#).unwrap();
-    re.replace_all(s, r#""seconds": S, "microseconds": U"#)
-        .into_owned()
 }
 
 /// `libvirt` and `socket` ran the same input: same exit status and
@@ -118,123 +109,10 @@ fn assert_error(out: &Output, expected: &str) {
 // A shell on pipes, fed line by line
 // ---------------------------------------------------------------------------
 
-/// A shell whose standard input the test writes as it goes, and whose
-/// standard output it reads as it comes.
-struct Live {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    out: Receiver<Vec<u8>>,
-    seen: String,
-    err: Option<thread::JoinHandle<Vec<u8>>>,
-}
-
-impl Live {
-    fn start(args: &[&str]) -> Live {
-        let home = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(ours())
-            .args(args)
-            .env("HOME", home.path())
-            .env("NO_COLOR", "1")
-            .env_remove("QMP_SOCKET")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start qmp-shell");
-        let mut stdout = child.stdout.take().expect("stdout");
-        let mut stderr = child.stderr.take().expect("stderr");
-        let (tx, out) = mpsc::channel();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match stdout.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if tx.send(buf[..n].to_vec()).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        });
-        let err = thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = stderr.read_to_end(&mut v);
-            v
-        });
-        Live {
-            stdin: child.stdin.take(),
-            child,
-            out,
-            seen: String::new(),
-            err: Some(err),
-        }
-    }
-
-    fn send(&mut self, text: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin
-            .write_all(text.as_bytes())
-            .expect("write to the shell");
-        stdin.flush().expect("flush");
-    }
-
-    /// Wait until the output so far satisfies `pred`; the output.
-    fn wait_until(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        while !pred(&self.seen) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.out.recv_timeout(left) {
-                Ok(chunk) => self.seen.push_str(&String::from_utf8_lossy(&chunk)),
-                Err(_) => panic!(
-                    "timed out waiting for {what}; output so far:\n{}",
-                    escape_visible(self.seen.as_bytes())
-                ),
-            }
-        }
-        self.seen.clone()
-    }
-
-    /// Wait until `needle` occurs `n` times in the output.
-    fn wait_count(&mut self, needle: &str, n: usize) -> String {
-        self.wait_until(&format!("{n} x {needle:?}"), |s| {
-            s.matches(needle).count() >= n
-        })
-    }
-
-    /// Close standard input and wait for the exit: status, stdout, stderr.
-    fn finish(mut self) -> (Option<i32>, String, String) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                break st;
-            }
-            if let Ok(chunk) = self.out.recv_timeout(Duration::from_millis(50)) {
-                self.seen.push_str(&String::from_utf8_lossy(&chunk));
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("the shell did not exit; output:\n{}", self.seen);
-            }
-        };
-        while let Ok(chunk) = self.out.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push_str(&String::from_utf8_lossy(&chunk));
-        }
-        let err = self
-            .err
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default();
-        (status.code(), std::mem::take(&mut self.seen), text(&err))
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The shell with `args`, its standard input written as the test goes and
+/// its standard output read as it comes.
+fn live_shell(args: &[&str]) -> Running {
+    Running::start(&ours(), args, &[])
 }
 
 // ---------------------------------------------------------------------------
@@ -446,13 +324,13 @@ fn events_at_empty_lines_of_a_script_as_on_a_socket() {
 
 /// Send an empty line and `query-name` until `event` has been printed
 /// before a `query-name` reply (it may take a moment to arrive).
-fn empty_lines_until(live: &mut Live, replies: &mut usize, event: &str) {
+fn empty_lines_until(live: &mut Running, replies: &mut usize, event: &str) {
     let needle = format!("\"event\": \"{event}\"");
     let deadline = Instant::now() + WAIT;
     loop {
         live.send("\nquery-name\n");
         *replies += 1;
-        let out = live.wait_count("\"return\": {\"name\"", *replies);
+        let out = live.wait_stdout_count("\"return\": {\"name\"", *replies);
         if out.contains(&needle) {
             let at = out.find(&needle).unwrap_or_default();
             let line_start = out[..at].rfind('\n').map_or(0, |i| i + 1);
@@ -472,10 +350,10 @@ fn empty_lines_until(live: &mut Live, replies: &mut usize, event: &str) {
 #[test]
 fn events_caused_behind_the_shells_back_arrive() {
     let dom = TestDomain::start("events-side");
-    let mut live = Live::start(&["--domain", &dom.name, "--connect", URI]);
+    let mut live = live_shell(&["--domain", &dom.name, "--connect", URI]);
     live.send("query-name\n");
     let mut replies = 1;
-    live.wait_count("\"return\": {\"name\"", replies);
+    live.wait_stdout_count("\"return\": {\"name\"", replies);
 
     // Through the side socket, which libvirt knows nothing of.
     let mut side = dom.side_monitor();
@@ -487,21 +365,21 @@ fn events_caused_behind_the_shells_back_arrive() {
     empty_lines_until(&mut live, &mut replies, "RESUME");
     drop(side);
 
-    let (code, out, err) = live.finish();
-    assert_eq!(code, Some(0), "{out}\n{err}");
+    let (status, out, err) = live.finish(WAIT);
+    assert_eq!(status.code(), Some(0), "{out}\n{err}");
     assert_eq!(out.matches("\"event\": \"STOP\"").count(), 1, "{out}");
     assert_eq!(out.matches("\"event\": \"RESUME\"").count(), 1, "{out}");
     assert_eq!(err, notice(&dom.name));
 
     // And the reverse: the shell on the side socket sees what libvirt does.
-    let mut live = Live::start(&[&dom.side()]);
+    let mut live = live_shell(&[&dom.side()]);
     live.send("query-name\n");
     let mut replies = 1;
-    live.wait_count("\"return\": {\"name\"", replies);
+    live.wait_stdout_count("\"return\": {\"name\"", replies);
     virsh_ok(&["suspend", &dom.name]);
     empty_lines_until(&mut live, &mut replies, "STOP");
-    let (code, out, _) = live.finish();
-    assert_eq!(code, Some(0), "{out}");
+    let (status, out, _) = live.finish(WAIT);
+    assert_eq!(status.code(), Some(0), "{out}");
 }
 
 // ---------------------------------------------------------------------------
@@ -557,15 +435,15 @@ fn the_log_has_the_messages_and_not_the_notice() {
 fn timeout_bounds_a_reply_and_the_greeting() {
     let dom = TestDomain::start("timeout");
     // A reply: QEMU stops answering in the middle of the session.
-    let mut live = Live::start(&["--domain", &dom.name, "--timeout", "1"]);
+    let mut live = live_shell(&["--domain", &dom.name, "--timeout", "1"]);
     live.send("query-name\n");
-    live.wait_count("\"return\"", 1);
+    live.wait_stdout_count("\"return\"", 1);
     let frozen = dom.freeze();
     live.send("query-status\n");
     // The shell gives up on its own, standard input still open.
     let deadline = Instant::now() + WAIT;
     let status = loop {
-        if let Some(st) = live.child.try_wait().expect("try_wait") {
+        if let Some(st) = live.try_wait() {
             break st;
         }
         assert!(
@@ -575,7 +453,7 @@ fn timeout_bounds_a_reply_and_the_greeting() {
         thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(1));
-    let (_, out, err) = live.finish();
+    let (_, out, err) = live.finish(WAIT);
     assert!(!out.contains("status"), "{out}");
     assert_eq!(
         err,
@@ -943,192 +821,17 @@ fn a_remote_libvirtd_over_ssh() {
 // On a terminal (tmux)
 // ---------------------------------------------------------------------------
 
-/// Quote `s` for `sh`.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// One tmux server (private socket, no configuration) with one 120x40 pane
-/// running the shell in `sh`, which records its exit status in a file.
-/// Dropping it kills the server and everything in it.
-struct Term {
-    dir: tempfile::TempDir,
-}
-
-impl Term {
-    fn start(args: &[&str]) -> Term {
-        let dir = tempfile::Builder::new()
-            .prefix("qmp-term-")
-            .tempdir()
-            .expect("tempdir");
-        let home = dir.path().join("home");
-        std::fs::create_dir(&home).expect("mkdir home");
-        let mut command = sh_quote(ours().to_str().unwrap());
-        for a in args {
-            command.push(' ');
-            command.push_str(&sh_quote(a));
-        }
-        let exit = dir.path().join("exit");
-        let script = format!(
-            "#!/bin/sh\nexport HOME={} LC_ALL=C.UTF-8 LANG=C.UTF-8\n\
-             unset NO_COLOR QMP_SOCKET\n{command}\n\
-             echo \"EXIT=$?\" > {exit}.tmp && mv {exit}.tmp {exit}\nexec sleep 600\n",
-            sh_quote(home.to_str().unwrap()),
-            exit = sh_quote(exit.to_str().unwrap())
-        );
-        let run = dir.path().join("run.sh");
-        std::fs::write(&run, script).expect("write run.sh");
-        let term = Term { dir };
-        let status = term
-            .tmux()
-            .args(["new-session", "-d", "-s", "main", "-x", "120", "-y", "40"])
-            .arg(format!("sh {}", sh_quote(run.to_str().unwrap())))
-            .status()
-            .expect("run tmux (install-deps.sh installs it)");
-        assert!(status.success(), "tmux new-session failed: {status}");
-        term
-    }
-
-    fn tmux(&self) -> Command {
-        let mut cmd = Command::new("tmux");
-        cmd.arg("-S")
-            .arg(self.dir.path().join("tmux.sock"))
-            .args(["-f", "/dev/null"])
-            .env_remove("TMUX")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn home(&self) -> PathBuf {
-        self.dir.path().join("home")
-    }
-
-    fn keys(&self, literal: bool, keys: &[&str]) {
-        let mut cmd = self.tmux();
-        cmd.args(["send-keys", "-t", "main"]);
-        if literal {
-            cmd.arg("-l");
-        }
-        let out = cmd.arg("--").args(keys).output().expect("tmux send-keys");
-        assert!(out.status.success(), "tmux send-keys {keys:?} failed");
-    }
-
-    fn type_text(&self, text: &str) {
-        self.keys(true, &[text]);
-    }
-
-    fn press(&self, keys: &[&str]) {
-        self.keys(false, keys);
-    }
-
-    fn line(&self, text: &str) {
-        self.type_text(text);
-        self.press(&["Enter"]);
-    }
-
-    fn screen(&self) -> String {
-        let out = self
-            .tmux()
-            .args(["capture-pane", "-p", "-J", "-S", "-", "-t", "main"])
-            .output()
-            .expect("tmux capture-pane");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut lines: Vec<&str> = text.lines().map(str::trim_end).collect();
-        while lines.last().is_some_and(|l| l.is_empty()) {
-            lines.pop();
-        }
-        lines.join("\n")
-    }
-
-    fn current_line(&self) -> String {
-        self.screen().lines().last().unwrap_or_default().to_owned()
-    }
-
-    fn wait_until(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let screen = self.screen();
-            if pred(&screen) {
-                return screen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n----- screen -----\n{screen}"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn wait_for(&self, needle: &str) -> String {
-        self.wait_until(&format!("{needle:?}"), |s| s.contains(needle))
-    }
-
-    fn wait_line(&self, line: &str) -> String {
-        self.wait_until(&format!("the line {line:?}"), |s| {
-            s.lines().last().unwrap_or_default() == line.trim_end()
-        })
-    }
-
-    /// Clear the line, type `text`, press Tab, until the line is
-    /// `(QEMU) expected` (the schema is fetched in the background).
-    fn tab_until(&self, text: &str, expected: &str) {
-        let want = format!("(QEMU) {expected}");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            self.press(&["C-u"]);
-            self.type_text(text);
-            self.press(&["Tab"]);
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_millis(500) {
-                if self.current_line() == want.trim_end() {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Tab after {text:?} never gave {expected:?}\n{}",
-                self.screen()
-            );
-        }
-    }
-
-    fn wait_exit(&self) -> i32 {
-        let file = self.dir.path().join("exit");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&file) {
-                return text
-                    .trim()
-                    .trim_start_matches("EXIT=")
-                    .parse()
-                    .expect("status");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the shell did not exit\n{}",
-                self.screen()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Term {
-    fn drop(&mut self) {
-        let _ = self
-            .tmux()
-            .arg("kill-server")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 #[test]
 fn on_a_terminal_completion_events_help_and_history() {
     let dom = TestDomain::start("term");
-    let t = Term::start(&["--domain", &dom.name, "--connect", URI]);
+    let t = Term::launch(
+        &ours(),
+        &["--domain", &dom.name, "--connect", URI],
+        &[],
+        |_| {},
+        "",
+    )
+    .with_deadline(WAIT);
     let screen = t.wait_line("(QEMU)");
     assert!(
         screen.contains("Welcome to the QMP low-level shell!"),
@@ -1142,9 +845,13 @@ fn on_a_terminal_completion_events_help_and_history() {
     );
 
     // Completion from the schema, fetched through libvirt.
-    t.tab_until("query-sta", "query-stat");
-    t.tab_until("blockdev-add dri", "blockdev-add driver=");
-    t.tab_until("blockdev-add driver=null-c", "blockdev-add driver=null-co");
+    t.tab_until("(QEMU)", "query-sta", "query-stat");
+    t.tab_until("(QEMU)", "blockdev-add dri", "blockdev-add driver=");
+    t.tab_until(
+        "(QEMU)",
+        "blockdev-add driver=null-c",
+        "blockdev-add driver=null-co",
+    );
     t.press(&["C-u"]);
     t.wait_line("(QEMU)");
 

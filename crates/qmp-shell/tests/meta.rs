@@ -10,13 +10,6 @@ use std::path::Path;
 use common::*;
 use serde_json::Value;
 
-fn json_lines(bytes: &[u8]) -> Vec<Value> {
-    text(bytes)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect()
-}
-
 /// Run our shell with a private cache directory (`cache`).
 fn shell(args: &[&str], stdin: &str, cache: &Path) -> std::process::Output {
     run_shell_env(
@@ -87,33 +80,30 @@ fn wait_ignores_events_from_before_the_previous_command_and_times_out() {
 fn wait_for_an_event_caused_elsewhere_with_a_filter() {
     let peer = Peer::qemu_two_monitors(&["-M", "none"]);
     let cache = tempfile::tempdir().unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let mut cmd = std::process::Command::new(ours());
-    shell_env(&mut cmd, home.path());
-    cmd.env("XDG_CACHE_HOME", cache.path())
-        .args(["--json", peer.socket_str()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    use std::io::{BufRead, Write};
-    stdin
-        .write_all(b"query-name\n/wait --timeout=60 RESET reason=host-qmp-system-reset\n")
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
+    let mut shell = Running::start(
+        &ours(),
+        &["--json", peer.socket_str()],
+        &[("XDG_CACHE_HOME", cache.path().to_str().unwrap())],
+    );
+    shell.send("query-name\n/wait --timeout=60 RESET reason=host-qmp-system-reset\n");
+    // The n-th line of standard output, once it is there.
+    let nth_line = |shell: &mut Running, n: usize| -> String {
+        let out =
+            shell.wait_stdout_until(&format!("line {}", n + 1), |s| s.matches('\n').count() > n);
+        out.split_inclusive('\n')
+            .nth(n)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let line = nth_line(&mut shell, 0);
     assert_eq!(line, "{\"return\": {}}\n");
     // The event is caused through the other monitor, while /wait waits.
     qmp_raw(peer.second_socket(), &[r#"{"execute": "system_reset"}"#]);
-    line.clear();
-    out.read_line(&mut line).unwrap();
+    let line = nth_line(&mut shell, 1);
     let ev: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(ev["event"], "RESET", "{line}");
     assert_eq!(ev["data"]["reason"], "host-qmp-system-reset", "{line}");
-    drop(stdin);
-    let status = child.wait().unwrap();
+    let (status, _, _) = shell.finish(SHELL_TIMEOUT);
     assert_eq!(status.code(), Some(0));
 }
 
@@ -374,15 +364,7 @@ fn a_file_passed_with_fd_is_written_by_qemu() {
 
 #[test]
 fn fd_over_tcp_fails_cleanly_and_the_session_goes_on() {
-    let peer = Peer::qemu_with_args(&[
-        "-M",
-        "none",
-        "-chardev",
-        "socket,id=tcp4,host=127.0.0.1,port=0,server=on,wait=off",
-        "-mon",
-        "chardev=tcp4,mode=control",
-    ]);
-    let port = qemu_tcp_port(&peer, "tcp4");
+    let (_peer, port) = qemu_tcp4_monitor();
     let cache = tempfile::tempdir().unwrap();
     let out = shell(
         &[

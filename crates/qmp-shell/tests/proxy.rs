@@ -11,8 +11,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -32,147 +30,6 @@ fn private_dir() -> tempfile::TempDir {
         .prefix("qmp-px-")
         .tempdir_in(std::env::temp_dir())
         .expect("tempdir")
-}
-
-/// Wait (bounded) until `cond` holds, checking every few milliseconds.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + T;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A program running with stdin kept open and stdout read as it comes.
-struct Running {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: mpsc::Receiver<String>,
-    seen: String,
-    stderr: Option<thread::JoinHandle<Vec<u8>>>,
-    _home: tempfile::TempDir,
-}
-
-impl Running {
-    fn start(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
-        let home = private_dir();
-        let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .env("HOME", home.path())
-            .env("NO_COLOR", "1")
-            .env("LC_ALL", "C.UTF-8")
-            .env_remove("QMP_SOCKET")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-        let stdin = child.stdin.take();
-        let mut out = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match out.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        if tx
-                            .send(String::from_utf8_lossy(&buf[..n]).into_owned())
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        let mut err = child.stderr.take().expect("stderr");
-        let stderr = thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = err.read_to_end(&mut v);
-            v
-        });
-        Running {
-            child,
-            stdin,
-            stdout: rx,
-            seen: String::new(),
-            stderr: Some(stderr),
-            _home: home,
-        }
-    }
-
-    /// Wait until stdout (everything read so far) contains `text`.
-    fn wait_stdout(&mut self, text: &str) {
-        let deadline = Instant::now() + T;
-        while !self.seen.contains(text) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stdout.recv_timeout(left) {
-                Ok(chunk) => self.seen.push_str(&chunk),
-                Err(_) => panic!("no {text:?} on stdout; so far:\n{}", self.seen),
-            }
-        }
-    }
-
-    fn send(&mut self, text: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(text.as_bytes()).unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
-    }
-
-    fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
-    }
-
-    /// Close stdin, wait (bounded) for the exit; status, stdout, stderr.
-    fn finish(mut self) -> (ExitStatus, String, String) {
-        self.wait_end()
-    }
-
-    fn wait_end(&mut self) -> (ExitStatus, String, String) {
-        self.stdin = None;
-        let deadline = Instant::now() + T;
-        let status = loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                break st;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("did not exit within {T:?}; stdout so far:\n{}", self.seen);
-            }
-            thread::sleep(Duration::from_millis(10));
-        };
-        while let Ok(chunk) = self.stdout.recv_timeout(T) {
-            self.seen.push_str(&chunk);
-        }
-        let err = self.stderr.take().unwrap().join().unwrap();
-        (
-            status,
-            std::mem::take(&mut self.seen),
-            String::from_utf8_lossy(&err).into_owned(),
-        )
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// A running `qmp-proxy` serving on `DIR/p.sock`.
@@ -207,8 +64,8 @@ impl Proxy {
     fn wait_listening(&mut self) {
         let deadline = Instant::now() + T;
         while !listening(&self.listen) {
-            if self.run.exited() {
-                let (status, _, stderr) = self.run.wait_end();
+            if self.run.try_wait().is_some() {
+                let (status, _, stderr) = self.run.wait_exit(T);
                 panic!("qmp-proxy exited ({status}) before listening:\n{stderr}");
             }
             assert!(Instant::now() < deadline, "qmp-proxy never listened");
@@ -291,13 +148,6 @@ impl Raw {
     }
 }
 
-/// Timestamps of events differ from run to run.
-fn without_timestamps(text: &str) -> String {
-    let re = regex::Regex::new(r#""seconds": \d+, "microseconds": \d+"#).unwrap();
-    re.replace_all(text, "\"seconds\": S, \"microseconds\": U")
-        .into_owned()
-}
-
 /// Our shell (kept connected), the reference shell and a raw client, at
 /// once through the proxy: each gets what it would get from QEMU
 /// directly, and the events our shell causes reach the raw client.
@@ -318,7 +168,7 @@ fn our_shell_the_reference_and_a_raw_client_at_once() {
     // Ours stops and resumes the VM; the events show at its empty lines,
     // and the raw client gets them too.
     shell.send("stop\n\ncont\n\nquery-status\n");
-    let (status, ours_out, ours_err) = shell.finish();
+    let (status, ours_out, ours_err) = shell.finish(T);
     assert!(status.success(), "{ours_out}\n{ours_err}");
     let mut events = Vec::new();
     while events.len() < 2 {
@@ -376,7 +226,7 @@ fn qemu_killed_under_the_proxy() {
         libc::kill(qemu.pid() as i32, libc::SIGKILL);
     }
     assert_eq!(raw.rest(), "");
-    let (status, _, stderr) = proxy.run.finish();
+    let (status, _, stderr) = proxy.run.finish(T);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
@@ -388,7 +238,7 @@ fn qemu_killed_under_the_proxy() {
     );
     assert!(std::fs::symlink_metadata(&proxy.listen).is_err());
     shell.send("query-status\n");
-    let (status, _, stderr) = shell.finish();
+    let (status, _, stderr) = shell.finish(T);
     assert_eq!(status.code(), Some(1));
     assert_eq!(stderr, "Disconnected\n");
 }
@@ -402,7 +252,7 @@ fn signal_removes_the_socket(sig: i32) {
     let mut raw = Raw::negotiated(&proxy.listen);
     proxy.run.signal(sig);
     assert_eq!(raw.rest(), "");
-    let (status, _, stderr) = proxy.run.finish();
+    let (status, _, stderr) = proxy.run.finish(T);
     assert_eq!(status.code(), Some(128 + sig), "{stderr}");
     assert_eq!(stderr, "");
     assert!(std::fs::symlink_metadata(&proxy.listen).is_err());
@@ -438,21 +288,14 @@ fn retry_waits_for_qemu() {
         &["--retry", "1000", "--retry-delay", "0.02"],
         &[],
     );
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-M", "none", "-display", "none", "-nodefaults", "-qmp"])
-        .arg(format!("unix:{},server=on,wait=off", target.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start QEMU");
+    let qemu = OwnQemu::start(&target);
     proxy.wait_listening();
     let mut raw = Raw::negotiated(&proxy.listen);
     raw.check_ids();
     proxy.run.signal(libc::SIGTERM);
-    let (status, _, _) = proxy.run.finish();
+    let (status, _, _) = proxy.run.finish(T);
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
-    let _ = qemu.kill();
-    let _ = qemu.wait();
+    drop(qemu);
 
     // Retries exhausted: the connection error, exit 1.
     let missing = dir.path().join("missing.sock");
@@ -461,7 +304,7 @@ fn retry_waits_for_qemu() {
         &["--retry", "2", "--retry-delay", "0.01"],
         &[],
     );
-    let (status, _, stderr) = proxy.run.finish();
+    let (status, _, stderr) = proxy.run.finish(T);
     assert_eq!(status.code(), Some(1));
     assert!(
         stderr.starts_with(&format!("ERROR: Couldn't connect to {}", missing.display())),
@@ -531,7 +374,7 @@ fn ssh_target_through_a_real_sshd() {
         show(&out)
     );
     proxy.run.signal(libc::SIGTERM);
-    let (status, _, stderr) = proxy.run.finish();
+    let (status, _, stderr) = proxy.run.finish(T);
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
 }
 
@@ -559,7 +402,7 @@ fn wrap_serve_lets_a_second_client_attach() {
         &[("TMPDIR", tmp.path().to_str().unwrap())],
     );
     wrap.wait_stdout("(QEMU) ");
-    wait_until("the --serve socket", || listening(&serve));
+    wait_until("the --serve socket", T, || listening(&serve));
     let meta = std::fs::symlink_metadata(&serve).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o600);
     let mut raw = Raw::negotiated(&serve);
@@ -578,7 +421,7 @@ fn wrap_serve_lets_a_second_client_attach() {
     wrap.wait_stdout("\"event\": \"STOP\"");
     wrap.send("query-status\n");
     wrap.wait_stdout("\"status\": \"paused\"");
-    let (status, _, stderr) = wrap.finish();
+    let (status, _, stderr) = wrap.finish(T);
     assert!(status.success(), "{stderr}");
     assert_eq!(raw.rest(), "");
     assert!(

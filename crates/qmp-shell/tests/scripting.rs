@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Output;
 
-use common::{ours, run_shell, show, text, Peer, SHELL_TIMEOUT};
+use common::{json_lines, ours, run_shell, show, text, Peer, SHELL_TIMEOUT};
 use serde_json::Value;
 
 /// Run our shell on `peer` with `args` (the socket is appended) and `stdin`.
@@ -25,20 +25,6 @@ fn assert_status(out: &Output, code: i32) {
         "expected exit status {code}\n{}",
         show(out)
     );
-}
-
-/// Each line of `bytes` parsed as one JSON value; panics on a line that is
-/// not exactly one JSON value.
-#[track_caller]
-fn json_lines(bytes: &[u8]) -> Vec<Value> {
-    let all = text(bytes);
-    all.lines()
-        .map(|line| {
-            serde_json::from_str::<Value>(line).unwrap_or_else(|e| {
-                panic!("not one JSON value per line ({e}): {line:?}\nwhole output:\n{all}")
-            })
-        })
-        .collect()
 }
 
 fn is_return(v: &Value) -> bool {

@@ -8,14 +8,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::time::Duration;
 
 use common::*;
 
@@ -80,24 +78,12 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A running `qmp-shell-wrap` with stdin kept open.
+/// A running `qmp-shell-wrap` with stdin kept open, with a private
+/// `TMPDIR` (where it makes its directory).
 struct Wrap {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: mpsc::Receiver<String>,
-    stdout_seen: String,
-    stderr: Option<thread::JoinHandle<Vec<u8>>>,
+    run: Running,
     /// `None` once [`Wrap::finish`] handed it out.
     tmp: Option<tempfile::TempDir>,
-    _home: tempfile::TempDir,
 }
 
 impl Wrap {
@@ -106,51 +92,14 @@ impl Wrap {
             .prefix("qmp-wt-")
             .tempdir()
             .unwrap();
-        let home = tempfile::tempdir().unwrap();
-        let mut child = Command::new(ours_wrap())
-            .args(args)
-            .env("TMPDIR", tmp.path())
-            .env("HOME", home.path())
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start qmp-shell-wrap");
-        let stdin = child.stdin.take();
-        let mut out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            // Forward stdout in chunks (prompts end without a newline).
-            let mut buf = [0u8; 4096];
-            loop {
-                match out.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        if tx
-                            .send(String::from_utf8_lossy(&buf[..n]).into_owned())
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let stderr = thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = err.read_to_end(&mut v);
-            v
-        });
+        let run = Running::start(
+            &ours_wrap(),
+            args,
+            &[("TMPDIR", tmp.path().to_str().unwrap())],
+        );
         Wrap {
-            child,
-            stdin,
-            stdout: rx,
-            stdout_seen: String::new(),
-            stderr: Some(stderr),
+            run,
             tmp: Some(tmp),
-            _home: home,
         }
     }
 
@@ -164,27 +113,15 @@ impl Wrap {
 
     /// Wait until stdout contains `text` (everything read so far counts).
     fn wait_stdout(&mut self, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.stdout_seen.contains(text) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stdout.recv_timeout(left) {
-                Ok(chunk) => self.stdout_seen.push_str(&chunk),
-                Err(_) => panic!(
-                    "no {text:?} on the wrap's stdout; so far:\n{}",
-                    self.stdout_seen
-                ),
-            }
-        }
+        self.run.wait_stdout(text);
     }
 
     fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(line.as_bytes()).unwrap();
-        stdin.flush().unwrap();
+        self.run.send(line);
     }
 
     fn close_stdin(&mut self) {
-        self.stdin = None;
+        self.run.close_stdin();
     }
 
     /// The single wrap directory (waiting for it to appear).
@@ -220,44 +157,16 @@ impl Wrap {
             .and_then(|(_, r)| r.split_whitespace().nth(1))
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
-        assert_eq!(ppid, self.child.id(), "QEMU is not the wrap's child");
+        assert_eq!(ppid, self.run.pid(), "QEMU is not the wrap's child");
         pid
     }
 
-    /// Wait (bounded) for the wrap to exit; returns status, stdout, stderr.
+    /// Wait (bounded) for the wrap to exit, standard input left as it is;
+    /// returns status, stdout, stderr and the `TMPDIR`.
     fn finish(mut self, timeout: Duration) -> (ExitStatus, String, String, tempfile::TempDir) {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                break st;
-            }
-            if start.elapsed() > timeout {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "qmp-shell-wrap did not exit within {timeout:?}; stdout so far:\n{}",
-                    self.stdout_seen
-                );
-            }
-            thread::sleep(Duration::from_millis(10));
-        };
-        while let Ok(chunk) = self.stdout.recv_timeout(Duration::from_secs(5)) {
-            self.stdout_seen.push_str(&chunk);
-        }
-        let err = self.stderr.take().unwrap().join().unwrap();
-        let stdout = std::mem::take(&mut self.stdout_seen);
-        let stderr = String::from_utf8_lossy(&err).into_owned();
+        let (status, stdout, stderr) = self.run.wait_exit(timeout);
         let tmp = self.tmp.take().unwrap();
         (status, stdout, stderr, tmp)
-    }
-}
-
-impl Drop for Wrap {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -432,8 +341,7 @@ fn signal_while_waiting(sig: i32) {
     w.send("query-status\n");
     w.wait_stdout("\"running\": true}}\n");
     assert!(dir.is_dir());
-    // SAFETY: kill(2) on the child this test started.
-    assert_eq!(unsafe { libc::kill(w.child.id() as libc::pid_t, sig) }, 0);
+    w.run.signal(sig);
     let (status, _stdout, stderr, tmp) = w.finish(Duration::from_secs(15));
     assert_eq!(
         status.code(),
@@ -469,7 +377,7 @@ fn sigkill_of_the_wrap_still_stops_qemu() {
     let qemu = w.qemu_pid();
     w.send("query-status\n");
     w.wait_stdout("\"running\": true}}\n");
-    w.child.kill().unwrap();
+    w.run.signal(libc::SIGKILL);
     let (status, _, _, _tmp) = w.finish(Duration::from_secs(10));
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     wait_until("QEMU to die with the wrap", Duration::from_secs(10), || {
@@ -525,8 +433,7 @@ fn program_that_never_connects_is_killed_on_signal() {
     let dir = w.dir();
     let pid = w.qemu_pid_of("sh");
     assert!(dir.is_dir());
-    // SAFETY: kill(2) on the child this test started.
-    unsafe { libc::kill(w.child.id() as libc::pid_t, libc::SIGTERM) };
+    w.run.signal(libc::SIGTERM);
     let (status, _, stderr, tmp) = w.finish(Duration::from_secs(15));
     // Exactly the signal's status, not the "exited before connecting"
     // error of the main thread (which sees the program die).
@@ -828,24 +735,15 @@ fn a_full_standard_error_changes_nothing() {
     shell_env(&mut cmd, home.path());
     cmd.args(qemu_args())
         .env("TMPDIR", tmp.path())
-        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create("/dev/full").unwrap());
-    let mut child = cmd.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"bad line\nquery-status\n")
-        .unwrap();
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    let status = child.wait().unwrap();
+    let out = run_configured(
+        cmd,
+        b"bad line\nquery-status\n",
+        Input::Close,
+        SHELL_TIMEOUT,
+    );
+    let (status, stdout) = (out.status, text(&out.stdout));
     assert_eq!(status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("\"running\": true"), "{stdout}");
     nothing_left(tmp.path());

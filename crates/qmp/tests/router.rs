@@ -3,6 +3,9 @@
 //! byte), events, clients dying mid-command, out-of-band commands, file
 //! descriptors, hostile input, and QEMU going away.
 
+#[path = "common/proc.rs"]
+mod proc;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -12,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use proc::listening;
 use qmp::router::{Router, RouterOptions};
 use qmp::{Address, Client, ClientOptions, Object, StreamTransport, Transport};
 use serde_json::Value;
@@ -73,16 +77,6 @@ impl Drop for Qemu {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// Whether a UNIX socket at `socket` is listening, from `/proc/net/unix`.
-fn listening(socket: &Path) -> bool {
-    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
-    let path = socket.to_string_lossy();
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.len() >= 8 && fields[3] == "00010000" && fields[7] == path
-    })
 }
 
 fn upstream(socket: &Path) -> Arc<Client> {

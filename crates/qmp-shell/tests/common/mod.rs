@@ -10,10 +10,17 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::{mpsc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
+
+#[path = "../../../qmp/tests/common/proc.rs"]
+mod proc;
+pub mod term;
+
+#[allow(unused_imports)]
+pub use proc::{dead_socket, freeze, listening, thaw, wait_until};
 
 /// How long a peer may take to start listening.
 pub const PEER_START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -456,6 +463,33 @@ impl Drop for Peer {
     }
 }
 
+/// A QEMU (`-M none`, its QMP monitor on `socket`) started by the test
+/// itself, on a socket path of its choosing, without waiting for it to
+/// listen (the program under test is to find it coming). Killed when
+/// dropped, also when an assertion fails first.
+pub struct OwnQemu(Child);
+
+impl OwnQemu {
+    pub fn start(socket: &Path) -> OwnQemu {
+        let child = Command::new(require("qemu-system-x86_64"))
+            .args(["-M", "none", "-display", "none", "-nodefaults", "-qmp"])
+            .arg(format!("unix:{},server=on,wait=off", socket.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start qemu-system-x86_64");
+        OwnQemu(child)
+    }
+}
+
+impl Drop for OwnQemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn tempdir(kind: &str) -> tempfile::TempDir {
     // Short paths: a UNIX socket path is limited to 107 bytes.
     tempfile::Builder::new()
@@ -522,59 +556,286 @@ pub fn shell_env(cmd: &mut Command, home: &Path) {
         .env_remove("PYTHONWARNINGS");
 }
 
-/// Run a prepared command with piped stdio, bounded by `timeout`.
-pub fn run_with_timeout(mut cmd: Command, stdin: &[u8], timeout: Duration) -> Output {
-    let desc = format!("{:?}", cmd);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
-    let mut sin = child.stdin.take().expect("stdin");
-    let input = stdin.to_vec();
-    let writer = thread::spawn(move || {
-        // The program may exit before reading everything: ignore EPIPE.
-        let _ = sin.write_all(&input);
-    });
-    let out = wait_child(child, &desc, timeout);
-    let _ = writer.join();
-    out
+// ---------------------------------------------------------------------------
+// A program running beside the test
+// ---------------------------------------------------------------------------
+
+/// The bound on each wait of [`Running::wait_stdout`] and its kin.
+pub const OUTPUT_WAIT: Duration = Duration::from_secs(30);
+
+/// A program running with piped standard streams: standard input written
+/// as the test goes (until closed), standard output read as it comes (on a
+/// thread, in chunks: a prompt ends without a newline), standard error
+/// collected. Killed, if still running, when dropped.
+pub struct Running {
+    child: Child,
+    name: String,
+    stdin: Option<ChildStdin>,
+    stdout: mpsc::Receiver<Vec<u8>>,
+    seen: Vec<u8>,
+    stderr: Option<thread::JoinHandle<Vec<u8>>>,
+    /// The private `HOME`, kept for as long as the program may use it.
+    _home: tempfile::TempDir,
+}
+
+impl Running {
+    /// Start `bin args...` in the reproducible environment of [`run_shell`]
+    /// (a private empty `HOME`, kept until this is dropped), with `env`
+    /// added.
+    pub fn start(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
+        let home = tempdir("home");
+        let mut cmd = Command::new(bin);
+        shell_env(&mut cmd, home.path());
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let name = bin
+            .file_name()
+            .map_or_else(|| bin.display().to_string(), |n| n.to_string_lossy().into());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let stdin = child.stdin.take();
+        let mut out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match out.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let stderr = spawn_reader(child.stderr.take().expect("stderr"));
+        Running {
+            child,
+            name,
+            stdin,
+            stdout: rx,
+            seen: Vec::new(),
+            stderr: Some(stderr),
+            _home: home,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Write `text` to standard input.
+    pub fn send(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("write to {}: {e}", self.name));
+        stdin.flush().expect("flush stdin");
+    }
+
+    /// Close standard input (end of input for the program).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Send signal `sig` to the program.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill {} with {sig}: {}",
+            self.name,
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// The exit status, if the program has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Standard output so far (lossily as text).
+    pub fn seen(&self) -> String {
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+
+    /// Wait (bounded by [`OUTPUT_WAIT`]) until the standard output so far
+    /// satisfies `pred`; that output.
+    #[track_caller]
+    pub fn wait_stdout_until(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + OUTPUT_WAIT;
+        loop {
+            let seen = self.seen();
+            if pred(&seen) {
+                return seen;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(chunk) => self.seen.extend_from_slice(&chunk),
+                Err(_) => panic!(
+                    "timed out waiting for {what} on the stdout of {}; so far:\n{}",
+                    self.name,
+                    escape_visible(&self.seen)
+                ),
+            }
+        }
+    }
+
+    /// Wait until standard output (everything read so far) contains `text`.
+    #[track_caller]
+    pub fn wait_stdout(&mut self, text: &str) -> String {
+        self.wait_stdout_until(&format!("{text:?}"), |s| s.contains(text))
+    }
+
+    /// Wait until `needle` occurs `n` times on standard output.
+    #[track_caller]
+    pub fn wait_stdout_count(&mut self, needle: &str, n: usize) -> String {
+        self.wait_stdout_until(&format!("{n} x {needle:?}"), |s| {
+            s.matches(needle).count() >= n
+        })
+    }
+
+    /// Wait (bounded by `timeout`; killed, then a panic, past it) for the
+    /// program to exit, standard input left as it is: the status, all of
+    /// standard output and standard error.
+    #[track_caller]
+    pub fn wait_exit(&mut self, timeout: Duration) -> (ExitStatus, String, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(st) = self.try_wait() {
+                break st;
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "{} did not exit within {timeout:?}; killed. stdout so far:\n{}",
+                    self.name,
+                    escape_visible(&self.seen)
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        // The rest of standard output: what is still in the pipe (a
+        // grandchild holding it open is given up on after a pause).
+        while let Ok(chunk) = self.stdout.recv_timeout(Duration::from_secs(5)) {
+            self.seen.extend_from_slice(&chunk);
+        }
+        let err = self
+            .stderr
+            .take()
+            .expect("stderr not yet collected")
+            .join()
+            .expect("stderr reader");
+        (status, text(&std::mem::take(&mut self.seen)), text(&err))
+    }
+
+    /// Close standard input, then [`Running::wait_exit`].
+    #[track_caller]
+    pub fn finish(mut self, timeout: Duration) -> (ExitStatus, String, String) {
+        self.close_stdin();
+        self.wait_exit(timeout)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Run a prepared command with piped stdio, bounded by `timeout`;
+/// standard input gets `stdin`, then end of file.
+pub fn run_with_timeout(cmd: Command, stdin: &[u8], timeout: Duration) -> Output {
+    run_piped(cmd, stdin, Input::Close, timeout)
 }
 
 /// Run a prepared command whose standard input stays open (and fed
 /// `stdin`) until it exits by itself: the program must end on its own
 /// account (a `quit`, a lost connection, a timeout), with input still
 /// queued. Bounded by `timeout`.
-pub fn run_with_input_open(mut cmd: Command, stdin: &[u8], timeout: Duration) -> Output {
+pub fn run_with_input_open(cmd: Command, stdin: &[u8], timeout: Duration) -> Output {
+    run_piped(cmd, stdin, Input::HoldOpen, timeout)
+}
+
+/// What becomes of a program's standard input once it has been fed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Closed: the program reads end of file after the input.
+    Close,
+    /// Kept open until the program has exited.
+    HoldOpen,
+}
+
+fn run_piped(mut cmd: Command, stdin: &[u8], input: Input, timeout: Duration) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    run_configured(cmd, stdin, input, timeout)
+}
+
+/// Run a prepared command with standard output and error as the caller set
+/// them (whatever is piped is collected; the rest comes back empty) and
+/// `stdin` fed through a pipe, then closed or held open; bounded by
+/// `timeout`.
+pub fn run_configured(mut cmd: Command, stdin: &[u8], input: Input, timeout: Duration) -> Output {
     let desc = format!("{:?}", cmd);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
+    cmd.stdin(Stdio::piped());
+    let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
+    feed_and_wait(child, &desc, stdin, input, timeout)
+}
+
+/// Feed `stdin` to a running `child` started with piped standard input
+/// (closing it after, or holding it open until the child has exited), and
+/// collect as [`wait_child`] does.
+pub fn feed_and_wait(
+    mut child: Child,
+    desc: &str,
+    stdin: &[u8],
+    input: Input,
+    timeout: Duration,
+) -> Output {
     let mut sin = child.stdin.take().expect("stdin");
-    let input = stdin.to_vec();
+    let bytes = stdin.to_vec();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let writer = thread::spawn(move || {
-        let _ = sin.write_all(&input);
-        // Keep the pipe open until the program is gone.
-        let _ = done_rx.recv();
+        // The program may exit before reading everything: ignore EPIPE.
+        let _ = sin.write_all(&bytes);
+        if input == Input::HoldOpen {
+            // Keep the pipe open until the program is gone.
+            let _ = done_rx.recv();
+        }
         drop(sin);
     });
-    let out = wait_child(child, &desc, timeout);
+    let out = wait_child(child, desc, timeout);
     drop(done_tx);
     let _ = writer.join();
     out
 }
 
-/// Collect the status and output of a running `child` started with piped
-/// stdout and stderr (its stdin taken or closed by the caller); kill it,
-/// then panic, if it runs longer than `timeout`.
+/// Collect the status and output of a running `child` (its stdin taken or
+/// closed by the caller; stdout and stderr read if piped and not taken,
+/// empty otherwise); kill it, then panic, if it runs longer than `timeout`.
 pub fn wait_child(mut child: Child, desc: &str, timeout: Duration) -> Output {
-    let out_reader = spawn_reader(child.stdout.take().expect("stdout"));
-    let err_reader = spawn_reader(child.stderr.take().expect("stderr"));
+    let out_reader = child.stdout.take().map(spawn_reader);
+    let err_reader = child.stderr.take().map(spawn_reader);
+    let collect = |reader: Option<thread::JoinHandle<Vec<u8>>>| {
+        reader
+            .map(|r| r.join().unwrap_or_default())
+            .unwrap_or_default()
+    };
     let start = Instant::now();
     let status = loop {
         if let Some(st) = child.try_wait().expect("try_wait") {
@@ -583,8 +844,8 @@ pub fn wait_child(mut child: Child, desc: &str, timeout: Duration) -> Output {
         if start.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
-            let stdout = out_reader.join().unwrap_or_default();
-            let stderr = err_reader.join().unwrap_or_default();
+            let stdout = collect(out_reader);
+            let stderr = collect(err_reader);
             panic!(
                 "TIMEOUT: {desc} did not finish within {timeout:?}; killed.\n\
                  --- stdout so far ---\n{}\n--- stderr so far ---\n{}",
@@ -594,12 +855,10 @@ pub fn wait_child(mut child: Child, desc: &str, timeout: Duration) -> Output {
         }
         thread::sleep(Duration::from_millis(5));
     };
-    let stdout = out_reader.join().expect("stdout reader");
-    let stderr = err_reader.join().expect("stderr reader");
     Output {
         status,
-        stdout,
-        stderr,
+        stdout: collect(out_reader),
+        stderr: collect(err_reader),
     }
 }
 
@@ -746,17 +1005,25 @@ fn read_json_line<R: BufRead>(reader: &mut R, socket: &Path) -> String {
     }
 }
 
-/// Whether a UNIX socket at `socket` is in the listening state, from the
-/// kernel's table (`/proc/net/unix`, flag `__SO_ACCEPTCON`).
-pub fn listening(socket: &Path) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
-        return false;
-    };
-    let path = socket.to_string_lossy();
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.len() >= 8 && fields[3] == "00010000" && fields[7] == path
-    })
+/// Each line of `bytes` parsed as one JSON value; panics on a line that is
+/// not exactly one JSON value.
+#[track_caller]
+pub fn json_lines(bytes: &[u8]) -> Vec<serde_json::Value> {
+    let all = text(bytes);
+    all.lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| {
+                panic!("not one JSON value per line ({e}): {line:?}\nwhole output:\n{all}")
+            })
+        })
+        .collect()
+}
+
+/// Event timestamps differ from run to run: blank them out.
+pub fn without_timestamps(s: &str) -> String {
+    let re = regex::Regex::new(r#""seconds": \d+, "microseconds": \d+"#).unwrap();
+    re.replace_all(s, r#""seconds": S, "microseconds": U"#)
+        .into_owned()
 }
 
 /// Output bytes as text (lossily), for assertions.
@@ -775,53 +1042,9 @@ pub fn show(out: &Output) -> String {
     )
 }
 
-/// Make `path` a UNIX socket file that nothing listens on, as a dead server
-/// leaves behind: bound, never listening, closed. A connect to it is refused
-/// (ECONNREFUSED) deterministically; a listener bound and then dropped could
-/// still accept for an instant through a copy of its descriptor inherited by
-/// a child that a concurrent test is forking.
-pub fn dead_socket(path: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: socket(2), bind(2) and close(2) on a descriptor owned here; the
-    // address is zeroed and the path checked to fit in sun_path.
-    unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let mut addr: libc::sockaddr_un = std::mem::zeroed();
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        assert!(bytes.len() < addr.sun_path.len(), "socket path too long");
-        for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-            *dst = *src as libc::c_char;
-        }
-        let rc = libc::bind(
-            fd,
-            &addr as *const libc::sockaddr_un as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-        );
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        assert_eq!(rc, 0, "bind {}: {err}", path.display());
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Processes and ports
 // ---------------------------------------------------------------------------
-
-/// The states (`R`, `S`, `T`...) of every thread of process `pid`.
-fn thread_states(pid: u32) -> Vec<char> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .filter_map(|t| {
-            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
-            // `pid (comm) S ...`: the state follows the last `)`.
-            stat.rsplit_once(')')?.1.trim_start().chars().next()
-        })
-        .collect()
-}
 
 /// The kernel function each thread of `pid` sleeps in (`/proc/PID/task/*/wchan`).
 pub fn thread_wchans(pid: u32) -> Vec<String> {
@@ -831,40 +1054,6 @@ pub fn thread_wchans(pid: u32) -> Vec<String> {
     tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("wchan")).ok())
         .collect()
-}
-
-/// Wait (polling, bounded by `timeout`) until `cond()` holds; panic with
-/// `what` otherwise. For conditions that only the kernel can tell.
-#[track_caller]
-pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Freeze process `pid` (SIGSTOP) and return once every one of its threads
-/// is stopped: from then on it reads and answers nothing.
-pub fn freeze(pid: u32) {
-    // SAFETY: kill(2) with a valid signal number.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
-    assert_eq!(rc, 0, "SIGSTOP {pid}: {}", std::io::Error::last_os_error());
-    wait_until(
-        &format!("every thread of {pid} to stop"),
-        PEER_START_TIMEOUT,
-        || {
-            let states = thread_states(pid);
-            !states.is_empty() && states.iter().all(|s| *s == 'T')
-        },
-    );
-}
-
-/// Let a process frozen by [`freeze`] run again (SIGCONT).
-pub fn thaw(pid: u32) {
-    // SAFETY: kill(2) with a valid signal number.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
-    assert_eq!(rc, 0, "SIGCONT {pid}: {}", std::io::Error::last_os_error());
 }
 
 /// A TCP port on 127.0.0.1 that refuses connections for as long as the
@@ -926,4 +1115,20 @@ pub fn qemu_tcp_port(peer: &Peer, label: &str) -> u16 {
         .unwrap_or_else(|| panic!("no port in chardev {label}: {filename:?}"));
     assert_ne!(port, 0, "{filename}");
     port
+}
+
+/// `-M none` with, beside its UNIX monitor, a QMP monitor on TCP at
+/// 127.0.0.1 (chardev `tcp4`, its port chosen by the kernel): the peer and
+/// that port.
+pub fn qemu_tcp4_monitor() -> (Peer, u16) {
+    let peer = Peer::qemu_with_args(&[
+        "-M",
+        "none",
+        "-chardev",
+        "socket,id=tcp4,host=127.0.0.1,port=0,server=on,wait=off",
+        "-mon",
+        "chardev=tcp4,mode=control",
+    ]);
+    let port = qemu_tcp_port(&peer, "tcp4");
+    (peer, port)
 }

@@ -3,6 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod proc;
+
+#[allow(unused_imports)]
+pub use proc::dead_socket;
+
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -82,38 +87,12 @@ impl Peer {
     /// Freeze the peer (SIGSTOP) and return once every one of its threads is
     /// stopped: from then on it reads and answers nothing.
     pub fn freeze(&self) {
-        let pid = self.pid();
-        // SAFETY: kill(2) with a valid signal number.
-        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
-        assert_eq!(rc, 0, "SIGSTOP: {}", std::io::Error::last_os_error());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let states: Vec<char> = std::fs::read_dir(format!("/proc/{pid}/task"))
-                .map(|tasks| {
-                    tasks
-                        .filter_map(|t| {
-                            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
-                            stat.rsplit_once(')')?.1.trim_start().chars().next()
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            if !states.is_empty() && states.iter().all(|s| *s == 'T') {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "peer {pid} did not stop: {states:?}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        proc::freeze(self.pid());
     }
 
     /// Let a frozen peer run again (SIGCONT).
     pub fn thaw(&self) {
-        // SAFETY: kill(2) with a valid signal number.
-        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGCONT) };
-        assert_eq!(rc, 0, "SIGCONT: {}", std::io::Error::last_os_error());
+        proc::thaw(self.pid());
     }
 }
 
@@ -178,34 +157,4 @@ pub fn guest_agent_blocking(blocked: &str) -> Peer {
     let mut peer = Peer { child, socket, dir };
     peer.wait_ready();
     peer
-}
-
-/// Make `path` a UNIX socket file that nothing listens on, as a dead server
-/// leaves behind: bound, never listening, closed. A connect to it is refused
-/// (ECONNREFUSED) deterministically; a listener bound and then dropped could
-/// still accept for an instant through a copy of its descriptor inherited by
-/// a child that a concurrent test is forking.
-pub fn dead_socket(path: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: socket(2), bind(2) and close(2) on a descriptor owned here; the
-    // address is zeroed and the path checked to fit in sun_path.
-    unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let mut addr: libc::sockaddr_un = std::mem::zeroed();
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        assert!(bytes.len() < addr.sun_path.len(), "socket path too long");
-        for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-            *dst = *src as libc::c_char;
-        }
-        let rc = libc::bind(
-            fd,
-            &addr as *const libc::sockaddr_un as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-        );
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        assert_eq!(rc, 0, "bind {}: {err}", path.display());
-    }
 }
