@@ -19,7 +19,7 @@ if ! virsh -c "$URI" list >/dev/null 2>&1; then
     exit 1
 fi
 
-cargo build --release -p qmp --example libvirt_bench
+cargo build --release -p qmp-client --example libvirt_bench
 
 dir=$(mktemp -d)
 chmod 0755 "$dir"

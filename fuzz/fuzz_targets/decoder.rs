@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qmp::{Decoder, FrameError, Object};
+use qmp_client::{Decoder, FrameError, Object};
 
 const LIMITS: [usize; 4] = [4096, 16, 100, 1 << 20];
 

@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
-use qmp::{Address, Client};
+use qmp_client::{Address, Client};
 
 use crate::cli::{self, exit, ColorChoice, Common, ShellArgs};
 use crate::connect::{Retry, Target};

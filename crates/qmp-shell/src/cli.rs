@@ -2,7 +2,7 @@
 //!
 //! The options are those of the reference (`-H -v -p -l -N`, same letters,
 //! same long names) plus the scripting and robustness options this
-//! implementation adds. Address parsing lives in [`qmp::Address`].
+//! implementation adds. Address parsing lives in [`qmp_client::Address`].
 
 use std::path::PathBuf;
 use std::time::Duration;

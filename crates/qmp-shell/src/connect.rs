@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use qmp::transport::libvirt::{self, LibvirtError, LibvirtTransport, OpenOptions};
-use qmp::{Address, Client, ClientOptions, Error as QmpError};
+use qmp_client::transport::libvirt::{self, LibvirtError, LibvirtTransport, OpenOptions};
+use qmp_client::{Address, Client, ClientOptions, Error as QmpError};
 
 use crate::cli::Common;
 use crate::files::{open_private, Existing};

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use qmp::Object;
+use qmp_client::Object;
 use serde_json::{json, Value};
 
 use crate::schema::{Mark, Schema, WARNED_FEATURES};

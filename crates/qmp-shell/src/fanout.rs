@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use qmp::Client;
+use qmp_client::Client;
 
 use crate::cli::exit;
 use crate::doorbell::Doorbell;

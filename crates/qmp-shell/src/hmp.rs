@@ -3,7 +3,7 @@
 //! Pure helpers: building the command, printing a reply the way the
 //! reference does, and reading the command names out of `help` and `info`.
 
-use qmp::Object;
+use qmp_client::Object;
 use serde_json::{Map, Value};
 
 use crate::render::{self, Style};
@@ -16,7 +16,7 @@ pub fn command(line: &str, cpu_index: Option<i64>) -> Object {
     if let Some(index) = cpu_index {
         args.insert("cpu-index".into(), Value::from(index));
     }
-    qmp::command("human-monitor-command", Some(args))
+    qmp_client::command("human-monitor-command", Some(args))
 }
 
 /// Python's `int()` on one word: optional sign, ASCII digits with single

@@ -29,7 +29,7 @@ use rustyline::{
 };
 use serde_json::Value;
 
-use qmp::{Client, Incoming};
+use qmp_client::{Client, Incoming};
 
 use crate::cli::exit;
 use crate::complete::{Knowledge, ShellHelper};
@@ -69,7 +69,7 @@ fn learn(client: Arc<Client>, knowledge: Knowledge, hmp_mode: bool, guest_agent:
                 }
                 knowledge.names.set(list);
             } else if guest_agent {
-                let Ok(reply) = call(&client, qmp::command("guest-info", None)) else {
+                let Ok(reply) = call(&client, qmp_client::command("guest-info", None)) else {
                     return;
                 };
                 knowledge.names.set(

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use qmp::Object;
+use qmp_client::Object;
 use serde_json::{json, Value};
 
 /// How often jobs are polled (sooner when a job event arrives).

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use qmp::Object;
+use qmp_client::Object;
 use serde_json::Value;
 
 use crate::shorthand::{parse_arguments, tokenize, unquote, ParseError};

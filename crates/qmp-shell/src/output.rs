@@ -9,7 +9,7 @@
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
-use qmp::Object;
+use qmp_client::Object;
 use serde_json::Value;
 
 use crate::render::{self, Style};

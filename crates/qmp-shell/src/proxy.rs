@@ -1,7 +1,7 @@
 //! `qmp-proxy`: one QMP monitor, many clients.
 //!
 //! Connects to TARGET (any address `qmp-shell` accepts), then serves any
-//! number of QMP clients on `--listen PATH` through [`qmp::router`], which
+//! number of QMP clients on `--listen PATH` through [`qmp_client::router`], which
 //! does all the work: this is arguments, signals and exit statuses.
 //!
 //! PATH appears (mode 0600) once TARGET is connected, so a client that
@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use qmp::router::{Router, RouterOptions, DEFAULT_MAX_CLIENTS};
-use qmp::{Address, Client, Incoming};
+use qmp_client::router::{Router, RouterOptions, DEFAULT_MAX_CLIENTS};
+use qmp_client::{Address, Client, Incoming};
 
 use crate::app::die;
 use crate::cli::{self, parse_positive_seconds, parse_seconds};

@@ -7,7 +7,7 @@
 //! agent `guest-info`, `guest-ping` and `guest-get-*`; in HMP mode `info`
 //! (and `cpu N`, which only picks the CPU later `info` commands look at).
 
-use qmp::Object;
+use qmp_client::Object;
 use serde_json::Value;
 
 /// QMP commands that only read, besides `query-*` and `x-query-*`.

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use qmp::client::{EventTap, Tapped};
-use qmp::{Client, Error as QmpError, Event, Incoming, Object, Pending, Reply, Request};
+use qmp_client::client::{EventTap, Tapped};
+use qmp_client::{Client, Error as QmpError, Event, Incoming, Object, Pending, Reply, Request};
 use serde_json::Value;
 
 use crate::cli::exit;
@@ -1104,7 +1104,7 @@ impl Engine {
             follow.next_poll = None;
         }
         if follow.polls.is_none() && follow.next_poll.is_none_or(|t| now >= t) {
-            let q = |name| client.submit(Request::new(qmp::command(name, None)));
+            let q = |name| client.submit(Request::new(qmp_client::command(name, None)));
             match (q("query-jobs"), q("query-migrate")) {
                 (Ok(a), Ok(b)) => {
                     follow.polls = Some([a, b]);

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use qmp::{Client, Object, Reply, Request};
+use qmp_client::{Client, Object, Reply, Request};
 use serde_json::Value;
 
 use crate::facts::Facts;
@@ -58,14 +58,14 @@ pub fn call_unlogged(
     client: &Client,
     msg: Object,
     timeout: Option<Duration>,
-) -> Result<Reply, qmp::Error> {
+) -> Result<Reply, qmp_client::Error> {
     client
         .submit(Request::new(msg).unlogged())
         .and_then(|p| p.wait(timeout))
 }
 
 fn call(client: &Client, command: &str, timeout: Option<Duration>) -> Result<Value, String> {
-    let reply = call_unlogged(client, qmp::command(command, None), timeout)
+    let reply = call_unlogged(client, qmp_client::command(command, None), timeout)
         .map_err(|e| client_error(&e))?;
     match reply.ret() {
         Some(ret) => Ok(ret.clone()),

@@ -4,7 +4,7 @@
 
 use std::io;
 
-use qmp::{Object, Reply};
+use qmp_client::{Object, Reply};
 
 /// Format an I/O error like Python's `OSError.__str__`: `[Errno N] strerror`
 /// for OS errors, Rust's text otherwise.
@@ -21,9 +21,9 @@ pub fn python_io_error(err: &io::Error) -> String {
 }
 
 /// A client error in the reference's words: OS errors Python-style.
-pub fn client_error(err: &qmp::Error) -> String {
+pub fn client_error(err: &qmp_client::Error) -> String {
     match err {
-        qmp::Error::Io(e) => python_io_error(e),
+        qmp_client::Error::Io(e) => python_io_error(e),
         other => other.to_string(),
     }
 }
@@ -50,7 +50,10 @@ mod tests {
         let e = io::Error::from_raw_os_error(libc::ECONNREFUSED);
         assert_eq!(python_io_error(&e), "[Errno 111] Connection refused");
         assert_eq!(python_io_error(&io::Error::other("custom")), "custom");
-        assert_eq!(client_error(&qmp::Error::Disconnected), "Disconnected");
+        assert_eq!(
+            client_error(&qmp_client::Error::Disconnected),
+            "Disconnected"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! left running.
 //!
 //! With `--serve PATH`, other QMP clients can attach to the same QEMU on
-//! PATH while the shell runs ([`qmp::router`], as `qmp-proxy` does); they
+//! PATH while the shell runs ([`qmp_client::router`], as `qmp-proxy` does); they
 //! are disconnected and PATH removed when the shell ends, before QEMU is
 //! stopped.
 
@@ -27,8 +27,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
-use qmp::router::RouterOptions;
-use qmp::{Client, Listener};
+use qmp_client::router::RouterOptions;
+use qmp_client::{Client, Listener};
 
 use crate::app::{die, is_interactive, run_session};
 use crate::cli::{self, WrapArgs, SHELL_ONLY_OPTIONS};

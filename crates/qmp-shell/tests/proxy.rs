@@ -116,9 +116,9 @@ impl Raw {
 
     /// Send `text` with a file descriptor attached (SCM_RIGHTS); the reply.
     fn send_with_fd(&mut self, text: &str, fd: &impl std::os::fd::AsRawFd) -> String {
-        let t = qmp::StreamTransport::unix(self.w.try_clone().unwrap()).unwrap();
-        let mut halves = qmp::Transport::split(Box::new(t)).unwrap();
-        let msg: qmp::Object = serde_json::from_str(text).unwrap();
+        let t = qmp_client::StreamTransport::unix(self.w.try_clone().unwrap()).unwrap();
+        let mut halves = qmp_client::Transport::split(Box::new(t)).unwrap();
+        let msg: qmp_client::Object = serde_json::from_str(text).unwrap();
         halves
             .sink
             .send(&msg, text.as_bytes(), &[fd.as_raw_fd()])

@@ -355,7 +355,7 @@ fn pipelined_replies_come_back_in_input_order() {
     // shell that waited for each reply before sending the next command
     // would never get past the first.
     const SCRIPT: usize = 50;
-    const IN_FLIGHT: usize = qmp::client::OOB_INBAND_WINDOW;
+    const IN_FLIGHT: usize = qmp_client::client::OOB_INBAND_WINDOW;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("wire.log");
     let home = tempfile::tempdir().unwrap();

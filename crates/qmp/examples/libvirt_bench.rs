@@ -4,7 +4,7 @@
 //! process, and so one connection, per command).
 //!
 //! ```sh
-//! cargo run --release -p qmp --example libvirt_bench -- DOMAIN [COUNT] [URI]
+//! cargo run --release -p qmp-client --example libvirt_bench -- DOMAIN [COUNT] [URI]
 //! ```
 //!
 //! COUNT defaults to 500, URI to `qemu:///system`. Prints the time per
@@ -13,8 +13,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use qmp::transport::libvirt::{LibvirtTransport, DEFAULT_URI};
-use qmp::transport::{Received, Transport};
+use qmp_client::transport::libvirt::{LibvirtTransport, DEFAULT_URI};
+use qmp_client::transport::{Received, Transport};
 
 fn main() {
     if let Err(e) = run() {
@@ -54,8 +54,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let t = LibvirtTransport::open(Some(&uri), &domain, false)?;
     let open_time = open_start.elapsed();
     let mut halves = Box::new(t).split()?;
-    let cmd = qmp::command("query-status", None);
-    let encoded = qmp::encode(&cmd);
+    let cmd = qmp_client::command("query-status", None);
+    let encoded = qmp_client::encode(&cmd);
     let mut ours = Vec::with_capacity(count);
     while ours.len() < count {
         let start = Instant::now();

@@ -1,12 +1,12 @@
 //! Connect to a QMP socket, print the QEMU version and the `query-status` result.
 //!
-//! Usage: `cargo run -p qmp --example query_status -- /path/to/qmp.sock`
+//! Usage: `cargo run -p qmp-client --example query_status -- /path/to/qmp.sock`
 //! (a `HOST:PORT` address works too).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use qmp::{Address, Client, ClientOptions};
+use qmp_client::{Address, Client, ClientOptions};
 
 fn main() -> ExitCode {
     let Some(arg) = std::env::args().nth(1) else {

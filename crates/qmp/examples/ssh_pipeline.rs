@@ -4,7 +4,7 @@
 //! through ssh.
 //!
 //! ```text
-//! cargo run --release -p qmp --example ssh_pipeline -- ADDRESS [N] [RUNS] [serial]
+//! cargo run --release -p qmp-client --example ssh_pipeline -- ADDRESS [N] [RUNS] [serial]
 //! ```
 //!
 //! ADDRESS is a UNIX socket path or `ssh://[USER@]HOST[:PORT]/PATH` (ssh run
@@ -17,9 +17,9 @@ use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use qmp::transport::ssh::{SshOptions, SshTransport};
-use qmp::transport::{Halves, Received, Source, Transport};
-use qmp::{Address, Object, StreamTransport};
+use qmp_client::transport::ssh::{SshOptions, SshTransport};
+use qmp_client::transport::{Halves, Received, Source, Transport};
+use qmp_client::{Address, Object, StreamTransport};
 
 fn open(addr: &Address) -> Result<Box<dyn Transport>, String> {
     match addr {
@@ -50,7 +50,7 @@ fn next(source: &mut dyn Source) -> Result<Object, String> {
 
 /// `query-status` with `id`: `{"execute":"query-status","id":ID}`.
 fn query_status(id: u64) -> Object {
-    let mut msg = qmp::command("query-status", None);
+    let mut msg = qmp_client::command("query-status", None);
     msg.insert("id".to_owned(), id.into());
     msg
 }
@@ -67,8 +67,8 @@ fn run(addr: &Address, n: u64, serial: bool) -> Result<(f64, f64), String> {
     if !greeting.contains_key("QMP") {
         return Err(format!("not a QMP greeting: {greeting:?}"));
     }
-    let caps = qmp::command("qmp_capabilities", None);
-    sink.send(&caps, &qmp::encode(&caps), &[])
+    let caps = qmp_client::command("qmp_capabilities", None);
+    sink.send(&caps, &qmp_client::encode(&caps), &[])
         .map_err(|e| e.to_string())?;
     next(&mut *source)?;
     let connect_ms = connect_start.elapsed().as_secs_f64() * 1000.0;
@@ -77,7 +77,7 @@ fn run(addr: &Address, n: u64, serial: bool) -> Result<(f64, f64), String> {
     if serial {
         for id in 0..n {
             let msg = query_status(id);
-            sink.send(&msg, &qmp::encode(&msg), &[])
+            sink.send(&msg, &qmp_client::encode(&msg), &[])
                 .map_err(|e| e.to_string())?;
             while !next(&mut *source)?.contains_key("return") {}
         }
@@ -88,7 +88,7 @@ fn run(addr: &Address, n: u64, serial: bool) -> Result<(f64, f64), String> {
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
         for id in 0..n {
             let msg = query_status(id);
-            sink.send(&msg, &qmp::encode(&msg), &[])?;
+            sink.send(&msg, &qmp_client::encode(&msg), &[])?;
         }
         Ok(())
     });

@@ -24,10 +24,10 @@
 //! # Example
 //!
 //! See also `examples/query_status.rs`
-//! (`cargo run -p qmp --example query_status -- /path/to/qmp.sock`).
+//! (`cargo run -p qmp-client --example query_status -- /path/to/qmp.sock`).
 //!
 //! ```no_run
-//! use qmp::{Address, Client, ClientOptions};
+//! use qmp_client::{Address, Client, ClientOptions};
 //! use std::time::Duration;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -12,7 +12,7 @@ pub type Object = serde_json::Map<String, Value>;
 /// The `"arguments"` key is omitted when `arguments` is `None`.
 ///
 /// ```
-/// let cmd = qmp::command("query-status", None);
+/// let cmd = qmp_client::command("query-status", None);
 /// assert_eq!(serde_json::to_string(&cmd).unwrap(), r#"{"execute":"query-status"}"#);
 /// ```
 pub fn command(name: &str, arguments: Option<Object>) -> Object {

@@ -17,9 +17,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use libvirt::{ensure_libvirtd, unique_name, virsh, TestDomain, URI};
-use qmp::transport::libvirt::{list_domains, LibvirtError, LibvirtTransport};
-use qmp::transport::{Closer, Handshake, Received, Sink, Transport};
-use qmp::Object;
+use qmp_client::transport::libvirt::{list_domains, LibvirtError, LibvirtTransport};
+use qmp_client::transport::{Closer, Handshake, Received, Sink, Transport};
+use qmp_client::Object;
 
 /// How long any single wait on the transport may take (the harness's own
 /// waits, for domains and side sockets, are [`libvirt::WAIT`]).
@@ -108,7 +108,9 @@ impl Session {
 
     fn send(&mut self, json: &str) {
         let msg: Object = serde_json::from_str(json).expect("test JSON");
-        self.sink.send(&msg, &qmp::encode(&msg), &[]).expect("send");
+        self.sink
+            .send(&msg, &qmp_client::encode(&msg), &[])
+            .expect("send");
     }
 
     /// The next message; `None` at the end of the stream.
@@ -415,7 +417,10 @@ fn quit_gives_its_reply_then_shutdown_then_the_end() {
     assert!(got.iter().any(|m| m["event"] == "SHUTDOWN"), "{got:?}");
     // The sink says so once the domain is gone.
     let msg: Object = serde_json::from_str(r#"{"execute":"query-status"}"#).expect("json");
-    let e = s.sink.send(&msg, &qmp::encode(&msg), &[]).unwrap_err();
+    let e = s
+        .sink
+        .send(&msg, &qmp_client::encode(&msg), &[])
+        .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
     s.close();
 }
@@ -484,7 +489,7 @@ fn file_descriptors_go_through_with_files() {
         serde_json::from_str(r#"{"execute":"getfd","arguments":{"fdname":"f0"},"id":"g"}"#)
             .expect("json");
     s.sink
-        .send(&msg, &qmp::encode(&msg), &[file.as_raw_fd()])
+        .send(&msg, &qmp_client::encode(&msg), &[file.as_raw_fd()])
         .expect("send with a descriptor");
     assert_eq!(to_json(&s.reply()), r#"{"return":{},"id":"g"}"#);
     // QEMU has it: closing it by name works once, then fails.
@@ -674,7 +679,10 @@ fn closing_ends_every_thread_promptly_and_leaks_nothing() {
         s.close();
         // The sink fails once closed.
         let msg: Object = serde_json::from_str(r#"{"execute":"query-status"}"#).expect("json");
-        let e = s.sink.send(&msg, &qmp::encode(&msg), &[]).unwrap_err();
+        let e = s
+            .sink
+            .send(&msg, &qmp_client::encode(&msg), &[])
+            .unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::NotConnected);
     }
     // Closing twice, or dropping the halves without closing, is fine too.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use qmp::{command, Address, Client, ClientOptions, Error, Incoming, Listener, Object};
+use qmp_client::{command, Address, Client, ClientOptions, Error, Incoming, Listener, Object};
 use serde_json::Value;
 
 const T: Option<Duration> = Some(Duration::from_secs(20));

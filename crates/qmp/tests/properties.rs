@@ -3,7 +3,7 @@
 //! whatever the cuts, and no input makes it panic or hoard memory.
 
 use proptest::prelude::*;
-use qmp::{encode, Decoder, FrameError, Object};
+use qmp_client::{encode, Decoder, FrameError, Object};
 use serde_json::{Map, Number, Value};
 
 /// JSON values whose strings are full of the characters the frame scanner
@@ -37,7 +37,7 @@ fn message() -> impl Strategy<Value = Object> {
 /// How a message is put on the wire.
 #[derive(Debug, Clone, Copy)]
 enum Wire {
-    /// `qmp::encode`: compact, `\n`.
+    /// `qmp_client::encode`: compact, `\n`.
     Encode,
     /// QEMU's way: `\r\n` after the object.
     Crlf,

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proc::listening;
-use qmp::router::{Router, RouterOptions};
-use qmp::{Address, Client, ClientOptions, Object, StreamTransport, Transport};
+use qmp_client::router::{Router, RouterOptions};
+use qmp_client::{Address, Client, ClientOptions, Object, StreamTransport, Transport};
 use serde_json::Value;
 
 /// Bound on every wait.
@@ -360,7 +360,7 @@ fn events_reach_every_negotiated_client_only() {
     // The upstream's own user sees it too (its queue is unchanged).
     let mut got_stop = false;
     while let Some(item) = client.next_incoming(Some(T)) {
-        if matches!(&item, qmp::Incoming::Event(e) if e.name() == Some("STOP")) {
+        if matches!(&item, qmp_client::Incoming::Event(e) if e.name() == Some("STOP")) {
             got_stop = true;
             break;
         }

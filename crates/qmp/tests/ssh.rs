@@ -13,9 +13,9 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use qmp::transport::ssh::{SshError, SshErrorKind, SshMonitor, SshOptions, SshTransport};
-use qmp::transport::{Closer, Received, Sink, Transport};
-use qmp::{Address, Object};
+use qmp_client::transport::ssh::{SshError, SshErrorKind, SshMonitor, SshOptions, SshTransport};
+use qmp_client::transport::{Closer, Received, Sink, Transport};
+use qmp_client::{Address, Object};
 use serde_json::Value;
 use sshd::{Sshd, HOST};
 
@@ -86,7 +86,9 @@ impl Session {
 
     fn send(&mut self, text: &str) {
         let msg = obj(text);
-        self.sink.send(&msg, &qmp::encode(&msg), &[]).expect("send");
+        self.sink
+            .send(&msg, &qmp_client::encode(&msg), &[])
+            .expect("send");
     }
 
     /// Read the greeting and negotiate.
@@ -345,7 +347,7 @@ fn closing_the_transport_stops_and_reaps_ssh() {
     assert!(monitor.failure().is_none());
     // Later sends fail; closing again is harmless.
     let msg = obj(r#"{"execute": "query-status"}"#);
-    assert!(s.sink.send(&msg, &qmp::encode(&msg), &[]).is_err());
+    assert!(s.sink.send(&msg, &qmp_client::encode(&msg), &[]).is_err());
     (s.closer)();
 }
 

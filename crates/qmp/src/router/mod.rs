@@ -58,8 +58,8 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use qmp::router::{Router, RouterOptions};
-//! use qmp::{Address, Client, ClientOptions};
+//! use qmp_client::router::{Router, RouterOptions};
+//! use qmp_client::{Address, Client, ClientOptions};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let addr: Address = "/run/vm/qmp.sock".parse()?;

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use qmp::{Decoder, Object};
+use qmp_client::{Decoder, Object};
 use tempfile::TempDir;
 
 /// The local libvirtd.

@@ -14,15 +14,15 @@
 //! libvirt transport is asked for.
 //!
 //! ```no_run
-//! use qmp::transport::libvirt::LibvirtTransport;
-//! use qmp::transport::{Received, Transport};
+//! use qmp_client::transport::libvirt::LibvirtTransport;
+//! use qmp_client::transport::{Received, Transport};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let t = LibvirtTransport::open(None, "vm1", false)?;
 //! eprintln!("{}", t.taint_notice());
 //! let mut halves = Box::new(t).split()?;
-//! let cmd = qmp::command("query-status", None);
-//! halves.sink.send(&cmd, &qmp::encode(&cmd), &[])?;
+//! let cmd = qmp_client::command("query-status", None);
+//! halves.sink.send(&cmd, &qmp_client::encode(&cmd), &[])?;
 //! if let Some(Received::Frame(Ok(reply))) = halves.source.receive(&mut |_| {})? {
 //!     println!("{}", serde_json::to_string(&reply)?);
 //! }
