@@ -530,6 +530,32 @@ fn verbose_and_log_through_the_wrap() {
     );
 }
 
+/// The wrap's `-l` log is appended to: two runs, two sessions in it.
+#[test]
+fn the_log_of_the_wrap_is_appended_to() {
+    let logdir = tempfile::tempdir().unwrap();
+    let log = logdir.path().join("audit.log");
+    let log_s = log.to_str().unwrap().to_string();
+    for cmd in ["stop", "query-name"] {
+        let mut args = vec!["-l", &log_s, "-c", cmd];
+        args.extend(qemu_args());
+        let (out, _tmp) = run_wrap(&args, "", SHELL_TIMEOUT);
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    }
+    let lines: Vec<serde_json::Value> = BufReader::new(std::fs::File::open(&log).unwrap())
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).expect("log line is JSON"))
+        .collect();
+    assert_eq!(
+        lines.iter().filter(|v| v.get("QMP").is_some()).count(),
+        2,
+        "{lines:?}"
+    );
+    let stop = lines.iter().position(|v| v["execute"] == "stop");
+    let name = lines.iter().position(|v| v["execute"] == "query-name");
+    assert!(stop.is_some() && stop < name, "{lines:?}");
+}
+
 #[test]
 fn help_and_version() {
     let (out, _tmp) = run_wrap(&["--help"], "", SHELL_TIMEOUT);
