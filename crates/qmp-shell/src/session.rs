@@ -514,10 +514,7 @@ impl Engine {
 
     fn raw_json(&mut self, text: &str) {
         match serde_json::from_str::<Object>(text) {
-            Ok(msg) => {
-                self.echo(&msg);
-                self.send(Request::new(msg), false);
-            }
+            Ok(msg) => self.send(Request::new(msg), false),
             Err(err) => self.parse_error(&format!("not a JSON object: {err}")),
         }
     }
@@ -528,10 +525,7 @@ impl Engine {
         match parsed {
             Err(err) => self.parse_error(&err.to_string()),
             Ok(Parsed::Empty) | Ok(Parsed::Queued) => {}
-            Ok(Parsed::Command(cmd)) => {
-                self.echo(&cmd);
-                self.send(Request::new(cmd), false);
-            }
+            Ok(Parsed::Command(cmd)) => self.send(Request::new(cmd), false),
         }
         if let Some(n) = abandoned {
             self.queue.push_back(Slot::Note(format!(
@@ -627,20 +621,22 @@ impl Engine {
         }
     }
 
+    /// Send `request` (with `-v`, echoed first), unless `--read-only`
+    /// refuses it.
     fn send(&mut self, request: Request, hmp: bool) {
-        {
+        if !hmp {
             let msg = request.message();
-            let name = msg
-                .get("execute")
-                .or_else(|| msg.get("exec-oob"))
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let args = msg.get("arguments").and_then(Value::as_object);
-            if self.cfg.read_only && !hmp && !readonly::allowed(name, args, self.cfg.guest_agent) {
-                return self.refuse(name);
+            if self.read_only_refuses(msg) {
+                return;
             }
-            if !hmp && !self.cfg.guest_agent {
-                self.warn_marked(name, args);
+            self.echo(msg);
+            if !self.cfg.guest_agent {
+                let name = msg
+                    .get("execute")
+                    .or_else(|| msg.get("exec-oob"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                self.warn_marked(name, msg.get("arguments").and_then(Value::as_object));
             }
         }
         match self.client.submit(request) {
@@ -655,6 +651,26 @@ impl Engine {
             }
             Err(err) => self.client_failure(&err),
         }
+    }
+
+    /// Whether `--read-only` refuses the QMP command `msg`; if so, the
+    /// refusal is queued. Asked before anything is done for the command.
+    fn read_only_refuses(&mut self, msg: &Object) -> bool {
+        if !self.cfg.read_only {
+            return false;
+        }
+        let name = msg
+            .get("execute")
+            .or_else(|| msg.get("exec-oob"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let args = msg.get("arguments").and_then(Value::as_object);
+        if readonly::allowed(name, args, self.cfg.guest_agent) {
+            return false;
+        }
+        let name = name.to_owned();
+        self.refuse(&name);
+        true
     }
 
     /// Refuse a command under `--read-only`.
@@ -798,6 +814,9 @@ impl Engine {
     /// `/oob COMMAND ...`: only when out-of-band execution was negotiated
     /// and the schema allows it for the command.
     fn oob(&mut self, msg: Object) {
+        if self.read_only_refuses(&msg) {
+            return;
+        }
         let name = msg
             .get("exec-oob")
             .and_then(Value::as_str)
@@ -822,13 +841,16 @@ impl Engine {
                 );
             }
         }
-        self.echo(&msg);
         self.send(Request::new(msg), false);
     }
 
     /// `/fd [--read-only] PATH COMMAND ...`: the file opened with the
     /// user's rights and handed to QEMU with the command.
     fn fd(&mut self, read_only: bool, path: &str, command: Object) {
+        // Before the file is opened (and maybe created).
+        if self.read_only_refuses(&command) {
+            return;
+        }
         if !self.client.passes_fds() {
             return self.meta_failure(
                 "/fd",
@@ -850,7 +872,6 @@ impl Engine {
                 )
             }
         };
-        self.echo(&command);
         self.send(
             Request::new(command).with_fds(vec![OwnedFd::from(file)]),
             false,

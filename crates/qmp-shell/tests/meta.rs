@@ -269,6 +269,43 @@ fn record_then_play_gives_the_same_replies() {
     assert_eq!(text(&out.stdout), "{\"return\": {}}\n");
 }
 
+/// `--read-only` decides before anything is done: `/fd PATH` creates no
+/// file for a refused command, and `-v` does not echo what is not sent.
+#[test]
+fn read_only_refuses_before_anything_is_done() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.img");
+    let fd = format!("/fd {} add-fd fdset-id=1", path.display());
+    let out = shell(
+        &[
+            "--read-only",
+            "-v",
+            "-c",
+            &fd,
+            "-c",
+            "stop",
+            "-c",
+            "query-name",
+            peer.socket_str(),
+        ],
+        "",
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert!(!path.exists(), "/fd created {}", path.display());
+    assert_eq!(
+        text(&out.stderr),
+        "ERROR: refused by --read-only: add-fd may change the VM; it was not sent\n\
+         ERROR: refused by --read-only: stop may change the VM; it was not sent\n"
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "{\"execute\": \"query-name\", \"arguments\": {}}\n{\"return\": {}}\n"
+    );
+}
+
 #[test]
 fn exit_on_error_sends_nothing_after_the_failure() {
     let peer = Peer::qemu_two_monitors(&["-M", "none"]);
