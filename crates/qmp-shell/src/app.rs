@@ -31,11 +31,14 @@ pub fn is_interactive(common: &Common, commands: &[String]) -> bool {
 /// Run a session on a connected client and return the exit status.
 ///
 /// `guest_agent` (`-N`): the peer is a guest agent, not a QMP monitor.
+/// `qemu_command`: the command line of the QEMU the wrap started (for the
+/// header of `/record` files).
 pub fn run_session(
     client: Arc<Client>,
     common: &Common,
     commands: Vec<String>,
     guest_agent: bool,
+    qemu_command: Option<Vec<String>>,
 ) -> i32 {
     let interactive = is_interactive(common, &commands);
     let style = style(common);
@@ -52,6 +55,7 @@ pub fn run_session(
         read_only: common.read_only,
         exit_on_error: common.exit_on_error,
         progress_bars: interactive && !common.json && std::io::stderr().is_terminal(),
+        qemu_command,
     };
     let out = Box::new(StdOutput::stdio(style, common.json));
     let engine = Engine::new(client, cfg, out, Arc::new(Doorbell::new()));
@@ -203,6 +207,7 @@ fn fan_out(args: ShellArgs, targets: Vec<(String, Target)>) -> i32 {
         read_only: args.common.read_only,
         exit_on_error: args.common.exit_on_error,
         progress_bars: false,
+        qemu_command: None,
     };
     let retry = Retry {
         count: args.retry,
@@ -272,6 +277,7 @@ pub fn main() -> i32 {
         &args.common,
         args.commands,
         args.skip_negotiation,
+        None,
     );
     if matches!(target, Target::Address { .. }) {
         client.close();

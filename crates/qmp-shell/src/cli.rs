@@ -75,7 +75,7 @@ pub struct Common {
     #[arg(short, long)]
     pub pretty: bool,
 
-    /// Save log of all QMP messages to PATH (JSON lines, mode 0600)
+    /// Save log of all QMP messages to PATH (JSON lines, appended; mode 0600)
     #[arg(short = 'l', long = "logfile", value_name = "LOGFILE")]
     pub logfile: Option<PathBuf>,
 

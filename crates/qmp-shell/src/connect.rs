@@ -59,7 +59,8 @@ pub struct Connected {
 }
 
 /// The `-l` log, opened once (mode 0600) and shared by every connection
-/// attempt, so that `--retry` does not start it afresh each time.
+/// attempt. It is an audit trail: an existing log is appended to, never
+/// started afresh (nor by `--retry`).
 #[derive(Clone)]
 pub struct SharedLog(Arc<Mutex<std::fs::File>>);
 
@@ -69,9 +70,9 @@ impl SharedLog {
         path.map(SharedLog::open).transpose()
     }
 
-    /// Open (create or truncate) the log at `path`.
+    /// Open the log at `path`: created, or appended to.
     pub fn open(path: &Path) -> Result<SharedLog, String> {
-        open_private(path, Existing::Truncate)
+        open_private(path, Existing::Append)
             .map(|f| SharedLog(Arc::new(Mutex::new(f))))
             .map_err(|err| {
                 format!(

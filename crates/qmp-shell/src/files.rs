@@ -1,8 +1,8 @@
-//! Opening the files that may hold secrets (the `-l` log, the history) and
-//! nothing else: regular files the user owns are created and kept mode
-//! 0600; a device, a FIFO, `/dev/stderr` or somebody else's file is written
-//! to as it is and never chmod'ed; a symlink planted by another user in a
-//! sticky directory such as `/tmp` is not followed.
+//! Opening the files that may hold secrets (the `-l` log, the history,
+//! `/record` recordings) and nothing else: regular files the user owns are
+//! created and kept mode 0600; a device, a FIFO, `/dev/stderr` or somebody
+//! else's file is written to as it is and never chmod'ed; a symlink planted
+//! by another user in a sticky directory such as `/tmp` is not followed.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -20,6 +20,11 @@ pub enum Existing {
     Truncate,
     /// Write after what is there.
     Append,
+    /// Refuse an existing regular file (an error of kind
+    /// [`io::ErrorKind::AlreadyExists`]), untouched: never truncated nor
+    /// chmod'ed. A device, a FIFO or our own standard output or error is
+    /// written to (after what is there), as with [`Existing::Append`].
+    Refuse,
 }
 
 /// `~/.qmp-shell_history`, shared with the reference.
@@ -33,7 +38,8 @@ pub fn history_path() -> Option<PathBuf> {
 ///
 /// * A new file is created with mode 0600; the descriptor is `O_CLOEXEC`.
 /// * An existing regular file owned by the user is tightened to 0600 and,
-///   with [`Existing::Truncate`], emptied.
+///   with [`Existing::Truncate`], emptied; with [`Existing::Refuse`] any
+///   existing regular file is an error and is left as it is.
 /// * Anything else (a device such as `/dev/null`, a FIFO, a terminal, a
 ///   file of another user that we may write) is written to as it is: never
 ///   chmod'ed, never truncated. So is our own standard output or error
@@ -42,6 +48,36 @@ pub fn history_path() -> Option<PathBuf> {
 /// * A symlink is followed, except one owned by another user in a sticky
 ///   directory (the `/tmp` symlink attack), which is refused.
 pub fn open_private(path: &Path, existing: Existing) -> io::Result<File> {
+    if existing == Existing::Refuse {
+        // O_EXCL: created here, or it was there (even a symlink, which
+        // O_EXCL never follows).
+        match OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(PRIVATE)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+        {
+            Ok(file) => return Ok(file),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        // What is there: a regular file is refused before it is opened,
+        // and so never touched. (Should one appear in between, it is
+        // written after what is there: still never truncated.) A dangling
+        // symlink is followed as below, creating its target.
+        if let Ok(meta) = std::fs::metadata(path) {
+            let ours = [libc::STDOUT_FILENO, libc::STDERR_FILENO]
+                .into_iter()
+                .any(|fd| same_file(&meta, fd));
+            if meta.file_type().is_file() && !ours {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists", path.display()),
+                ));
+            }
+        }
+    }
     // Always O_APPEND: each line goes at the end, even if something else
     // writes to the same file.
     let open = |flags| {
@@ -80,7 +116,10 @@ pub fn open_private(path: &Path, existing: Existing) -> io::Result<File> {
     }
     // SAFETY: geteuid(2) cannot fail.
     let me = unsafe { libc::geteuid() };
-    if meta.file_type().is_file() && meta.uid() == me {
+    // With `Refuse`, a regular file here was created just now (through a
+    // dangling symlink), mode 0600, or appeared since the check: either
+    // way it is left as it is.
+    if meta.file_type().is_file() && meta.uid() == me && existing != Existing::Refuse {
         if meta.mode() & 0o777 != PRIVATE {
             file.set_permissions(std::fs::Permissions::from_mode(PRIVATE))?;
         }
@@ -221,6 +260,39 @@ mod tests {
         assert_eq!(unsafe { libc::lchown(c.as_ptr(), me, me) }, 0);
         open_private(&link, Existing::Truncate).unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "");
+    }
+
+    #[test]
+    fn refuse_leaves_an_existing_file_alone_and_writes_to_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rec");
+        open_private(&p, Existing::Refuse)
+            .unwrap()
+            .write_all(b"new\n")
+            .unwrap();
+        assert_eq!(mode(&p), 0o600);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = open_private(&p, Existing::Refuse).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        // Through a symlink too; neither is changed.
+        let link = dir.path().join("link");
+        symlink(&p, &link).unwrap();
+        let e = open_private(&link, Existing::Refuse).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "new\n");
+        assert_eq!(mode(&p), 0o644);
+        // A device is no file to protect.
+        open_private(Path::new("/dev/null"), Existing::Refuse).unwrap();
+        // A dangling symlink: its target is created.
+        let target = dir.path().join("target");
+        let dangling = dir.path().join("dangling");
+        symlink(&target, &dangling).unwrap();
+        open_private(&dangling, Existing::Refuse)
+            .unwrap()
+            .write_all(b"x")
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "x");
+        assert_eq!(mode(&target), 0o600);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! | --- | --- |
 //! | `/wait [--timeout=SECONDS] EVENT [KEY=VALUE...]` | wait for an event whose `data` matches |
 //! | `/jobs [--timeout=SECONDS]` | follow running jobs and migration until none runs |
-//! | `/record FILE`, `/record off` | write the following command lines to FILE |
+//! | `/record [--append] FILE`, `/record off` | write the following command lines to FILE |
 //! | `/play FILE` | run a script file as if typed |
 //! | `/oob COMMAND [KEY=VALUE...]` | send COMMAND out of band (`exec-oob`) |
 //! | `/fd [--read-only] PATH COMMAND [KEY=VALUE...]` | send COMMAND with PATH opened and attached |
@@ -36,8 +36,13 @@ pub enum Meta {
         /// Give up after this long (a failed command; the jobs go on).
         timeout: Option<Duration>,
     },
-    /// `/record FILE` (`Some`), or `/record off` (`None`).
-    Record(Option<String>),
+    /// `/record [--append] FILE`, or `/record off`.
+    Record {
+        /// The file (`None`: `/record off`).
+        file: Option<String>,
+        /// `--append`: add to an existing file (else one is refused).
+        append: bool,
+    },
     /// `/play FILE`.
     Play(String),
     /// `/oob`: the `{"exec-oob": NAME, "arguments": {...}}` to send.
@@ -64,7 +69,9 @@ Shell commands:
                     previous command count)
   /jobs [--timeout=SECONDS]
                     follow jobs (query-jobs) and migration until none runs
-  /record FILE      write the following command lines to FILE; /record off
+  /record [--append] FILE
+                    write the following command lines to a new FILE (with
+                    --append, add to FILE); /record off stops
   /play FILE        run the lines of FILE as if typed
   /oob COMMAND [KEY=VALUE...]
                     send COMMAND out of band (exec-oob)
@@ -165,11 +172,24 @@ pub fn parse(line: &str) -> Result<Meta, ParseError> {
                 timeout: timeout_option(&opts, U)?,
             })
         }
-        "/record" => match rest {
-            [off] if off == "off" => Ok(Meta::Record(None)),
-            [file] => Ok(Meta::Record(Some(unquote(file)))),
-            _ => Err(usage_of("/record FILE, or /record off")),
-        },
+        "/record" => {
+            const U: &str = "/record [--append] FILE, or /record off";
+            let (opts, rest) = options(rest, &["append"], U)?;
+            if opts.iter().any(|(_, v)| v.is_some()) {
+                return Err(usage_of(U));
+            }
+            let append = !opts.is_empty();
+            match rest {
+                // `--append off` would be ambiguous (`./off` is not).
+                [off] if off == "off" && append => Err(usage_of(U)),
+                [off] if off == "off" => Ok(Meta::Record { file: None, append }),
+                [file] => Ok(Meta::Record {
+                    file: Some(unquote(file)),
+                    append,
+                }),
+                _ => Err(usage_of(U)),
+            }
+        }
         "/play" => match rest {
             [file] => Ok(Meta::Play(unquote(file))),
             _ => Err(usage_of("/play FILE")),
@@ -266,11 +286,31 @@ mod tests {
     #[test]
     fn the_others() {
         assert_eq!(parse("/jobs").unwrap(), Meta::Jobs { timeout: None });
-        assert_eq!(parse("/record off").unwrap(), Meta::Record(None));
+        assert_eq!(
+            parse("/record off").unwrap(),
+            Meta::Record {
+                file: None,
+                append: false
+            }
+        );
         assert_eq!(
             parse(r#"/record "my file.txt""#).unwrap(),
-            Meta::Record(Some("my file.txt".into()))
+            Meta::Record {
+                file: Some("my file.txt".into()),
+                append: false
+            }
         );
+        assert_eq!(
+            parse("/record --append a.qmp").unwrap(),
+            Meta::Record {
+                file: Some("a.qmp".into()),
+                append: true
+            }
+        );
+        assert!(parse("/record --append off").is_err());
+        assert!(parse("/record --append").is_err());
+        assert!(parse("/record --append=x a.qmp").is_err());
+        assert!(parse("/record a b").is_err());
         assert_eq!(parse("/play a.qmp").unwrap(), Meta::Play("a.qmp".into()));
         assert_eq!(
             parse("/oob migrate-pause").unwrap(),

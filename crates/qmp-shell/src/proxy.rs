@@ -64,7 +64,7 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "PATH")]
     pub listen: PathBuf,
 
-    /// Log every message exchanged with TARGET to LOGFILE (JSON lines, mode 0600)
+    /// Log every message exchanged with TARGET to LOGFILE (JSON lines, appended; mode 0600)
     #[arg(short = 'l', long = "logfile", value_name = "LOGFILE")]
     pub logfile: Option<PathBuf>,
 

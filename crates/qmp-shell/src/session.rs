@@ -84,6 +84,9 @@ pub struct Config {
     pub exit_on_error: bool,
     /// `/jobs` draws progress bars (a terminal) rather than JSON lines.
     pub progress_bars: bool,
+    /// The command line of the QEMU that `qmp-shell-wrap` started, for the
+    /// header of a `/record` file.
+    pub qemu_command: Option<Vec<String>>,
 }
 
 /// Events kept for `/wait` at most (those since the last command sent).
@@ -204,10 +207,19 @@ pub struct Engine {
     /// Warnings given already (each once per session).
     warned: HashSet<String>,
     /// `/record`: where command lines go.
-    record: Option<File>,
-    /// `/play`: lines still to run, and whether they come from a file.
+    record: Option<Recording>,
+    /// The lines of the transaction or raw JSON message being read, kept
+    /// until it is sent (then recorded) or dropped (then recorded as
+    /// comments). `None` stands for a line kept out of recordings.
+    unit: Vec<Option<String>>,
+    /// The line being run failed before anything was sent (a parse error,
+    /// a refusal): it is recorded as a comment.
+    unsent: bool,
+    /// `/play`: lines still to run, whether they come from a file, and
+    /// which.
     playback: VecDeque<String>,
     playing: bool,
+    play_path: String,
     /// A copy of every event, for `/wait` and `/jobs` (kept alive here).
     _tap: EventTap,
     tapped: Arc<TapBuffer>,
@@ -257,8 +269,11 @@ impl Engine {
             store: Arc::new(SchemaStore::new()),
             warned: HashSet::new(),
             record: None,
+            unit: Vec::new(),
+            unsent: false,
             playback: VecDeque::new(),
             playing: false,
+            play_path: String::new(),
             _tap: tap,
             tapped,
             recent: VecDeque::new(),
@@ -319,7 +334,10 @@ impl Engine {
     }
 
     /// Run the next line of a `/play` file, if one is waiting and the
-    /// engine takes input. Returns `true` when it ran one.
+    /// engine takes input. Returns `true` when it ran one. At a terminal
+    /// (live events), the line is shown after its prompt, as if typed.
+    /// The file ends what it opened: a transaction or raw JSON message
+    /// still open after its last line is abandoned, a failed command.
     pub fn play_next(&mut self) -> bool {
         if !self.wants_input() {
             return false;
@@ -328,9 +346,19 @@ impl Engine {
             self.playing = false;
             return false;
         };
-        self.run_line(&line);
-        if self.playback.is_empty() {
+        if self.cfg.live_events {
+            let prompt = if self.raw.is_some() {
+                ""
+            } else {
+                self.prompt()
+            };
+            self.queue
+                .push_back(Slot::Text(format!("{prompt}{line}\n")));
+        }
+        self.take_line(&line);
+        if self.playback.is_empty() && self.playing {
             self.playing = false;
+            self.unfinished(&format!("/play: {} ends", self.play_path));
         }
         true
     }
@@ -394,28 +422,82 @@ impl Engine {
         if self.stop.is_some() {
             return;
         }
-        // `/record` lines are not recorded; a `/play` line is recorded as
-        // the lines it plays (see `play`), so a recording plays back alone.
-        let first = line.split_whitespace().next().unwrap_or_default();
-        if first != "/record" && first != "/play" {
-            self.record_line(line);
-        }
-        self.run_line(line);
+        self.take_line(line);
     }
 
-    fn record_line(&mut self, line: &str) {
-        if let Some(file) = self.record.as_mut() {
-            let ok = file
-                .write_all(line.as_bytes())
-                .and_then(|()| file.write_all(b"\n"))
-                .and_then(|()| file.flush());
-            if let Err(err) = ok {
-                self.record = None;
-                self.queue.push_back(Slot::Note(format!(
-                    "ERROR: /record: cannot write: {}; recording stopped\n",
-                    python_io_error(&err)
-                )));
+    /// Run a line, typed or played, and record it.
+    ///
+    /// A recording holds what was sent: each line once what it belongs to
+    /// is complete (a transaction when it is closed, a raw JSON message
+    /// when it ends), as it was typed; what was not sent (a parse error,
+    /// a refusal, an abandoned transaction) only as `# not sent: ` comments,
+    /// which replay skips; a line starting with a space (kept out of
+    /// history too) as a comment saying so. `/record` lines are not
+    /// recorded, nor a shell command at the `TRANS>` prompt (refused); a
+    /// `/play` line is recorded as the lines it plays, so a recording plays
+    /// back alone.
+    fn take_line(&mut self, line: &str) {
+        let trimmed = line.trim();
+        let first = trimmed.split_whitespace().next().unwrap_or_default();
+        if self.raw.is_none()
+            && (first == "/record"
+                || first == "/play"
+                || (self.in_transaction() && meta::is_meta(trimmed)))
+        {
+            return self.run_line(line);
+        }
+        if self.raw.is_none() && self.in_transaction() && first == "transaction(" {
+            // It drops the transaction open so far: none of it was sent.
+            self.unit_done(false);
+        }
+        self.unit
+            .push((!line.starts_with(' ')).then(|| line.to_owned()));
+        self.unsent = false;
+        self.run_line(line);
+        if self.raw.is_none() && !self.in_transaction() {
+            let sent = !self.unsent;
+            self.unit_done(sent);
+        }
+    }
+
+    /// The lines of the unit (see [`Engine::take_line`]) are done with:
+    /// recorded as they are when `sent`, else as comments.
+    fn unit_done(&mut self, sent: bool) {
+        let lines = std::mem::take(&mut self.unit);
+        if self.record.is_none() || lines.is_empty() {
+            return;
+        }
+        let mut text = String::new();
+        for line in lines {
+            match line {
+                None => text.push_str(HIDDEN_LINE),
+                Some(line) if sent => text.push_str(&line),
+                Some(line) => {
+                    text.push_str("# not sent: ");
+                    text.push_str(&line);
+                }
             }
+            text.push('\n');
+        }
+        self.write_record(&text);
+    }
+
+    /// Add `text` to the recording; a write error stops it, with a note.
+    fn write_record(&mut self, text: &str) {
+        let Some(rec) = self.record.as_mut() else {
+            return;
+        };
+        let ok = rec
+            .file
+            .write_all(text.as_bytes())
+            .and_then(|()| rec.file.flush());
+        if let Err(err) = ok {
+            self.queue.push_back(Slot::Note(format!(
+                "ERROR: /record: cannot write to {}: {}; recording stopped\n",
+                rec.path,
+                python_io_error(&err)
+            )));
+            self.record = None;
         }
     }
 
@@ -443,6 +525,9 @@ impl Engine {
         }
         if self.cfg.hmp {
             return self.hmp(line);
+        }
+        if self.parser.in_transaction() && meta::is_meta(trimmed) {
+            return self.meta_in_transaction(trimmed);
         }
         if !self.parser.in_transaction() {
             if meta::is_meta(trimmed) {
@@ -472,28 +557,37 @@ impl Engine {
     /// Input ended: an unfinished transaction or raw JSON message is an
     /// error, and nothing of it is sent.
     pub fn end_of_input(&mut self) {
-        if self.raw.take().is_some() {
-            self.failure(
-                "ERROR: end of input inside a raw JSON message; it was not sent\n".to_owned(),
-                "ParseError",
-                "end of input inside a raw JSON message".to_owned(),
-            );
-        }
-        if let Some(n) = self.parser.abort_transaction() {
-            self.failure(
-                format!(
-                    "ERROR: end of input inside a transaction: {} not sent\n",
-                    actions(n)
-                ),
-                "ParseError",
-                "end of input inside a transaction".to_owned(),
-            );
-        }
+        self.unfinished("end of input");
         if self.cfg.json && !self.cfg.live_events {
             // The events of the last commands, which over libvirt may trail
             // their replies, are printed before the end.
             self.queue.push_back(Slot::Barrier);
             self.barriers += 1;
+        }
+    }
+
+    /// The input that was to finish an open transaction or raw JSON
+    /// message ended (`what`: `end of input`, `/play: FILE ends`): it is a
+    /// failed command, and nothing of it is sent.
+    fn unfinished(&mut self, what: &str) {
+        if self.raw.take().is_some() {
+            self.failure(
+                format!("ERROR: {what} inside a raw JSON message; it was not sent\n"),
+                "ParseError",
+                format!("{what} inside a raw JSON message"),
+            );
+            self.unit_done(false);
+        }
+        if let Some(n) = self.parser.abort_transaction() {
+            self.failure(
+                format!(
+                    "ERROR: {what} inside a transaction: {} not sent\n",
+                    actions(n)
+                ),
+                "ParseError",
+                format!("{what} inside a transaction"),
+            );
+            self.unit_done(false);
         }
     }
 
@@ -506,6 +600,7 @@ impl Engine {
                     "transaction abandoned: {} not sent\n",
                     actions(n)
                 )));
+                self.unit_done(false);
                 true
             }
             None => false,
@@ -514,10 +609,7 @@ impl Engine {
 
     fn raw_json(&mut self, text: &str) {
         match serde_json::from_str::<Object>(text) {
-            Ok(msg) => {
-                self.echo(&msg);
-                self.send(Request::new(msg), false);
-            }
+            Ok(msg) => self.send(Request::new(msg), false),
             Err(err) => self.parse_error(&format!("not a JSON object: {err}")),
         }
     }
@@ -528,10 +620,7 @@ impl Engine {
         match parsed {
             Err(err) => self.parse_error(&err.to_string()),
             Ok(Parsed::Empty) | Ok(Parsed::Queued) => {}
-            Ok(Parsed::Command(cmd)) => {
-                self.echo(&cmd);
-                self.send(Request::new(cmd), false);
-            }
+            Ok(Parsed::Command(cmd)) => self.send(Request::new(cmd), false),
         }
         if let Some(n) = abandoned {
             self.queue.push_back(Slot::Note(format!(
@@ -627,20 +716,22 @@ impl Engine {
         }
     }
 
+    /// Send `request` (with `-v`, echoed first), unless `--read-only`
+    /// refuses it.
     fn send(&mut self, request: Request, hmp: bool) {
-        {
+        if !hmp {
             let msg = request.message();
-            let name = msg
-                .get("execute")
-                .or_else(|| msg.get("exec-oob"))
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let args = msg.get("arguments").and_then(Value::as_object);
-            if self.cfg.read_only && !hmp && !readonly::allowed(name, args, self.cfg.guest_agent) {
-                return self.refuse(name);
+            if self.read_only_refuses(msg) {
+                return;
             }
-            if !hmp && !self.cfg.guest_agent {
-                self.warn_marked(name, args);
+            self.echo(msg);
+            if !self.cfg.guest_agent {
+                let name = msg
+                    .get("execute")
+                    .or_else(|| msg.get("exec-oob"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                self.warn_marked(name, msg.get("arguments").and_then(Value::as_object));
             }
         }
         match self.client.submit(request) {
@@ -655,6 +746,26 @@ impl Engine {
             }
             Err(err) => self.client_failure(&err),
         }
+    }
+
+    /// Whether `--read-only` refuses the QMP command `msg`; if so, the
+    /// refusal is queued. Asked before anything is done for the command.
+    fn read_only_refuses(&mut self, msg: &Object) -> bool {
+        if !self.cfg.read_only {
+            return false;
+        }
+        let name = msg
+            .get("execute")
+            .or_else(|| msg.get("exec-oob"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let args = msg.get("arguments").and_then(Value::as_object);
+        if readonly::allowed(name, args, self.cfg.guest_agent) {
+            return false;
+        }
+        let name = name.to_owned();
+        self.refuse(&name);
+        true
     }
 
     /// Refuse a command under `--read-only`.
@@ -696,9 +807,10 @@ impl Engine {
         let parsed = match meta::parse(line) {
             Ok(parsed) => parsed,
             Err(err) => {
+                self.unsent = true;
                 return self
                     .queue
-                    .push_back(meta_error(&name, "ParseError", err.to_string()))
+                    .push_back(meta_error(&name, "ParseError", err.to_string()));
             }
         };
         match parsed {
@@ -708,7 +820,7 @@ impl Engine {
                 path,
                 command,
             } => self.fd(read_only, &path, command),
-            Meta::Record(path) => self.start_record(path.as_deref()),
+            Meta::Record { file, append } => self.start_record(file.as_deref(), append),
             Meta::Play(path) => self.play(&path),
             Meta::Wait {
                 timeout,
@@ -792,12 +904,30 @@ impl Engine {
     }
 
     fn meta_failure(&mut self, name: &str, text: String) {
+        self.unsent = true;
         self.queue.push_back(meta_error(name, "GenericError", text));
+    }
+
+    /// A shell command at the `TRANS>` prompt: `/record` runs; the others
+    /// cannot be part of a transaction and are refused. The transaction
+    /// stays open either way.
+    fn meta_in_transaction(&mut self, line: &str) {
+        let name = line.split_whitespace().next().unwrap_or("/").to_owned();
+        if name == "/record" {
+            return self.meta(line);
+        }
+        self.meta_failure(
+            &name,
+            "not run inside a transaction, which stays open (end it with a line \")\")".to_owned(),
+        );
     }
 
     /// `/oob COMMAND ...`: only when out-of-band execution was negotiated
     /// and the schema allows it for the command.
     fn oob(&mut self, msg: Object) {
+        if self.read_only_refuses(&msg) {
+            return;
+        }
         let name = msg
             .get("exec-oob")
             .and_then(Value::as_str)
@@ -822,13 +952,16 @@ impl Engine {
                 );
             }
         }
-        self.echo(&msg);
         self.send(Request::new(msg), false);
     }
 
     /// `/fd [--read-only] PATH COMMAND ...`: the file opened with the
     /// user's rights and handed to QEMU with the command.
     fn fd(&mut self, read_only: bool, path: &str, command: Object) {
+        // Before the file is opened (and maybe created).
+        if self.read_only_refuses(&command) {
+            return;
+        }
         if !self.client.passes_fds() {
             return self.meta_failure(
                 "/fd",
@@ -850,26 +983,79 @@ impl Engine {
                 )
             }
         };
-        self.echo(&command);
         self.send(
             Request::new(command).with_fds(vec![OwnedFd::from(file)]),
             false,
         );
     }
 
-    /// `/record FILE` or `/record off`.
-    fn start_record(&mut self, path: Option<&str>) {
-        self.record = None;
+    /// `/record [--append] FILE` or `/record off`. A new recording starts
+    /// with a header of comments. An existing file is refused unless
+    /// `append`; if it cannot be opened, a recording going on goes on.
+    fn start_record(&mut self, path: Option<&str>, append: bool) {
         let Some(path) = path else {
+            self.record = None;
             return;
         };
-        match open_private(Path::new(path), Existing::Truncate) {
-            Ok(file) => self.record = Some(file),
-            Err(err) => self.meta_failure(
-                "/record",
-                format!("cannot open {path}: {}", python_io_error(&err)),
-            ),
+        let how = if append {
+            Existing::Append
+        } else {
+            Existing::Refuse
+        };
+        match open_private(Path::new(path), how) {
+            Ok(file) => {
+                self.record = Some(Recording {
+                    file,
+                    path: path.to_owned(),
+                });
+                let header = self.record_header();
+                self.write_record(&header);
+            }
+            Err(err) => {
+                let mut text = if err.kind() == io::ErrorKind::AlreadyExists {
+                    let quoted = quote_word(path);
+                    format!("{path} exists; to add to it: /record --append {quoted}")
+                } else {
+                    format!("cannot open {path}: {}", python_io_error(&err))
+                };
+                if let Some(rec) = &self.record {
+                    text.push_str(&format!(" (still recording to {})", rec.path));
+                }
+                self.meta_failure("/record", text);
+            }
         }
+    }
+
+    /// The comments that start a recording: when, which shell, which QEMU
+    /// (its version, and the command line the wrap started it with), and
+    /// whether the lines are for a guest agent.
+    fn record_header(&self) -> String {
+        let mut text = format!(
+            "# qmp-shell {} recording, {}\n",
+            env!("CARGO_PKG_VERSION"),
+            utc_now()
+        );
+        let greeting = self.client.greeting();
+        if let Some((major, minor, micro)) = greeting.and_then(|g| g.version()) {
+            text.push_str(&format!("# QEMU {major}.{minor}.{micro}"));
+            let package = greeting
+                .and_then(|g| g.body.get("QMP"))
+                .and_then(|q| q["version"]["package"].as_str())
+                .map(str::trim)
+                .unwrap_or_default();
+            if !package.is_empty() {
+                text.push_str(&format!(" ({package})"));
+            }
+            text.push('\n');
+        }
+        if let Some(argv) = &self.cfg.qemu_command {
+            let words: Vec<String> = argv.iter().map(|w| quote_word(w)).collect();
+            text.push_str(&format!("# QEMU command line: {}\n", words.join(" ")));
+        }
+        if self.cfg.guest_agent {
+            text.push_str("# guest agent commands: play them with qmp-shell -N\n");
+        }
+        text
     }
 
     /// `/play FILE`: its lines run as if typed, after this one.
@@ -897,16 +1083,17 @@ impl Engine {
             }
         };
         let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        for line in &lines {
-            self.record_line(line);
-        }
         self.playing = !lines.is_empty();
+        self.play_path = path.to_owned();
         self.playback.extend(lines);
     }
 
     /// Drop the rest of a `/play` file (Ctrl-C); returns how many lines.
+    /// A transaction the file opened is abandoned.
     pub fn stop_playing(&mut self) -> usize {
-        self.playing = false;
+        if std::mem::take(&mut self.playing) {
+            self.abandon_transaction();
+        }
         std::mem::take(&mut self.playback).len()
     }
 
@@ -935,6 +1122,7 @@ impl Engine {
     }
 
     fn failure(&mut self, diag: String, class: &'static str, desc: String) {
+        self.unsent = true;
         self.queue.push_back(Slot::Failure { diag, class, desc });
     }
 
@@ -1430,6 +1618,68 @@ impl Engine {
     }
 }
 
+/// What `/record` writes to.
+struct Recording {
+    file: File,
+    /// As the user gave it, for messages.
+    path: String,
+}
+
+/// What a recording holds for a line that starts with a space.
+const HIDDEN_LINE: &str = "# (a line starting with a space: kept out of the recording)";
+
+/// `word` as the shell's tokenizer reads it back: in double quotes (with
+/// `\\` and `\"` escaped) if it has blanks or quotes, else as it is. Also
+/// readable by a POSIX shell for the usual words.
+fn quote_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_alphanumeric() || "-_./=:,@%+^".contains(c));
+    if plain {
+        return word.to_owned();
+    }
+    let mut quoted = String::from("\"");
+    for c in word.chars() {
+        if matches!(c, '"' | '\\' | '$' | '`') {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
+/// The time now, UTC: `2025-06-01 12:34:56 UTC`.
+fn utc_now() -> String {
+    utc_time(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+/// `secs` after the Unix epoch, UTC: `2025-06-01 12:34:56 UTC`.
+fn utc_time(secs: u64) -> String {
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
+}
+
 /// A failed shell command `name` (`/wait`, say): `ERROR: NAME: TEXT` on
 /// standard error, and with `--json` an error object of `class`.
 fn meta_error(name: &str, class: &'static str, text: String) -> Slot {
@@ -1461,4 +1711,30 @@ fn ready(body: Object) -> Pending {
 /// A [`Pending`] already failed with [`QmpError::Disconnected`].
 fn ready_err() -> Pending {
     Pending::resolved(Err(QmpError::Disconnected))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shorthand::{tokenize, unquote};
+
+    #[test]
+    fn quoted_words_read_back_as_one_token() {
+        assert_eq!(quote_word("/tmp/a-b_c.qmp"), "/tmp/a-b_c.qmp");
+        assert_eq!(quote_word("my file"), "\"my file\"");
+        for word in ["my file", "a\"b", "back\\slash", "$HOME `x`", "it's", ""] {
+            let quoted = quote_word(word);
+            let tokens = tokenize(&format!("/record --append {quoted}"));
+            assert_eq!(tokens.len(), 3, "{word:?}: {tokens:?}");
+            assert_eq!(unquote(&tokens[2]), word, "{quoted}");
+        }
+    }
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_time(1_748_781_296), "2025-06-01 12:34:56 UTC");
+        assert_eq!(utc_time(4_102_444_799), "2099-12-31 23:59:59 UTC");
+    }
 }

@@ -321,7 +321,13 @@ pub fn main() -> i32 {
             },
             None => None,
         };
-        let code = run_session(c, &args.common, args.commands.clone(), false);
+        let code = run_session(
+            c,
+            &args.common,
+            args.commands.clone(),
+            false,
+            Some(argv.clone()),
+        );
         // Before QEMU is stopped: the other clients are disconnected and
         // the socket removed.
         if let Some(router) = router {

@@ -264,6 +264,43 @@ fn a_symlink_of_another_user_in_a_sticky_directory_is_not_followed() {
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
 }
 
+/// A log that is the user's own symlink in `/tmp` (a sticky directory):
+/// followed, and its target appended to by each session, not truncated;
+/// the symlink stays a symlink.
+#[test]
+fn our_own_log_symlink_in_a_sticky_directory_is_appended_to() {
+    let peer = Peer::qemu_none();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let target = dir.path().join("audit.log");
+    std::fs::write(&target, "{\"earlier\": true}\n").unwrap();
+    let link = dir.path().join("qmp.log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    for cmd in ["stop", "cont"] {
+        let out = run_shell(
+            &ours(),
+            &["-l", link.to_str().unwrap(), "-c", cmd, peer.socket_str()],
+            "",
+            SHELL_TIMEOUT,
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    }
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(mode(&target), 0o600);
+    let log = log_lines(&target);
+    assert_eq!(log[0], serde_json::json!({"earlier": true}), "{log:?}");
+    let sent: Vec<&str> = log
+        .iter()
+        .filter_map(|v| v["execute"].as_str())
+        .filter(|name| *name != "qmp_capabilities")
+        .collect();
+    assert_eq!(sent, ["stop", "cont"], "{log:?}");
+    assert_eq!(log.iter().filter(|v| v.get("QMP").is_some()).count(), 2);
+}
+
 #[test]
 fn retry_does_not_start_the_log_afresh() {
     let dir = tempfile::tempdir().unwrap();

@@ -118,25 +118,51 @@ fn log_records_every_message_in_order_with_mode_0600() {
     );
 }
 
+/// The sessions of a log appended to by several runs: the lines of each,
+/// split at its greeting (every line must be JSON).
+fn sessions(text: &str) -> Vec<Vec<Value>> {
+    let mut sessions: Vec<Vec<Value>> = Vec::new();
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line:?}\n{text}"));
+        if v.get("QMP").is_some() {
+            sessions.push(Vec::new());
+        }
+        sessions
+            .last_mut()
+            .unwrap_or_else(|| panic!("log does not start with a greeting:\n{text}"))
+            .push(v);
+    }
+    sessions
+}
+
+/// A log is an audit trail: `-l audit.log -c stop` then `-l audit.log -c
+/// cont` keeps both sessions, after what the file held, and the file is
+/// made 0600 (the reference truncates: a documented difference).
 #[test]
-fn existing_log_is_truncated_and_made_0600() {
+fn an_existing_log_is_appended_to_and_made_0600() {
     let peer = Peer::qemu_none();
     let dir = tempfile::tempdir().unwrap();
-    let log_path = dir.path().join("old.log");
-    std::fs::write(&log_path, "old content, not JSON\n".repeat(100)).unwrap();
+    let log_path = dir.path().join("audit.log");
+    let old = "old content, not JSON\n".repeat(3);
+    std::fs::write(&log_path, &old).unwrap();
     std::fs::set_permissions(&log_path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    assert_eq!(mode(&log_path), 0o644);
-    let out = run_shell(
-        &ours(),
-        &["--logfile", log_path.to_str().unwrap(), peer.socket_str()],
-        "query-name\n",
-        T,
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    assert_eq!(mode(&log_path), 0o600);
-    let log = read_log(&log_path);
-    check_session(&log, &["query-name"]);
-    assert_eq!(log.len(), 5, "{log:#?}");
+    let log_s = log_path.to_str().unwrap();
+    for (flag, cmd) in [("--logfile", "stop"), ("-l", "cont")] {
+        let out = run_shell(&ours(), &[flag, log_s, "-c", cmd, peer.socket_str()], "", T);
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+        assert_eq!(mode(&log_path), 0o600);
+    }
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let rest = text
+        .strip_prefix(&old)
+        .unwrap_or_else(|| panic!("what the log held is gone:\n{text}"));
+    let sessions = sessions(rest);
+    assert_eq!(sessions.len(), 2, "{rest}");
+    check_session(&sessions[0], &["stop"]);
+    check_session(&sessions[1], &["cont"]);
+    assert!(sessions[0].iter().any(|v| v["event"] == "STOP"), "{rest}");
+    assert!(sessions[1].iter().all(|v| v["execute"] != "stop"), "{rest}");
 }
 
 #[test]

@@ -231,8 +231,9 @@ fn record_then_play_gives_the_same_replies() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&rec).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+    let (_, rest) = recording(&rec);
     assert_eq!(
-        std::fs::read_to_string(&rec).unwrap(),
+        rest,
         "query-status\nqom-get path=/machine property=type\ntransaction(\nabort\n)\n"
     );
     let recorded = &json_lines(&first.stdout)[1..4];
@@ -267,6 +268,392 @@ fn record_then_play_gives_the_same_replies() {
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));
     assert_eq!(text(&out.stderr), "ERROR: /play: nested /play is refused\n");
     assert_eq!(text(&out.stdout), "{\"return\": {}}\n");
+}
+
+/// A recording split into its header (the comment lines it starts with,
+/// checked: when, which shell, which QEMU) and the rest.
+fn recording(path: &Path) -> (Vec<String>, String) {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let header: Vec<String> = text
+        .lines()
+        .take_while(|l| l.starts_with("# ") && !l.starts_with("# not sent: "))
+        .map(str::to_owned)
+        .collect();
+    let rest: String = text
+        .lines()
+        .skip(header.len())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    check_header(&header, &text);
+    (header, rest)
+}
+
+fn check_header(header: &[String], text: &str) {
+    assert!(
+        header.len() >= 2
+            && header[0].starts_with("# qmp-shell ")
+            && header[0].contains(" recording, 20")
+            && header[0].ends_with(" UTC")
+            && header[1].starts_with("# QEMU 7."),
+        "not a recording's header:\n{text}"
+    );
+}
+
+/// `/record FILE` never destroys a file: an existing one (or a symlink to
+/// one) is refused, untouched, with the way to add to it; `--append` adds
+/// to it (after a header), with the rules of `-l` (made 0600).
+#[test]
+fn record_refuses_an_existing_file_and_append_adds_to_it() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("session.qmp");
+    std::fs::write(&file, "precious\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let link = dir.path().join("link.qmp");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let (f, l) = (file.to_str().unwrap(), link.to_str().unwrap());
+    let out = shell(
+        &["--exit-status", peer.socket_str()],
+        &format!("/record {f}\nquery-name\n/record {l}\nquery-name\n"),
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "ERROR: /record: {f} exists; to add to it: /record --append {f}\n\
+             ERROR: /record: {l} exists; to add to it: /record --append {l}\n"
+        )
+    );
+    assert_eq!(text(&out.stdout).matches("{\"return\": {}}").count(), 2);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious\n");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o644);
+    // --append, through the symlink: after what is there.
+    let out = shell(
+        &["--exit-status", peer.socket_str()],
+        &format!("/record --append {l}\nquery-status\n/record off\nquery-name\n"),
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let text_now = std::fs::read_to_string(&file).unwrap();
+    let added = text_now
+        .strip_prefix("precious\n")
+        .unwrap_or_else(|| panic!("{text_now}"));
+    let header: Vec<String> = added.lines().take(2).map(str::to_owned).collect();
+    check_header(&header, added);
+    assert!(added.ends_with("\nquery-status\n"), "{added}");
+    assert_eq!(mode(&file), 0o600);
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // A name with a space: the hint quotes it.
+    let spaced = dir.path().join("my session.qmp");
+    std::fs::write(&spaced, "").unwrap();
+    let out = shell(
+        &[peer.socket_str()],
+        &format!("/record \"{}\"\n", spaced.display()),
+        cache.path(),
+    );
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "ERROR: /record: {0} exists; to add to it: /record --append \"{0}\"\n",
+            spaced.display()
+        )
+    );
+}
+
+/// What users do next: `/record` twice in a row (the second is refused
+/// and the first goes on), `/record off` then `/record` the same file
+/// (refused), then `--append` (a second header); lines starting with a
+/// space stay out, as they stay out of history.
+#[test]
+fn record_twice_then_again_after_off() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("a.qmp");
+    let r = rec.to_str().unwrap();
+    let script = format!(
+        "/record {r}\nquery-name\n/record {r}\nquery-status\n  qom-get path=/machine property=type\n\
+         /record off\n/record {r}\n/record --append {r}\nquery-version\n/record off\n"
+    );
+    let out = shell(&[peer.socket_str()], &script, cache.path());
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "ERROR: /record: {r} exists; to add to it: /record --append {r} \
+             (still recording to {r})\n\
+             ERROR: /record: {r} exists; to add to it: /record --append {r}\n"
+        )
+    );
+    let (_, rest) = recording(&rec);
+    let (before, after) = rest
+        .split_once("# (a line starting with a space: kept out of the recording)\n")
+        .unwrap_or_else(|| panic!("{rest}"));
+    assert_eq!(before, "query-name\nquery-status\n", "{rest}");
+    let header: Vec<String> = after.lines().take(2).map(str::to_owned).collect();
+    check_header(&header, after);
+    assert_eq!(after.lines().count(), 3, "{rest}");
+    assert!(after.ends_with("\nquery-version\n"), "{rest}");
+    // It plays back alone: comments skipped.
+    let played = shell(
+        &["--json", "--exit-status", peer.socket_str()],
+        &std::fs::read_to_string(&rec).unwrap(),
+        cache.path(),
+    );
+    assert_eq!(played.status.code(), Some(0), "{}", show(&played));
+    assert_eq!(json_lines(&played.stdout).len(), 3, "{}", show(&played));
+}
+
+/// A recording holds what was sent: a transaction abandoned by a bad line
+/// and a line that does not parse are only comments, so a replay with
+/// `-e` runs to the end and leaves the VM as the session did.
+#[test]
+fn a_recording_keeps_only_comments_of_what_was_not_sent() {
+    let peer = Peer::qemu_two_monitors(&["-M", "none"]);
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("s.qmp");
+    let script = format!(
+        "/record {}\n\
+         blockdev-add driver=null-co node-name=n0\n\
+         transaction(\n\
+         block-dirty-bitmap-add node=n0 name=b0\n\
+         block-dirty-bitmap-add oops\n\
+         query-name bad\n\
+         {{\"execute\": \n\"nope\",}}\n\
+         stop\n\
+         /record off\n\
+         cont\n",
+        rec.display()
+    );
+    let out = shell(&[peer.socket_str()], &script, cache.path());
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let (_, rest) = recording(&rec);
+    assert_eq!(
+        rest,
+        "blockdev-add driver=null-co node-name=n0\n\
+         # not sent: transaction(\n\
+         # not sent: block-dirty-bitmap-add node=n0 name=b0\n\
+         # not sent: block-dirty-bitmap-add oops\n\
+         # not sent: query-name bad\n\
+         # not sent: {\"execute\": \n\
+         # not sent: \"nope\",}\n\
+         stop\n"
+    );
+    // Replayed with -e on the same VM, as it was before (running, no n0):
+    // it ends stopped, as the session left it before `cont`.
+    let replay = run_shell_env(
+        &ours(),
+        &["-e", "-c", "blockdev-del node-name=n0", peer.socket_str()],
+        "",
+        SHELL_TIMEOUT,
+        &[("XDG_CACHE_HOME", cache.path().to_str().unwrap())],
+    );
+    assert_eq!(replay.status.code(), Some(0), "{}", show(&replay));
+    assert_eq!(status_of(peer.second_socket())["return"]["running"], true);
+    let replay = shell(
+        &["-e", peer.socket_str()],
+        &std::fs::read_to_string(&rec).unwrap(),
+        cache.path(),
+    );
+    assert_eq!(replay.status.code(), Some(0), "{}", show(&replay));
+    assert_eq!(text(&replay.stderr), "", "{}", show(&replay));
+    assert_eq!(status_of(peer.second_socket())["return"]["running"], false);
+}
+
+/// A shell command at the `TRANS>` prompt is never an action: `/record`
+/// runs (`off` stops recording, `FILE` starts it, and the transaction is
+/// recorded whole when sent), the others are refused with one line; the
+/// transaction stays open either way, and nothing is done for a refused
+/// command (`/fd` creates no file).
+#[test]
+fn shell_commands_inside_a_transaction_run_or_are_refused() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (rec1, rec2) = (dir.path().join("1.qmp"), dir.path().join("2.qmp"));
+    let log = dir.path().join("log");
+    let fd = dir.path().join("never-created");
+    let script = format!(
+        "/record {}\n\
+         blockdev-add driver=null-co node-name=n0\n\
+         transaction(\n\
+         block-dirty-bitmap-add node=n0 name=b0\n\
+         /jobs\n\
+         /wait STOP\n\
+         /play {}\n\
+         /fd {} add-fd fdset-id=1\n\
+         /oob yank\n\
+         /nope\n\
+         /record off\n\
+         block-dirty-bitmap-add node=n0 name=b1\n\
+         )\n\
+         transaction(\n\
+         block-dirty-bitmap-add node=n0 name=b2\n\
+         /record {}\n\
+         block-dirty-bitmap-add node=n0 name=b3\n\
+         )\n\
+         /record off\n",
+        rec1.display(),
+        rec1.display(),
+        fd.display(),
+        rec2.display()
+    );
+    let out = shell(
+        &[
+            "--exit-status",
+            "-l",
+            log.to_str().unwrap(),
+            peer.socket_str(),
+        ],
+        &script,
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let refused = |name: &str| {
+        format!(
+            "ERROR: {name}: not run inside a transaction, which stays open \
+             (end it with a line \")\")\n"
+        )
+    };
+    assert_eq!(
+        text(&out.stderr),
+        ["/jobs", "/wait", "/play", "/fd", "/oob", "/nope"]
+            .map(refused)
+            .concat(),
+        "{}",
+        show(&out)
+    );
+    assert!(!fd.exists());
+    // Both transactions went out whole, and worked.
+    let sent: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &Value| v["execute"] == "transaction")
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let names = |v: &Value| -> Vec<String> {
+        v["arguments"]["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["data"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&sent[0]), ["b0", "b1"]);
+    assert_eq!(names(&sent[1]), ["b2", "b3"]);
+    assert_eq!(
+        text(&out.stdout).matches("{\"return\": {}}").count(),
+        3,
+        "{}",
+        show(&out)
+    );
+    // The first recording stopped before its transaction was sent; the
+    // second started inside one, and holds it whole.
+    let (_, rest1) = recording(&rec1);
+    assert_eq!(rest1, "blockdev-add driver=null-co node-name=n0\n");
+    let (_, rest2) = recording(&rec2);
+    assert_eq!(
+        rest2,
+        "transaction(\nblock-dirty-bitmap-add node=n0 name=b2\n\
+         block-dirty-bitmap-add node=n0 name=b3\n)\n"
+    );
+}
+
+/// `/play` of a file that ends inside a transaction (or a raw JSON
+/// message) ends it with the file, a failed command, as end of input
+/// does: the next line is a command again. Played twice, and after an
+/// error.
+#[test]
+fn play_ends_what_its_file_left_open() {
+    let peer = Peer::qemu_two_monitors(&["-M", "none"]);
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let open_tx = dir.path().join("tx.qmp");
+    std::fs::write(
+        &open_tx,
+        "transaction(\nblock-dirty-bitmap-add node=n0 name=b0\n",
+    )
+    .unwrap();
+    let open_raw = dir.path().join("raw.qmp");
+    std::fs::write(&open_raw, "query-name\n{\"execute\":\n").unwrap();
+    let (t, r) = (open_tx.display(), open_raw.display());
+    let script = format!(
+        "blockdev-add driver=null-co node-name=n0\n\
+         /play {}/missing.qmp\n\
+         /play {t}\n\
+         query-status\n\
+         /play {t}\n\
+         /play {r}\n\
+         stop\n",
+        dir.path().display()
+    );
+    let out = shell(&["--exit-status", peer.socket_str()], &script, cache.path());
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "ERROR: /play: cannot read {0}/missing.qmp: [Errno 2] No such file or directory\n\
+             ERROR: /play: {t} ends inside a transaction: 1 action not sent\n\
+             ERROR: /play: {t} ends inside a transaction: 1 action not sent\n\
+             ERROR: /play: {r} ends inside a raw JSON message; it was not sent\n",
+            dir.path().display()
+        ),
+        "{}",
+        show(&out)
+    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("\"status\": \"running\""), "{stdout}");
+    // blockdev-add, query-name in the raw file, stop.
+    assert_eq!(stdout.matches("{\"return\": {}}").count(), 3, "{stdout}");
+    // `stop` ran: it was not swallowed by the file's transaction.
+    assert_eq!(status_of(peer.second_socket())["return"]["running"], false);
+}
+
+/// `--read-only` decides before anything is done: `/fd PATH` creates no
+/// file for a refused command, and `-v` does not echo what is not sent.
+#[test]
+fn read_only_refuses_before_anything_is_done() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.img");
+    let fd = format!("/fd {} add-fd fdset-id=1", path.display());
+    let out = shell(
+        &[
+            "--read-only",
+            "-v",
+            "-c",
+            &fd,
+            "-c",
+            "stop",
+            "-c",
+            "query-name",
+            peer.socket_str(),
+        ],
+        "",
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert!(!path.exists(), "/fd created {}", path.display());
+    assert_eq!(
+        text(&out.stderr),
+        "ERROR: refused by --read-only: add-fd may change the VM; it was not sent\n\
+         ERROR: refused by --read-only: stop may change the VM; it was not sent\n"
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "{\"execute\": \"query-name\", \"arguments\": {}}\n{\"return\": {}}\n"
+    );
 }
 
 #[test]

@@ -277,6 +277,37 @@ fn sighup_removes_the_socket() {
 }
 
 /// `--retry`: the proxy waits for QEMU to appear, and only then listens.
+/// `qmp-proxy -l` appends: a proxy run that stops the VM, then another
+/// that resumes it, leave both in the log, after what it held.
+#[test]
+fn the_proxy_log_is_appended_to() {
+    let qemu = Peer::qemu_none();
+    let dir = private_dir();
+    let log = dir.path().join("audit.log");
+    std::fs::write(&log, "{\"earlier\": true}\n").unwrap();
+    for cmd in ["stop", "cont"] {
+        let proxy = Proxy::start(qemu.socket_str(), &["-l", log.to_str().unwrap()], &[]);
+        let out = run_shell(&ours(), &["-c", cmd, proxy.sock()], "", SHELL_TIMEOUT);
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+        proxy.run.signal(libc::SIGTERM);
+        let (status, _, stderr) = proxy.run.finish(T);
+        assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    }
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert_eq!(lines[0], serde_json::json!({"earlier": true}), "{lines:?}");
+    let sent: Vec<&str> = lines
+        .iter()
+        .filter_map(|v| v["execute"].as_str())
+        .filter(|name| ["stop", "cont"].contains(name))
+        .collect();
+    assert_eq!(sent, ["stop", "cont"], "{lines:?}");
+    assert_eq!(lines.iter().filter(|v| v.get("QMP").is_some()).count(), 2);
+}
+
 #[test]
 fn retry_waits_for_qemu() {
     let dir = private_dir();

@@ -648,6 +648,81 @@ fn ctrl_c_and_ctrl_d_inside_a_transaction() {
     t.assert_terminal_usable();
 }
 
+/// Recording at the terminal: a transaction abandoned with Ctrl-C leaves
+/// only comments, so replaying the recording does what the session did
+/// (before, the reopened transaction swallowed the `stop` after it). A
+/// shell command at `TRANS>` is refused and the transaction stays open.
+#[test]
+fn a_transaction_abandoned_with_ctrl_c_is_not_replayed() {
+    let peer = Peer::qemu_none();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("session.qmp");
+    let t = Term::start(&[peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+    t.line(&format!("/record {}", rec.display()));
+    t.wait_line(PROMPT);
+    t.line("transaction(");
+    t.wait_line("TRANS>");
+    t.line("block-dirty-bitmap-add node=n0 name=b0");
+    t.wait_count_lines("TRANS>", 1);
+    t.line("/jobs");
+    t.wait_for("ERROR: /jobs: not run inside a transaction, which stays open");
+    t.wait_line("TRANS>");
+    t.press(&["C-c"]);
+    t.wait_for("transaction abandoned: 1 action not sent");
+    t.wait_line(PROMPT);
+    t.line("stop");
+    t.wait_for("{\"return\": {}}");
+    t.line("/record off");
+    t.line("cont");
+    t.wait_count("{\"return\": {}}", 2);
+    t.press(&["C-d"]);
+    assert_eq!(t.wait_exit(), 0, "{}", t.failure("exit status"));
+    let text = std::fs::read_to_string(&rec).unwrap();
+    assert!(
+        text.ends_with(
+            "\n# not sent: transaction(\n\
+             # not sent: block-dirty-bitmap-add node=n0 name=b0\nstop\n"
+        ),
+        "{text}"
+    );
+    // Replayed on the running VM: it ends stopped, as the session did.
+    let out = run_shell(&ours(), &[peer.socket_str()], &text, SHELL_TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let status = qmp_raw(peer.socket(), &[r#"{"execute": "query-status"}"#]);
+    assert!(status[0].contains("\"running\": false"), "{status:?}");
+}
+
+/// `/play` at the terminal shows each played line after its prompt, then
+/// its reply, as if typed.
+#[test]
+fn play_shows_each_line_with_its_prompt() {
+    let peer = Peer::qemu_none();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("s.qmp");
+    std::fs::write(&script, "query-name\n# a comment\nquery-status\n").unwrap();
+    let t = Term::start(&[peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+    t.line(&format!("/play {}", script.display()));
+    t.wait_for("\"status\": \"running\"");
+    t.wait_line(PROMPT);
+    let screen = t.screen();
+    let after = screen
+        .split_once(&format!("(QEMU) /play {}\n", script.display()))
+        .unwrap_or_else(|| panic!("{}", t.failure("the /play line")))
+        .1;
+    assert!(
+        after.starts_with(
+            "(QEMU) query-name\n{\"return\": {}}\n(QEMU) # a comment\n(QEMU) query-status\n\
+             {\"return\": {\"status\": \"running\""
+        ),
+        "{}",
+        t.failure("played lines")
+    );
+    t.press(&["C-d"]);
+    assert_eq!(t.wait_exit(), 0, "{}", t.failure("exit status"));
+}
+
 #[test]
 fn the_log_leaves_out_what_the_shell_asked_on_its_own() {
     let peer = Peer::qemu_none();

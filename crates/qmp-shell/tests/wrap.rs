@@ -530,6 +530,74 @@ fn verbose_and_log_through_the_wrap() {
     );
 }
 
+/// The wrap's `-l` log is appended to: two runs, two sessions in it.
+#[test]
+fn the_log_of_the_wrap_is_appended_to() {
+    let logdir = tempfile::tempdir().unwrap();
+    let log = logdir.path().join("audit.log");
+    let log_s = log.to_str().unwrap().to_string();
+    for cmd in ["stop", "query-name"] {
+        let mut args = vec!["-l", &log_s, "-c", cmd];
+        args.extend(qemu_args());
+        let (out, _tmp) = run_wrap(&args, "", SHELL_TIMEOUT);
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    }
+    let lines: Vec<serde_json::Value> = BufReader::new(std::fs::File::open(&log).unwrap())
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).expect("log line is JSON"))
+        .collect();
+    assert_eq!(
+        lines.iter().filter(|v| v.get("QMP").is_some()).count(),
+        2,
+        "{lines:?}"
+    );
+    let stop = lines.iter().position(|v| v["execute"] == "stop");
+    let name = lines.iter().position(|v| v["execute"] == "query-name");
+    assert!(stop.is_some() && stop < name, "{lines:?}");
+}
+
+/// A recording made in the wrap starts with a header that names QEMU's
+/// command line (as the wrap started it), its version and the date, in
+/// comments that replay skips: it can go into a bug report as it is.
+#[test]
+fn a_recording_in_the_wrap_names_the_qemu_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("bug.qmp");
+    let record = format!("/record {}", rec.display());
+    let mut args = vec!["-c", &record, "-c", "query-name", "-c", " query-status"];
+    args.extend(qemu_args());
+    let (out, _tmp) = run_wrap(&args, "", SHELL_TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let text = std::fs::read_to_string(&rec).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(
+        lines[0].starts_with("# qmp-shell ") && lines[0].ends_with(" UTC"),
+        "{text}"
+    );
+    assert!(lines[1].starts_with("# QEMU 7."), "{text}");
+    let command = lines[2]
+        .strip_prefix("# QEMU command line: ")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        command.starts_with("qemu-system-x86_64 -M none -display none -nodefaults -qmp unix:"),
+        "{text}"
+    );
+    assert_eq!(
+        &lines[3..],
+        [
+            "query-name",
+            "# (a line starting with a space: kept out of the recording)"
+        ]
+    );
+    // Replayed in another wrap: the comments are skipped.
+    let mut args = vec!["--exit-status"];
+    args.extend(qemu_args());
+    let (out, _tmp) = run_wrap(&args, &text, SHELL_TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(common::text(&out.stderr), "", "{}", show(&out));
+}
+
 #[test]
 fn help_and_version() {
     let (out, _tmp) = run_wrap(&["--help"], "", SHELL_TIMEOUT);
