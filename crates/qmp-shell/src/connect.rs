@@ -56,6 +56,8 @@ pub struct Connected {
     /// A one-line notice for standard error before the session starts
     /// (libvirt's taint of the domain).
     pub notice: Option<String>,
+    /// For a libvirt domain, its name (whichever way it was given).
+    pub domain: Option<String>,
 }
 
 /// The `-l` log, opened once (mode 0600) and shared by every connection
@@ -197,6 +199,7 @@ fn connect_address(
         Ok(client) => Ok(Connected {
             client,
             notice: None,
+            domain: None,
         }),
         Err(QmpError::Io(err)) => Err(Failure::Retryable(format!(
             "Couldn't connect to {text}: Failed to establish connection: {}",
@@ -238,6 +241,7 @@ fn connect_domain(
         Ok(client) => Ok(Connected {
             client,
             notice: Some(notice),
+            domain: Some(name),
         }),
         Err(err) => Err(Failure::Fatal(format!(
             "domain {name}: {}",
