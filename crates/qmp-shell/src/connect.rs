@@ -250,6 +250,37 @@ fn connect_domain(
     }
 }
 
+/// The target for the address `text` as the user wrote it; the error is
+/// the parser's message.
+pub fn address_target(text: &str) -> Result<Target, String> {
+    match text.parse::<Address>() {
+        Ok(address) => Ok(Target::Address {
+            text: text.to_owned(),
+            address,
+        }),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// The libvirt URIs of the `--connect` options: `[None]` (the default URI)
+/// when there are none.
+pub fn uris(connect: &[String]) -> Vec<Option<String>> {
+    if connect.is_empty() {
+        vec![None]
+    } else {
+        connect.iter().cloned().map(Some).collect()
+    }
+}
+
+/// How domain `name` at `uri` is labelled among the targets of `uris`
+/// URIs: its name, or `URI/NAME` when there are several URIs.
+pub fn domain_label(uri: Option<&str>, name: &str, uris: usize) -> String {
+    match uri {
+        Some(uri) if uris > 1 => format!("{uri}/{name}"),
+        _ => name.to_owned(),
+    }
+}
+
 /// The names of the running domains of `uri` (for `--all-domains`).
 pub fn running_domains(uri: Option<&str>) -> Result<Vec<String>, String> {
     Ok(libvirt::list_domains(uri)
