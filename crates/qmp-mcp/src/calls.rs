@@ -41,7 +41,9 @@ fn json_text(v: &Value) -> String {
 }
 
 /// Run `work` on the blocking pool.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| format!("internal error: {e}"))
@@ -139,9 +141,11 @@ async fn describe(pool: &Arc<Pool>, args: Option<Object>) -> Result<Answer, Stri
     let target = input.string("target")?;
     input.finish()?;
     if pool.settings().guest_agent {
-        return Err("describe: a guest agent has no QMP schema (execute guest-info lists its \
+        return Err(
+            "describe: a guest agent has no QMP schema (execute guest-info lists its \
                     commands)"
-            .to_owned());
+                .to_owned(),
+        );
     }
     let (slot, used) = connected(pool, target.as_deref()).await?;
     let live = Arc::clone(&used.live);

@@ -103,7 +103,9 @@ pub fn main() -> i32 {
     };
     let pool = match Pool::new(&args.targets, settings) {
         Ok(pool) => Arc::new(pool),
-        Err(msg) => qmp_shell::cli::usage_error("qmp-mcp", "qmp-mcp [OPTIONS] [qmp_server...]", &msg),
+        Err(msg) => {
+            qmp_shell::cli::usage_error("qmp-mcp", "qmp-mcp [OPTIONS] [qmp_server...]", &msg)
+        }
     };
     let mode = Mode {
         allow_writes: args.server.allow_writes,

@@ -260,10 +260,7 @@ impl Pool {
         if errors.is_empty() {
             "no targets: no running domain was found (--all-domains)".to_owned()
         } else {
-            let why: Vec<String> = errors
-                .iter()
-                .map(|(_, e)| e.clone())
-                .collect::<Vec<_>>();
+            let why: Vec<String> = errors.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>();
             format!("no targets: {}", why.join("; "))
         }
     }
@@ -339,6 +336,15 @@ impl Pool {
                 }
             }
         }
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("label", &self.label)
+            .field("target", &self.target)
+            .finish_non_exhaustive()
     }
 }
 

@@ -14,7 +14,14 @@ use serde_json::{json, Value};
 pub const MAX_WAIT_SECONDS: f64 = 60.0;
 
 /// The tools' names, in the order they are listed.
-pub const NAMES: [&str; 6] = ["targets", "describe", "execute", "hmp", "wait_event", "jobs"];
+pub const NAMES: [&str; 6] = [
+    "targets",
+    "describe",
+    "execute",
+    "hmp",
+    "wait_event",
+    "jobs",
+];
 
 /// What the server lets through, for the descriptions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -399,7 +406,10 @@ mod tests {
 
     #[test]
     fn arguments_are_checked() {
-        let mut i = input("execute", json!({"command": "query-status", "arguments": null}));
+        let mut i = input(
+            "execute",
+            json!({"command": "query-status", "arguments": null}),
+        );
         assert_eq!(i.required_string("command").unwrap(), "query-status");
         assert_eq!(i.object("arguments").unwrap(), None);
         assert!(i.finish().is_ok());
@@ -407,7 +417,10 @@ mod tests {
         let mut i = input("execute", json!({"command": "x", "arguments": [1]}));
         i.required_string("command").unwrap();
         let e = i.object("arguments").unwrap_err();
-        assert!(e.contains("must be a JSON object") && e.contains("an array"), "{e}");
+        assert!(
+            e.contains("must be a JSON object") && e.contains("an array"),
+            "{e}"
+        );
 
         let mut i = input("execute", json!({"command": 5}));
         assert!(i
