@@ -42,6 +42,8 @@ and the next use tries again.";
         qmp-mcp [OPTIONS] --all-domains [--connect URI...]",
     after_help = AFTER_HELP,
     group(ArgGroup::new("libvirt").args(["domain", "all_domains"]).multiple(false)),
+    mut_arg("skip_negotiation", |a| a.help(
+        "The targets are guest agents (qemu-ga): no greeting, no negotiation")),
     mut_arg("qmp_servers", |a| a.help(
         "< UNIX socket path | TCP address:port | [IPv6]:port | ssh://[USER@]HOST[:PORT]/PATH > \
          (default: $QMP_SOCKET); several: the tools take a `target`")),

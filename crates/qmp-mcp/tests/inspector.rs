@@ -862,3 +862,29 @@ fn end_of_input_and_signals_end_the_server() {
         assert!(greeting.starts_with("{\"QMP\""), "{greeting}");
     }
 }
+
+/// A VM that stops answering (SIGSTOP): a call gives up after `--timeout`
+/// with an error result that says so, and once the VM answers again the
+/// next call is served on the same connection.
+#[test]
+fn a_vm_that_stops_answering_times_out_and_recovers() {
+    let vm = qemu();
+    let mut s = Session::start(&["--timeout", "1", sock(&vm)]);
+    let r = s.call("execute", json!({"command": "query-name"}));
+    assert_eq!(json_of(&r), json!({"return": {}}), "{r}");
+    vm.freeze();
+    let r = s.call("execute", json!({"command": "query-status"}));
+    vm.thaw();
+    assert!(is_error(&r), "{r}");
+    assert_eq!(
+        text(&r),
+        format!(
+            "no reply from target {} within 1 s (qmp-mcp --timeout); the command may still \
+             be running in QEMU",
+            sock(&vm)
+        )
+    );
+    let r = s.call("execute", json!({"command": "query-name"}));
+    assert_eq!(json_of(&r), json!({"return": {}}), "{r}");
+    s.end();
+}
