@@ -145,6 +145,8 @@ async fn serve(pool: Arc<Pool>, mode: Mode) -> i32 {
                 Ok(_) => 0,
                 Err(err) => die(&format!("the MCP service failed: {err}")),
             },
+            // The client went before the session began: nothing to say.
+            Err(rmcp::service::ServerInitializeError::ConnectionClosed(_)) => 0,
             Err(err) => die(&format!("the MCP session could not start: {err}")),
         }
     };

@@ -809,6 +809,21 @@ fn domain_through_libvirt() {
 #[test]
 fn end_of_input_and_signals_end_the_server() {
     let vm = qemu();
+    // A client that goes before the session even begins.
+    let early = home();
+    let child = Command::new(server())
+        .arg(sock(&vm))
+        .env("HOME", early.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start qmp-mcp");
+    let (status, out, err) = finish(child, "qmp-mcp");
+    assert_eq!(
+        (status.code(), out.as_str(), err.as_str()),
+        (Some(0), "", "")
+    );
     for sig in [None, Some(libc::SIGTERM), Some(libc::SIGINT)] {
         let home = home();
         let mut child = Command::new(server())
