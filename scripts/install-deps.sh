@@ -34,6 +34,9 @@ CHECKS=(
     "driver:qemu libvirt-daemon-driver-qemu"
     "lib:libvirt.so.0 libvirt0"
     "lib:libvirt-qemu.so.0 libvirt0"
+    # Node and npm, for the MCP Inspector that tests qmp-mcp (below)
+    "node nodejs"
+    "npm npm"
 )
 
 # A shared library in the loader's cache (lib:NAME), or one of libvirt's
@@ -315,3 +318,28 @@ until virsh_out=$($SUDO virsh -c "$LIBVIRT_URI" list 2>&1); do
     sleep 0.2
 done
 echo "install-deps: libvirtd: answering on $LIBVIRT_URI (pid $(daemon_pid libvirtd))"
+
+# The MCP Inspector's CLI, a real MCP client that the qmp-mcp tests drive
+# (crates/qmp-mcp/tests), pinned, in a private prefix at the fixed place the
+# tests look (they fail, never skip, when it is missing). Its SDK client
+# also runs the tests' multi-call sessions.
+INSPECTOR_VERSION=0.17.5
+INSPECTOR_PREFIX=/opt/qmp-shell-tests/mcp-inspector-$INSPECTOR_VERSION
+INSPECTOR_BIN=$INSPECTOR_PREFIX/node_modules/.bin/mcp-inspector
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 18 ]; then
+    echo "install-deps: ERROR: node $(node --version 2>/dev/null) is too old for the MCP Inspector (18 or later)" >&2
+    exit 1
+fi
+if [ -x "$INSPECTOR_BIN" ]; then
+    echo "install-deps: MCP Inspector $INSPECTOR_VERSION: ok ($INSPECTOR_BIN)"
+else
+    echo "install-deps: MCP Inspector $INSPECTOR_VERSION: missing, running npm install into $INSPECTOR_PREFIX"
+    $SUDO mkdir -p "$INSPECTOR_PREFIX"
+    $SUDO npm install --prefix "$INSPECTOR_PREFIX" --no-audit --no-fund --loglevel=error \
+        "@modelcontextprotocol/inspector@$INSPECTOR_VERSION"
+    if [ ! -x "$INSPECTOR_BIN" ]; then
+        echo "install-deps: ERROR: $INSPECTOR_BIN missing after npm install" >&2
+        exit 1
+    fi
+fi

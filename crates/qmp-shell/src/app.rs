@@ -3,10 +3,10 @@
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
-use qmp_client::{Address, Client};
+use qmp_client::Client;
 
 use crate::cli::{self, exit, ColorChoice, Common, ShellArgs};
-use crate::connect::{Retry, Target};
+use crate::connect::{self, Retry, Target};
 use crate::doorbell::Doorbell;
 use crate::output::StdOutput;
 use crate::render::Style;
@@ -73,29 +73,22 @@ pub fn run_session(
 /// the label its output gets when there are several. A usage error (exit
 /// 2) when there is nothing, or an address that does not parse.
 fn targets(args: &ShellArgs) -> Vec<(String, Target)> {
-    if !args.domain.is_empty() || args.all_domains {
-        let uris: Vec<Option<String>> = if args.connect.is_empty() {
-            vec![None]
-        } else {
-            args.connect.iter().cloned().map(Some).collect()
-        };
+    let t = &args.targets;
+    if !t.domain.is_empty() || t.all_domains {
+        let uris = connect::uris(&t.connect);
         let mut targets = Vec::new();
         for uri in &uris {
-            let names = if args.all_domains {
-                match crate::connect::running_domains(uri.as_deref()) {
+            let names = if t.all_domains {
+                match connect::running_domains(uri.as_deref()) {
                     Ok(names) => names,
                     Err(msg) => std::process::exit(die(&msg)),
                 }
             } else {
-                args.domain.clone()
+                t.domain.clone()
             };
             for name in names {
-                let label = match (&uri, uris.len()) {
-                    (Some(uri), 2..) => format!("{uri}/{name}"),
-                    _ => name.clone(),
-                };
                 targets.push((
-                    label,
+                    connect::domain_label(uri.as_deref(), &name, uris.len()),
                     Target::Domain {
                         domain: name,
                         uri: uri.clone(),
@@ -105,7 +98,7 @@ fn targets(args: &ShellArgs) -> Vec<(String, Target)> {
         }
         return targets;
     }
-    if args.qmp_servers.is_empty() {
+    if t.qmp_servers.is_empty() {
         cli::usage_error(
             "qmp-shell",
             USAGE,
@@ -113,35 +106,25 @@ fn targets(args: &ShellArgs) -> Vec<(String, Target)> {
              (or set QMP_SOCKET, or give --domain)",
         );
     }
-    args.qmp_servers
+    t.qmp_servers
         .iter()
-        .map(|text| match text.parse::<Address>() {
-            Ok(address) => (
-                text.clone(),
-                Target::Address {
-                    text: text.clone(),
-                    address,
-                },
-            ),
-            Err(err) => cli::usage_error("qmp-shell", USAGE, &err.to_string()),
+        .map(|text| match connect::address_target(text) {
+            Ok(target) => (text.clone(), target),
+            Err(err) => cli::usage_error("qmp-shell", USAGE, &err),
         })
         .collect()
 }
 
 /// `--list`: print the running domains; the exit status.
 fn list(args: &ShellArgs) -> i32 {
-    let uris: Vec<Option<&str>> = if args.connect.is_empty() {
-        vec![None]
-    } else {
-        args.connect.iter().map(|u| Some(u.as_str())).collect()
-    };
+    let uris = connect::uris(&args.targets.connect);
     let mut text = String::new();
     for uri in &uris {
-        match crate::connect::list_domains(*uri, args.common.verbose) {
+        match connect::list_domains(uri.as_deref(), args.common.verbose) {
             // With several hosts, each line says which.
             Ok(list) if uris.len() > 1 => {
                 for line in list.lines() {
-                    text.push_str(&format!("{} {line}\n", uri.unwrap_or_default()));
+                    text.push_str(&format!("{} {line}\n", uri.as_deref().unwrap_or_default()));
                 }
             }
             Ok(list) => text.push_str(&list),
@@ -202,7 +185,7 @@ fn fan_out(args: ShellArgs, targets: Vec<(String, Target)>) -> i32 {
         prompts: false,
         timeout: args.common.timeout,
         exit_status: true,
-        guest_agent: args.skip_negotiation,
+        guest_agent: args.targets.skip_negotiation,
         live_events: false,
         read_only: args.common.read_only,
         exit_on_error: args.common.exit_on_error,
@@ -213,7 +196,7 @@ fn fan_out(args: ShellArgs, targets: Vec<(String, Target)>) -> i32 {
         count: args.retry,
         delay: args.retry_delay,
     };
-    let guest_agent = args.skip_negotiation;
+    let guest_agent = args.targets.skip_negotiation;
     let targets = targets
         .into_iter()
         .map(|(label, target)| {
@@ -242,7 +225,7 @@ pub fn main() -> i32 {
         let _ = writeln!(std::io::stderr(), "qmp-shell: no running domains");
         return exit::OK;
     }
-    if targets.len() != 1 || args.all_domains || args.connect.len() > 1 {
+    if targets.len() != 1 || args.targets.all_domains || args.targets.connect.len() > 1 {
         signals::install(true);
         return fan_out(args, targets);
     }
@@ -258,7 +241,11 @@ pub fn main() -> i32 {
     // A connection attempt may wait up to --timeout for a greeting; a
     // signal ends the shell at once all the same.
     let attempt = {
-        let (target, common, agent) = (target.clone(), args.common.clone(), args.skip_negotiation);
+        let (target, common, agent) = (
+            target.clone(),
+            args.common.clone(),
+            args.targets.skip_negotiation,
+        );
         signals::unless_terminated(move || {
             crate::connect::connect(&target, &common, agent, banner, retry)
         })
@@ -276,7 +263,7 @@ pub fn main() -> i32 {
         Arc::clone(&client),
         &args.common,
         args.commands,
-        args.skip_negotiation,
+        args.targets.skip_negotiation,
         None,
     );
     if matches!(target, Target::Address { .. }) {

@@ -108,44 +108,15 @@ pub struct Common {
     pub color: ColorChoice,
 }
 
-/// `qmp-shell`: a low-level shell on top of QMP.
-#[derive(Parser, Debug)]
-#[command(
-    name = "qmp-shell",
-    version,
-    about = "Low-level QEMU shell on top of QMP.",
-    long_about = "Low-level QEMU shell on top of QMP.\n\n\
-        Start QEMU with:  qemu-system-x86_64 [...] -qmp unix:./qmp-sock,server=on,wait=off\n\
-        Run the shell:    qmp-shell ./qmp-sock\n\n\
-        A VM that libvirt manages:  qmp-shell --domain NAME [--connect URI]\n\
-        (commands, events, -N and -H go through libvirt's QEMU monitor passthrough;\n\
-        libvirt then marks the domain as tainted). Running domains:  qmp-shell --list",
-    override_usage = "qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] [OPTIONS] [qmp_server...]\n       \
-        qmp-shell [OPTIONS] --domain DOMAIN... [--connect URI...]\n       \
-        qmp-shell [OPTIONS] --all-domains [--connect URI...]\n       \
-        qmp-shell --list [-v] [--connect URI...]",
-    after_help = EXIT_HELP,
-    group(ArgGroup::new("libvirt").args(["domain", "list", "all_domains"]).multiple(false))
-)]
-pub struct ShellArgs {
-    #[command(flatten)]
-    pub common: Common,
-
+/// What to attach to: the target options `qmp-shell` and `qmp-mcp` share
+/// (sockets, `ssh://`, libvirt domains, `-N`). Flattened into a program's
+/// arguments, which must define the `libvirt` group (`--connect` requires
+/// one of its members).
+#[derive(Args, Debug, Clone, Default)]
+pub struct TargetArgs {
     /// Skip negotiate (for qemu-ga)
     #[arg(short = 'N', long = "skip-negotiation")]
     pub skip_negotiation: bool,
-
-    /// Run this command and exit (repeatable); no banner or prompt
-    #[arg(short = 'c', long = "command", value_name = "CMD")]
-    pub commands: Vec<String>,
-
-    /// Wait for the server: retry connecting N times
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub retry: u32,
-
-    /// Seconds between connection attempts with --retry
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, default_value = "1")]
-    pub retry_delay: Duration,
 
     /// The servers' addresses (default: `$QMP_SOCKET`); more than one runs
     /// the same commands on each.
@@ -183,6 +154,79 @@ pub struct ShellArgs {
         help_heading = "libvirt"
     )]
     pub connect: Vec<String>,
+}
+
+impl TargetArgs {
+    /// Settle what clap alone cannot: `--domain` and `--all-domains` (and
+    /// `other`, another option of the program that names no address, given
+    /// when set) do not go with an address on the command line, but win
+    /// over one from `$QMP_SOCKET` (which is then ignored). An empty
+    /// address is none.
+    pub fn settle(
+        &mut self,
+        cmd: &mut clap::Command,
+        matches: &clap::ArgMatches,
+        other: Option<&str>,
+    ) -> Result<(), clap::Error> {
+        if !self.domain.is_empty() || self.all_domains || other.is_some() {
+            if matches.value_source("qmp_servers") == Some(ValueSource::CommandLine) {
+                let option = if let Some(other) = other {
+                    other
+                } else if self.all_domains {
+                    "--all-domains"
+                } else {
+                    "--domain <DOMAIN>"
+                };
+                return Err(cmd.error(
+                    ErrorKind::ArgumentConflict,
+                    format!("the argument '{option}' cannot be used with '[qmp_server]'"),
+                ));
+            }
+            self.qmp_servers.clear();
+        }
+        // An empty QMP_SOCKET (or argument) is no address at all.
+        self.qmp_servers.retain(|s| !s.is_empty());
+        Ok(())
+    }
+}
+
+/// `qmp-shell`: a low-level shell on top of QMP.
+#[derive(Parser, Debug)]
+#[command(
+    name = "qmp-shell",
+    version,
+    about = "Low-level QEMU shell on top of QMP.",
+    long_about = "Low-level QEMU shell on top of QMP.\n\n\
+        Start QEMU with:  qemu-system-x86_64 [...] -qmp unix:./qmp-sock,server=on,wait=off\n\
+        Run the shell:    qmp-shell ./qmp-sock\n\n\
+        A VM that libvirt manages:  qmp-shell --domain NAME [--connect URI]\n\
+        (commands, events, -N and -H go through libvirt's QEMU monitor passthrough;\n\
+        libvirt then marks the domain as tainted). Running domains:  qmp-shell --list",
+    override_usage = "qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] [OPTIONS] [qmp_server...]\n       \
+        qmp-shell [OPTIONS] --domain DOMAIN... [--connect URI...]\n       \
+        qmp-shell [OPTIONS] --all-domains [--connect URI...]\n       \
+        qmp-shell --list [-v] [--connect URI...]",
+    after_help = EXIT_HELP,
+    group(ArgGroup::new("libvirt").args(["domain", "list", "all_domains"]).multiple(false))
+)]
+pub struct ShellArgs {
+    #[command(flatten)]
+    pub common: Common,
+
+    #[command(flatten)]
+    pub targets: TargetArgs,
+
+    /// Run this command and exit (repeatable); no banner or prompt
+    #[arg(short = 'c', long = "command", value_name = "CMD")]
+    pub commands: Vec<String>,
+
+    /// Wait for the server: retry connecting N times
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retry: u32,
+
+    /// Seconds between connection attempts with --retry
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, default_value = "1")]
+    pub retry_delay: Duration,
 
     /// With several targets: serve at most N at once
     #[arg(
@@ -218,24 +262,8 @@ impl ShellArgs {
         let mut cmd = ShellArgs::command();
         let matches = cmd.try_get_matches_from_mut(args)?;
         let mut parsed = ShellArgs::from_arg_matches(&matches)?;
-        if !parsed.domain.is_empty() || parsed.list || parsed.all_domains {
-            if matches.value_source("qmp_servers") == Some(ValueSource::CommandLine) {
-                let option = if parsed.list {
-                    "--list"
-                } else if parsed.all_domains {
-                    "--all-domains"
-                } else {
-                    "--domain <DOMAIN>"
-                };
-                return Err(cmd.error(
-                    ErrorKind::ArgumentConflict,
-                    format!("the argument '{option}' cannot be used with '[qmp_server]'"),
-                ));
-            }
-            parsed.qmp_servers.clear();
-        }
-        // An empty QMP_SOCKET (or argument) is no address at all.
-        parsed.qmp_servers.retain(|s| !s.is_empty());
+        let list = parsed.list.then_some("--list");
+        parsed.targets.settle(&mut cmd, &matches, list)?;
         Ok(parsed)
     }
 }
@@ -329,9 +357,9 @@ mod tests {
     fn reference_flags_parse() {
         let a = ShellArgs::try_parse_from(["qmp-shell", "-H", "-v", "-p", "-l", "log", "-N", "s"])
             .unwrap();
-        assert!(a.common.hmp && a.common.verbose && a.common.pretty && a.skip_negotiation);
+        assert!(a.common.hmp && a.common.verbose && a.common.pretty && a.targets.skip_negotiation);
         assert_eq!(a.common.logfile, Some(PathBuf::from("log")));
-        assert_eq!(a.qmp_servers, ["s"]);
+        assert_eq!(a.targets.qmp_servers, ["s"]);
     }
 
     #[test]
@@ -363,12 +391,12 @@ mod tests {
     fn domain_and_list() {
         let a =
             ShellArgs::try_parse_args_from(["q", "--domain", "vm1", "-c", "query-status"]).unwrap();
-        assert_eq!(a.domain, ["vm1"]);
-        assert!(a.connect.is_empty());
+        assert_eq!(a.targets.domain, ["vm1"]);
+        assert!(a.targets.connect.is_empty());
         let a = ShellArgs::try_parse_args_from(["q", "--connect", "test:///default", "--list"])
             .unwrap();
         assert!(a.list);
-        assert_eq!(a.connect, ["test:///default"]);
+        assert_eq!(a.targets.connect, ["test:///default"]);
         let a = ShellArgs::try_parse_args_from([
             "q",
             "--domain",
@@ -383,9 +411,12 @@ mod tests {
             "4",
         ])
         .unwrap();
-        assert_eq!((a.domain.len(), a.connect.len(), a.jobs), (2, 2, 4));
+        assert_eq!(
+            (a.targets.domain.len(), a.targets.connect.len(), a.jobs),
+            (2, 2, 4)
+        );
         let a = ShellArgs::try_parse_args_from(["q", "/a.sock", "/b.sock"]).unwrap();
-        assert_eq!(a.qmp_servers, ["/a.sock", "/b.sock"]);
+        assert_eq!(a.targets.qmp_servers, ["/a.sock", "/b.sock"]);
         assert!(ShellArgs::try_parse_args_from(["q", "--all-domains", "-c", "x"]).is_ok());
         for bad in [
             &["q", "--domain", "vm1", "/tmp/s"][..],

@@ -56,6 +56,8 @@ pub struct Connected {
     /// A one-line notice for standard error before the session starts
     /// (libvirt's taint of the domain).
     pub notice: Option<String>,
+    /// For a libvirt domain, its name (whichever way it was given).
+    pub domain: Option<String>,
 }
 
 /// The `-l` log, opened once (mode 0600) and shared by every connection
@@ -198,6 +200,7 @@ fn connect_address(
         Ok(client) => Ok(Connected {
             client,
             notice: None,
+            domain: None,
         }),
         Err(QmpError::Io(err)) => Err(Failure::Retryable(format!(
             "Couldn't connect to {text}: Failed to establish connection: {}",
@@ -239,11 +242,43 @@ fn connect_domain(
         Ok(client) => Ok(Connected {
             client,
             notice: Some(notice),
+            domain: Some(name),
         }),
         Err(err) => Err(Failure::Fatal(format!(
             "domain {name}: {}",
             client_error(&err)
         ))),
+    }
+}
+
+/// The target for the address `text` as the user wrote it; the error is
+/// the parser's message.
+pub fn address_target(text: &str) -> Result<Target, String> {
+    match text.parse::<Address>() {
+        Ok(address) => Ok(Target::Address {
+            text: text.to_owned(),
+            address,
+        }),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// The libvirt URIs of the `--connect` options: `[None]` (the default URI)
+/// when there are none.
+pub fn uris(connect: &[String]) -> Vec<Option<String>> {
+    if connect.is_empty() {
+        vec![None]
+    } else {
+        connect.iter().cloned().map(Some).collect()
+    }
+}
+
+/// How domain `name` at `uri` is labelled among the targets of `uris`
+/// URIs: its name, or `URI/NAME` when there are several URIs.
+pub fn domain_label(uri: Option<&str>, name: &str, uris: usize) -> String {
+    match uri {
+        Some(uri) if uris > 1 => format!("{uri}/{name}"),
+        _ => name.to_owned(),
     }
 }
 

@@ -1,9 +1,12 @@
 //! `qmp-proxy` and `qmp-shell-wrap --serve` with real peers: QEMU, our
 //! shell, the reference shell and raw socket clients at once; QEMU killed
 //! under the proxy; signals; `--retry`; an `ssh://` target through a real
-//! sshd on 127.0.0.1.
+//! sshd on 127.0.0.1; `--domain`: a libvirt domain's monitor shared through
+//! the real libvirtd.
 
 mod common;
+#[path = "../../qmp/tests/common/libvirt.rs"]
+mod libvirt;
 #[path = "../../qmp/tests/common/sshd.rs"]
 mod sshd;
 
@@ -42,16 +45,32 @@ struct Proxy {
 impl Proxy {
     /// Start it; do not wait.
     fn spawn(target: &str, extra: &[&str], env: &[(&str, &str)]) -> Proxy {
+        let mut args = extra.to_vec();
+        args.push(target);
+        Proxy::spawn_args(&args, env)
+    }
+
+    /// Start it with `--listen DIR/p.sock` and `args`; do not wait.
+    fn spawn_args(args: &[&str], env: &[(&str, &str)]) -> Proxy {
         let dir = private_dir();
         let listen = dir.path().join("p.sock");
-        let mut args = vec!["--listen", listen.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        args.push(target);
+        let mut all = vec!["--listen", listen.to_str().unwrap()];
+        all.extend_from_slice(args);
         Proxy {
-            run: Running::start(&proxy_bin(), &args, env),
+            run: Running::start(&proxy_bin(), &all, env),
             listen,
             _dir: dir,
         }
+    }
+
+    /// Start it on libvirt domain `domain` (`--domain DOMAIN` and
+    /// `extra`) and wait until it listens.
+    fn domain(domain: &str, extra: &[&str]) -> Proxy {
+        let mut args = vec!["--domain", domain];
+        args.extend_from_slice(extra);
+        let mut p = Proxy::spawn_args(&args, &[]);
+        p.wait_listening();
+        p
     }
 
     /// Start it and wait until it listens.
@@ -498,4 +517,187 @@ fn wrap_serve_refuses_an_existing_file_and_stops_qemu() {
     // QEMU was stopped and the wrap's private directory removed.
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+// ---------------------------------------------------------------------------
+// --domain: a libvirt domain's monitor, shared
+// ---------------------------------------------------------------------------
+
+/// The note the proxy prints once on standard error for `domain`.
+fn taint_notice(domain: &str) -> String {
+    format!(
+        "note: libvirt marks domain {domain} as tainted (custom-monitor) \
+         when its monitor is used directly\n"
+    )
+}
+
+/// The next event on `raw`, skipping replies.
+fn next_event(raw: &mut Raw) -> Value {
+    loop {
+        let v: Value = serde_json::from_str(&raw.line()).unwrap();
+        if v.get("event").is_some() {
+            return v;
+        }
+    }
+}
+
+/// The Python reference qmp-shell through `qmp-proxy --domain NAME`
+/// answers `query-name` with the domain's name; two raw clients at once get
+/// their own replies with their own ids, and both get the STOP and RESUME
+/// that `virsh suspend` and `virsh resume` cause; file descriptors go
+/// through libvirt; SIGTERM ends the proxy, removing its socket, with the
+/// taint note printed once; the domain runs on, its monitor free for libvirt.
+#[test]
+fn domain_shared_with_the_reference_and_raw_clients() {
+    let dom = libvirt::TestDomain::start("proxy");
+    let proxy = Proxy::domain(&dom.name, &[]);
+    let meta = std::fs::symlink_metadata(&proxy.listen).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600, "socket mode");
+    let mut a = Raw::negotiated(&proxy.listen);
+    let mut b = Raw::negotiated(&proxy.listen);
+
+    let out = run_program(
+        reference(),
+        &[proxy.sock()],
+        "query-name\nquery-status\n",
+        SHELL_TIMEOUT,
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("{{\"return\": {{\"name\": \"{}\"}}}}", dom.name)),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"status\": \"running\""), "{stdout}");
+
+    // Both clients' commands in flight at once, each with ids of its own
+    // (the same id on both, too).
+    for id in [r#""x""#, "1", r#"{"k": [2.50]}"#] {
+        a.w.write_all(format!(r#"{{"execute": "query-name", "id": {id}}}"#).as_bytes())
+            .unwrap();
+        b.w.write_all(format!(r#"{{"execute": "query-status", "id": {id}}}"#).as_bytes())
+            .unwrap();
+        assert_eq!(
+            a.line(),
+            format!(
+                "{{\"return\": {{\"name\": \"{}\"}}, \"id\": {id}}}\r\n",
+                dom.name
+            )
+        );
+        let line = b.line();
+        assert!(
+            line.starts_with("{\"return\": {\"status\": \"running\""),
+            "{line}"
+        );
+        assert!(line.ends_with(&format!(", \"id\": {id}}}\r\n")), "{line}");
+    }
+
+    libvirt::virsh_ok(&["suspend", &dom.name]);
+    assert_eq!(next_event(&mut a)["event"], "STOP");
+    assert_eq!(next_event(&mut b)["event"], "STOP");
+    libvirt::virsh_ok(&["resume", &dom.name]);
+    assert_eq!(next_event(&mut a)["event"], "RESUME");
+    assert_eq!(next_event(&mut b)["event"], "RESUME");
+
+    // A descriptor sent with a command reaches QEMU through libvirt.
+    let file = tempfile::tempfile().unwrap();
+    assert_eq!(
+        a.send_with_fd(
+            r#"{"execute": "getfd", "arguments": {"fdname": "f0"}, "id": "fd"}"#,
+            &file,
+        ),
+        "{\"return\": {}, \"id\": \"fd\"}\r\n"
+    );
+    assert_eq!(
+        a.send(r#"{"execute": "closefd", "arguments": {"fdname": "f0"}}"#),
+        "{\"return\": {}}\r\n"
+    );
+
+    proxy.run.signal(libc::SIGTERM);
+    assert_eq!(a.rest(), "");
+    assert_eq!(b.rest(), "");
+    let (status, _, stderr) = proxy.run.finish(T);
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    assert_eq!(stderr, taint_notice(&dom.name));
+    assert!(std::fs::symlink_metadata(&proxy.listen).is_err());
+    let state = libvirt::virsh_ok(&["domstate", &dom.name]);
+    assert_eq!(state.trim(), "running");
+    let reply = libvirt::virsh_ok(&[
+        "qemu-monitor-command",
+        &dom.name,
+        r#"{"execute":"query-name"}"#,
+    ]);
+    assert!(reply.contains(&dom.name), "{reply}");
+}
+
+/// The domain destroyed under the proxy: a client gets what was on its
+/// way, then the end of its connection; the proxy says so in one line after
+/// the note, exits 1 and removes its socket. Ctrl-C (SIGINT) on another.
+#[test]
+fn domain_destroyed_under_the_proxy() {
+    let dom = libvirt::TestDomain::start("proxy-gone");
+    let proxy = Proxy::domain(&dom.name, &[]);
+    let mut raw = Raw::negotiated(&proxy.listen);
+    assert!(raw
+        .send(r#"{"execute": "query-status", "id": 1}"#)
+        .contains("\"id\": 1"));
+    dom.destroy();
+    // Only events (QEMU's SHUTDOWN, if libvirt relayed it) may come before
+    // the end.
+    for line in raw.rest().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert!(v.get("event").is_some(), "{line}");
+    }
+    let (status, _, stderr) = proxy.run.finish(T);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "{}ERROR: lost the connection to domain {}: the domain stopped\n",
+            taint_notice(&dom.name),
+            dom.name
+        )
+    );
+    assert!(std::fs::symlink_metadata(&proxy.listen).is_err());
+
+    let other = libvirt::TestDomain::start("proxy-int");
+    let proxy = Proxy::domain(&other.name, &[]);
+    let mut raw = Raw::negotiated(&proxy.listen);
+    proxy.run.signal(libc::SIGINT);
+    assert_eq!(raw.rest(), "");
+    let (status, _, stderr) = proxy.run.finish(T);
+    assert_eq!(status.code(), Some(128 + libc::SIGINT), "{stderr}");
+    assert_eq!(stderr, taint_notice(&other.name));
+    assert!(std::fs::symlink_metadata(&proxy.listen).is_err());
+}
+
+/// `--domain` by UUID and by id (with `--connect`), named by its name
+/// when it ends; an unknown domain is an error before anything listens.
+#[test]
+fn domain_by_uuid_and_id() {
+    let dom = libvirt::TestDomain::start("proxy-ids");
+    let (id, uuid) = dom.id_and_uuid();
+    for spec in [uuid.as_str(), id.as_str()] {
+        let proxy = Proxy::domain(spec, &["--connect", libvirt::URI]);
+        let mut raw = Raw::negotiated(&proxy.listen);
+        assert_eq!(
+            raw.send(r#"{"execute": "query-name"}"#),
+            format!("{{\"return\": {{\"name\": \"{}\"}}}}\r\n", dom.name)
+        );
+        proxy.run.signal(libc::SIGTERM);
+        let (status, _, stderr) = proxy.run.finish(T);
+        assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{spec}: {stderr}");
+        assert_eq!(stderr, taint_notice(&dom.name), "{spec}");
+    }
+
+    let missing = libvirt::unique_name("missing");
+    let proxy = Proxy::spawn_args(&["--domain", &missing], &[]);
+    let (status, _, stderr) = proxy.run.finish(T);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("ERROR: no domain {missing} at ")),
+        "{stderr}"
+    );
+    assert!(std::fs::symlink_metadata(&proxy.listen).is_err());
 }
