@@ -636,8 +636,10 @@ impl Engine {
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             let args = msg.get("arguments").and_then(Value::as_object);
-            if self.cfg.read_only && !hmp && !readonly::allowed(name, args, self.cfg.guest_agent) {
-                return self.refuse(name);
+            if self.cfg.read_only && !hmp {
+                if let Some(refused) = readonly::refused(msg, self.cfg.guest_agent) {
+                    return self.refuse(&refused);
+                }
             }
             if !hmp && !self.cfg.guest_agent {
                 self.warn_marked(name, args);

@@ -619,3 +619,239 @@ fn hmp_cpu_failures_count_toward_exit_status() {
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));
     assert_eq!(text(&out.stdout), "cpu command takes an integer argument\n");
 }
+
+// ---------------------------------------------------------------------------
+// --read-only: nothing refused reaches the peer
+// ---------------------------------------------------------------------------
+
+/// What the test holds to be read-only, written independently of
+/// `src/readonly.rs` (which must agree): queries and QOM reads.
+fn reads_only(name: &str) -> bool {
+    name.starts_with("query-")
+        || name.starts_with("x-query-")
+        || matches!(
+            name,
+            "qom-get"
+                | "qom-list"
+                | "qom-list-types"
+                | "qom-list-properties"
+                | "device-list-properties"
+        )
+}
+
+/// QEMU (`-M none`) with two monitors that traces every request either
+/// monitor receives (`handle_qmp_command`) into `trace`: QEMU's own record
+/// of what reached it.
+fn traced_qemu(trace: &Path) -> Peer {
+    Peer::qemu_two_monitors(&[
+        "-M",
+        "none",
+        "-trace",
+        "handle_qmp_command",
+        "-D",
+        trace.to_str().unwrap(),
+    ])
+}
+
+/// The requests in a `handle_qmp_command` trace, parsed.
+fn traced_requests(trace: &Path) -> Vec<Value> {
+    std::fs::read_to_string(trace)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(" req: ").map(|(_, req)| req.to_owned()))
+        .map(|req| serde_json::from_str(&req).unwrap_or_else(|e| panic!("trace {req:?}: {e}")))
+        .collect()
+}
+
+/// Every command a request names: `execute` and `exec-oob` (QEMU refuses a
+/// request with both, but neither may name a refused command).
+fn named_commands(req: &Value) -> Vec<String> {
+    ["execute", "exec-oob"]
+        .iter()
+        .filter_map(|k| req.get(*k))
+        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+        .collect()
+}
+
+/// Whether `req` only reads (or is the negotiation): what --read-only may send.
+fn harmless_request(req: &Value) -> bool {
+    named_commands(req).iter().all(|name| {
+        name == "qmp_capabilities"
+            || reads_only(name)
+            || (name == "human-monitor-command"
+                && req["arguments"]["command-line"]
+                    .as_str()
+                    .and_then(|l| l.split_ascii_whitespace().next())
+                    == Some("info"))
+    })
+}
+
+/// The refusal lines on standard error: the command each names.
+fn refused_names(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split_once("refused by --read-only: ")?.1;
+            Some(rest.split_once(' ')?.0.to_owned())
+        })
+        .collect()
+}
+
+/// Every command of QEMU's live schema that the allow list does not allow,
+/// sent every way there is (shorthand, raw JSON with `execute`, with
+/// `exec-oob`, hidden behind an allowed name in the other key, `/oob`),
+/// plus transactions, `/fd` and HMP through `human-monitor-command`: each is
+/// refused, QEMU's trace and the `-l` log show that none reached QEMU, and
+/// the VM is still running (asked through the second monitor).
+#[test]
+fn read_only_lets_no_command_of_the_live_schema_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let log = dir.path().join("log");
+    let peer = traced_qemu(&trace);
+    let reply = qmp_raw(
+        peer.second_socket(),
+        &[r#"{"execute": "query-qmp-schema"}"#],
+    );
+    let schema: Value = serde_json::from_str(&reply[0]).unwrap();
+    let commands: Vec<&Value> = schema["return"]
+        .as_array()
+        .expect("the schema is a list")
+        .iter()
+        .filter(|e| e["meta-type"] == "command")
+        .collect();
+    assert!(commands.len() > 150, "{} commands", commands.len());
+    let mut refused = Vec::new();
+    let mut oob = Vec::new();
+    for c in &commands {
+        let name = c["name"].as_str().unwrap().to_owned();
+        let allowed = qmp_shell::readonly::allowed(&name, None, false);
+        assert_eq!(
+            allowed,
+            reads_only(&name),
+            "the allow list and this test disagree on whether {name} only reads"
+        );
+        if !allowed {
+            if c["allow-oob"] == true {
+                oob.push(name.clone());
+            }
+            refused.push(name);
+        }
+    }
+    assert!(refused.iter().any(|n| n == "stop"), "{refused:?}");
+
+    // Each line and the command its refusal must name.
+    let mut script: Vec<(String, String)> = Vec::new();
+    for name in &refused {
+        script.push((name.clone(), name.clone()));
+        script.push((format!(r#"{{"execute": "{name}"}}"#), name.clone()));
+        script.push((format!(r#"{{"exec-oob": "{name}"}}"#), name.clone()));
+        script.push((
+            format!(r#"{{"execute": "query-status", "exec-oob": "{name}"}}"#),
+            name.clone(),
+        ));
+        script.push((
+            format!(r#"{{"exec-oob": "{name}", "execute": "query-status"}}"#),
+            name.clone(),
+        ));
+    }
+    for name in &oob {
+        script.push((format!("/oob {name}"), name.clone()));
+    }
+    for (line, name) in [
+        ("transaction( abort )", "transaction"),
+        (
+            r#"{"execute": "transaction", "arguments": {"actions": [{"type": "abort"}]}}"#,
+            "transaction",
+        ),
+        ("/fd /dev/null add-fd fdset-id=1", "add-fd"),
+        ("/fd --read-only /dev/null add-fd fdset-id=1", "add-fd"),
+        ("/fd /dev/null getfd fdname=x", "getfd"),
+        (
+            "human-monitor-command command-line=stop",
+            "human-monitor-command",
+        ),
+        (
+            "human-monitor-command command-line='  quit'",
+            "human-monitor-command",
+        ),
+        (
+            r#"{"execute": "human-monitor-command", "arguments": {"command-line": "infox"}}"#,
+            "human-monitor-command",
+        ),
+    ] {
+        script.push((line.to_owned(), name.to_owned()));
+    }
+    let mut input: String = script.iter().map(|(l, _)| format!("{l}\n")).collect();
+    // A multi-line transaction, then what must still work.
+    input.push_str("transaction(\nabort\n)\nquery-status\n");
+    let expected: Vec<String> = script
+        .iter()
+        .map(|(_, n)| n.clone())
+        .chain(["transaction".to_owned()])
+        .collect();
+
+    let cache = tempfile::tempdir().unwrap();
+    let out = run_shell_env(
+        &ours(),
+        &[
+            "--read-only",
+            "-l",
+            log.to_str().unwrap(),
+            peer.socket_str(),
+        ],
+        &input,
+        SHELL_TIMEOUT,
+        &[("XDG_CACHE_HOME", cache.path().to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stderr = text(&out.stderr);
+    let names = refused_names(&stderr);
+    if let Some(i) = (0..names.len().max(expected.len())).find(|&i| names.get(i) != expected.get(i))
+    {
+        panic!(
+            "one refusal per line, naming the refused command: at line {} ({:?}) expected {:?}, \
+             refused {:?}\n{}",
+            i + 1,
+            script.get(i).map(|(l, _)| l),
+            expected.get(i),
+            names.get(i),
+            show(&out)
+        );
+    }
+    assert_eq!(stderr.lines().count(), expected.len(), "{}", show(&out));
+    assert!(
+        text(&out.stdout).ends_with(
+            "(QEMU) {\"return\": {\"status\": \"running\", \"singlestep\": false, \
+             \"running\": true}}\n(QEMU) \n"
+        ),
+        "{}",
+        show(&out)
+    );
+    // The VM runs, QEMU received nothing but reads, and the log agrees.
+    let status = qmp_raw(peer.second_socket(), &[r#"{"execute": "query-status"}"#]);
+    assert!(status[0].contains("\"running\": true"), "{status:?}");
+    let received = traced_requests(&trace);
+    assert!(
+        received
+            .iter()
+            .filter(|r| r["execute"] == "query-status")
+            .count()
+            >= 2,
+        "the trace shows both query-status requests: {received:?}"
+    );
+    for req in &received {
+        assert!(harmless_request(req), "QEMU received {req}");
+    }
+    let logged: Vec<Value> = log_lines(&log)
+        .into_iter()
+        .filter(|m| m.get("execute").is_some() || m.get("exec-oob").is_some())
+        .collect();
+    assert!(
+        logged.iter().any(|m| m["execute"] == "query-status"),
+        "{logged:?}"
+    );
+    for req in &logged {
+        assert!(harmless_request(req), "the log shows {req} sent");
+    }
+}
