@@ -855,3 +855,68 @@ fn read_only_lets_no_command_of_the_live_schema_through() {
         assert!(harmless_request(req), "the log shows {req} sent");
     }
 }
+
+/// In HMP mode (`-H --read-only`) every HMP command QEMU lists in `help`,
+/// but `info` and `cpu`, is refused, and QEMU's trace shows that only `info`
+/// command lines reached it (`cpu N` probes the CPU with `info version`).
+#[test]
+fn read_only_hmp_lets_nothing_but_info_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let peer = traced_qemu(&trace);
+    // The list from another QEMU of the same build: this one's trace is to
+    // hold only what the shell sent.
+    let reply = qmp_raw(
+        Peer::qemu_none().socket(),
+        &[r#"{"execute": "human-monitor-command", "arguments": {"command-line": "help"}}"#],
+    );
+    let help: Value = serde_json::from_str(&reply[0]).unwrap();
+    let mut names: Vec<String> = help["return"]
+        .as_str()
+        .expect("help text")
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_lowercase()))
+        .filter_map(|l| l.split_whitespace().next())
+        .flat_map(|n| n.split('|'))
+        .filter(|n| !n.is_empty() && *n != "info" && *n != "cpu")
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    for must in ["stop", "quit", "system_reset", "c", "cont", "savevm", "migrate"] {
+        assert!(names.iter().any(|n| n == must), "{must} in {names:?}");
+    }
+    let mut input: String = names.iter().map(|n| format!("{n}\n")).collect();
+    input.push_str("cpu 0\ninfo status\n");
+    let cache = tempfile::tempdir().unwrap();
+    let out = run_shell_env(
+        &ours(),
+        &["-H", "--read-only", peer.socket_str()],
+        &input,
+        SHELL_TIMEOUT,
+        &[("XDG_CACHE_HOME", cache.path().to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        refused_names(&text(&out.stderr)),
+        names,
+        "{}",
+        show(&out)
+    );
+    assert!(
+        text(&out.stdout).ends_with("(QEMU) VM status: running\r\n (QEMU) \n"),
+        "{}",
+        show(&out)
+    );
+    let status = qmp_raw(peer.second_socket(), &[r#"{"execute": "query-status"}"#]);
+    assert!(status[0].contains("\"running\": true"), "{status:?}");
+    let received = traced_requests(&trace);
+    let lines: Vec<&str> = received
+        .iter()
+        .filter_map(|r| r["arguments"]["command-line"].as_str())
+        .collect();
+    assert!(lines.contains(&"info status"), "{received:?}");
+    for req in &received {
+        assert!(harmless_request(req), "QEMU received {req}");
+    }
+}
