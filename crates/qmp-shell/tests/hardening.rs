@@ -883,7 +883,15 @@ fn read_only_hmp_lets_nothing_but_info_through() {
         .collect();
     names.sort();
     names.dedup();
-    for must in ["stop", "quit", "system_reset", "c", "cont", "savevm", "migrate"] {
+    for must in [
+        "stop",
+        "quit",
+        "system_reset",
+        "c",
+        "cont",
+        "savevm",
+        "migrate",
+    ] {
         assert!(names.iter().any(|n| n == must), "{must} in {names:?}");
     }
     let mut input: String = names.iter().map(|n| format!("{n}\n")).collect();
@@ -897,12 +905,7 @@ fn read_only_hmp_lets_nothing_but_info_through() {
         &[("XDG_CACHE_HOME", cache.path().to_str().unwrap())],
     );
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    assert_eq!(
-        refused_names(&text(&out.stderr)),
-        names,
-        "{}",
-        show(&out)
-    );
+    assert_eq!(refused_names(&text(&out.stderr)), names, "{}", show(&out));
     assert!(
         text(&out.stdout).ends_with("(QEMU) VM status: running\r\n (QEMU) \n"),
         "{}",
@@ -918,5 +921,136 @@ fn read_only_hmp_lets_nothing_but_info_through() {
     assert!(lines.contains(&"info status"), "{received:?}");
     for req in &received {
         assert!(harmless_request(req), "QEMU received {req}");
+    }
+}
+
+/// The guest agent (`-N --read-only`): every command the agent offers that
+/// the allow list does not allow is refused. The agent runs with each of
+/// them disabled as well (so that a leak could do no harm on this machine),
+/// and the shell reaches it through `socat -r`, which records every byte
+/// the shell sent: only the protocol's `guest-sync-delimited` and reads.
+#[test]
+fn read_only_agent_lets_nothing_but_reads_through() {
+    fn agent_reads_only(name: &str) -> bool {
+        matches!(name, "guest-info" | "guest-ping") || name.starts_with("guest-get-")
+    }
+    let info = {
+        let probe = Peer::guest_agent();
+        let mut s = std::os::unix::net::UnixStream::connect(probe.socket()).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        s.write_all(b"{\"execute\": \"guest-info\"}\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        serde_json::from_str::<Value>(&line).unwrap()
+    };
+    let names: Vec<String> = info["return"]["supported_commands"]
+        .as_array()
+        .expect("supported_commands")
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    let refused: Vec<String> = names
+        .iter()
+        .filter(|n| {
+            let allowed = qmp_shell::readonly::allowed(n, None, true);
+            assert_eq!(allowed, agent_reads_only(n), "{n}");
+            !allowed
+        })
+        .cloned()
+        .collect();
+    for must in [
+        "guest-shutdown",
+        "guest-exec",
+        "guest-set-time",
+        "guest-fsfreeze-freeze",
+    ] {
+        assert!(refused.iter().any(|n| n == must), "{must} in {refused:?}");
+    }
+    let agent = Peer::guest_agent_blocking(&refused.join(","));
+    let dir = tempfile::tempdir().unwrap();
+    let tap = dir.path().join("tap.sock");
+    let sent = dir.path().join("sent");
+    let log = dir.path().join("log");
+    let socat = Command::new(which("socat").expect("socat: run scripts/install-deps.sh"))
+        .arg("-r")
+        .arg(&sent)
+        .arg(format!("UNIX-LISTEN:{}", tap.display()))
+        .arg(format!("UNIX-CONNECT:{}", agent.socket().display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start socat");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _socat = Kill(socat);
+    wait_until("socat listening", SHELL_TIMEOUT, || listening(&tap));
+
+    let mut input = String::new();
+    let mut expected = Vec::new();
+    for name in &refused {
+        input.push_str(&format!(
+            "{name}\n{{\"execute\": \"{name}\"}}\n{{\"execute\": \"guest-ping\", \"exec-oob\": \"{name}\"}}\n"
+        ));
+        expected.extend([name.clone(), name.clone(), name.clone()]);
+    }
+    input.push_str("guest-ping\n");
+    let out = run_shell(
+        &ours(),
+        &[
+            "-N",
+            "--read-only",
+            "-l",
+            log.to_str().unwrap(),
+            tap.to_str().unwrap(),
+        ],
+        &input,
+        SHELL_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        refused_names(&text(&out.stderr)),
+        expected,
+        "{}",
+        show(&out)
+    );
+    assert!(
+        text(&out.stdout).ends_with("(QEMU) {\"return\": {}}\n(QEMU) \n"),
+        "{}",
+        show(&out)
+    );
+    // What went over the wire: JSON objects, some behind the 0xFF byte
+    // that guest-sync-delimited puts first.
+    let bytes: Vec<u8> = std::fs::read(&sent)
+        .unwrap()
+        .into_iter()
+        .filter(|b| *b != 0xff)
+        .collect();
+    let wire: Vec<Value> = serde_json::Deserializer::from_slice(&bytes)
+        .into_iter::<Value>()
+        .map(|v| v.expect("the shell sent JSON"))
+        .collect();
+    assert!(
+        wire.iter().any(|m| m["execute"] == "guest-ping"),
+        "{wire:?}"
+    );
+    let harmless = |m: &Value| {
+        named_commands(m)
+            .iter()
+            .all(|n| n == "guest-sync-delimited" || agent_reads_only(n))
+    };
+    for m in &wire {
+        assert!(harmless(m), "the agent was sent {m}");
+    }
+    for m in log_lines(&log) {
+        if m.get("execute").is_some() || m.get("exec-oob").is_some() {
+            assert!(harmless(&m), "the log shows {m} sent");
+        }
     }
 }
