@@ -269,3 +269,101 @@ fn standard_output_closed_or_full_stops_every_target() {
         show(&out)
     );
 }
+
+/// `--read-only` fans out too: on every target what could change the VM is
+/// refused, and each QEMU's own trace (`handle_qmp_command`) shows that it
+/// received nothing but the negotiation and reads; each is still running
+/// (asked through its second monitor).
+#[test]
+fn read_only_reaches_no_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let traces: Vec<std::path::PathBuf> = (0..3)
+        .map(|k| dir.path().join(format!("trace{k}")))
+        .collect();
+    let peers: Vec<Peer> = traces
+        .iter()
+        .map(|t| {
+            Peer::qemu_two_monitors(&[
+                "-M",
+                "none",
+                "-trace",
+                "handle_qmp_command",
+                "-D",
+                t.to_str().unwrap(),
+            ])
+        })
+        .collect();
+    let mut args: Vec<&str> = vec![
+        "--read-only",
+        "-j",
+        "2",
+        "-c",
+        "stop",
+        "-c",
+        r#"{"execute": "query-status", "exec-oob": "quit"}"#,
+        "-c",
+        "transaction( abort )",
+        "-c",
+        "/oob migrate-pause",
+        "-c",
+        "query-status",
+    ];
+    args.extend(peers.iter().map(Peer::socket_str));
+    let out = run(&args, "");
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let stdout = text(&out.stdout);
+    for p in &peers {
+        assert!(
+            stdout.contains(&format!(
+                "{}: {{\"return\": {{\"status\": \"running\", \"singlestep\": false, \
+                 \"running\": true}}}}\n",
+                p.socket_str()
+            )),
+            "{}",
+            show(&out)
+        );
+    }
+    let stderr = text(&out.stderr);
+    for name in ["stop", "quit", "transaction", "migrate-pause"] {
+        assert_eq!(
+            stderr
+                .matches(&format!("refused by --read-only: {name} "))
+                .count(),
+            peers.len(),
+            "{name} refused once per target\n{}",
+            show(&out)
+        );
+    }
+    for (p, t) in peers.iter().zip(&traces) {
+        let status = qmp_raw(p.second_socket(), &[r#"{"execute": "query-status"}"#]);
+        assert!(status[0].contains("\"running\": true"), "{status:?}");
+        let received: Vec<Value> = std::fs::read_to_string(t)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once(" req: "))
+            .map(|(_, req)| serde_json::from_str(req).unwrap())
+            .collect();
+        assert!(
+            received
+                .iter()
+                .filter(|r| r["execute"] == "query-status")
+                .count()
+                >= 2,
+            "{received:?}"
+        );
+        for req in &received {
+            let names: Vec<&str> = ["execute", "exec-oob"]
+                .iter()
+                .filter_map(|k| req[*k].as_str())
+                .collect();
+            assert!(
+                !names.is_empty()
+                    && names.iter().all(|n| *n == "qmp_capabilities"
+                        || n.starts_with("query-")
+                        || n.starts_with("x-query-")),
+                "{} received {req}",
+                p.socket_str()
+            );
+        }
+    }
+}
