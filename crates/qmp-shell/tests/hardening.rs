@@ -112,6 +112,10 @@ fn closed_standard_output_ends_the_session_with_status_1() {
     assert_eq!(stderr, "");
 }
 
+/// The kill timeout of a run whose promised bound is `--timeout 1`: it
+/// must end well within it (the harness kills it, failing the test, past it).
+const TIMEOUT_1_KILL: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[test]
 fn a_peer_that_stops_answering_is_bounded_by_timeout_with_input_queued() {
     let peer = Peer::qemu_none();
@@ -143,7 +147,7 @@ fn a_peer_that_stops_answering_is_bounded_by_timeout_with_input_queued() {
         "qmp-shell --timeout 1",
         lines(10_000, "query-name").as_bytes(),
         Input::HoldOpen,
-        SHELL_TIMEOUT,
+        TIMEOUT_1_KILL,
     );
     thaw(peer.pid());
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
@@ -1053,4 +1057,120 @@ fn read_only_agent_lets_nothing_but_reads_through() {
             assert!(harmless(&m), "the log shows {m} sent");
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Promised bounds, as the harness's kill timeout
+// ---------------------------------------------------------------------------
+
+/// `--timeout 1` against a QEMU frozen (SIGSTOP) before the shell connects,
+/// on a UNIX socket and on TCP: the kernel takes the first connections into
+/// QEMU's queue and the greeting never comes; once the queue is full the
+/// connection itself is never taken. Each run, with `-c` or on a pipe,
+/// gives up with one line and status 1, well within 5 s; fan-out too.
+#[test]
+fn timeout_1_against_a_frozen_qemu_ends_within_5_s() {
+    let (peer, port) = qemu_tcp4_monitor();
+    freeze(peer.pid());
+    let tcp = format!("127.0.0.1:{port}");
+    for addr in [peer.socket_str(), tcp.as_str()] {
+        let greeting = format!(
+            "ERROR: Couldn't connect to {addr}: timed out after 1 s waiting for the greeting \
+             (another client may be attached: QEMU serves one client per monitor at a time)\n"
+        );
+        let not_taken = format!(
+            "ERROR: Couldn't connect to {addr}: timed out after 1 s waiting for the server to \
+             accept the connection (it takes no more: it may be hung)\n"
+        );
+        let mut seen = Vec::new();
+        for run in 0..4 {
+            let (args, input) = if run % 2 == 0 {
+                (vec!["--timeout", "1", addr], "query-status\n")
+            } else {
+                (vec!["--timeout", "1", "-c", "query-status", addr], "")
+            };
+            let out = run_shell(&ours(), &args, input, TIMEOUT_1_KILL);
+            assert_eq!(out.status.code(), Some(1), "{args:?}\n{}", show(&out));
+            assert!(out.stdout.is_empty(), "{args:?}\n{}", show(&out));
+            let err = text(&out.stderr);
+            assert!(
+                err == greeting || err == not_taken,
+                "{args:?}, run {run}\n{}",
+                show(&out)
+            );
+            seen.push(err == not_taken);
+        }
+        // QEMU queues one connection and the kernel one more.
+        assert_eq!(seen, [false, false, true, true], "{addr}");
+    }
+    // Fan-out, one target at a time: the frozen QEMU's queue is full on
+    // both sockets (1 s each), and another frozen QEMU (2 s: no greeting,
+    // then a 1 s guest-agent probe).
+    let other = Peer::qemu_none();
+    freeze(other.pid());
+    let out = run_shell(
+        &ours(),
+        &[
+            "--timeout",
+            "1",
+            "-j",
+            "1",
+            "-c",
+            "query-status",
+            peer.socket_str(),
+            &tcp,
+            other.socket_str(),
+        ],
+        "",
+        TIMEOUT_1_KILL,
+    );
+    thaw(peer.pid());
+    thaw(other.pid());
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = text(&out.stderr);
+    assert_eq!(
+        err.matches("timed out after 1 s waiting for the server to accept the connection")
+            .count(),
+        2,
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        err.matches("timed out after 1 s waiting for the greeting")
+            .count(),
+        1,
+        "{}",
+        show(&out)
+    );
+    // Thawed, QEMU serves the next client as usual.
+    let out = run_shell(&ours(), &["-c", "query-name", &tcp], "", SHELL_TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+}
+
+/// The 10 s greeting bound with no `--timeout`, against a real QEMU frozen
+/// before the shell connects (it accepts, through the kernel, and never
+/// greets): one clear line, status 1, within the bound and a margin.
+#[test]
+fn a_qemu_that_never_greets_is_given_up_on_after_10_s() {
+    let peer = Peer::qemu_none();
+    freeze(peer.pid());
+    let out = run_shell(
+        &ours(),
+        &[peer.socket_str()],
+        "query-status\n",
+        std::time::Duration::from_secs(15),
+    );
+    thaw(peer.pid());
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "ERROR: Couldn't connect to {}: timed out after 10 s waiting for the greeting \
+             (another client may be attached: QEMU serves one client per monitor at a time)\n",
+            peer.socket_str()
+        ),
+        "{}",
+        show(&out)
+    );
+    assert!(out.stdout.is_empty(), "{}", show(&out));
 }
