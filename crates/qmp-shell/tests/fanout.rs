@@ -3,6 +3,8 @@
 //! output tagged with the right target; the exit status and the summary.
 
 mod common;
+#[path = "hostile_server/mod.rs"]
+mod hostile_server;
 #[path = "../../qmp/tests/common/sshd.rs"]
 mod sshd;
 
@@ -365,5 +367,88 @@ fn read_only_reaches_no_target() {
                 p.socket_str()
             );
         }
+    }
+}
+
+/// How many connections the servers of [`jobs_never_exceed_n_connections`]
+/// have open, the most at once, and how many have ended.
+#[derive(Default)]
+struct Open {
+    now: usize,
+    most: usize,
+    ended: usize,
+}
+
+/// `-j N` never has more than N connections open at once, and does use N.
+/// Each target is a listener of the test's own that greets like QEMU and
+/// counts its connection from accept(2) to the shell closing it (the test
+/// cannot count a real QEMU's connections exactly). To make "uses N"
+/// certain, not a matter of timing, a server answers the shell's first
+/// command only once N connections are open (or all the targets left are).
+#[test]
+fn jobs_never_exceed_n_connections() {
+    use std::sync::{Arc, Condvar, Mutex};
+    const TARGETS: usize = 7;
+    for jobs in [1usize, 3] {
+        let state = Arc::new((Mutex::new(Open::default()), Condvar::new()));
+        let servers: Vec<hostile_server::Server> = (0..TARGETS)
+            .map(|_| {
+                let state = Arc::clone(&state);
+                hostile_server::serve(move |c| {
+                    let (lock, cv) = &*state;
+                    {
+                        let mut st = lock.lock().unwrap();
+                        st.now += 1;
+                        st.most = st.most.max(st.now);
+                        cv.notify_all();
+                    }
+                    c.handshake();
+                    let mut first = true;
+                    while let Some((name, id)) = c.read_command() {
+                        if first {
+                            first = false;
+                            let st = lock.lock().unwrap();
+                            let _ = cv
+                                .wait_timeout_while(st, SHELL_TIMEOUT, |st| {
+                                    st.now < jobs.min(TARGETS - st.ended)
+                                })
+                                .unwrap();
+                        }
+                        let ret = if name == "query-name" {
+                            "{\"name\": \"t\"}"
+                        } else {
+                            "{}"
+                        };
+                        c.reply(&id, ret);
+                    }
+                    let mut st = lock.lock().unwrap();
+                    st.now -= 1;
+                    st.ended += 1;
+                    cv.notify_all();
+                })
+            })
+            .collect();
+        let j = jobs.to_string();
+        let mut args: Vec<&str> = vec!["-j", &j, "-c", "query-name", "-c", "query-status"];
+        args.extend(servers.iter().map(|s| s.addr()));
+        let out = run(&args, "");
+        assert_eq!(out.status.code(), Some(0), "-j {jobs}\n{}", show(&out));
+        assert_eq!(
+            text(&out.stdout)
+                .matches(": {\"return\": {\"name\": \"t\"}}\n")
+                .count(),
+            TARGETS,
+            "{}",
+            show(&out)
+        );
+        for s in servers {
+            s.join();
+        }
+        let st = state.0.lock().unwrap();
+        assert_eq!(st.ended, TARGETS);
+        assert_eq!(
+            st.most, jobs,
+            "-j {jobs}: the most connections open at once"
+        );
     }
 }
