@@ -1174,3 +1174,183 @@ fn a_qemu_that_never_greets_is_given_up_on_after_10_s() {
     );
     assert!(out.stdout.is_empty(), "{}", show(&out));
 }
+
+// ---------------------------------------------------------------------------
+// Raw JSON that never ends
+// ---------------------------------------------------------------------------
+
+/// End of input inside a raw JSON message, on a pipe and with `-c`: one
+/// clear error, counted as a failed command (status 3 with
+/// `--exit-status` and `-c`, 0 without), and nothing of it is sent.
+#[test]
+fn end_of_input_inside_raw_json_sends_nothing() {
+    let peer = Peer::qemu_two_monitors(&["-M", "none"]);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let error = "ERROR: end of input inside a raw JSON message; it was not sent\n";
+    let input = "query-name\n{\"execute\":\n\"stop\"\n";
+    for (args, status) in [
+        (vec![peer.socket_str()], 0),
+        (vec!["--exit-status", peer.socket_str()], 3),
+        (
+            vec![
+                "-l",
+                log.to_str().unwrap(),
+                "-c",
+                "{\"execute\": \"stop\"",
+                peer.socket_str(),
+            ],
+            3,
+        ),
+    ] {
+        let stdin = if args.contains(&"-c") { "" } else { input };
+        let out = run_shell(&ours(), &args, stdin, SHELL_TIMEOUT);
+        assert_eq!(out.status.code(), Some(status), "{args:?}\n{}", show(&out));
+        assert_eq!(text(&out.stderr), error, "{args:?}\n{}", show(&out));
+    }
+    let status = qmp_raw(peer.second_socket(), &[r#"{"execute": "query-status"}"#]);
+    assert!(status[0].contains("\"running\": true"), "{status:?}");
+    assert!(
+        !std::fs::read_to_string(&log).unwrap().contains("stop"),
+        "nothing sent"
+    );
+}
+
+/// Feed `input` to the shell (stdin left open after it), wait (bounded)
+/// until standard output has `until`, and return the shell's peak resident
+/// memory (`VmHWM`, read while it still runs), then its whole output.
+fn peak_memory_while_fed(
+    args: &[&str],
+    input: impl FnOnce(&mut dyn Write) + Send + 'static,
+    until: &str,
+) -> (u64, std::process::Output) {
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = shell_cmd(args, home.path());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let writer = std::thread::spawn(move || {
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, &mut stdin);
+        input(&mut w);
+        let _ = w.flush();
+        drop(w);
+        // Held open: the shell must not end before its memory is read.
+        let _ = done_rx.recv();
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while !text(&seen).contains(until) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => seen.extend(chunk),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{until:?} never came (killed after 180 s); stdout:\n{}",
+                    escape_visible(&seen[seen.len().saturating_sub(2000)..])
+                );
+            }
+        }
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    drop(done_tx);
+    let _ = writer.join();
+    let mut out = wait_child(child, "qmp-shell", SHELL_TIMEOUT);
+    seen.extend(rx.try_iter().flatten());
+    out.stdout = seen;
+    (kib * 1024, out)
+}
+
+/// The most memory the shell may take while fed what never ends: far
+/// below what it is fed, far above what it needs.
+const MEMORY_BOUND: u64 = 128 << 20;
+/// What it is fed.
+const ENDLESS: usize = 160 << 20;
+
+/// An unclosed `{` followed by 160 MiB that never closes it (lines of
+/// numbers), then the end of the message and a command: one clear error
+/// once QEMU's limit for a message is passed, the shell's peak memory stays
+/// under 128 MiB, nothing of the message is sent, and the shell goes on.
+/// Then the same as one line of 160 MiB without a newline (a string that
+/// never ends): the line is skipped with one error and the shell goes on.
+#[test]
+fn an_unclosed_brace_that_never_ends_keeps_memory_bounded() {
+    let peer = Peer::qemu_two_monitors(&["-M", "none", "-name", "vm"]);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let args = ["-l", log.to_str().unwrap(), peer.socket_str()];
+    let reply = "{\"return\": {\"name\": \"vm\"}}\n";
+
+    let (peak, out) = peak_memory_while_fed(
+        &args,
+        |w| {
+            let line = format!("{}\n", "1,".repeat(32 * 1024));
+            let _ = w.write_all(b"{\"execute\": \"stop\", \"arguments\": {\"x\": [\n");
+            for _ in 0..ENDLESS / line.len() {
+                if w.write_all(line.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            let _ = w.write_all(b"0]}}\nquery-name\n");
+        },
+        reply,
+    );
+    assert!(peak < MEMORY_BOUND, "peak memory {} MiB", peak >> 20);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        "ERROR: raw JSON message larger than QEMU takes (64 MiB, 2097152 tokens); it was \
+         not sent\n"
+    );
+    assert!(text(&out.stdout).ends_with(&format!("(QEMU) {reply}(QEMU) \n")));
+
+    let (peak, out) = peak_memory_while_fed(
+        &args,
+        |w| {
+            let chunk = vec![b'a'; 1 << 20];
+            let _ = w.write_all(b"{\"execute\": \"stop\", \"arguments\": {\"x\": \"");
+            for _ in 0..ENDLESS >> 20 {
+                if w.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+            let _ = w.write_all(b"\"}}\nquery-name\n");
+        },
+        reply,
+    );
+    assert!(peak < MEMORY_BOUND, "peak memory {} MiB", peak >> 20);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        "ERROR: input line longer than 64 MiB; it was skipped\n"
+    );
+    assert!(text(&out.stdout).ends_with(&format!("(QEMU) {reply}(QEMU) \n")));
+
+    let status = qmp_raw(peer.second_socket(), &[r#"{"execute": "query-status"}"#]);
+    assert!(status[0].contains("\"running\": true"), "{status:?}");
+    assert!(
+        !std::fs::read_to_string(&log).unwrap().contains("stop"),
+        "nothing of the message was sent"
+    );
+}
