@@ -43,6 +43,27 @@ pub fn allowed(name: &str, args: Option<&Object>, guest_agent: bool) -> bool {
     false
 }
 
+/// What a message `msg` would make the peer do under `--read-only`: `None`
+/// when it may be sent, else the name of the command to refuse it for.
+/// Every command it names counts, `execute` and `exec-oob` alike: QEMU
+/// rejects a message with both, but an allowed name in one key must not
+/// carry a refused one in the other. A message that names no command (or
+/// not as a string) is refused too, with an empty name.
+pub fn refused(msg: &Object, guest_agent: bool) -> Option<String> {
+    let args = msg.get("arguments").and_then(Value::as_object);
+    let mut names = ["execute", "exec-oob"]
+        .iter()
+        .filter_map(|key| msg.get(*key))
+        .peekable();
+    if names.peek().is_none() {
+        return Some(String::new());
+    }
+    names
+        .map(|v| v.as_str().unwrap_or_default())
+        .find(|name| !allowed(name, args, guest_agent))
+        .map(str::to_owned)
+}
+
 /// The one-line reason a command is refused.
 pub fn refusal(name: &str) -> String {
     format!("refused by --read-only: {name} may change the VM; it was not sent")
@@ -112,6 +133,47 @@ mod tests {
             Some(&args(json!({"command-line": 1}))),
             false
         ));
+    }
+
+    #[test]
+    fn every_command_a_message_names_counts() {
+        let msg = |v: Value| args(v);
+        assert_eq!(
+            refused(&msg(json!({"execute": "query-status"})), false),
+            None
+        );
+        assert_eq!(
+            refused(&msg(json!({"exec-oob": "query-yank"})), false),
+            None
+        );
+        for (m, name) in [
+            (
+                json!({"execute": "query-status", "exec-oob": "stop"}),
+                "stop",
+            ),
+            (
+                json!({"exec-oob": "stop", "execute": "query-status"}),
+                "stop",
+            ),
+            (json!({"execute": "stop", "exec-oob": "query-yank"}), "stop"),
+            (json!({"exec-oob": "yank"}), "yank"),
+            (json!({"execute": 1}), ""),
+            (json!({"arguments": {}}), ""),
+        ] {
+            assert_eq!(
+                refused(&msg(m.clone()), false).as_deref(),
+                Some(name),
+                "{m}"
+            );
+        }
+        assert_eq!(
+            refused(
+                &msg(json!({"execute": "guest-ping", "exec-oob": "guest-exec"})),
+                true
+            )
+            .as_deref(),
+            Some("guest-exec")
+        );
     }
 
     #[test]

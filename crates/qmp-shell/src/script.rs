@@ -21,26 +21,91 @@ use crate::signals;
 /// Lines read ahead at most.
 const READ_AHEAD: usize = 1024;
 
+/// Bytes of lines read ahead at most (a longer line still goes into an
+/// empty queue).
+const READ_AHEAD_BYTES: usize = 16 << 20;
+
+/// Bytes an input line may have at most (the largest message QEMU takes in
+/// one piece is as large); a longer one is skipped, with an error, up to its
+/// end, and never held in memory whole.
+pub const MAX_LINE: usize = 64 << 20;
+
 /// Where input lines come from: each a line, or why it could not be read.
 pub type Lines = Box<dyn Iterator<Item = Result<String, String>> + Send>;
 
 /// Lines of standard input (or any reader): split at `\n` only, like
-/// Python's `input()`; a line that is not UTF-8 is reported, not fatal. A
-/// read error ends the input, after a message.
+/// Python's `input()`; a line that is not UTF-8, or longer than
+/// [`MAX_LINE`], is reported, not fatal. A read error ends the input, after
+/// a message.
 pub fn reader_lines<R: BufRead + Send + 'static>(mut reader: R) -> Lines {
+    let mut failed = false;
     Box::new(std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
         let mut buf = Vec::new();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) => None,
-            Ok(_) => {
+        match read_line_bounded(&mut reader, &mut buf, MAX_LINE) {
+            Ok(None) => None,
+            Ok(Some(false)) => Some(Err(format!(
+                "input line longer than {} MiB; it was skipped",
+                MAX_LINE >> 20
+            ))),
+            Ok(Some(true)) => {
                 if buf.last() == Some(&b'\n') {
                     buf.pop();
                 }
-                Some(String::from_utf8(buf).map_err(|_| "input is not valid UTF-8".to_string()))
+                Some(
+                    String::from_utf8(buf)
+                        .map_err(|_| "input line is not valid UTF-8; it was skipped".to_string()),
+                )
             }
-            Err(err) => Some(Err(format!("reading input: {err}"))),
+            Err(err) => {
+                failed = true;
+                Some(Err(format!("reading input: {err}")))
+            }
         }
     }))
+}
+
+/// Read one line (up to and with its `\n`) into `buf`, holding at most
+/// `limit` bytes of it: `Ok(None)` at the end of input, `Ok(Some(true))`
+/// for a line, `Ok(Some(false))` for a line longer than `limit`, read to
+/// its end and dropped.
+fn read_line_bounded<R: BufRead>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<Option<bool>> {
+    let mut any = false;
+    let mut fits = true;
+    loop {
+        let chunk = match reader.fill_buf() {
+            Ok(chunk) => chunk,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        if chunk.is_empty() {
+            return Ok(any.then_some(fits));
+        }
+        any = true;
+        let (len, end) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        if fits {
+            let line_len = buf.len() + len - usize::from(end);
+            if line_len > limit {
+                fits = false;
+                *buf = Vec::new();
+            } else {
+                buf.extend_from_slice(&chunk[..len]);
+            }
+        }
+        reader.consume(len);
+        if end {
+            return Ok(Some(fits));
+        }
+    }
 }
 
 /// What [`LineQueue::pop`] found.
@@ -57,8 +122,14 @@ pub enum Pop {
 #[derive(Default)]
 struct QueueState {
     lines: VecDeque<Result<String, String>>,
+    /// The bytes of the lines queued.
+    bytes: usize,
     ended: bool,
     closed: bool,
+}
+
+fn line_bytes(line: &Result<String, String>) -> usize {
+    line.as_ref().map_or(0, String::len)
 }
 
 /// A bounded queue of input lines between a reader thread and the engine.
@@ -103,12 +174,16 @@ impl LineQueue {
     /// Add a line, waiting for room; `false` once the queue is closed.
     fn push(&self, line: Result<String, String>) -> bool {
         let mut st = self.lock();
-        while st.lines.len() >= READ_AHEAD && !st.closed {
+        while (st.lines.len() >= READ_AHEAD
+            || (!st.lines.is_empty() && st.bytes + line_bytes(&line) > READ_AHEAD_BYTES))
+            && !st.closed
+        {
             st = self.space.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         if st.closed {
             return false;
         }
+        st.bytes += line_bytes(&line);
         st.lines.push_back(line);
         drop(st);
         self.bell.ring();
@@ -120,6 +195,7 @@ impl LineQueue {
         let mut st = self.lock();
         match st.lines.pop_front() {
             Some(line) => {
+                st.bytes -= line_bytes(&line);
                 drop(st);
                 self.space.notify_all();
                 Pop::Line(line)
@@ -135,6 +211,7 @@ impl LineQueue {
         let mut st = self.lock();
         st.closed = true;
         st.lines.clear();
+        st.bytes = 0;
         drop(st);
         self.space.notify_all();
     }
@@ -207,6 +284,33 @@ pub fn run(mut engine: Engine, lines: Lines) -> i32 {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_line_over_the_limit_is_skipped_to_its_end_and_never_held() {
+        // A reader with a small buffer: the long line comes in many pieces.
+        let input = format!("ab\n{}\ncd\n{}", "x".repeat(100), "y".repeat(9));
+        let mut r = std::io::BufReader::with_capacity(7, input.as_bytes());
+        let mut buf = Vec::new();
+        assert_eq!(read_line_bounded(&mut r, &mut buf, 8).unwrap(), Some(true));
+        assert_eq!(buf, b"ab\n");
+        buf.clear();
+        assert_eq!(read_line_bounded(&mut r, &mut buf, 8).unwrap(), Some(false));
+        assert!(buf.capacity() <= 16, "{}", buf.capacity());
+        buf.clear();
+        assert_eq!(read_line_bounded(&mut r, &mut buf, 8).unwrap(), Some(true));
+        assert_eq!(buf, b"cd\n");
+        buf.clear();
+        // The last line, without its newline, one byte over.
+        assert_eq!(read_line_bounded(&mut r, &mut buf, 8).unwrap(), Some(false));
+        buf.clear();
+        assert_eq!(read_line_bounded(&mut r, &mut buf, 8).unwrap(), None);
+        // Exactly the limit fits, with or without the newline.
+        let mut r = std::io::BufReader::with_capacity(3, &b"12345678\n12345678"[..]);
+        for _ in 0..2 {
+            buf.clear();
+            assert_eq!(read_line_bounded(&mut r, &mut buf, 8).unwrap(), Some(true));
+        }
+    }
 
     #[test]
     fn closing_releases_a_reader_blocked_on_a_full_queue() {

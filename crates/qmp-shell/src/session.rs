@@ -33,7 +33,7 @@ use qmp_client::{Client, Error as QmpError, Event, Incoming, Object, Pending, Re
 use serde_json::Value;
 
 use crate::cli::exit;
-use crate::complete::raw_json_incomplete;
+use crate::complete::JsonScan;
 use crate::doorbell::Doorbell;
 use crate::files::{open_private, Existing};
 use crate::hmp;
@@ -94,6 +94,34 @@ const MAX_RECENT_EVENTS: usize = 100_000;
 
 /// Bytes a `/play` file may have at most (it is read whole).
 const MAX_PLAY_BYTES: u64 = 64 << 20;
+
+/// Bytes a raw JSON message may have at most: QEMU's limit for a message.
+pub const MAX_RAW_JSON: usize = 64 << 20;
+
+/// JSON tokens a raw JSON message may have at most: QEMU's limit for a
+/// message (it refuses more). Held as a `serde_json::Value`, a message of
+/// 64 MiB of small numbers would take gigabytes.
+pub const MAX_RAW_JSON_TOKENS: u64 = 2 << 20;
+
+/// The error for a raw JSON message over [`MAX_RAW_JSON`] or
+/// [`MAX_RAW_JSON_TOKENS`].
+fn raw_json_too_large() -> String {
+    format!(
+        "raw JSON message larger than QEMU takes ({} MiB, {MAX_RAW_JSON_TOKENS} tokens); \
+         it was not sent",
+        MAX_RAW_JSON >> 20
+    )
+}
+
+/// A raw JSON message being read over several lines: its text so far and
+/// where the scan for its end stands. Past [`MAX_RAW_JSON`] the text is
+/// dropped (and the message will not be sent) but the scan goes on, so that
+/// the shell carries on after the message's end.
+struct RawMessage {
+    text: String,
+    scan: JsonScan,
+    too_long: bool,
+}
 
 /// One thing to print, in input order.
 enum Slot {
@@ -198,7 +226,7 @@ pub struct Engine {
     parser: Parser,
     cpu_index: Option<i64>,
     /// A raw JSON message being read over several lines.
-    raw: Option<String>,
+    raw: Option<RawMessage>,
     queue: VecDeque<Slot>,
     barriers: usize,
     failures: u64,
@@ -454,6 +482,10 @@ impl Engine {
             .push((!line.starts_with(' ')).then(|| line.to_owned()));
         self.unsent = false;
         self.run_line(line);
+        if self.raw.as_ref().is_some_and(|raw| raw.too_long) {
+            // A message refused for its size is not held, nor its lines.
+            self.unit.clear();
+        }
         if self.raw.is_none() && !self.in_transaction() {
             let sent = !self.unsent;
             self.unit_done(sent);
@@ -503,11 +535,28 @@ impl Engine {
 
     fn run_line(&mut self, line: &str) {
         if let Some(raw) = self.raw.as_mut() {
-            raw.push('\n');
-            raw.push_str(line);
-            if !raw_json_incomplete(raw) {
-                let text = self.raw.take().unwrap_or_default();
-                self.raw_json(&text);
+            raw.scan.feed(line);
+            let overflow = !raw.too_long
+                && (raw.text.len() + 1 + line.len() > MAX_RAW_JSON
+                    || raw.scan.tokens() > MAX_RAW_JSON_TOKENS);
+            if overflow {
+                raw.too_long = true;
+                raw.text = String::new();
+            } else if !raw.too_long {
+                raw.text.push('\n');
+                raw.text.push_str(line);
+            }
+            let complete = !raw.scan.incomplete();
+            if overflow {
+                let text = raw_json_too_large();
+                self.failure(format!("ERROR: {text}\n"), "ParseError", text);
+            }
+            if complete {
+                match self.raw.take() {
+                    Some(raw) if !raw.too_long => self.raw_json(&raw.text),
+                    // Refused when it grew too long.
+                    _ => self.unsent = true,
+                }
             }
             return;
         }
@@ -534,8 +583,24 @@ impl Engine {
                 return self.meta(trimmed);
             }
             if trimmed.starts_with('{') {
-                if raw_json_incomplete(trimmed) {
-                    self.raw = Some(trimmed.to_owned());
+                let mut scan = JsonScan::default();
+                scan.feed(trimmed);
+                if trimmed.len() > MAX_RAW_JSON || scan.tokens() > MAX_RAW_JSON_TOKENS {
+                    let text = raw_json_too_large();
+                    self.failure(format!("ERROR: {text}\n"), "ParseError", text);
+                    if scan.incomplete() {
+                        self.raw = Some(RawMessage {
+                            text: String::new(),
+                            scan,
+                            too_long: true,
+                        });
+                    }
+                } else if scan.incomplete() {
+                    self.raw = Some(RawMessage {
+                        text: trimmed.to_owned(),
+                        scan,
+                        too_long: false,
+                    });
                 } else {
                     self.raw_json(trimmed);
                 }
@@ -549,9 +614,16 @@ impl Engine {
         self.shorthand(line);
     }
 
-    /// A line that could not be read (not UTF-8, say): a failed command.
+    /// A line that could not be read (not UTF-8, too long): a failed
+    /// command, one line on standard error. Inside a raw JSON message it
+    /// ends the message, which is not sent: it would lack that line.
     pub fn unreadable_line(&mut self, reason: &str) {
-        self.parse_error(reason);
+        let text = if self.raw.take().is_some_and(|raw| !raw.too_long) {
+            format!("{reason}, inside a raw JSON message: the message was not sent")
+        } else {
+            reason.to_owned()
+        };
+        self.failure(format!("ERROR: {text}\n"), "ParseError", text);
     }
 
     /// Input ended: an unfinished transaction or raw JSON message is an
@@ -570,12 +642,15 @@ impl Engine {
     /// message ended (`what`: `end of input`, `/play: FILE ends`): it is a
     /// failed command, and nothing of it is sent.
     fn unfinished(&mut self, what: &str) {
-        if self.raw.take().is_some() {
-            self.failure(
-                format!("ERROR: {what} inside a raw JSON message; it was not sent\n"),
-                "ParseError",
-                format!("{what} inside a raw JSON message"),
-            );
+        if let Some(raw) = self.raw.take() {
+            // One that was too long was reported already.
+            if !raw.too_long {
+                self.failure(
+                    format!("ERROR: {what} inside a raw JSON message; it was not sent\n"),
+                    "ParseError",
+                    format!("{what} inside a raw JSON message"),
+                );
+            }
             self.unit_done(false);
         }
         if let Some(n) = self.parser.abort_transaction() {
@@ -754,18 +829,13 @@ impl Engine {
         if !self.cfg.read_only {
             return false;
         }
-        let name = msg
-            .get("execute")
-            .or_else(|| msg.get("exec-oob"))
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let args = msg.get("arguments").and_then(Value::as_object);
-        if readonly::allowed(name, args, self.cfg.guest_agent) {
-            return false;
+        match readonly::refused(msg, self.cfg.guest_agent) {
+            Some(name) => {
+                self.refuse(&name);
+                true
+            }
+            None => false,
         }
-        let name = name.to_owned();
-        self.refuse(&name);
-        true
     }
 
     /// Refuse a command under `--read-only`.

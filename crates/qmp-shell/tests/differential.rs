@@ -20,7 +20,10 @@
 //!
 //! `QMP_DIFF_CANDIDATE=reference cargo test --test differential` runs the
 //! reference against itself instead of ours: use it to check that a new case
-//! is deterministic before blaming our shell.
+//! is deterministic before blaming our shell. Such a run never passes: a
+//! compared test whose two reference runs agree fails all the same, saying
+//! that ours was not compared (so the variable, left set, cannot make the
+//! suite vouch for ours).
 //!
 //! Cases where the reference is wrong (the defects listed in
 //! docs/compatibility.md) are not compared: the `fixed_*` tests below check
@@ -71,6 +74,73 @@ fn candidate() -> (Command, &'static str) {
         Ok("ours") | Err(_) => (ours_cmd(), "ours"),
         Ok(other) => panic!("QMP_DIFF_CANDIDATE must be `ours` or `reference`, not {other:?}"),
     }
+}
+
+/// Called once a comparison found no difference: with the reference as
+/// the candidate that only proves the case deterministic, never that ours
+/// matches, so the test fails saying so.
+#[track_caller]
+fn verdict_on_ours(cand_name: &str, what: &str) {
+    assert!(
+        !cand_name.starts_with("reference"),
+        "QMP_DIFF_CANDIDATE=reference: {what}: the reference agreed with itself (the case \
+         is deterministic); OURS WAS NOT COMPARED. Unset QMP_DIFF_CANDIDATE to test ours."
+    );
+}
+
+/// The reference's banner for `flags`: the welcome line, then `Connected
+/// to QEMU X.Y.Z` and an empty line, or with `-N` just `Connected`.
+/// Returns the rest of `stdout` after it, if it is there.
+fn after_reference_banner<'a>(flags: &[&str], stdout: &'a str) -> Option<&'a str> {
+    let welcome = if flags.iter().any(|f| *f == "-H" || *f == "--hmp") {
+        "Welcome to the HMP shell!\n"
+    } else {
+        "Welcome to the QMP low-level shell!\n"
+    };
+    let rest = stdout.strip_prefix(welcome)?;
+    if flags
+        .iter()
+        .any(|f| *f == "-N" || *f == "--skip-negotiation")
+    {
+        return rest.strip_prefix("Connected\n");
+    }
+    let (version, body) = rest
+        .strip_prefix("Connected to QEMU ")?
+        .split_once("\n\n")?;
+    let numbers: Vec<&str> = version.split('.').collect();
+    (numbers.len() == 3 && numbers.iter().all(|n| n.parse::<u32>().is_ok())).then_some(body)
+}
+
+/// The reference's session on a peer worked, which a case meant to be
+/// compared requires (two identical failures must not pass): no traceback,
+/// its banner, a prompt for every line of `input` and one at its end (it
+/// read all of it), and exit status 0.
+#[track_caller]
+fn assert_reference_session_worked(flags: &[&str], what: &str, input: &str, out: &Output) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("Traceback"),
+        "case {what} {flags:?} crashes the reference; move it to a fixed_* test:\n{err}"
+    );
+    let stdout = text(&out.stdout);
+    let body = after_reference_banner(flags, &stdout).unwrap_or_else(|| {
+        panic!(
+            "case {what} {flags:?}: the reference printed no banner (it did not connect)\n{}",
+            show(out)
+        )
+    });
+    let lines = input.split_inclusive('\n').count();
+    assert!(
+        prompts(body) > lines,
+        "case {what} {flags:?}: the reference did not read all {lines} lines\n{}",
+        show(out)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "case {what} {flags:?}: the reference's exit status\n{}",
+        show(out)
+    );
 }
 
 fn data_dir() -> PathBuf {
@@ -140,7 +210,7 @@ fn differential(kind: Kind, flags: &[&str], case: &str) {
 
 /// Run both shells on two fresh peers of `kind` with `flags` and `input`;
 /// return the reference's output and the candidate's (name, output), after
-/// checking that the reference did not crash.
+/// checking that the reference's session worked.
 fn run_pair(kind: Kind, flags: &[&str], what: &str, input: &str) -> (Output, &'static str, Output) {
     let (cand, cand_name) = candidate();
 
@@ -155,12 +225,7 @@ fn run_pair(kind: Kind, flags: &[&str], what: &str, input: &str) -> (Output, &'s
     let ref_out = run(reference(), &ref_peer);
     let cand_out = run(cand, &cand_peer);
 
-    // The reference must not crash on a case meant to be compared.
-    let ref_err = String::from_utf8_lossy(&ref_out.stderr);
-    assert!(
-        !ref_err.contains("Traceback"),
-        "case {what} {flags:?} crashes the reference; move it to a fixed_* test:\n{ref_err}"
-    );
+    assert_reference_session_worked(flags, what, input, &ref_out);
     (ref_out, cand_name, cand_out)
 }
 
@@ -188,6 +253,7 @@ fn differential_input(kind: Kind, flags: &[&str], what: &str, input: &str, event
             problems.join("\n\n")
         );
     }
+    verdict_on_ours(cand_name, &format!("{kind:?} {flags:?} {what}"));
     ref_out
 }
 
@@ -557,6 +623,7 @@ fn assert_usage_error_ext(args: &[&str], error_line: &str, allow_suffix: bool) {
             escape_visible(&out.stderr)
         );
     }
+    verdict_on_ours(&cand_name, &format!("{args:?}"));
 }
 
 #[test]
@@ -602,6 +669,7 @@ fn assert_same_connect_error(args: &[&str]) {
         "{args:?}: {cand_name} differs from the reference\n\n{}",
         problems.join("\n\n")
     );
+    verdict_on_ours(&cand_name, &format!("{args:?}"));
 }
 
 #[test]
@@ -653,6 +721,7 @@ fn cli_tcp_connection_refused() {
             escape_visible(&out.stderr)
         );
     }
+    verdict_on_ours(&cand_name, &addr);
 }
 
 // ---------------------------------------------------------------------------

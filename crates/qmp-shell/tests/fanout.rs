@@ -3,6 +3,8 @@
 //! output tagged with the right target; the exit status and the summary.
 
 mod common;
+#[path = "hostile_server/mod.rs"]
+mod hostile_server;
 #[path = "../../qmp/tests/common/sshd.rs"]
 mod sshd;
 
@@ -268,4 +270,185 @@ fn standard_output_closed_or_full_stops_every_target() {
         "{}",
         show(&out)
     );
+}
+
+/// `--read-only` fans out too: on every target what could change the VM is
+/// refused, and each QEMU's own trace (`handle_qmp_command`) shows that it
+/// received nothing but the negotiation and reads; each is still running
+/// (asked through its second monitor).
+#[test]
+fn read_only_reaches_no_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let traces: Vec<std::path::PathBuf> = (0..3)
+        .map(|k| dir.path().join(format!("trace{k}")))
+        .collect();
+    let peers: Vec<Peer> = traces
+        .iter()
+        .map(|t| {
+            Peer::qemu_two_monitors(&[
+                "-M",
+                "none",
+                "-trace",
+                "handle_qmp_command",
+                "-D",
+                t.to_str().unwrap(),
+            ])
+        })
+        .collect();
+    let mut args: Vec<&str> = vec![
+        "--read-only",
+        "-j",
+        "2",
+        "-c",
+        "stop",
+        "-c",
+        r#"{"execute": "query-status", "exec-oob": "quit"}"#,
+        "-c",
+        "transaction( abort )",
+        "-c",
+        "/oob migrate-pause",
+        "-c",
+        "query-status",
+    ];
+    args.extend(peers.iter().map(Peer::socket_str));
+    let out = run(&args, "");
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let stdout = text(&out.stdout);
+    for p in &peers {
+        assert!(
+            stdout.contains(&format!(
+                "{}: {{\"return\": {{\"status\": \"running\", \"singlestep\": false, \
+                 \"running\": true}}}}\n",
+                p.socket_str()
+            )),
+            "{}",
+            show(&out)
+        );
+    }
+    let stderr = text(&out.stderr);
+    for name in ["stop", "quit", "transaction", "migrate-pause"] {
+        assert_eq!(
+            stderr
+                .matches(&format!("refused by --read-only: {name} "))
+                .count(),
+            peers.len(),
+            "{name} refused once per target\n{}",
+            show(&out)
+        );
+    }
+    for (p, t) in peers.iter().zip(&traces) {
+        let status = qmp_raw(p.second_socket(), &[r#"{"execute": "query-status"}"#]);
+        assert!(status[0].contains("\"running\": true"), "{status:?}");
+        let received: Vec<Value> = std::fs::read_to_string(t)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once(" req: "))
+            .map(|(_, req)| serde_json::from_str(req).unwrap())
+            .collect();
+        assert!(
+            received
+                .iter()
+                .filter(|r| r["execute"] == "query-status")
+                .count()
+                >= 2,
+            "{received:?}"
+        );
+        for req in &received {
+            let names: Vec<&str> = ["execute", "exec-oob"]
+                .iter()
+                .filter_map(|k| req[*k].as_str())
+                .collect();
+            assert!(
+                !names.is_empty()
+                    && names.iter().all(|n| *n == "qmp_capabilities"
+                        || n.starts_with("query-")
+                        || n.starts_with("x-query-")),
+                "{} received {req}",
+                p.socket_str()
+            );
+        }
+    }
+}
+
+/// How many connections the servers of [`jobs_never_exceed_n_connections`]
+/// have open, the most at once, and how many have ended.
+#[derive(Default)]
+struct Open {
+    now: usize,
+    most: usize,
+    ended: usize,
+}
+
+/// `-j N` never has more than N connections open at once, and does use N.
+/// Each target is a listener of the test's own that greets like QEMU and
+/// counts its connection from accept(2) to the shell closing it (the test
+/// cannot count a real QEMU's connections exactly). To make "uses N"
+/// certain, not a matter of timing, a server answers the shell's first
+/// command only once N connections are open (or all the targets left are).
+#[test]
+fn jobs_never_exceed_n_connections() {
+    use std::sync::{Arc, Condvar, Mutex};
+    const TARGETS: usize = 7;
+    for jobs in [1usize, 3] {
+        let state = Arc::new((Mutex::new(Open::default()), Condvar::new()));
+        let servers: Vec<hostile_server::Server> = (0..TARGETS)
+            .map(|_| {
+                let state = Arc::clone(&state);
+                hostile_server::serve(move |c| {
+                    let (lock, cv) = &*state;
+                    {
+                        let mut st = lock.lock().unwrap();
+                        st.now += 1;
+                        st.most = st.most.max(st.now);
+                        cv.notify_all();
+                    }
+                    c.handshake();
+                    let mut first = true;
+                    while let Some((name, id)) = c.read_command() {
+                        if first {
+                            first = false;
+                            let st = lock.lock().unwrap();
+                            let _ = cv
+                                .wait_timeout_while(st, SHELL_TIMEOUT, |st| {
+                                    st.now < jobs.min(TARGETS - st.ended)
+                                })
+                                .unwrap();
+                        }
+                        let ret = if name == "query-name" {
+                            "{\"name\": \"t\"}"
+                        } else {
+                            "{}"
+                        };
+                        c.reply(&id, ret);
+                    }
+                    let mut st = lock.lock().unwrap();
+                    st.now -= 1;
+                    st.ended += 1;
+                    cv.notify_all();
+                })
+            })
+            .collect();
+        let j = jobs.to_string();
+        let mut args: Vec<&str> = vec!["-j", &j, "-c", "query-name", "-c", "query-status"];
+        args.extend(servers.iter().map(|s| s.addr()));
+        let out = run(&args, "");
+        assert_eq!(out.status.code(), Some(0), "-j {jobs}\n{}", show(&out));
+        assert_eq!(
+            text(&out.stdout)
+                .matches(": {\"return\": {\"name\": \"t\"}}\n")
+                .count(),
+            TARGETS,
+            "{}",
+            show(&out)
+        );
+        for s in servers {
+            s.join();
+        }
+        let st = state.0.lock().unwrap();
+        assert_eq!(st.ended, TARGETS);
+        assert_eq!(
+            st.most, jobs,
+            "-j {jobs}: the most connections open at once"
+        );
+    }
 }

@@ -4,6 +4,8 @@
 //! Every run has a hard timeout; timing is never asserted.
 
 mod common;
+#[path = "../../qmp/tests/common/sshd.rs"]
+mod sshd;
 
 use std::process::Output;
 
@@ -470,4 +472,80 @@ fn pipelined_replies_come_back_in_input_order() {
     for (i, reply) in replies.iter().enumerate() {
         check_numbered_reply(i, reply);
     }
+}
+
+// ---------------------------------------------------------------------------
+// One target through ssh://
+// ---------------------------------------------------------------------------
+
+/// A whole `qmp-shell ssh://HOST/PATH` session through the private sshd,
+/// on a pipe: exactly the banner, replies, events (at the empty lines) and
+/// exit status expected, the same as the session run on a socket directly;
+/// then through ssh with an error reply and `-c` (status 3).
+#[test]
+fn a_session_through_ssh_prints_exactly_what_a_direct_one_does() {
+    let sshd = sshd::Sshd::start();
+    let command = sshd.ssh_command();
+    let remote_peer = Peer::qemu_with_args(&["-M", "none", "-name", "vm"]);
+    let local_peer = Peer::qemu_with_args(&["-M", "none", "-name", "vm"]);
+    let remote = format!("ssh://{}{}", sshd::HOST, remote_peer.socket_str());
+    let input = "query-name\nstop\n\nquery-status\ncont\n\nnosuch\n";
+    let run = |args: &[&str]| {
+        common::run_shell_env(
+            &ours(),
+            args,
+            input,
+            SHELL_TIMEOUT,
+            &[("QMP_SSH_COMMAND", &command)],
+        )
+    };
+    let through_ssh = run(&[&remote]);
+    let direct = run(&[local_peer.socket_str()]);
+    let version = {
+        let reply = common::qmp_raw(local_peer.socket(), &[r#"{"execute": "query-version"}"#]);
+        let v: Value = serde_json::from_str(&reply[0]).unwrap();
+        let q = &v["return"]["qemu"];
+        format!("{}.{}.{}", q["major"], q["minor"], q["micro"])
+    };
+    let expected = format!(
+        "Welcome to the QMP low-level shell!\nConnected to QEMU {version}\n\n\
+         (QEMU) {{\"return\": {{\"name\": \"vm\"}}}}\n\
+         (QEMU) {{\"return\": {{}}}}\n\
+         (QEMU) {{\"timestamp\": {{\"seconds\": S, \"microseconds\": U}}, \"event\": \"STOP\"}}\n\
+         (QEMU) {{\"return\": {{\"status\": \"paused\", \"singlestep\": false, \"running\": false}}}}\n\
+         (QEMU) {{\"return\": {{}}}}\n\
+         (QEMU) {{\"timestamp\": {{\"seconds\": S, \"microseconds\": U}}, \"event\": \"RESUME\"}}\n\
+         (QEMU) {{\"error\": {{\"class\": \"CommandNotFound\", \"desc\": \"The command nosuch has not been found\"}}}}\n\
+         (QEMU) \n"
+    );
+    for (name, out) in [("direct", &direct), ("ssh", &through_ssh)] {
+        assert_status(out, 0);
+        assert_eq!(
+            common::without_timestamps(&text(&out.stdout)),
+            expected,
+            "{name}\n{}",
+            show(out)
+        );
+        assert_eq!(text(&out.stderr), "", "{name}\n{}", show(out));
+    }
+    // The remote VM is running again, as the session left it.
+    let status = common::qmp_raw(remote_peer.socket(), &[r#"{"execute": "query-status"}"#]);
+    assert!(status[0].contains("\"running\": true"), "{status:?}");
+
+    // Scripted through ssh: an error reply gives status 3, the rest runs.
+    let out = common::run_shell_env(
+        &ours(),
+        &["-c", "nosuch", "-c", "query-name", &remote],
+        "",
+        SHELL_TIMEOUT,
+        &[("QMP_SSH_COMMAND", &command)],
+    );
+    assert_status(&out, 3);
+    assert_eq!(
+        text(&out.stdout),
+        "{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"The command nosuch has \
+         not been found\"}}\n{\"return\": {\"name\": \"vm\"}}\n",
+        "{}",
+        show(&out)
+    );
 }

@@ -816,3 +816,96 @@ fn a_full_standard_error_changes_nothing() {
     assert!(stdout.contains("\"running\": true"), "{stdout}");
     nothing_left(tmp.path());
 }
+
+/// `--read-only` through the wrap: what could change the VM is refused, and
+/// QEMU's own trace (`handle_qmp_command`) shows that nothing but reads
+/// reached it during the session; the one exception is the wrap's own
+/// `quit` at the end, which stops the QEMU it started.
+#[test]
+fn read_only_through_the_wrap_sends_nothing_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let log = dir.path().join("log");
+    let mut args = vec!["--read-only", "-l", log.to_str().unwrap()];
+    args.extend(qemu_args());
+    args.extend([
+        "-trace",
+        "handle_qmp_command",
+        "-D",
+        trace.to_str().unwrap(),
+    ]);
+    let (out, _tmp) = run_wrap(
+        &args,
+        "stop\nsystem_reset\nquit\n{\"execute\": \"query-status\", \"exec-oob\": \"stop\"}\n\
+         transaction( abort )\n/oob migrate-pause\nhuman-monitor-command command-line=stop\n\
+         query-status\n",
+        SHELL_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stderr = text(&out.stderr);
+    let refused: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.split_once("refused by --read-only: "))
+        .filter_map(|(_, rest)| rest.split_once(' ').map(|(name, _)| name))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            "stop",
+            "system_reset",
+            "quit",
+            "stop",
+            "transaction",
+            "migrate-pause",
+            "human-monitor-command"
+        ],
+        "{}",
+        show(&out)
+    );
+    assert!(
+        text(&out.stdout).ends_with(
+            "(QEMU) {\"return\": {\"status\": \"running\", \"singlestep\": false, \
+             \"running\": true}}\n(QEMU) \n"
+        ),
+        "{}",
+        show(&out)
+    );
+    let received: Vec<serde_json::Value> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(" req: "))
+        .map(|(_, req)| serde_json::from_str(req).unwrap())
+        .collect();
+    let (last, session) = received.split_last().expect("requests traced");
+    assert_eq!(last["execute"], "quit", "the wrap stops QEMU: {received:?}");
+    assert!(
+        session.iter().any(|r| r["execute"] == "query-status"),
+        "{received:?}"
+    );
+    for req in session {
+        let names: Vec<&str> = ["execute", "exec-oob"]
+            .iter()
+            .filter_map(|k| req[*k].as_str())
+            .collect();
+        assert!(
+            !names.is_empty()
+                && names.iter().all(|n| *n == "qmp_capabilities"
+                    || n.starts_with("query-")
+                    || n.starts_with("x-query-")),
+            "QEMU received {req} during a --read-only session"
+        );
+    }
+    // The log holds what was sent in the session, before the wrap's quit.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    for line in logged.lines() {
+        let m: serde_json::Value = serde_json::from_str(line).unwrap();
+        for key in ["execute", "exec-oob"] {
+            if let Some(name) = m[key].as_str() {
+                assert!(
+                    name == "qmp_capabilities" || name.starts_with("query-") || name == "quit",
+                    "the log shows {m} sent"
+                );
+            }
+        }
+    }
+}

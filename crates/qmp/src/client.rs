@@ -947,14 +947,39 @@ impl Drop for Pending {
     }
 }
 
+/// The server did not take the connection within `opts.greeting_timeout`.
+fn not_accepted(opts: &ClientOptions) -> Error {
+    Error::NoGreeting(format!(
+        "timed out after {} s waiting for the server to accept the connection \
+         (it takes no more: it may be hung)",
+        opts.greeting_timeout.unwrap_or_default().as_secs_f64()
+    ))
+}
+
 impl Client {
     /// Connect to `addr`, then read the greeting and negotiate as `opts` says.
+    /// With `opts.greeting_timeout`, connecting to a UNIX or TCP socket is
+    /// bounded by it as well (it fails with [`Error::NoGreeting`]).
     pub fn connect(addr: &Address, opts: ClientOptions) -> Result<Client, Error> {
         match addr {
-            Address::Unix(path) => Client::from_unix_stream(UnixStream::connect(path)?, opts),
+            // Bounded like the greeting: a hung server may never take the
+            // connection (its queue full), and connect(2) would wait for ever.
+            Address::Unix(path) => {
+                match crate::transport::stream::connect_unix(path, opts.greeting_timeout)? {
+                    Some(s) => Client::from_unix_stream(s, opts),
+                    None => Err(not_accepted(&opts)),
+                }
+            }
             Address::Tcp { host, port } => {
                 let host: &str = if host.is_empty() { "localhost" } else { host };
-                Client::from_tcp_stream(TcpStream::connect((host, *port))?, opts)
+                let stream = match opts.greeting_timeout {
+                    Some(t) => crate::transport::stream::connect_tcp(host, *port, t)?,
+                    None => Some(TcpStream::connect((host, *port))?),
+                };
+                match stream {
+                    Some(s) => Client::from_tcp_stream(s, opts),
+                    None => Err(not_accepted(&opts)),
+                }
             }
             Address::Ssh { .. } => {
                 let t = SshTransport::connect_address(addr, &SshOptions::from_env()?)?

@@ -17,6 +17,135 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Largest message accepted by default, in bytes.
 pub const DEFAULT_MAX_MESSAGE: usize = 256 << 20;
 
+/// Connect to the UNIX socket at `path`, waiting at most `timeout` (when
+/// given) for the server to take the connection: `Ok(None)` when it did not.
+///
+/// A connect(2) to a listener whose queue of connections is full (a server
+/// that is stopped or hung, with earlier clients still queued: QEMU keeps a
+/// queue of one) otherwise blocks for ever. The wait is bounded with
+/// `SO_SNDTIMEO`, which Linux applies to connect(2) on a UNIX socket, and
+/// the option is cleared again once connected. Errors are connect(2)'s, as
+/// [`UnixStream::connect`] gives them.
+pub fn connect_unix(
+    path: &std::path::Path,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<Option<UnixStream>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: a zeroed sockaddr_un is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let Some(timeout) = timeout else {
+        return UnixStream::connect(path).map(Some);
+    };
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        // Not a path connect(2) can take: std says why.
+        return UnixStream::connect(path).map(Some);
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let set_timeout = |fd: RawFd, t: std::time::Duration| -> io::Result<()> {
+        let tv = libc::timeval {
+            tv_sec: t.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+            tv_usec: t.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: setsockopt(2) on a descriptor we own, with a timeval of
+        // the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                &tv as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    // SAFETY: socket(2); the descriptor is owned by `fd` from here on.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // A zero timeval means "no timeout": wait at least a microsecond.
+    set_timeout(
+        fd.as_raw_fd(),
+        timeout.max(std::time::Duration::from_micros(1)),
+    )?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        // SAFETY: connect(2) with a sockaddr_un filled in above.
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                set_timeout(fd.as_raw_fd(), left)?;
+            }
+            Some(libc::EAGAIN) | Some(libc::EINPROGRESS) => return Ok(None),
+            _ => return Err(err),
+        }
+    }
+    set_timeout(fd.as_raw_fd(), std::time::Duration::ZERO)?;
+    Ok(Some(UnixStream::from(fd)))
+}
+
+/// Connect to `host`:`port` over TCP, waiting at most `timeout` in all for
+/// the server to take the connection: `Ok(None)` when it did not.
+///
+/// A server that is stopped or hung, its queue of connections full, makes
+/// the kernel drop the connection requests and retry them for minutes.
+/// Each address `host` resolves to is tried in turn, as
+/// [`TcpStream::connect`] does, within what is left of `timeout`; when none
+/// connects, the last error is returned.
+pub fn connect_tcp(
+    host: &str,
+    port: u16,
+    timeout: std::time::Duration,
+) -> io::Result<Option<TcpStream>> {
+    use std::net::ToSocketAddrs;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = None;
+    for addr in (host, port).to_socket_addrs()? {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(s) => return Ok(Some(s)),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(None),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "could not resolve to any addresses",
+        )
+    }))
+}
+
 /// A transport over a byte stream.
 pub struct StreamTransport {
     reader: Box<dyn Read + Send>,
