@@ -5,6 +5,8 @@
 mod common;
 #[path = "../../qmp/tests/common/sshd.rs"]
 mod sshd;
+#[path = "../../qmp/tests/common/stray.rs"]
+mod stray;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -267,5 +269,49 @@ fn standard_output_closed_or_full_stops_every_target() {
          status=1\n",
         "{}",
         show(&out)
+    );
+}
+
+/// The late reply of a client that left, which QEMU passes on to the next
+/// client, is no answer to a target's command: every target gets its own
+/// reply, and the one that got the stray says so once, tagged.
+#[test]
+fn a_stray_reply_is_dropped_on_its_target_alone() {
+    let raced = Peer::qemu_with_args(&["-M", "none", "-name", "raced"]);
+    let other = Peer::qemu_with_args(&["-M", "none", "-name", "other"]);
+    let (a, b) = (raced.socket_str(), other.socket_str());
+    let warning = format!(
+        "{a}: warning: {}: {{\"return\":[{{",
+        qmp_client::client::STRAY_REPLY
+    );
+    for _ in 0..stray::TRIES {
+        let out =
+            stray::after_a_stray_reply(raced.socket(), || run(&["-c", "query-name", a, b], ""));
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+        let mut stdout: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+        stdout.sort();
+        let mut expected = vec![
+            format!("{a}: {{\"return\": {{\"name\": \"raced\"}}}}"),
+            format!("{b}: {{\"return\": {{\"name\": \"other\"}}}}"),
+        ];
+        expected.sort();
+        assert_eq!(stdout, expected, "{}", show(&out));
+        let stderr = text(&out.stderr);
+        let mut lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(
+            lines.pop(),
+            Some("qmp-shell: 2 targets: 2 answered, 0 with failed commands, 0 unreachable or lost"),
+            "{}",
+            show(&out)
+        );
+        match lines[..] {
+            [] => continue,
+            [line] if line.starts_with(&warning) => return,
+            _ => panic!("{}", show(&out)),
+        }
+    }
+    panic!(
+        "QEMU never passed on a stray reply in {} tries",
+        stray::TRIES
     );
 }

@@ -6,6 +6,8 @@
 mod common;
 #[path = "../../qmp/tests/common/sshd.rs"]
 mod sshd;
+#[path = "../../qmp/tests/common/stray.rs"]
+mod stray;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -467,4 +469,43 @@ fn wrap_serve_refuses_an_existing_file_and_stops_qemu() {
     // QEMU was stopped and the wrap's private directory removed.
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The late reply of a client that left QEMU before the proxy came, which
+/// QEMU passes on to the proxy's connection, is nobody's: the proxy drops
+/// it with one warning, and its clients get their own replies.
+#[test]
+fn a_stray_reply_reaches_no_client_of_the_proxy() {
+    let peer = Peer::qemu_none();
+    let warning = format!(
+        "warning: {}: {{\"return\":[{{",
+        qmp_client::client::STRAY_REPLY
+    );
+    for _ in 0..stray::TRIES {
+        let mut proxy =
+            stray::after_a_stray_reply(peer.socket(), || Proxy::spawn(peer.socket_str(), &[], &[]));
+        proxy.wait_listening();
+        let mut raw = Raw::negotiated(&proxy.listen);
+        assert_eq!(
+            raw.send(r#"{"execute": "query-status", "id": 1}"#),
+            "{\"return\": {\"status\": \"running\", \"singlestep\": false, \
+             \"running\": true}, \"id\": 1}\r\n"
+        );
+        assert_eq!(
+            raw.send(r#"{"execute": "query-name"}"#),
+            "{\"return\": {}}\r\n"
+        );
+        proxy.run.signal(libc::SIGTERM);
+        let (status, _, stderr) = proxy.run.wait_exit(T);
+        assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+        match stderr.lines().collect::<Vec<_>>()[..] {
+            [] => continue,
+            [line] if line.starts_with(&warning) => return,
+            _ => panic!("{stderr}"),
+        }
+    }
+    panic!(
+        "QEMU never passed on a stray reply in {} tries",
+        stray::TRIES
+    );
 }
