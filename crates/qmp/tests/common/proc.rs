@@ -41,21 +41,6 @@ pub fn listening(socket: &Path) -> bool {
     })
 }
 
-/// Whether a connection to the UNIX socket `socket` waits in its listen
-/// backlog, not accepted yet (`/proc/net/unix`: an unnamed-inode socket
-/// with the listener's path in state `SS_CONNECTING`): a client's
-/// `connect` has returned, and the server will take it when it accepts.
-pub fn connection_pending(socket: &Path) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
-        return false;
-    };
-    let path = socket.to_string_lossy();
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.len() >= 8 && fields[5] == "02" && fields[7] == path
-    })
-}
-
 /// Make `path` a UNIX socket file that nothing listens on, as a dead server
 /// leaves behind: bound, never listening, closed. A connect to it is refused
 /// (ECONNREFUSED) deterministically; a listener bound and then dropped could

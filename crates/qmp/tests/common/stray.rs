@@ -7,17 +7,14 @@
 //!
 //! Include it with `#[path = "common/stray.rs"] mod stray;` (the qmp
 //! crate's tests) or `#[path = "../../qmp/tests/common/stray.rs"] mod
-//! stray;` (qmp-shell's). It uses `proc.rs` beside it.
+//! stray;` (qmp-shell's).
 
 #![allow(dead_code)]
-
-#[path = "proc.rs"]
-mod proc;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How many times a test tries to make QEMU pass on a stray reply before it
 /// gives up (nearly every try does).
@@ -47,9 +44,11 @@ pub fn after_a_stray_reply<T: Send>(socket: &Path, next: impl FnOnce() -> T + Se
     assert_eq!(line, "{\"return\": {}}\r\n");
     std::thread::scope(|s| {
         let next = s.spawn(next);
-        proc::wait_until("the next client to connect", WAIT, || {
-            proc::connection_pending(socket)
-        });
+        let start = Instant::now();
+        while !connection_pending(socket) {
+            assert!(start.elapsed() < WAIT, "the next client never connected");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         (&old)
             .write_all(br#"{"execute": "query-qmp-schema"}"#)
             .expect("send");
@@ -58,5 +57,20 @@ pub fn after_a_stray_reply<T: Send>(socket: &Path, next: impl FnOnce() -> T + Se
         drop(lines);
         drop(old);
         next.join().expect("the next client")
+    })
+}
+
+/// Whether a connection to the UNIX socket `socket` waits in its listen
+/// backlog, not accepted yet (`/proc/net/unix`: a socket with the
+/// listener's path in state `SS_CONNECTING`): a client's `connect` has
+/// returned, and the server will take it when it next accepts.
+pub fn connection_pending(socket: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return false;
+    };
+    let path = socket.to_string_lossy();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() >= 8 && fields[5] == "02" && fields[7] == path
     })
 }
