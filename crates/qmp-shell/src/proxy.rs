@@ -80,7 +80,9 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "SECONDS", value_parser = parse_positive_seconds)]
     pub timeout: Option<Duration>,
 
-    /// Clients served at once; more are turned away
+    /// Clients served at once; more are turned away (each gets a QMP error
+    /// naming the limit instead of the greeting, and a warning goes to
+    /// standard error)
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS)]
     pub max_clients: usize,
 
@@ -135,6 +137,10 @@ pub fn main() -> i32 {
             return die(&msg);
         }
     };
+    // The client is told too, instead of the greeting.
+    router.on_turned_away(|why| {
+        let _ = writeln!(std::io::stderr(), "warning: {why} (--max-clients)");
+    });
     serve(&args.target, &client, router)
 }
 

@@ -102,6 +102,19 @@ impl Raw {
         raw
     }
 
+    /// Connect and read the first line: `Some` if it is the greeting.
+    fn connect_greeted(path: &Path) -> Option<Raw> {
+        let s = UnixStream::connect(path).ok()?;
+        s.set_read_timeout(Some(T)).ok()?;
+        let mut raw = Raw {
+            w: s.try_clone().ok()?,
+            r: BufReader::new(s),
+        };
+        let mut line = String::new();
+        raw.r.read_line(&mut line).ok()?;
+        line.starts_with("{\"QMP\"").then_some(raw)
+    }
+
     fn line(&mut self) -> String {
         let mut line = String::new();
         match self.r.read_line(&mut line) {
@@ -507,5 +520,54 @@ fn a_stray_reply_reaches_no_client_of_the_proxy() {
     panic!(
         "QEMU never passed on a stray reply in {} tries",
         stray::TRIES
+    );
+}
+
+/// `--max-clients`: one client too many is told why, instead of the
+/// greeting, and the proxy says it turned one away; our shell shows the
+/// reason in one line. Once a client leaves, the next one is served.
+#[test]
+fn a_client_turned_away_is_told_why_and_the_proxy_says_so() {
+    let qemu = Peer::qemu_none();
+    let proxy = Proxy::start(qemu.socket_str(), &["--max-clients", "1"], &[]);
+    let mut first = Raw::negotiated(&proxy.listen);
+    let refusal = "too many clients: this server serves at most 1 client at once";
+    let mut second = UnixStream::connect(&proxy.listen).unwrap();
+    second.set_read_timeout(Some(T)).unwrap();
+    let mut got = String::new();
+    second.read_to_string(&mut got).unwrap();
+    assert_eq!(
+        got,
+        format!("{{\"error\": {{\"class\": \"GenericError\", \"desc\": \"{refusal}\"}}}}\r\n")
+    );
+    let out = run_shell(&ours(), &["-c", "query-name", proxy.sock()], "", T);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "ERROR: Couldn't connect to {}: the server refused the session: {refusal}\n",
+            proxy.sock()
+        )
+    );
+    assert_eq!(
+        first.send(r#"{"execute": "query-name", "id": 1}"#),
+        "{\"return\": {}, \"id\": 1}\r\n"
+    );
+    drop(first);
+    let mut next = None;
+    wait_until("a free place", T, || {
+        let mut raw = Raw::connect_greeted(&proxy.listen);
+        let greeted = raw.as_mut().is_some();
+        next = raw;
+        greeted
+    });
+    drop(next);
+    proxy.run.signal(libc::SIGTERM);
+    let (status, _, stderr) = proxy.run.finish(T);
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    let warning = format!("warning: turned a client away: {refusal} (--max-clients)");
+    assert!(
+        stderr.lines().count() >= 2 && stderr.lines().all(|l| l == warning),
+        "{stderr}"
     );
 }

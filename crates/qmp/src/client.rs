@@ -588,6 +588,17 @@ impl Shared {
             st.greeting = Some(match frame {
                 Ok(obj) => match Message::classify(obj) {
                     Message::Greeting(g) => Ok(g),
+                    // A server that turns the client away says why (qmp-proxy
+                    // with all its clients served, say).
+                    Message::Reply(reply) if reply.id().is_none() && reply.is_error() => {
+                        Err(format!(
+                            "the server refused the session: {}",
+                            reply
+                                .error_desc()
+                                .map(|d| truncate(d, TEXT_IN_MESSAGES))
+                                .unwrap_or_else(|| compact(&reply.body))
+                        ))
+                    }
                     Message::Reply(Reply { body, .. })
                     | Message::Event(Event { body })
                     | Message::Other(body) => {

@@ -599,11 +599,32 @@ fn too_many_clients_are_turned_away() {
         max_clients: 2,
         ..RouterOptions::default()
     };
-    let (_client, _router, path) = router(&peer, opts);
+    let (_client, router, path) = router(&peer, opts);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    router.on_turned_away(move |why| {
+        let _ = tx.lock().unwrap().send(why.to_owned());
+    });
     let mut a = Raw::negotiated(&path, false);
     let _b = Raw::greeted(&path);
+    // The third is told why, instead of the greeting, and let go.
     let mut c = Raw::connect(&path);
-    assert_eq!(c.rest(), "");
+    assert_eq!(
+        c.rest(),
+        "{\"error\": {\"class\": \"GenericError\", \"desc\": \"too many clients: this \
+         server serves at most 2 clients at once\"}}\r\n"
+    );
+    assert_eq!(
+        rx.recv_timeout(T).as_deref(),
+        Ok("turned a client away: too many clients: this server serves at most 2 clients at once")
+    );
+    // Our client says so in a word.
+    let e = Client::connect(&Address::Unix(path.clone()), ClientOptions::default()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the server refused the session: too many clients: this server serves at most 2 \
+         clients at once"
+    );
     assert_eq!(
         a.send(r#"{"execute": "query-name", "id": 1}"#),
         "{\"return\": {}, \"id\": 1}\r\n"

@@ -171,6 +171,9 @@ impl std::fmt::Debug for Router {
     }
 }
 
+/// A function told of each client turned away ([`Router::on_turned_away`]).
+type TurnedAway = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// What the router's threads share.
 struct Inner {
     client: Arc<Client>,
@@ -180,6 +183,7 @@ struct Inner {
     conns: Mutex<Conns>,
     /// Signalled when a client leaves.
     left: Condvar,
+    turned_away: Mutex<Option<TurnedAway>>,
 }
 
 #[derive(Default)]
@@ -235,6 +239,7 @@ impl Router {
             greeting,
             conns: Mutex::new(Conns::default()),
             left: Condvar::new(),
+            turned_away: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
         let tap = client.tap_events(move |tapped| {
@@ -251,9 +256,21 @@ impl Router {
 
     /// Serve one more client, already connected (a socketpair, say).
     /// Refused (the stream is closed) when the router is stopping, the
-    /// upstream is gone, or [`RouterOptions::max_clients`] are connected.
+    /// upstream is gone, or [`RouterOptions::max_clients`] are connected;
+    /// in the last case the client is told first (see
+    /// [`Router::on_turned_away`]).
     pub fn attach(&self, stream: UnixStream) -> io::Result<()> {
         self.inner.attach(stream)
+    }
+
+    /// Call `f` with a one-line reason each time a client is turned away
+    /// because [`RouterOptions::max_clients`] are connected (for a log; it
+    /// runs on the thread that accepts connections, so keep it short).
+    /// The client itself gets, instead of the greeting, a QMP error naming
+    /// the limit, `{"error": {"class": "GenericError", "desc": ...}}`,
+    /// and the connection closes.
+    pub fn on_turned_away(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+        *lock(&self.inner.turned_away) = Some(Arc::new(f));
     }
 
     /// The path of the socket, if the router has one.
@@ -369,10 +386,25 @@ impl Inner {
             ));
         }
         if conns.list.len() >= self.opts.max_clients {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                format!("too many clients (at most {})", self.opts.max_clients),
-            ));
+            drop(conns);
+            let why = wire::too_many_clients(self.opts.max_clients);
+            // Instead of the greeting; a client that does not even take
+            // that much at once gets nothing.
+            let reply = wire::encode(&message::generic_error(None, &why));
+            // SAFETY: send(2) from a valid buffer of `reply.len()` bytes.
+            unsafe {
+                libc::send(
+                    stream.as_raw_fd(),
+                    reply.as_ptr().cast(),
+                    reply.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                );
+            }
+            let tell = lock(&self.turned_away).clone();
+            if let Some(tell) = tell {
+                tell(&format!("turned a client away: {why}"));
+            }
+            return Err(io::Error::new(io::ErrorKind::ConnectionRefused, why));
         }
         let ds = Arc::new(Downstream {
             stream,

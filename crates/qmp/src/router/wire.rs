@@ -103,6 +103,13 @@ impl Formatter for QemuFormatter {
     }
 }
 
+/// Why a client is turned away when `max` clients are connected: the
+/// `desc` of the error it gets instead of the greeting.
+pub fn too_many_clients(max: usize) -> String {
+    let clients = if max == 1 { "client" } else { "clients" };
+    format!("too many clients: this server serves at most {max} {clients} at once")
+}
+
 /// Whether QEMU takes `msg` for an out-of-band command (`qmp_is_oob`):
 /// `exec-oob` without `execute`. QEMU handles such a message as soon as it
 /// reads it (and refuses it there when out-of-band execution is off), and
