@@ -3,6 +3,8 @@
 //! output tagged with the right target; the exit status and the summary.
 
 mod common;
+#[path = "../../qmp/tests/common/silent.rs"]
+mod silent;
 #[path = "../../qmp/tests/common/sshd.rs"]
 mod sshd;
 #[path = "../../qmp/tests/common/stray.rs"]
@@ -313,5 +315,58 @@ fn a_stray_reply_is_dropped_on_its_target_alone() {
     panic!(
         "QEMU never passed on a stray reply in {} tries",
         stray::TRIES
+    );
+}
+
+/// An `ssh://` target whose host never speaks SSH is given up on within
+/// `--timeout` (the harness's kill timeout is the bound), tagged and
+/// counted unreachable; the others are served.
+#[test]
+fn an_ssh_target_that_never_speaks_is_given_up_on_in_time() {
+    let peer = silent::SilentPeer::start();
+    let qemu = Peer::qemu_with_args(&["-M", "none", "-name", "up"]);
+    let silent = peer.address("/run/qmp.sock");
+    let cache = tempfile::tempdir().unwrap();
+    let command = silent::SilentPeer::ssh_command(None);
+    let out = run_shell_env(
+        &ours(),
+        &[
+            "--timeout",
+            "1",
+            "-c",
+            "query-name",
+            &silent,
+            qemu.socket_str(),
+        ],
+        "",
+        std::time::Duration::from_secs(20),
+        &[
+            ("XDG_CACHE_HOME", cache.path().to_str().unwrap()),
+            ("QMP_SSH_COMMAND", command.as_str()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{}: {{\"return\": {{\"name\": \"up\"}}}}\n",
+            qemu.socket_str()
+        )
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{silent}: ERROR: Couldn't connect to {silent}: Failed to establish connection: \
+             ssh: no connection to 127.0.0.1 within 1 s\n"
+        )),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        stderr.ends_with(
+            "qmp-shell: 2 targets: 1 answered, 0 with failed commands, 1 unreachable or lost\n"
+        ),
+        "{}",
+        show(&out)
     );
 }

@@ -9,6 +9,8 @@
 
 mod common;
 mod hostile_server;
+#[path = "../../qmp/tests/common/silent.rs"]
+mod silent;
 #[path = "../../qmp/tests/common/stray.rs"]
 mod stray;
 
@@ -844,6 +846,44 @@ fn a_stray_reply_from_a_client_that_left_is_dropped_with_one_warning() {
         "QEMU never passed on a stray reply in {} tries",
         stray::TRIES
     );
+}
+
+// ---------------------------------------------------------------------------
+// An ssh:// host that takes the connection and never speaks SSH.
+// ---------------------------------------------------------------------------
+
+/// The whole connection, ssh's set-up included, is bounded by `--timeout`,
+/// and by the greeting's 10 s without it: one line, exit 1. The bound is
+/// the harness's kill timeout (ssh alone used to wait 60 s).
+#[test]
+fn an_ssh_host_that_never_speaks_is_given_up_on_in_time() {
+    let peer = silent::SilentPeer::start();
+    let command = silent::SilentPeer::ssh_command(None);
+    let address = peer.address("/run/qmp.sock");
+    for (args, bound, seconds) in [
+        (&["--timeout", "1"][..], Duration::from_secs(20), "1"),
+        (&[][..], Duration::from_secs(45), "10"),
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["-c", "query-status", address.as_str()]);
+        let out = common::run_shell_env(
+            &ours(),
+            &all,
+            "",
+            bound,
+            &[("QMP_SSH_COMMAND", command.as_str())],
+        );
+        expect(
+            &out,
+            1,
+            "",
+            &format!(
+                "ERROR: Couldn't connect to {address}: Failed to establish connection: \
+                 ssh: no connection to 127.0.0.1 within {seconds} s\n"
+            ),
+        );
+    }
+    assert_eq!(peer.accepted(), 2);
 }
 
 // ---------------------------------------------------------------------------

@@ -4,6 +4,8 @@
 //! sshd on 127.0.0.1.
 
 mod common;
+#[path = "../../qmp/tests/common/silent.rs"]
+mod silent;
 #[path = "../../qmp/tests/common/sshd.rs"]
 mod sshd;
 #[path = "../../qmp/tests/common/stray.rs"]
@@ -570,4 +572,39 @@ fn a_client_turned_away_is_told_why_and_the_proxy_says_so() {
         stderr.lines().count() >= 2 && stderr.lines().all(|l| l == warning),
         "{stderr}"
     );
+}
+
+/// `qmp-proxy --timeout` bounds the whole connection to an `ssh://` target,
+/// ssh's set-up included: a host that never speaks SSH ends the proxy with
+/// one line and exit 1, within the harness's kill timeout, and nothing
+/// listens.
+#[test]
+fn an_ssh_target_that_never_speaks_ends_the_proxy_in_time() {
+    let peer = silent::SilentPeer::start();
+    let target = peer.address("/run/qmp.sock");
+    let command = silent::SilentPeer::ssh_command(None);
+    let dir = private_dir();
+    let listen = dir.path().join("p.sock");
+    let out = run_program_env(
+        std::process::Command::new(proxy_bin()),
+        &[
+            "--timeout",
+            "1",
+            "--listen",
+            listen.to_str().unwrap(),
+            &target,
+        ],
+        "",
+        Duration::from_secs(20),
+        &[("QMP_SSH_COMMAND", command.as_str())],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "ERROR: Couldn't connect to {target}: Failed to establish connection: \
+             ssh: no connection to 127.0.0.1 within 1 s\n"
+        )
+    );
+    assert!(std::fs::symlink_metadata(&listen).is_err());
 }

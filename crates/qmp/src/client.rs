@@ -69,7 +69,9 @@ pub struct ClientOptions {
     /// own clients do. Default: on.
     pub oob: bool,
     /// How long to wait for the greeting, and then for the `qmp_capabilities`
-    /// reply. `None` waits forever. Default: 10 seconds.
+    /// reply. `None` waits forever. Default: 10 seconds. Over `ssh://`
+    /// ([`Client::connect`]), it bounds ssh's set-up and the greeting
+    /// together.
     pub greeting_timeout: Option<Duration>,
     /// Largest message accepted from a socket, in bytes ([`Client::connect`]
     /// only). Default: 256 MiB.
@@ -979,10 +981,18 @@ impl Client {
                 Client::from_tcp_stream(TcpStream::connect((host, *port))?, opts)
             }
             Address::Ssh { .. } => {
-                let t = SshTransport::connect_address(addr, &SshOptions::from_env()?)?
+                // ssh's set-up and the greeting, together, within the
+                // greeting's bound: a host that takes the TCP connection
+                // and never speaks SSH is given up on in time.
+                let started = Instant::now();
+                let ssh = SshOptions {
+                    timeout: opts.greeting_timeout,
+                    ..SshOptions::from_env()?
+                };
+                let t = SshTransport::connect_address(addr, &ssh)?
                     .max_message(opts.max_message)
                     .delimiters(opts.guest_sync);
-                Client::open(Box::new(t), opts)
+                Client::open_since(Box::new(t), opts, started)
             }
         }
     }
@@ -1005,7 +1015,18 @@ impl Client {
 
     /// Start a session on any transport: read the greeting, resynchronise
     /// with a guest agent and negotiate, as the transport and `opts` say.
-    pub fn open(transport: Box<dyn Transport>, mut opts: ClientOptions) -> Result<Client, Error> {
+    pub fn open(transport: Box<dyn Transport>, opts: ClientOptions) -> Result<Client, Error> {
+        Client::open_since(transport, opts, Instant::now())
+    }
+
+    /// [`Client::open`], the greeting awaited until
+    /// [`ClientOptions::greeting_timeout`] after `started` (when connecting
+    /// the transport began).
+    fn open_since(
+        transport: Box<dyn Transport>,
+        mut opts: ClientOptions,
+        started: Instant,
+    ) -> Result<Client, Error> {
         let handshake = transport.handshake();
         let passes_fds = transport.passes_fds();
         let syncer = transport.syncer();
@@ -1070,7 +1091,7 @@ impl Client {
         // On error, dropping `client` closes the transport and joins.
         client.greeting = match &handshake {
             Handshake::Server if opts.read_greeting => {
-                Some(client.await_greeting(opts.greeting_timeout)?)
+                Some(client.await_greeting(opts.greeting_timeout, started)?)
             }
             Handshake::Server => None,
             Handshake::Negotiated(g) => g.clone(),
@@ -1093,8 +1114,12 @@ impl Client {
         Ok(client)
     }
 
-    fn await_greeting(&self, timeout: Option<Duration>) -> Result<Greeting, Error> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    fn await_greeting(
+        &self,
+        timeout: Option<Duration>,
+        started: Instant,
+    ) -> Result<Greeting, Error> {
+        let deadline = timeout.and_then(|t| started.checked_add(t));
         let mut st = lock(&self.shared.state);
         loop {
             if let Some(g) = st.greeting.clone() {
