@@ -77,23 +77,25 @@ fn targets(args: &ShellArgs) -> Vec<(String, Target)> {
         };
         let mut targets = Vec::new();
         for uri in &uris {
-            let names = if args.all_domains {
+            // Each domain's label, and how to open it: every running one by
+            // its UUID, or as the user named it.
+            let domains: Vec<(String, String)> = if args.all_domains {
                 match crate::connect::running_domains(uri.as_deref()) {
-                    Ok(names) => names,
+                    Ok(domains) => domains,
                     Err(msg) => std::process::exit(die(&msg)),
                 }
             } else {
-                args.domain.clone()
+                args.domain.iter().map(|d| (d.clone(), d.clone())).collect()
             };
-            for name in names {
+            for (name, domain) in domains {
                 let label = match (&uri, uris.len()) {
                     (Some(uri), 2..) => format!("{uri}/{name}"),
-                    _ => name.clone(),
+                    _ => name,
                 };
                 targets.push((
                     label,
                     Target::Domain {
-                        domain: name,
+                        domain,
                         uri: uri.clone(),
                     },
                 ));

@@ -140,12 +140,18 @@ pub struct TestDomain {
 impl TestDomain {
     /// The domain, not created yet ([`TestDomain::create`] starts it).
     pub fn new(tag: &str, agent: bool) -> TestDomain {
+        TestDomain::named(&unique_name(tag), agent)
+    }
+
+    /// The domain called `name`, which no other test may use (a name that
+    /// is another domain's id, say), not created yet.
+    pub fn named(name: &str, agent: bool) -> TestDomain {
         ensure_libvirtd();
         let dir = tempfile::tempdir().expect("tempdir");
         // QEMU runs as another process and must reach the side socket.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod 0755");
-        let name = unique_name(tag);
+        let name = name.to_owned();
         std::fs::write(
             dir.path().join("dom.xml"),
             domain_xml(&name, dir.path(), agent),
