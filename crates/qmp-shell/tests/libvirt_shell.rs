@@ -1006,14 +1006,7 @@ fn a_domain_named_like_another_domains_id_is_refused_as_ambiguous() {
     second.create();
     let spaced = TestDomain::named(&format!("{} {id}", libvirt::unique_name("strg")), false);
     spaced.create();
-    let listed = |name: &str| {
-        qmp_client::transport::libvirt::list_domains(Some(URI))
-            .expect("list domains")
-            .into_iter()
-            .find(|d| d.name == name)
-            .expect("listed")
-    };
-    let second_uuid = listed(&id).uuid;
+    let second_uuid = &second.uuid;
     let ambiguous = format!(
         "domain {id} is ambiguous at {URI}: it is the id of domain {} (UUID {first_uuid}) and \
          the name of domain {id} (UUID {second_uuid}); give the UUID of the one you mean",

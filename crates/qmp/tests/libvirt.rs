@@ -542,13 +542,7 @@ fn a_name_that_is_another_domains_id_is_ambiguous() {
     let (id, first_uuid) = first.id_and_uuid();
     let second = TestDomain::named(&id, false);
     second.create();
-    // Not from virsh, which takes the name for the first's id.
-    let info = list_domains(Some(URI))
-        .expect("list domains")
-        .into_iter()
-        .find(|d| d.name == id)
-        .expect("the second domain is listed");
-    let (second_id, second_uuid) = (info.id.to_string(), info.uuid);
+    let (second_id, second_uuid) = second.id_and_uuid();
     let e = LibvirtTransport::open(Some(URI), &id, false).unwrap_err();
     assert_eq!(
         e,
