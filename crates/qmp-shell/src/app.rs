@@ -13,7 +13,7 @@ use crate::render::Style;
 use crate::session::{Config, Engine};
 use crate::{fanout, interactive, script, signals};
 
-const USAGE: &str = "qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] [OPTIONS] qmp_server";
+const USAGE: &str = cli::SHELL_USAGE;
 
 /// Print `ERROR: MSG` on standard error and return the fatal exit status.
 pub fn die(msg: &str) -> i32 {

@@ -73,7 +73,13 @@ pub struct ProxyArgs {
     pub retry: u32,
 
     /// Seconds between connection attempts with --retry
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, default_value = "1")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        value_parser = parse_seconds,
+        default_value = "1",
+        requires = "retry"
+    )]
     pub retry_delay: Duration,
 
     /// How long to wait for TARGET's greeting and negotiation (default 10)
@@ -97,7 +103,8 @@ pub struct ProxyArgs {
 
 /// The `qmp-proxy` program; returns the exit status.
 pub fn main() -> i32 {
-    let args = ProxyArgs::parse();
+    let args =
+        ProxyArgs::try_parse().unwrap_or_else(|e| cli::exit_on_clap_error("qmp-proxy", USAGE, &e));
     let address: Address = match args.target.parse() {
         Ok(address) => address,
         Err(err) => cli::usage_error("qmp-proxy", USAGE, &err.to_string()),
