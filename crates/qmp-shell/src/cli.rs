@@ -98,7 +98,8 @@ pub struct Common {
     pub read_only: bool,
 
     /// Give up waiting for a reply after SECONDS, more than 0 (default: wait
-    /// forever; the greeting is always bounded, by this or 10 s)
+    /// forever; the greeting is always bounded, by this or 10 s, and over
+    /// ssh:// so is ssh's set-up with it)
     #[arg(long, value_name = "SECONDS", value_parser = parse_positive_seconds)]
     pub timeout: Option<Duration>,
 
@@ -201,7 +202,7 @@ pub struct ShellArgs {
     pub jobs: u32,
 
     /// List the running libvirt domains and exit: names, one per line
-    /// (with -v: ID UUID NAME)
+    /// (with -v: ID UUID NAME); of the other options, only --connect
     #[arg(long, help_heading = "libvirt", conflicts_with_all = SESSION_OPTIONS)]
     pub list: bool,
 }

@@ -82,7 +82,8 @@ pub struct ProxyArgs {
     )]
     pub retry_delay: Duration,
 
-    /// How long to wait for TARGET's greeting and negotiation (default 10)
+    /// How long to wait for TARGET's greeting and negotiation (default 10;
+    /// over ssh://, ssh's set-up included)
     #[arg(long, value_name = "SECONDS", value_parser = parse_positive_seconds)]
     pub timeout: Option<Duration>,
 
