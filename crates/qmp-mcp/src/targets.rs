@@ -185,15 +185,17 @@ impl Pool {
         st.scanned = true;
         for (i, (uri, result)) in self.scans.iter().zip(listed).enumerate() {
             match result {
-                Ok(names) => {
+                Ok(domains) => {
                     st.scan_errors[i] = None;
-                    for name in names {
+                    // Labelled by name, opened by UUID (a name may be
+                    // ambiguous: another domain's id, say).
+                    for (name, uuid) in domains {
                         let label = connect::domain_label(uri.as_deref(), &name, self.scans.len());
                         if !st.slots.iter().any(|s| s.label == label) {
                             st.slots.push(Arc::new(Slot::new(
                                 label,
                                 Target::Domain {
-                                    domain: name,
+                                    domain: uuid,
                                     uri: uri.clone(),
                                 },
                             )));

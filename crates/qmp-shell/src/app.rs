@@ -13,7 +13,7 @@ use crate::render::Style;
 use crate::session::{Config, Engine};
 use crate::{fanout, interactive, script, signals};
 
-const USAGE: &str = "qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] [OPTIONS] qmp_server";
+const USAGE: &str = cli::SHELL_USAGE;
 
 /// Print `ERROR: MSG` on standard error and return the fatal exit status.
 pub fn die(msg: &str) -> i32 {
@@ -78,19 +78,21 @@ fn targets(args: &ShellArgs) -> Vec<(String, Target)> {
         let uris = connect::uris(&t.connect);
         let mut targets = Vec::new();
         for uri in &uris {
-            let names = if t.all_domains {
+            // Each domain's name, and how to open it: every running one by
+            // its UUID, or as the user named it.
+            let domains: Vec<(String, String)> = if t.all_domains {
                 match connect::running_domains(uri.as_deref()) {
-                    Ok(names) => names,
+                    Ok(domains) => domains,
                     Err(msg) => std::process::exit(die(&msg)),
                 }
             } else {
-                t.domain.clone()
+                t.domain.iter().map(|d| (d.clone(), d.clone())).collect()
             };
-            for name in names {
+            for (name, domain) in domains {
                 targets.push((
                     connect::domain_label(uri.as_deref(), &name, uris.len()),
                     Target::Domain {
-                        domain: name,
+                        domain,
                         uri: uri.clone(),
                     },
                 ));

@@ -7,7 +7,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::builder::NonEmptyStringValueParser;
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{ArgGroup, Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
@@ -81,7 +80,7 @@ pub struct Common {
 
     /// Print every reply as exactly one JSON line; no banner, no prompt;
     /// events go to standard error as JSON lines
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["pretty", "verbose"])]
     pub json: bool,
 
     /// Exit with status 3 when any command got an error reply or could not be parsed
@@ -99,7 +98,8 @@ pub struct Common {
     pub read_only: bool,
 
     /// Give up waiting for a reply after SECONDS, more than 0 (default: wait
-    /// forever; the greeting is always bounded, by this or 10 s)
+    /// forever; the greeting is always bounded, by this or 10 s, and over
+    /// ssh:// so is ssh's set-up with it)
     #[arg(long, value_name = "SECONDS", value_parser = parse_positive_seconds)]
     pub timeout: Option<Duration>,
 
@@ -135,7 +135,7 @@ pub struct TargetArgs {
     #[arg(
         long,
         value_name = "DOMAIN",
-        value_parser = NonEmptyStringValueParser::new(),
+        value_parser = parse_domain,
         help_heading = "libvirt"
     )]
     pub domain: Vec<String>,
@@ -150,6 +150,7 @@ pub struct TargetArgs {
     #[arg(
         long = "connect",
         value_name = "URI",
+        value_parser = parse_uri,
         requires = "libvirt",
         help_heading = "libvirt"
     )]
@@ -225,7 +226,13 @@ pub struct ShellArgs {
     pub retry: u32,
 
     /// Seconds between connection attempts with --retry
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, default_value = "1")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        value_parser = parse_seconds,
+        default_value = "1",
+        requires = "retry"
+    )]
     pub retry_delay: Duration,
 
     /// With several targets: serve at most N at once
@@ -239,16 +246,41 @@ pub struct ShellArgs {
     pub jobs: u32,
 
     /// List the running libvirt domains and exit: names, one per line
-    /// (with -v: ID UUID NAME)
-    #[arg(long, help_heading = "libvirt")]
+    /// (with -v: ID UUID NAME); of the other options, only --connect
+    #[arg(long, help_heading = "libvirt", conflicts_with_all = SESSION_OPTIONS)]
     pub list: bool,
 }
 
+/// The options of `qmp-shell` that shape a session, which `--list` (no
+/// session) does not take; `-v` and `--connect` it does.
+const SESSION_OPTIONS: [&str; 13] = [
+    "hmp",
+    "pretty",
+    "logfile",
+    "json",
+    "exit_status",
+    "exit_on_error",
+    "read_only",
+    "timeout",
+    "color",
+    "skip_negotiation",
+    "commands",
+    "retry",
+    "jobs",
+];
+
+/// The usage line of `qmp-shell` in usage errors (the reference's, with
+/// `[OPTIONS]` for the options it does not have).
+pub const SHELL_USAGE: &str =
+    "qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] [OPTIONS] qmp_server";
+
 impl ShellArgs {
-    /// Parse the process's arguments (exit 2 on a usage error, as clap
-    /// does); see [`ShellArgs::try_parse_args_from`].
+    /// Parse the process's arguments; on a usage error, print it as
+    /// [`usage_error`] does and exit 2. See
+    /// [`ShellArgs::try_parse_args_from`].
     pub fn parse_args() -> ShellArgs {
-        ShellArgs::try_parse_args_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+        ShellArgs::try_parse_args_from(std::env::args_os())
+            .unwrap_or_else(|e| exit_on_clap_error("qmp-shell", SHELL_USAGE, &e))
     }
 
     /// Parse `args`, then settle what clap alone cannot: `--domain` and
@@ -264,7 +296,34 @@ impl ShellArgs {
         let mut parsed = ShellArgs::from_arg_matches(&matches)?;
         let list = parsed.list.then_some("--list");
         parsed.targets.settle(&mut cmd, &matches, list)?;
+        if parsed.targets.skip_negotiation && parsed.common.hmp {
+            // A guest agent has no human monitor (the flag lives in
+            // `TargetArgs`, which programs without `-H` share too).
+            return Err(cmd.error(
+                ErrorKind::ArgumentConflict,
+                "the argument '--skip-negotiation' cannot be used with '--hmp'",
+            ));
+        }
+        parsed
+            .common
+            .check()
+            .map_err(|msg| cmd.error(ErrorKind::ArgumentConflict, msg))?;
         Ok(parsed)
+    }
+}
+
+impl Common {
+    /// What clap cannot check: a value of one option that goes against
+    /// another. The error is the message of a usage error.
+    pub fn check(&self) -> Result<(), String> {
+        if self.json && self.color == ColorChoice::Always {
+            return Err(
+                "the argument '--color always' cannot be used with '--json' \
+                        (JSON lines are never coloured)"
+                    .to_owned(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -308,6 +367,23 @@ pub struct WrapArgs {
 /// Options of `qmp-shell` that `qmp-shell-wrap` does not take.
 pub const SHELL_ONLY_OPTIONS: [&str; 4] = ["-N", "--skip-negotiation", "--retry", "--retry-delay"];
 
+/// `--domain`: a name, UUID or id, which cannot be empty.
+pub fn parse_domain(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("an empty name: give a domain's name, UUID or id".to_owned());
+    }
+    Ok(text.to_owned())
+}
+
+/// `--connect`: a libvirt URI, which cannot be empty (leave `--connect` out
+/// for the default).
+pub fn parse_uri(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("an empty URI: leave --connect out for the default".to_owned());
+    }
+    Ok(text.to_owned())
+}
+
 /// A number of seconds, more than 0 (for `--timeout`).
 pub fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
     let d = parse_seconds(text)?;
@@ -331,7 +407,45 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// The argparse-style error the reference prints for a bad address, then exit 2.
+/// Report a failed parse of the arguments of `program` and exit: `--help`
+/// and `--version` print as clap prints them (exit 0); a usage error is
+/// reported as [`usage_error`] reports one, so that every usage error of
+/// every program looks the same, and as the reference's argparse prints
+/// them.
+pub fn exit_on_clap_error(program: &str, usage: &str, err: &clap::Error) -> ! {
+    match err.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => err.exit(),
+        _ => usage_error(program, usage, &clap_message(err)),
+    }
+}
+
+/// The message of a clap error on one line, without clap's `error: `, its
+/// usage and its pointer to `--help`, with its tips.
+pub fn clap_message(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let mut message = String::new();
+    for paragraph in rendered.split("\n\n") {
+        let text = paragraph
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if let Some(first) = text.strip_prefix("error: ") {
+            message.push_str(first);
+        } else if let Some(tip) = text.strip_prefix("tip: ") {
+            message.push_str(&format!(" ({tip})"));
+        }
+    }
+    message
+}
+
+/// Print a usage error the way the reference's argparse does, on
+/// standard error (`usage: USAGE`, then `PROGRAM: error: MESSAGE`), and
+/// exit 2: every usage error of the three programs, those found by clap
+/// included ([`exit_on_clap_error`]).
 pub fn usage_error(program: &str, usage: &str, message: &str) -> ! {
     use std::io::Write;
     // Never panic on a closed standard error.
@@ -355,11 +469,15 @@ mod tests {
 
     #[test]
     fn reference_flags_parse() {
-        let a = ShellArgs::try_parse_from(["qmp-shell", "-H", "-v", "-p", "-l", "log", "-N", "s"])
-            .unwrap();
-        assert!(a.common.hmp && a.common.verbose && a.common.pretty && a.targets.skip_negotiation);
+        let a =
+            ShellArgs::try_parse_from(["qmp-shell", "-H", "-v", "-p", "-l", "log", "s"]).unwrap();
+        assert!(a.common.hmp && a.common.verbose && a.common.pretty);
         assert_eq!(a.common.logfile, Some(PathBuf::from("log")));
         assert_eq!(a.targets.qmp_servers, ["s"]);
+        // -N (a guest agent) with anything but -H (HMP goes to QEMU's monitor).
+        let a =
+            ShellArgs::try_parse_from(["qmp-shell", "-v", "-p", "-l", "log", "-N", "s"]).unwrap();
+        assert!(a.common.verbose && a.common.pretty && a.targets.skip_negotiation);
     }
 
     #[test]
@@ -432,6 +550,43 @@ mod tests {
             let e = ShellArgs::try_parse_args_from(bad).unwrap_err();
             assert_eq!(e.exit_code(), exit::USAGE, "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn conflicts_and_clap_messages_on_one_line() {
+        for bad in [
+            &["q", "-N", "-H", "/tmp/s"][..],
+            &["q", "--list", "-c", "x"],
+            &["q", "--list", "-l", "log"],
+            &["q", "--list", "--json"],
+            &["q", "--json", "-p", "/tmp/s"],
+            &["q", "--json", "-v", "/tmp/s"],
+            &["q", "--json", "--color", "always", "/tmp/s"],
+            &["q", "--retry-delay", "1", "/tmp/s"],
+            &["q", "--connect", "", "--list"],
+        ] {
+            let e = ShellArgs::try_parse_args_from(bad).unwrap_err();
+            assert_eq!(e.exit_code(), exit::USAGE, "{bad:?}: {e}");
+            let message = clap_message(&e);
+            assert!(
+                !message.contains('\n') && !message.starts_with("error") && !message.is_empty(),
+                "{bad:?}: {message:?}"
+            );
+        }
+        // What goes together, defaults included.
+        for good in [
+            &["q", "--list", "-v"][..],
+            &["q", "--json", "--color", "never", "/tmp/s"],
+            &["q", "-N", "/tmp/s"],
+            &["q", "--retry", "2", "--retry-delay", "0.5", "/tmp/s"],
+        ] {
+            assert!(ShellArgs::try_parse_args_from(good).is_ok(), "{good:?}");
+        }
+        let e = ShellArgs::try_parse_args_from(["q", "--hmpp"]).unwrap_err();
+        assert_eq!(
+            clap_message(&e),
+            "unexpected argument '--hmpp' found (a similar argument exists: '--hmp')"
+        );
     }
 
     #[test]

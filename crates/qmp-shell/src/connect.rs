@@ -282,12 +282,14 @@ pub fn domain_label(uri: Option<&str>, name: &str, uris: usize) -> String {
     }
 }
 
-/// The names of the running domains of `uri` (for `--all-domains`).
-pub fn running_domains(uri: Option<&str>) -> Result<Vec<String>, String> {
+/// The running domains of `uri` (for `--all-domains`): each one's name
+/// (to tag its output) and UUID (to open it by: a name can be ambiguous,
+/// as a domain may be called like another's id).
+pub fn running_domains(uri: Option<&str>) -> Result<Vec<(String, String)>, String> {
     Ok(libvirt::list_domains(uri)
         .map_err(|e| e.to_string())?
         .into_iter()
-        .map(|d| d.name)
+        .map(|d| (d.name, d.uuid))
         .collect())
 }
 

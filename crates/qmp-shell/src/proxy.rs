@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::builder::NonEmptyStringValueParser;
 use clap::Parser;
 use qmp_client::router::{Router, RouterOptions, DEFAULT_MAX_CLIENTS};
 use qmp_client::transport::libvirt;
@@ -87,14 +86,23 @@ pub struct ProxyArgs {
     pub retry: u32,
 
     /// Seconds between connection attempts with --retry
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, default_value = "1")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        value_parser = parse_seconds,
+        default_value = "1",
+        requires = "retry"
+    )]
     pub retry_delay: Duration,
 
-    /// How long to wait for TARGET's greeting and negotiation (default 10)
+    /// How long to wait for TARGET's greeting and negotiation (default 10;
+    /// over ssh://, ssh's set-up included)
     #[arg(long, value_name = "SECONDS", value_parser = parse_positive_seconds)]
     pub timeout: Option<Duration>,
 
-    /// Clients served at once; more are turned away
+    /// Clients served at once; more are turned away (each gets a QMP error
+    /// naming the limit instead of the greeting, and a warning goes to
+    /// standard error)
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS)]
     pub max_clients: usize,
 
@@ -113,7 +121,7 @@ pub struct ProxyArgs {
     #[arg(
         long,
         value_name = "DOMAIN",
-        value_parser = NonEmptyStringValueParser::new(),
+        value_parser = cli::parse_domain,
         help_heading = "libvirt"
     )]
     pub domain: Option<String>,
@@ -123,6 +131,7 @@ pub struct ProxyArgs {
     #[arg(
         long = "connect",
         value_name = "URI",
+        value_parser = cli::parse_uri,
         requires = "domain",
         conflicts_with = "target",
         help_heading = "libvirt"
@@ -132,7 +141,8 @@ pub struct ProxyArgs {
 
 /// The `qmp-proxy` program; returns the exit status.
 pub fn main() -> i32 {
-    let args = ProxyArgs::parse();
+    let args =
+        ProxyArgs::try_parse().unwrap_or_else(|e| cli::exit_on_clap_error("qmp-proxy", USAGE, &e));
     let target = match (&args.domain, &args.target) {
         (Some(domain), _) => Target::Domain {
             domain: domain.clone(),
@@ -193,6 +203,10 @@ pub fn main() -> i32 {
         (Target::Domain { domain, .. }, None) => (format!("domain {domain}"), None),
         (Target::Address { text, .. }, _) => (text, None),
     };
+    // The client is told too, instead of the greeting.
+    router.on_turned_away(|why| {
+        let _ = writeln!(std::io::stderr(), "warning: {why} (--max-clients)");
+    });
     serve(&label, domain, &client, router)
 }
 

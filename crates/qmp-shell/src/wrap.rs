@@ -200,7 +200,11 @@ impl Qemu {
 
 /// The `qmp-shell-wrap` program; returns the exit status.
 pub fn main() -> i32 {
-    let args = WrapArgs::parse();
+    let args = WrapArgs::try_parse()
+        .unwrap_or_else(|e| cli::exit_on_clap_error("qmp-shell-wrap", USAGE, &e));
+    if let Err(msg) = args.common.check() {
+        cli::usage_error("qmp-shell-wrap", USAGE, &msg);
+    }
     if let Some(first) = args.command.first() {
         let option = first.split('=').next().unwrap_or(first);
         if SHELL_ONLY_OPTIONS.contains(&option) {

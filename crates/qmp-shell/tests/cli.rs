@@ -222,6 +222,172 @@ fn port_out_of_range_is_a_usage_error() {
     );
 }
 
+/// Options that contradict each other (or one that is ignored beside
+/// another) are refused before anything is done, in all three programs, and
+/// every usage error looks the same: the usage line, then `PROGRAM: error:
+/// MESSAGE`, exit 2, nothing on standard output; clap's errors too (they
+/// used to print `error: ...` in clap's layout beside the argparse layout
+/// of the others). Against a live QEMU, so that options taken would show.
+#[test]
+fn conflicting_options_are_refused_and_usage_errors_look_alike() {
+    let qemu = Peer::qemu_none();
+    let sock = qemu.socket_str();
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.sock");
+    dead_socket(&dead);
+    let dead = dead.to_str().unwrap();
+    let listen = dir.path().join("p.sock");
+    let listen = listen.to_str().unwrap();
+    let shell = "qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] [OPTIONS] qmp_server";
+    let wrap = "qmp-shell-wrap [-h] [-H] [-v] [-p] [-l LOGFILE] [OPTIONS] [--] [QEMU ARGV...]";
+    let proxy = "qmp-proxy [-h] [-l LOGFILE] [OPTIONS] --listen PATH TARGET";
+    let qemu_argv = ["--", "qemu-system-x86_64", "-M", "none", "-display", "none"];
+    let cases: Vec<(std::path::PathBuf, &str, Vec<&str>, &str)> = vec![
+        (
+            ours(),
+            shell,
+            vec!["-N", "-H", "-c", "info status", sock],
+            "the argument '--skip-negotiation' cannot be used with '--hmp'",
+        ),
+        (
+            ours(),
+            shell,
+            vec!["--list", "-c", "query-status"],
+            "the argument '--list' cannot be used with '--command <CMD>'",
+        ),
+        (
+            ours(),
+            shell,
+            vec!["--list", "--timeout", "5"],
+            "the argument '--list' cannot be used with '--timeout <SECONDS>'",
+        ),
+        (
+            ours(),
+            shell,
+            vec!["--json", "-v", "-c", "query-status", sock],
+            "the argument '--json' cannot be used with '--verbose'",
+        ),
+        (
+            ours(),
+            shell,
+            vec!["--json", "-p", "-c", "query-status", sock],
+            "the argument '--json' cannot be used with '--pretty'",
+        ),
+        (
+            ours(),
+            shell,
+            vec!["--json", "--color", "always", "-c", "query-status", sock],
+            "the argument '--color always' cannot be used with '--json' \
+             (JSON lines are never coloured)",
+        ),
+        (
+            ours(),
+            shell,
+            vec!["--retry-delay", "0.1", "-c", "query-status", sock],
+            "the following required arguments were not provided: --retry <N>",
+        ),
+        (
+            ours(),
+            shell,
+            vec!["--domain", "", "-c", "query-status"],
+            "invalid value '' for '--domain <DOMAIN>': an empty name: \
+             give a domain's name, UUID or id",
+        ),
+        (
+            ours(),
+            shell,
+            vec!["--hmpp", sock],
+            "unexpected argument '--hmpp' found (a similar argument exists: '--hmp')",
+        ),
+        (ours(), shell, vec!["a:b"], "Bad port number: a:b"),
+        (
+            ours_wrap(),
+            wrap,
+            [&["--json", "-p", "-c", "query-status"][..], &qemu_argv].concat(),
+            "the argument '--json' cannot be used with '--pretty'",
+        ),
+        (
+            ours_wrap(),
+            wrap,
+            [
+                &["--json", "--color", "always", "-c", "query-status"][..],
+                &qemu_argv,
+            ]
+            .concat(),
+            "the argument '--color always' cannot be used with '--json' \
+             (JSON lines are never coloured)",
+        ),
+        (
+            ours_wrap(),
+            wrap,
+            [&["-N"][..], &qemu_argv].concat(),
+            "-N is a qmp-shell option; qmp-shell-wrap does not take it \
+             (it always talks QMP to the QEMU it starts)",
+        ),
+        (
+            proxy_bin(),
+            proxy,
+            vec!["--retry-delay", "1", "--listen", listen, dead],
+            "the following required arguments were not provided: --retry <N>",
+        ),
+        (
+            proxy_bin(),
+            proxy,
+            vec!["--listen", listen],
+            "the following required arguments were not provided: <TARGET>",
+        ),
+        (
+            proxy_bin(),
+            proxy,
+            vec!["--max-clients", "0", "--listen", listen, dead],
+            "--max-clients must be at least 1",
+        ),
+    ];
+    for (bin, usage, args, message) in cases {
+        let out = run_shell(&bin, &args, "", T);
+        let program = bin.file_name().unwrap().to_str().unwrap();
+        assert_eq!(
+            (out.status.code(), text(&out.stdout), text(&out.stderr)),
+            (
+                Some(2),
+                String::new(),
+                format!("usage: {usage}\n{program}: error: {message}\n")
+            ),
+            "{program} {args:?}\n{}",
+            show(&out)
+        );
+    }
+    // Nothing was created, nothing is listening.
+    assert!(std::fs::symlink_metadata(listen).is_err());
+    // Options that go together still do.
+    let out = run_shell(
+        &ours(),
+        &["--json", "--color", "never", "-c", "query-name", sock],
+        "",
+        T,
+    );
+    assert_ok(&out);
+    let out = run_shell(
+        &ours(),
+        &[
+            "--retry",
+            "1",
+            "--retry-delay",
+            "0.1",
+            "-c",
+            "query-name",
+            sock,
+        ],
+        "",
+        T,
+    );
+    assert_ok(&out);
+}
+
+fn proxy_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_qmp-proxy"))
+}
+
 #[test]
 fn connection_refused_is_fatal() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,8 +5,12 @@
 mod common;
 #[path = "hostile_server/mod.rs"]
 mod hostile_server;
+#[path = "../../qmp/tests/common/silent.rs"]
+mod silent;
 #[path = "../../qmp/tests/common/sshd.rs"]
 mod sshd;
+#[path = "../../qmp/tests/common/stray.rs"]
+mod stray;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -451,4 +455,101 @@ fn jobs_never_exceed_n_connections() {
             "-j {jobs}: the most connections open at once"
         );
     }
+}
+
+/// The late reply of a client that left, which QEMU passes on to the next
+/// client, is no answer to a target's command: every target gets its own
+/// reply, and the one that got the stray says so once, tagged.
+#[test]
+fn a_stray_reply_is_dropped_on_its_target_alone() {
+    let raced = Peer::qemu_with_args(&["-M", "none", "-name", "raced"]);
+    let other = Peer::qemu_with_args(&["-M", "none", "-name", "other"]);
+    let (a, b) = (raced.socket_str(), other.socket_str());
+    let warning = format!(
+        "{a}: warning: {}: {{\"return\":[{{",
+        qmp_client::client::STRAY_REPLY
+    );
+    for _ in 0..stray::TRIES {
+        let out =
+            stray::after_a_stray_reply(raced.socket(), || run(&["-c", "query-name", a, b], ""));
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+        let mut stdout: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+        stdout.sort();
+        let mut expected = vec![
+            format!("{a}: {{\"return\": {{\"name\": \"raced\"}}}}"),
+            format!("{b}: {{\"return\": {{\"name\": \"other\"}}}}"),
+        ];
+        expected.sort();
+        assert_eq!(stdout, expected, "{}", show(&out));
+        let stderr = text(&out.stderr);
+        let mut lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(
+            lines.pop(),
+            Some("qmp-shell: 2 targets: 2 answered, 0 with failed commands, 0 unreachable or lost"),
+            "{}",
+            show(&out)
+        );
+        match lines[..] {
+            [] => continue,
+            [line] if line.starts_with(&warning) => return,
+            _ => panic!("{}", show(&out)),
+        }
+    }
+    panic!(
+        "QEMU never passed on a stray reply in {} tries",
+        stray::TRIES
+    );
+}
+
+/// An `ssh://` target whose host never speaks SSH is given up on within
+/// `--timeout` (the harness's kill timeout is the bound), tagged and
+/// counted unreachable; the others are served.
+#[test]
+fn an_ssh_target_that_never_speaks_is_given_up_on_in_time() {
+    let peer = silent::SilentPeer::start();
+    let qemu = Peer::qemu_with_args(&["-M", "none", "-name", "up"]);
+    let silent = peer.address("/run/qmp.sock");
+    let cache = tempfile::tempdir().unwrap();
+    let command = silent::SilentPeer::ssh_command(None);
+    let out = run_shell_env(
+        &ours(),
+        &[
+            "--timeout",
+            "1",
+            "-c",
+            "query-name",
+            &silent,
+            qemu.socket_str(),
+        ],
+        "",
+        std::time::Duration::from_secs(20),
+        &[
+            ("XDG_CACHE_HOME", cache.path().to_str().unwrap()),
+            ("QMP_SSH_COMMAND", command.as_str()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{}: {{\"return\": {{\"name\": \"up\"}}}}\n",
+            qemu.socket_str()
+        )
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{silent}: ERROR: Couldn't connect to {silent}: Failed to establish connection: \
+             ssh: no connection to 127.0.0.1 within 1 s\n"
+        )),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        stderr.ends_with(
+            "qmp-shell: 2 targets: 1 answered, 0 with failed commands, 1 unreachable or lost\n"
+        ),
+        "{}",
+        show(&out)
+    );
 }

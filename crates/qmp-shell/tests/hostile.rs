@@ -9,6 +9,10 @@
 
 mod common;
 mod hostile_server;
+#[path = "../../qmp/tests/common/silent.rs"]
+mod silent;
+#[path = "../../qmp/tests/common/stray.rs"]
+mod stray;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -799,6 +803,87 @@ fn event_queue_is_bounded_by_memory() {
         )
     );
     server.join();
+}
+
+// ---------------------------------------------------------------------------
+// Real QEMU passing on the late reply of a client that left.
+// ---------------------------------------------------------------------------
+
+/// QEMU 7.2 sends the late reply of a client that disconnected (here a
+/// `query-qmp-schema` without an id) to the next client. The shell's own
+/// requests all carry ids, so that reply is no answer of its own: the
+/// negotiation and the command get theirs, and one warning says what was
+/// dropped (before, it was taken for the reply to `qmp_capabilities`, and
+/// the real one drew `ignoring reply with unknown id 1`).
+#[test]
+fn a_stray_reply_from_a_client_that_left_is_dropped_with_one_warning() {
+    let peer = Peer::qemu_none();
+    let warning = format!(
+        "warning: {}: {{\"return\":[{{",
+        qmp_client::client::STRAY_REPLY
+    );
+    for _ in 0..stray::TRIES {
+        let out = stray::after_a_stray_reply(peer.socket(), || {
+            run_shell(
+                &ours(),
+                &["-c", "query-status", peer.socket_str()],
+                "",
+                SHELL_TIMEOUT,
+            )
+        });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let ok = out.status.code() == Some(0)
+            && out.stdout
+                == b"{\"return\": {\"status\": \"running\", \"singlestep\": false, \
+                     \"running\": true}}\n"
+            && (stderr.is_empty() || (stderr.starts_with(&warning) && stderr.lines().count() == 1));
+        assert!(ok, "{}", common::show(&out));
+        if !stderr.is_empty() {
+            return;
+        }
+    }
+    panic!(
+        "QEMU never passed on a stray reply in {} tries",
+        stray::TRIES
+    );
+}
+
+// ---------------------------------------------------------------------------
+// An ssh:// host that takes the connection and never speaks SSH.
+// ---------------------------------------------------------------------------
+
+/// The whole connection, ssh's set-up included, is bounded by `--timeout`,
+/// and by the greeting's 10 s without it: one line, exit 1. The bound is
+/// the harness's kill timeout (ssh alone used to wait 60 s).
+#[test]
+fn an_ssh_host_that_never_speaks_is_given_up_on_in_time() {
+    let peer = silent::SilentPeer::start();
+    let command = silent::SilentPeer::ssh_command(None);
+    let address = peer.address("/run/qmp.sock");
+    for (args, bound, seconds) in [
+        (&["--timeout", "1"][..], Duration::from_secs(20), "1"),
+        (&[][..], Duration::from_secs(45), "10"),
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["-c", "query-status", address.as_str()]);
+        let out = common::run_shell_env(
+            &ours(),
+            &all,
+            "",
+            bound,
+            &[("QMP_SSH_COMMAND", command.as_str())],
+        );
+        expect(
+            &out,
+            1,
+            "",
+            &format!(
+                "ERROR: Couldn't connect to {address}: Failed to establish connection: \
+                 ssh: no connection to 127.0.0.1 within {seconds} s\n"
+            ),
+        );
+    }
+    assert_eq!(peer.accepted(), 2);
 }
 
 // ---------------------------------------------------------------------------

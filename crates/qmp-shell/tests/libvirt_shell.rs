@@ -987,3 +987,136 @@ fn the_same_commands_on_several_domains() {
         show(&out)
     );
 }
+
+// ---------------------------------------------------------------------------
+// A domain named like another domain's id
+// ---------------------------------------------------------------------------
+
+/// A domain called like another's id (`37`), and one whose name has a space
+/// and ends in that id (`strg 37`, which `for d in $(qmp-shell --list)`
+/// would split): `--domain 37` names two domains and is refused, naming
+/// them, with nothing sent (no taint notice), also with `--retry` (the
+/// harness's kill timeout is the bound) and among several targets;
+/// `--all-domains` and the README's loop reach each domain once.
+#[test]
+fn a_domain_named_like_another_domains_id_is_refused_as_ambiguous() {
+    let first = TestDomain::start("by-id");
+    let (id, first_uuid) = first.id_and_uuid();
+    let second = TestDomain::named(&id, false);
+    second.create();
+    let spaced = TestDomain::named(&format!("{} {id}", libvirt::unique_name("strg")), false);
+    spaced.create();
+    let second_uuid = &second.uuid;
+    let ambiguous = format!(
+        "domain {id} is ambiguous at {URI}: it is the id of domain {} (UUID {first_uuid}) and \
+         the name of domain {id} (UUID {second_uuid}); give the UUID of the one you mean",
+        first.name
+    );
+    for extra in [&[][..], &["--retry", "10000", "--retry-delay", "1"]] {
+        let mut args = vec!["--domain", &id, "--connect", URI, "-c", "query-name"];
+        args.extend_from_slice(extra);
+        assert_error(&shell(&args, ""), &ambiguous);
+    }
+    // Among several targets: that one is unreachable, the other answers.
+    let out = shell(
+        &[
+            "--domain",
+            &id,
+            "--domain",
+            &first.name,
+            "--connect",
+            URI,
+            "--json",
+            "-c",
+            "query-name",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let lines: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert!(
+        lines.iter().any(|v| v["target"] == id.as_str()
+            && v["error"]["class"] == "ConnectError"
+            && v["error"]["desc"]
+                .as_str()
+                .is_some_and(|d| d.contains(&ambiguous))),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["target"] == first.name.as_str()
+                && v["return"]["name"] == first.name.as_str()),
+        "{}",
+        show(&out)
+    );
+    // Every running domain: each of ours once, as itself.
+    let out = shell(
+        &[
+            "--all-domains",
+            "--connect",
+            URI,
+            "--json",
+            "-c",
+            "query-name",
+        ],
+        "",
+    );
+    let lines: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    for name in [&first.name, &id, &spaced.name] {
+        let mine: Vec<&Value> = lines
+            .iter()
+            .filter(|v| v["target"] == name.as_str())
+            .collect();
+        assert_eq!(mine.len(), 1, "{name}: {}", show(&out));
+        assert_eq!(mine[0]["return"]["name"], name.as_str(), "{}", show(&out));
+    }
+    // The name with a space, as it is, and by the README's loop over
+    // `--list -v` (the UUID names one domain; the name comes last).
+    let out = shell(
+        &[
+            "--domain",
+            &spaced.name,
+            "--connect",
+            URI,
+            "-c",
+            "query-name",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        text(&out.stdout),
+        format!("{{\"return\": {{\"name\": \"{}\"}}}}\n", spaced.name)
+    );
+    let script = format!(
+        "{0} --list -v --connect {URI} | while read -r id uuid name; do\n  \
+           case \"$name\" in \"{1}\"|\"{2}\"|\"{3}\")\n    \
+             {0} --connect {URI} --domain \"$uuid\" -c query-name 2>/dev/null;;\n  \
+           esac\n\
+         done",
+        ours().display(),
+        first.name,
+        id,
+        spaced.name
+    );
+    let mut sh = Command::new("sh");
+    sh.arg("-c").arg(&script);
+    let out = common::run_program(sh, &[], "", T);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let mut names: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    names.sort();
+    let mut expected: Vec<String> = [&first.name, &id, &spaced.name]
+        .iter()
+        .map(|n| format!("{{\"return\": {{\"name\": \"{n}\"}}}}"))
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected, "{}", show(&out));
+}

@@ -7,8 +7,12 @@
 mod common;
 #[path = "../../qmp/tests/common/libvirt.rs"]
 mod libvirt;
+#[path = "../../qmp/tests/common/silent.rs"]
+mod silent;
 #[path = "../../qmp/tests/common/sshd.rs"]
 mod sshd;
+#[path = "../../qmp/tests/common/stray.rs"]
+mod stray;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -117,6 +121,19 @@ impl Raw {
             "{\"return\": {}}\r\n"
         );
         raw
+    }
+
+    /// Connect and read the first line: `Some` if it is the greeting.
+    fn connect_greeted(path: &Path) -> Option<Raw> {
+        let s = UnixStream::connect(path).ok()?;
+        s.set_read_timeout(Some(T)).ok()?;
+        let mut raw = Raw {
+            w: s.try_clone().ok()?,
+            r: BufReader::new(s),
+        };
+        let mut line = String::new();
+        raw.r.read_line(&mut line).ok()?;
+        line.starts_with("{\"QMP\"").then_some(raw)
     }
 
     fn line(&mut self) -> String {
@@ -700,4 +717,127 @@ fn domain_by_uuid_and_id() {
         "{stderr}"
     );
     assert!(std::fs::symlink_metadata(&proxy.listen).is_err());
+}
+
+/// The late reply of a client that left QEMU before the proxy came, which
+/// QEMU passes on to the proxy's connection, is nobody's: the proxy drops
+/// it with one warning, and its clients get their own replies.
+#[test]
+fn a_stray_reply_reaches_no_client_of_the_proxy() {
+    let peer = Peer::qemu_none();
+    let warning = format!(
+        "warning: {}: {{\"return\":[{{",
+        qmp_client::client::STRAY_REPLY
+    );
+    for _ in 0..stray::TRIES {
+        let mut proxy =
+            stray::after_a_stray_reply(peer.socket(), || Proxy::spawn(peer.socket_str(), &[], &[]));
+        proxy.wait_listening();
+        let mut raw = Raw::negotiated(&proxy.listen);
+        assert_eq!(
+            raw.send(r#"{"execute": "query-status", "id": 1}"#),
+            "{\"return\": {\"status\": \"running\", \"singlestep\": false, \
+             \"running\": true}, \"id\": 1}\r\n"
+        );
+        assert_eq!(
+            raw.send(r#"{"execute": "query-name"}"#),
+            "{\"return\": {}}\r\n"
+        );
+        proxy.run.signal(libc::SIGTERM);
+        let (status, _, stderr) = proxy.run.wait_exit(T);
+        assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+        match stderr.lines().collect::<Vec<_>>()[..] {
+            [] => continue,
+            [line] if line.starts_with(&warning) => return,
+            _ => panic!("{stderr}"),
+        }
+    }
+    panic!(
+        "QEMU never passed on a stray reply in {} tries",
+        stray::TRIES
+    );
+}
+
+/// `--max-clients`: one client too many is told why, instead of the
+/// greeting, and the proxy says it turned one away; our shell shows the
+/// reason in one line. Once a client leaves, the next one is served.
+#[test]
+fn a_client_turned_away_is_told_why_and_the_proxy_says_so() {
+    let qemu = Peer::qemu_none();
+    let proxy = Proxy::start(qemu.socket_str(), &["--max-clients", "1"], &[]);
+    let mut first = Raw::negotiated(&proxy.listen);
+    let refusal = "too many clients: this server serves at most 1 client at once";
+    let mut second = UnixStream::connect(&proxy.listen).unwrap();
+    second.set_read_timeout(Some(T)).unwrap();
+    let mut got = String::new();
+    second.read_to_string(&mut got).unwrap();
+    assert_eq!(
+        got,
+        format!("{{\"error\": {{\"class\": \"GenericError\", \"desc\": \"{refusal}\"}}}}\r\n")
+    );
+    let out = run_shell(&ours(), &["-c", "query-name", proxy.sock()], "", T);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "ERROR: Couldn't connect to {}: the server refused the session: {refusal}\n",
+            proxy.sock()
+        )
+    );
+    assert_eq!(
+        first.send(r#"{"execute": "query-name", "id": 1}"#),
+        "{\"return\": {}, \"id\": 1}\r\n"
+    );
+    drop(first);
+    let mut next = None;
+    wait_until("a free place", T, || {
+        let mut raw = Raw::connect_greeted(&proxy.listen);
+        let greeted = raw.as_mut().is_some();
+        next = raw;
+        greeted
+    });
+    drop(next);
+    proxy.run.signal(libc::SIGTERM);
+    let (status, _, stderr) = proxy.run.finish(T);
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    let warning = format!("warning: turned a client away: {refusal} (--max-clients)");
+    assert!(
+        stderr.lines().count() >= 2 && stderr.lines().all(|l| l == warning),
+        "{stderr}"
+    );
+}
+
+/// `qmp-proxy --timeout` bounds the whole connection to an `ssh://` target,
+/// ssh's set-up included: a host that never speaks SSH ends the proxy with
+/// one line and exit 1, within the harness's kill timeout, and nothing
+/// listens.
+#[test]
+fn an_ssh_target_that_never_speaks_ends_the_proxy_in_time() {
+    let peer = silent::SilentPeer::start();
+    let target = peer.address("/run/qmp.sock");
+    let command = silent::SilentPeer::ssh_command(None);
+    let dir = private_dir();
+    let listen = dir.path().join("p.sock");
+    let out = run_program_env(
+        std::process::Command::new(proxy_bin()),
+        &[
+            "--timeout",
+            "1",
+            "--listen",
+            listen.to_str().unwrap(),
+            &target,
+        ],
+        "",
+        Duration::from_secs(20),
+        &[("QMP_SSH_COMMAND", command.as_str())],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "ERROR: Couldn't connect to {target}: Failed to establish connection: \
+             ssh: no connection to 127.0.0.1 within 1 s\n"
+        )
+    );
+    assert!(std::fs::symlink_metadata(&listen).is_err());
 }

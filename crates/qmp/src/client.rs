@@ -47,6 +47,14 @@ pub const MAX_QUEUED_EVENTS: usize = 100_000;
 /// memory before the count bound is reached.
 pub const MAX_QUEUED_EVENT_BYTES: usize = 32 << 20;
 
+/// The warning for a reply without an id. Every request a [`Client`] sends
+/// carries an id, and QEMU copies it into the reply, so a reply without one
+/// answers no request of this session: QEMU 7.2 passes the reply to a
+/// command of a client that disconnected before it came on to the next
+/// client. Such a reply is dropped with this warning (and the reply).
+pub const STRAY_REPLY: &str = "ignoring a reply without an id: it answers no request of this \
+     session (QEMU passes on the late reply of a client that disconnected)";
+
 /// How long to wait for a reply to the probe sent when no greeting came, to
 /// tell a guest agent from a busy monitor.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -61,7 +69,9 @@ pub struct ClientOptions {
     /// own clients do. Default: on.
     pub oob: bool,
     /// How long to wait for the greeting, and then for the `qmp_capabilities`
-    /// reply. `None` waits forever. Default: 10 seconds.
+    /// reply. `None` waits forever. Default: 10 seconds. Over `ssh://`
+    /// ([`Client::connect`]), it bounds ssh's set-up and the greeting
+    /// together.
     pub greeting_timeout: Option<Duration>,
     /// Largest message accepted from a socket, in bytes ([`Client::connect`]
     /// only). Default: 256 MiB.
@@ -371,16 +381,19 @@ impl State {
     }
 
     /// Index in `waiting` of the request a reply with `id` answers: the
-    /// oldest written one with that id, or the oldest written one when the
-    /// reply has no id.
+    /// oldest written one with that id. A reply without an id answers none
+    /// (every request carries one): see [`STRAY_REPLY`].
     fn waiter_for(&self, id: Option<&Value>) -> Option<usize> {
-        match id {
-            None => self.waiting.iter().position(|w| w.written),
-            Some(id) => self
-                .waiting
-                .iter()
-                .position(|w| w.written && same_id(&w.id, id)),
-        }
+        let id = id?;
+        self.waiting
+            .iter()
+            .position(|w| w.written && same_id(&w.id, id))
+    }
+
+    /// Index in `waiting` of the request an undecodable frame takes the
+    /// place of: the oldest written one.
+    fn oldest_written(&self) -> Option<usize> {
+        self.waiting.iter().position(|w| w.written)
     }
 
     /// Index of the next message the writer may send: the first
@@ -577,6 +590,17 @@ impl Shared {
             st.greeting = Some(match frame {
                 Ok(obj) => match Message::classify(obj) {
                     Message::Greeting(g) => Ok(g),
+                    // A server that turns the client away says why (qmp-proxy
+                    // with all its clients served, say).
+                    Message::Reply(reply) if reply.id().is_none() && reply.is_error() => {
+                        Err(format!(
+                            "the server refused the session: {}",
+                            reply
+                                .error_desc()
+                                .map(|d| truncate(d, TEXT_IN_MESSAGES))
+                                .unwrap_or_else(|| compact(&reply.body))
+                        ))
+                    }
                     Message::Reply(Reply { body, .. })
                     | Message::Event(Event { body })
                     | Message::Other(body) => {
@@ -632,7 +656,7 @@ impl Shared {
                     return;
                 }
                 let reason = e.to_string();
-                match st.waiter_for(None) {
+                match st.oldest_written() {
                     Some(i) => {
                         let w = st.waiting.remove(i).expect("index from position");
                         st.answered(&w);
@@ -697,7 +721,7 @@ impl Shared {
                 drop(st);
                 let what = match reply.id() {
                     Some(id) => format!("ignoring reply with unknown id {}", compact_value(id)),
-                    None => "ignoring reply with no request pending".to_owned(),
+                    None => STRAY_REPLY.to_owned(),
                 };
                 self.queue(
                     Incoming::Warning(format!("{what}: {}", compact(&reply.body))),
@@ -982,10 +1006,18 @@ impl Client {
                 }
             }
             Address::Ssh { .. } => {
-                let t = SshTransport::connect_address(addr, &SshOptions::from_env()?)?
+                // ssh's set-up and the greeting, together, within the
+                // greeting's bound: a host that takes the TCP connection
+                // and never speaks SSH is given up on in time.
+                let started = Instant::now();
+                let ssh = SshOptions {
+                    timeout: opts.greeting_timeout,
+                    ..SshOptions::from_env()?
+                };
+                let t = SshTransport::connect_address(addr, &ssh)?
                     .max_message(opts.max_message)
                     .delimiters(opts.guest_sync);
-                Client::open(Box::new(t), opts)
+                Client::open_since(Box::new(t), opts, started)
             }
         }
     }
@@ -1008,7 +1040,18 @@ impl Client {
 
     /// Start a session on any transport: read the greeting, resynchronise
     /// with a guest agent and negotiate, as the transport and `opts` say.
-    pub fn open(transport: Box<dyn Transport>, mut opts: ClientOptions) -> Result<Client, Error> {
+    pub fn open(transport: Box<dyn Transport>, opts: ClientOptions) -> Result<Client, Error> {
+        Client::open_since(transport, opts, Instant::now())
+    }
+
+    /// [`Client::open`], the greeting awaited until
+    /// [`ClientOptions::greeting_timeout`] after `started` (when connecting
+    /// the transport began).
+    fn open_since(
+        transport: Box<dyn Transport>,
+        mut opts: ClientOptions,
+        started: Instant,
+    ) -> Result<Client, Error> {
         let handshake = transport.handshake();
         let passes_fds = transport.passes_fds();
         let syncer = transport.syncer();
@@ -1073,7 +1116,7 @@ impl Client {
         // On error, dropping `client` closes the transport and joins.
         client.greeting = match &handshake {
             Handshake::Server if opts.read_greeting => {
-                Some(client.await_greeting(opts.greeting_timeout)?)
+                Some(client.await_greeting(opts.greeting_timeout, started)?)
             }
             Handshake::Server => None,
             Handshake::Negotiated(g) => g.clone(),
@@ -1096,8 +1139,12 @@ impl Client {
         Ok(client)
     }
 
-    fn await_greeting(&self, timeout: Option<Duration>) -> Result<Greeting, Error> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    fn await_greeting(
+        &self,
+        timeout: Option<Duration>,
+        started: Instant,
+    ) -> Result<Greeting, Error> {
+        let deadline = timeout.and_then(|t| started.checked_add(t));
         let mut st = lock(&self.shared.state);
         loop {
             if let Some(g) = st.greeting.clone() {
@@ -1570,11 +1617,16 @@ fn writer_loop(mut sink: Box<dyn Sink>, shared: &Shared) {
                 ..
             } => {
                 let bytes = encode(&msg);
-                if logged {
+                let refused = beyond_qemu_limits(&bytes);
+                if logged && refused.is_none() {
                     shared.log_line(&bytes[..bytes.len() - 1]);
                 }
                 let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-                match sink.send(&msg, &bytes, &raw) {
+                let sent = match refused {
+                    Some(why) => Err(io::Error::new(io::ErrorKind::Unsupported, why)),
+                    None => sink.send(&msg, &bytes, &raw),
+                };
+                match sent {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                         // This request only: the connection is fine.
@@ -1598,6 +1650,55 @@ fn writer_loop(mut sink: Box<dyn Sink>, shared: &Shared) {
         }
     }
     shared.write_failed();
+}
+
+/// Largest message QEMU's JSON parser accepts (`MAX_TOKEN_SIZE` of
+/// `qobject/json-streamer.c`), in bytes.
+pub const QEMU_MAX_MESSAGE: usize = 64 << 20;
+
+/// Deepest nesting of objects and arrays QEMU's JSON parser accepts
+/// (`MAX_NESTING`), the message's own object included.
+pub const QEMU_MAX_NESTING: usize = 1024;
+
+/// Why QEMU would refuse `encoded` (compact JSON and a newline) before
+/// reading its id, if it would. Its error would then come without an id and
+/// answer no request (see [`STRAY_REPLY`]), so such a message is not sent:
+/// the request fails with [`Error::Unsupported`] instead.
+fn beyond_qemu_limits(encoded: &[u8]) -> Option<String> {
+    let len = encoded.trim_ascii_end().len();
+    if len > QEMU_MAX_MESSAGE {
+        return Some(format!(
+            "not sent: the message is {len} bytes, more than QEMU accepts ({} MiB)",
+            QEMU_MAX_MESSAGE >> 20
+        ));
+    }
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in encoded {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    (deepest > QEMU_MAX_NESTING).then(|| {
+        format!(
+            "not sent: the message nests {deepest} levels deep, more than QEMU accepts \
+             ({QEMU_MAX_NESTING})"
+        )
+    })
 }
 
 #[cfg(test)]
@@ -1647,7 +1748,7 @@ mod tests {
     const T: Option<Duration> = Some(Duration::from_secs(30));
 
     #[test]
-    fn idless_reply_and_garbage_go_to_oldest_and_unknown_ids_warn() {
+    fn idless_replies_and_unknown_ids_warn_and_garbage_goes_to_the_oldest() {
         let client = pair(no_handshake(), |mut s| {
             read_line(&mut s);
             read_line(&mut s);
@@ -1655,11 +1756,14 @@ mod tests {
             s.write_all(b"{\"return\": {}, \"id\": \"nope\"}\r\n")
                 .unwrap();
             s.write_all(b"{\"event\": \"X\"}\r\n").unwrap();
+            // No id: the late reply of another client, never ours.
             s.write_all(
                 b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error\"}}\r\n",
             )
             .unwrap();
+            s.write_all(b"{\"return\": {\"stray\": 1}}\r\n").unwrap();
             s.write_all(b"this is garbage\r\n").unwrap();
+            s.write_all(b"{\"return\": 2, \"id\": 2}\r\n").unwrap();
             s.write_all(b"{\"return\": 3, \"id\": \"mine\"}\r\n")
                 .unwrap();
             let mut rest = Vec::new();
@@ -1670,15 +1774,26 @@ mod tests {
         let mut m = command("c", None);
         m.insert("id".into(), "mine".into());
         let p3 = client.send(m).unwrap();
-        let r1 = p1.wait(T).unwrap();
-        assert_eq!(r1.error_desc(), Some("JSON parse error"));
-        assert!(matches!(p2.wait(T), Err(Error::Protocol(_))));
+        assert!(matches!(p1.wait(T), Err(Error::Protocol(_))));
+        let r2 = p2.wait(T).unwrap();
+        assert!(r2.assigned_id);
+        assert_eq!(r2.ret(), Some(&Value::from(2)));
         let r3 = p3.wait(T).unwrap();
         assert!(!r3.assigned_id);
         assert_eq!(r3.ret(), Some(&Value::from(3)));
         let notices = client.drain_notices();
-        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert_eq!(notices.len(), 3, "{notices:?}");
         assert!(matches!(&notices[0], Incoming::Warning(w) if w.contains("unknown id \"nope\"")));
+        for (notice, body) in notices[1..].iter().zip([
+            r#"{"error":{"class":"GenericError","desc":"JSON parse error"}}"#,
+            r#"{"return":{"stray":1}}"#,
+        ]) {
+            assert_eq!(
+                notice,
+                &Incoming::Warning(format!("{STRAY_REPLY}: {body}")),
+                "{notices:?}"
+            );
+        }
         let inc = client.drain_incoming();
         assert_eq!(inc.len(), 1, "{inc:?}");
         assert!(matches!(&inc[0], Incoming::Event(e) if e.name() == Some("X")));
@@ -1688,6 +1803,46 @@ mod tests {
             Err(Error::Disconnected)
         ));
         assert!(client.next_incoming(None).is_none());
+    }
+
+    #[test]
+    fn messages_qemu_would_refuse_before_reading_their_id_are_not_sent() {
+        let arrays = |depth: usize| {
+            let mut args = Object::new();
+            let mut v = Value::Array(Vec::new());
+            for _ in 1..depth {
+                v = Value::Array(vec![v]);
+            }
+            args.insert("v".into(), v);
+            args
+        };
+        let nested = |depth: usize| encode(&command("x", Some(arrays(depth))));
+        // The command object, "arguments" and the arrays.
+        assert_eq!(beyond_qemu_limits(&nested(QEMU_MAX_NESTING - 2)), None);
+        let why = beyond_qemu_limits(&nested(QEMU_MAX_NESTING - 1)).unwrap();
+        assert!(why.contains("1025 levels deep"), "{why}");
+        // Brackets inside strings do not count.
+        let mut args = Object::new();
+        args.insert("s".into(), Value::from("[{\\\"".repeat(2000)));
+        assert_eq!(beyond_qemu_limits(&encode(&command("x", Some(args)))), None);
+        let mut big = vec![b'x'; QEMU_MAX_MESSAGE + 1];
+        big.push(b'\n');
+        assert!(beyond_qemu_limits(&big).unwrap().contains("64 MiB"));
+
+        let client = pair(no_handshake(), |mut s| {
+            let line = read_line(&mut s);
+            let v: Value = serde_json::from_str(&line).unwrap();
+            s.write_all(format!("{{\"return\": {{}}, \"id\": {}}}\r\n", v["id"]).as_bytes())
+                .unwrap();
+            let _ = s.read_to_end(&mut Vec::new());
+        });
+        let r = client.execute("deep", Some(arrays(1100)), T);
+        assert!(
+            matches!(&r, Err(Error::Unsupported(w)) if w.starts_with("not sent: ")),
+            "{r:?}"
+        );
+        // The connection is fine: the next request goes and is answered.
+        assert!(client.execute("ok", None, T).is_ok());
     }
 
     #[test]
@@ -1796,8 +1951,10 @@ mod tests {
             b.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n")
                 .unwrap();
             read_line(&mut b);
-            b.write_all(b"{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"nope\"}}\r\n")
-                .unwrap();
+            b.write_all(
+                b"{\"id\": 1, \"error\": {\"class\": \"CommandNotFound\", \"desc\": \"nope\"}}\r\n",
+            )
+            .unwrap();
             let _ = b.read_to_end(&mut Vec::new());
         });
         let e = Client::from_unix_stream(a, ClientOptions::default()).unwrap_err();
@@ -1867,7 +2024,7 @@ mod tests {
                     format!("{{\"event\": \"E\", \"data\": {{\"i\": {i}}}}}\r\n").as_bytes(),
                 );
             }
-            out.extend_from_slice(b"{\"return\": {}}\r\n");
+            out.extend_from_slice(b"{\"return\": {}, \"id\": 1}\r\n");
             s.write_all(&out).unwrap();
             let _ = s.read_to_end(&mut Vec::new());
         });
@@ -1890,7 +2047,7 @@ mod tests {
                     format!("{{\"event\": \"E\", \"data\": {{\"i\": {i}, \"p\": \"{pad}\"}}}}\r\n");
                 s.write_all(ev.as_bytes()).unwrap();
             }
-            s.write_all(b"{\"return\": {}}\r\n").unwrap();
+            s.write_all(b"{\"return\": {}, \"id\": 1}\r\n").unwrap();
             let _ = s.read_to_end(&mut Vec::new());
         });
         client.execute("x", None, T).unwrap();

@@ -17,7 +17,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use libvirt::{ensure_libvirtd, unique_name, virsh, TestDomain, URI};
-use qmp_client::transport::libvirt::{list_domains, LibvirtError, LibvirtTransport};
+use qmp_client::transport::libvirt::{
+    list_domains, DomainMatch, LibvirtError, LibvirtTransport, MatchedBy,
+};
 use qmp_client::transport::{Closer, Handshake, Received, Sink, Transport};
 use qmp_client::Object;
 
@@ -528,6 +530,58 @@ fn a_domain_is_found_by_id_and_uuid_too() {
         let t = LibvirtTransport::open(Some(URI), &spec, false).expect("open by id or uuid");
         assert_eq!(t.domain_name(), dom.name, "{spec}");
     }
+}
+
+/// A domain called like another domain's id: the text names two domains,
+/// so it opens neither, and the error says which is which. Each stays
+/// reachable by its UUID (and the first by its name).
+#[test]
+fn a_name_that_is_another_domains_id_is_ambiguous() {
+    ensure_libvirtd();
+    let first = TestDomain::start("ambiguous");
+    let (id, first_uuid) = first.id_and_uuid();
+    let second = TestDomain::named(&id, false);
+    second.create();
+    let (second_id, second_uuid) = second.id_and_uuid();
+    let e = LibvirtTransport::open(Some(URI), &id, false).unwrap_err();
+    assert_eq!(
+        e,
+        LibvirtError::Ambiguous {
+            domain: id.clone(),
+            uri: URI.to_owned(),
+            matches: vec![
+                DomainMatch {
+                    by: MatchedBy::Id,
+                    name: first.name.clone(),
+                    uuid: first_uuid.clone(),
+                },
+                DomainMatch {
+                    by: MatchedBy::Name,
+                    name: id.clone(),
+                    uuid: second_uuid.clone(),
+                },
+            ],
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "domain {id} is ambiguous at {URI}: it is the id of domain {} (UUID {first_uuid}) \
+             and the name of domain {id} (UUID {second_uuid}); give the UUID of the one you mean",
+            first.name
+        )
+    );
+    for (spec, name) in [
+        (&first_uuid, &first.name),
+        (&first.name, &first.name),
+        (&second_uuid, &id),
+    ] {
+        let t = LibvirtTransport::open(Some(URI), spec, false).expect("open");
+        assert_eq!(t.domain_name(), name, "{spec}");
+    }
+    // The second's own id names it alone.
+    let t = LibvirtTransport::open(Some(URI), &second_id, false).expect("open by id");
+    assert_eq!(t.domain_name(), id);
 }
 
 #[test]

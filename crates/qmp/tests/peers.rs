@@ -2,6 +2,8 @@
 //! qemu-storage-daemon and qemu-ga.
 
 mod common;
+#[path = "common/stray.rs"]
+mod stray;
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -528,4 +530,42 @@ fn listener_gives_up_when_child_exits() {
         })
         .unwrap();
     assert!(r.is_none());
+}
+
+/// A reply without an id is not ours: the next session's negotiation and
+/// first command get their own replies, and the stray one is dropped with
+/// one warning, never taken for the answer to a request.
+#[test]
+fn a_stray_reply_from_a_client_that_left_is_not_taken_for_ours() {
+    let peer = common::qemu();
+    let mut strays = 0;
+    for _ in 0..stray::TRIES {
+        let client = stray::after_a_stray_reply(&peer.socket, || connect(&peer));
+        let reply = client.execute("query-status", None, T).unwrap();
+        assert_eq!(
+            reply.ret().and_then(|r| r.get("status")),
+            Some(&Value::from("running")),
+            "{:?}",
+            reply.body
+        );
+        let notices = client.drain_notices();
+        for notice in &notices {
+            match notice {
+                Incoming::Warning(w) if w.starts_with(qmp_client::client::STRAY_REPLY) => {
+                    assert!(w.contains("\"return\":[{"), "{w}");
+                    strays += 1;
+                }
+                other => panic!("unexpected {other:?} (all: {notices:?})"),
+            }
+        }
+        assert!(notices.len() <= 1, "{notices:?}");
+        client.close();
+        if strays > 0 {
+            return;
+        }
+    }
+    panic!(
+        "QEMU never passed on a stray reply in {} tries",
+        stray::TRIES
+    );
 }

@@ -599,13 +599,65 @@ fn too_many_clients_are_turned_away() {
         max_clients: 2,
         ..RouterOptions::default()
     };
-    let (_client, _router, path) = router(&peer, opts);
+    let (_client, router, path) = router(&peer, opts);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    router.on_turned_away(move |why| {
+        let _ = tx.lock().unwrap().send(why.to_owned());
+    });
     let mut a = Raw::negotiated(&path, false);
     let _b = Raw::greeted(&path);
+    // The third is told why, instead of the greeting, and let go.
     let mut c = Raw::connect(&path);
-    assert_eq!(c.rest(), "");
+    assert_eq!(
+        c.rest(),
+        "{\"error\": {\"class\": \"GenericError\", \"desc\": \"too many clients: this \
+         server serves at most 2 clients at once\"}}\r\n"
+    );
+    assert_eq!(
+        rx.recv_timeout(T).as_deref(),
+        Ok("turned a client away: too many clients: this server serves at most 2 clients at once")
+    );
+    // Our client says so in a word.
+    let e = Client::connect(&Address::Unix(path.clone()), ClientOptions::default()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the server refused the session: too many clients: this server serves at most 2 \
+         clients at once"
+    );
     assert_eq!(
         a.send(r#"{"execute": "query-name", "id": 1}"#),
         "{\"return\": {}, \"id\": 1}\r\n"
     );
+}
+
+/// A client's replies come in the order of its requests, as QEMU gives
+/// them: the errors the router answers itself (input that is not an
+/// object, invalid UTF-8, a request that mixes `execute` and `exec-oob`)
+/// wait behind the replies to the commands sent before them. The same
+/// bytes, in the same order, as QEMU's own monitor gives.
+#[test]
+fn replies_keep_the_order_of_the_requests_as_qemus_do() {
+    let peer = Qemu::start();
+    let (_client, _router, path) = router(&peer, RouterOptions::default());
+    let mut ours = Raw::negotiated(&path, false);
+    let mut qemu = Raw::negotiated(&peer.path().join("b.sock"), false);
+    let input: &[u8] = b"{\"execute\": \"query-qmp-schema\"}[1]{\"foo\": 1}\
+        {\"execute\": \"query-name\"}{\"execute\": \"\x80\"}\"text\"\n\
+        {\"execute\": \"query-qmp-schema\", \"id\": 1}\
+        {\"execute\": \"query-status\", \"exec-oob\": \"x\", \"id\": 2}[3]\
+        {\"execute\": \"query-status\", \"id\": \"last\"}";
+    for raw in [&mut ours, &mut qemu] {
+        raw.w.write_all(input).unwrap();
+    }
+    let mut last = String::new();
+    for i in 0..10 {
+        let (a, b) = (ours.line(), qemu.line());
+        assert!(
+            a == b,
+            "reply {i}: through the router {a:.200}, from QEMU {b:.200}"
+        );
+        last = a;
+    }
+    assert!(last.contains("\"id\": \"last\""), "{last}");
 }

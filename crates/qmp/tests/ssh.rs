@@ -2,6 +2,8 @@
 //! QMP through `ssh://`, and each way it can fail.
 
 mod common;
+#[path = "common/silent.rs"]
+mod silent;
 #[path = "common/sshd.rs"]
 mod sshd;
 
@@ -325,6 +327,41 @@ fn an_unreachable_port_is_reported_at_connect() {
         err.to_string(),
         "ssh: connect to host 127.0.0.1 port 1: Connection refused"
     );
+}
+
+/// A host that takes the TCP connection and never speaks SSH: ssh would
+/// wait for its greeting for ever; the transport gives up after its
+/// timeout, with one line, and ssh is killed and reaped before it returns.
+#[test]
+fn a_host_that_never_speaks_ssh_times_out_and_ssh_is_reaped() {
+    let peer = silent::SilentPeer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("ssh.pid");
+    let opts = SshOptions {
+        timeout: Some(Duration::from_secs(1)),
+        ..SshOptions::with_command_line(&silent::SilentPeer::ssh_command(Some(&pid_file)))
+            .expect("ssh command")
+    };
+    let err = SshTransport::connect_with(
+        &opts,
+        None,
+        "127.0.0.1",
+        Some(peer.port),
+        Path::new("/q.sock"),
+    )
+    .expect_err("nobody speaks SSH there");
+    assert_eq!(ssh_kind(&err), Some(SshErrorKind::Timeout), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "ssh: no connection to 127.0.0.1 within 1 s"
+    );
+    assert_eq!(peer.accepted(), 1);
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("the wrapper wrote ssh's pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert!(gone(pid), "ssh {pid} is still there (or a zombie)");
 }
 
 #[test]

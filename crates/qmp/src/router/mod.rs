@@ -19,6 +19,11 @@
 //!   upstream client assigns one of its own ([`Client::submit_with`]); the
 //!   reply gets the client's id back (any JSON value, as the client sent
 //!   it; no id if it sent none) and goes to that client only.
+//!   Each client gets its replies in the order of its requests, as QEMU
+//!   gives them: an error the router answers itself waits for the replies
+//!   to the commands sent before it; only what QEMU takes for an
+//!   out-of-band command (`exec-oob` without `execute`) is answered as
+//!   soon as its reply comes.
 //!   `exec-oob` passes through (to a client that enabled `oob`). File
 //!   descriptors sent with a command (SCM_RIGHTS) are forwarded with it
 //!   when the upstream is a UNIX socket; otherwise the command gets a
@@ -166,6 +171,9 @@ impl std::fmt::Debug for Router {
     }
 }
 
+/// A function told of each client turned away ([`Router::on_turned_away`]).
+type TurnedAway = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// What the router's threads share.
 struct Inner {
     client: Arc<Client>,
@@ -175,6 +183,7 @@ struct Inner {
     conns: Mutex<Conns>,
     /// Signalled when a client leaves.
     left: Condvar,
+    turned_away: Mutex<Option<TurnedAway>>,
 }
 
 #[derive(Default)]
@@ -230,6 +239,7 @@ impl Router {
             greeting,
             conns: Mutex::new(Conns::default()),
             left: Condvar::new(),
+            turned_away: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
         let tap = client.tap_events(move |tapped| {
@@ -246,9 +256,21 @@ impl Router {
 
     /// Serve one more client, already connected (a socketpair, say).
     /// Refused (the stream is closed) when the router is stopping, the
-    /// upstream is gone, or [`RouterOptions::max_clients`] are connected.
+    /// upstream is gone, or [`RouterOptions::max_clients`] are connected;
+    /// in the last case the client is told first (see
+    /// [`Router::on_turned_away`]).
     pub fn attach(&self, stream: UnixStream) -> io::Result<()> {
         self.inner.attach(stream)
+    }
+
+    /// Call `f` with a one-line reason each time a client is turned away
+    /// because [`RouterOptions::max_clients`] are connected (for a log; it
+    /// runs on the thread that accepts connections, so keep it short).
+    /// The client itself gets, instead of the greeting, a QMP error naming
+    /// the limit, `{"error": {"class": "GenericError", "desc": ...}}`,
+    /// and the connection closes.
+    pub fn on_turned_away(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+        *lock(&self.inner.turned_away) = Some(Arc::new(f));
     }
 
     /// The path of the socket, if the router has one.
@@ -364,10 +386,25 @@ impl Inner {
             ));
         }
         if conns.list.len() >= self.opts.max_clients {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                format!("too many clients (at most {})", self.opts.max_clients),
-            ));
+            drop(conns);
+            let why = wire::too_many_clients(self.opts.max_clients);
+            // Instead of the greeting; a client that does not even take
+            // that much at once gets nothing.
+            let reply = wire::encode(&message::generic_error(None, &why));
+            // SAFETY: send(2) from a valid buffer of `reply.len()` bytes.
+            unsafe {
+                libc::send(
+                    stream.as_raw_fd(),
+                    reply.as_ptr().cast(),
+                    reply.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                );
+            }
+            let tell = lock(&self.turned_away).clone();
+            if let Some(tell) = tell {
+                tell(&format!("turned a client away: {why}"));
+            }
+            return Err(io::Error::new(io::ErrorKind::ConnectionRefused, why));
         }
         let ds = Arc::new(Downstream {
             stream,
@@ -499,26 +536,34 @@ impl Inner {
                 None => ds.push_reply(&outcome.reply),
             };
         }
+        // QEMU executes what it takes for an out-of-band command at once,
+        // and everything else in the order it came.
+        let out_of_band = wire::is_oob(&msg);
         if msg.contains_key("exec-oob") && !session.oob {
             let desc = wire::check_request(&msg, false)
                 .err()
                 .unwrap_or_else(|| "QMP input member 'exec-oob' is unexpected".to_owned());
-            return ds.push_reply(&message::generic_error(msg.get("id"), &desc));
+            let reply = message::generic_error(msg.get("id"), &desc);
+            return if out_of_band {
+                ds.push_now(&reply)
+            } else {
+                ds.push_reply(&reply)
+            };
         }
         let id = msg.shift_remove("id");
-        if !ds.await_room(self.opts.max_in_flight) {
+        let Some(turn) = ds.await_room(self.opts.max_in_flight, !out_of_band) else {
             return false;
-        }
+        };
         let weak: Weak<Downstream> = Arc::downgrade(ds);
         let their_id = id.clone();
         let request = Request::new(msg).with_fds(fds);
         let sent = self.client.submit_with(request, move |result| {
             if let Some(ds) = weak.upgrade() {
-                ds.answer(result, their_id);
+                ds.answer(result, their_id, turn);
             }
         });
         if let Err(e) = sent {
-            ds.answer(Err(e), id);
+            ds.answer(Err(e), id, turn);
         }
         true
     }
@@ -591,11 +636,29 @@ impl Chunk {
     }
 }
 
+/// A reply's place in a client's order of replies ([`Out::order`]).
+enum Slot {
+    /// The reply to a command forwarded, not come yet.
+    Awaited,
+    /// A reply ready to go (nothing, for a command whose reply is lost with
+    /// the upstream).
+    Ready(Option<Vec<u8>>),
+}
+
 /// What is waiting to be written to a client, and its state.
 #[derive(Default)]
 struct Out {
     chunks: VecDeque<Chunk>,
+    /// Bytes in `chunks` and held in `order`.
     bytes: usize,
+    /// Replies in the order of the client's requests, as QEMU gives them:
+    /// a slot for each in-band command forwarded and not answered yet, and
+    /// the answers that came after one (the router's own, or QEMU's to a
+    /// later command), held until the replies before them are written.
+    order: VecDeque<Slot>,
+    /// The turn of the slot at the front of `order`; turns count the
+    /// slots ever made.
+    first_turn: u64,
     /// Commands forwarded and not answered yet.
     in_flight: usize,
     /// Events are sent (the client negotiated).
@@ -673,8 +736,56 @@ impl Downstream {
         true
     }
 
+    /// Queue a reply of the router's own in its turn: after the replies to
+    /// the in-band commands sent before it. `false` if the client is
+    /// closed.
     fn push_reply(&self, reply: &Object) -> bool {
+        let bytes = wire::encode(reply);
+        let mut out = lock(&self.out);
+        if out.order.is_empty() {
+            return self.push_locked(&mut out, Chunk::Own(bytes));
+        }
+        self.hold_locked(&mut out, Slot::Ready(Some(bytes)))
+    }
+
+    /// Queue a reply at once, ahead of replies still awaited (what QEMU
+    /// answers on reading a message, as an out-of-band command).
+    fn push_now(&self, reply: &Object) -> bool {
         self.push(Chunk::Own(wire::encode(reply)))
+    }
+
+    /// Put `slot` at the end of the order; `false` if the client is closed
+    /// (or is now, holding more than it may).
+    fn hold_locked(&self, out: &mut Out, slot: Slot) -> bool {
+        if out.closed {
+            return false;
+        }
+        if let Slot::Ready(Some(bytes)) = &slot {
+            let len = bytes.len();
+            if out.bytes > 0 && out.bytes + len > self.max_queued {
+                self.close_locked(out);
+                return false;
+            }
+            out.bytes += len;
+        }
+        out.order.push_back(slot);
+        true
+    }
+
+    /// Write the replies at the front of the order that are ready.
+    fn release_locked(&self, out: &mut Out) {
+        while let Some(Slot::Ready(_)) = out.order.front() {
+            let Some(Slot::Ready(bytes)) = out.order.pop_front() else {
+                break;
+            };
+            out.first_turn += 1;
+            if let Some(bytes) = bytes {
+                out.bytes -= bytes.len();
+                if !self.push_locked(out, Chunk::Own(bytes)) {
+                    return;
+                }
+            }
+        }
     }
 
     /// Queue the reply to `qmp_capabilities` and start sending events,
@@ -693,21 +804,29 @@ impl Downstream {
     }
 
     /// Wait until fewer than `max` commands are in flight, then count one
-    /// more; `false` if the client was closed meanwhile.
-    fn await_room(&self, max: usize) -> bool {
+    /// more; `None` if the client was closed meanwhile. An `in_band`
+    /// command gets its turn in the order of replies (`Some(turn)`); an
+    /// out-of-band one is answered whenever its reply comes (`Some(None)`).
+    fn await_room(&self, max: usize, in_band: bool) -> Option<Option<u64>> {
         let mut out = lock(&self.out);
         while out.in_flight >= max.max(1) && !out.closed {
             out = self.cond.wait(out).unwrap_or_else(|e| e.into_inner());
         }
         if out.closed {
-            return false;
+            return None;
         }
         out.in_flight += 1;
-        true
+        if !in_band {
+            return Some(None);
+        }
+        let turn = out.first_turn + out.order.len() as u64;
+        out.order.push_back(Slot::Awaited);
+        Some(Some(turn))
     }
 
-    /// The result of a forwarded command, whose id was `id`.
-    fn answer(&self, result: Result<Reply, Error>, id: Option<Value>) {
+    /// The result of a forwarded command, whose id was `id`; `turn` is its
+    /// place in the order of replies, if it has one.
+    fn answer(&self, result: Result<Reply, Error>, id: Option<Value>, turn: Option<u64>) {
         let reply = match result {
             Ok(reply) => {
                 let mut body = reply.body;
@@ -729,8 +848,24 @@ impl Downstream {
         let encoded = reply.as_ref().map(wire::encode);
         let mut out = lock(&self.out);
         out.in_flight = out.in_flight.saturating_sub(1);
-        if let Some(bytes) = encoded {
-            self.push_locked(&mut out, Chunk::Own(bytes));
+        match turn {
+            Some(turn) => {
+                // No slot: the client was closed and its order dropped.
+                let slot = turn
+                    .checked_sub(out.first_turn)
+                    .and_then(|i| usize::try_from(i).ok())
+                    .filter(|&i| i < out.order.len() && !out.closed);
+                if let Some(i) = slot {
+                    out.bytes += encoded.as_ref().map_or(0, Vec::len);
+                    out.order[i] = Slot::Ready(encoded);
+                    self.release_locked(&mut out);
+                }
+            }
+            None => {
+                if let Some(bytes) = encoded {
+                    self.push_locked(&mut out, Chunk::Own(bytes));
+                }
+            }
         }
         self.cond.notify_all();
     }
@@ -755,6 +890,8 @@ impl Downstream {
         if !out.closed {
             out.closed = true;
             out.chunks.clear();
+            out.first_turn += out.order.len() as u64;
+            out.order.clear();
             out.bytes = 0;
             let _ = self.stream.shutdown(std::net::Shutdown::Both);
         }

@@ -103,11 +103,31 @@ impl Formatter for QemuFormatter {
     }
 }
 
+/// Why a client is turned away when `max` clients are connected: the
+/// `desc` of the error it gets instead of the greeting.
+pub fn too_many_clients(max: usize) -> String {
+    let clients = if max == 1 { "client" } else { "clients" };
+    format!("too many clients: this server serves at most {max} {clients} at once")
+}
+
+/// Whether QEMU takes `msg` for an out-of-band command (`qmp_is_oob`):
+/// `exec-oob` without `execute`. QEMU handles such a message as soon as it
+/// reads it (and refuses it there when out-of-band execution is off), and
+/// everything else in the order it came.
+pub fn is_oob(msg: &Object) -> bool {
+    msg.contains_key("exec-oob") && !msg.contains_key("execute")
+}
+
 /// The reply to a frame that is not a JSON object (QEMU answers those
 /// without an id).
 pub fn frame_error(err: &FrameError) -> Object {
     match err {
         FrameError::NotAnObject { .. } => generic_error(None, "QMP input must be a JSON object"),
+        // QEMU's words for a malformed sequence in a string, where they
+        // usually are (bytes that can never be UTF-8 draw other errors).
+        FrameError::InvalidUtf8 => {
+            generic_error(None, "JSON parse error, invalid UTF-8 sequence in string")
+        }
         FrameError::NotJson { reason, .. } => {
             generic_error(None, &format!("JSON parse error, {reason}"))
         }

@@ -106,7 +106,7 @@ pub fn unique_name(tag: &str) -> String {
 }
 
 /// `agent`: with a guest agent channel (no guest runs an agent on it).
-fn domain_xml(name: &str, dir: &Path, agent: bool) -> String {
+fn domain_xml(name: &str, uuid: &str, dir: &Path, agent: bool) -> String {
     let channel = if agent {
         format!(
             "<channel type='unix'><source mode='bind' path='{}/agent.sock'/>\
@@ -118,7 +118,7 @@ fn domain_xml(name: &str, dir: &Path, agent: bool) -> String {
     };
     format!(
         "<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>\n\
-         <name>{name}</name><memory unit='MiB'>64</memory><vcpu>2</vcpu>\n\
+         <name>{name}</name><uuid>{uuid}</uuid><memory unit='MiB'>64</memory><vcpu>2</vcpu>\n\
          <os><type arch='x86_64' machine='pc'>hvm</type></os>\n\
          <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>{channel}</devices>\n\
          <qemu:commandline><qemu:arg value='-qmp'/>\
@@ -130,9 +130,12 @@ fn domain_xml(name: &str, dir: &Path, agent: bool) -> String {
 
 /// A libvirt domain made for one test: transient and running
 /// ([`TestDomain::start`]) or defined and stopped ([`TestDomain::define`]).
-/// Destroyed (and undefined) when dropped, on panic too.
+/// Destroyed (and undefined) when dropped, on panic too. virsh is given
+/// its UUID, never its name, which may be another domain's id.
 pub struct TestDomain {
     pub name: String,
+    /// Its UUID, chosen by the test.
+    pub uuid: String,
     dir: TempDir,
     defined: bool,
 }
@@ -140,19 +143,30 @@ pub struct TestDomain {
 impl TestDomain {
     /// The domain, not created yet ([`TestDomain::create`] starts it).
     pub fn new(tag: &str, agent: bool) -> TestDomain {
+        TestDomain::named(&unique_name(tag), agent)
+    }
+
+    /// The domain called `name`, which no other test may use (a name that
+    /// is another domain's id, say), not created yet.
+    pub fn named(name: &str, agent: bool) -> TestDomain {
         ensure_libvirtd();
         let dir = tempfile::tempdir().expect("tempdir");
         // QEMU runs as another process and must reach the side socket.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod 0755");
-        let name = unique_name(tag);
+        let name = name.to_owned();
+        let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+            .expect("a random UUID from the kernel")
+            .trim()
+            .to_owned();
         std::fs::write(
             dir.path().join("dom.xml"),
-            domain_xml(&name, dir.path(), agent),
+            domain_xml(&name, &uuid, dir.path(), agent),
         )
         .expect("write dom.xml");
         TestDomain {
             name,
+            uuid,
             dir,
             defined: false,
         }
@@ -225,16 +239,15 @@ impl TestDomain {
         Frozen(pid)
     }
 
-    /// The domain's id and UUID, as virsh gives them.
+    /// The domain's id, as virsh gives it, and its UUID.
     pub fn id_and_uuid(&self) -> (String, String) {
-        let id = virsh_ok(&["domid", &self.name]).trim().to_owned();
-        let uuid = virsh_ok(&["domuuid", &self.name]).trim().to_owned();
-        (id, uuid)
+        let id = virsh_ok(&["domid", &self.uuid]).trim().to_owned();
+        (id, self.uuid.clone())
     }
 
     /// Destroy the domain (a transient one is gone then); errors ignored.
     pub fn destroy(&self) {
-        let _ = virsh(&["destroy", &self.name]);
+        let _ = virsh(&["destroy", &self.uuid]);
     }
 }
 
@@ -242,7 +255,7 @@ impl Drop for TestDomain {
     fn drop(&mut self) {
         self.destroy();
         if self.defined {
-            let _ = virsh(&["undefine", &self.name]);
+            let _ = virsh(&["undefine", &self.uuid]);
         }
     }
 }

@@ -117,6 +117,18 @@ pub enum LibvirtError {
         /// The URI, and where it came from when the caller gave none.
         uri: String,
     },
+    /// The text names different domains as an id, a UUID and a name (a
+    /// domain called `37` beside another whose id is 37, say): nothing is
+    /// opened.
+    #[error("{}", ambiguity(domain, uri, matches))]
+    Ambiguous {
+        /// The domain as given.
+        domain: String,
+        /// The URI, and where it came from when the caller gave none.
+        uri: String,
+        /// What the text matched, in the order tried (id, UUID, name).
+        matches: Vec<DomainMatch>,
+    },
     /// The domain exists but QEMU is not running.
     #[error("domain {domain} is not running (start it with `virsh start {domain}`)")]
     NotRunning {
@@ -149,6 +161,54 @@ pub enum LibvirtError {
         /// What failed, with libvirt's message.
         message: String,
     },
+}
+
+/// How a domain was found from the text that named it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchedBy {
+    /// As its numeric id (running domains have one).
+    Id,
+    /// As its UUID.
+    Uuid,
+    /// As its name.
+    Name,
+}
+
+impl std::fmt::Display for MatchedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MatchedBy::Id => "id",
+            MatchedBy::Uuid => "UUID",
+            MatchedBy::Name => "name",
+        })
+    }
+}
+
+/// One domain that a text matched, and as what
+/// ([`LibvirtError::Ambiguous`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainMatch {
+    /// What the text matched: the domain's id, UUID or name.
+    pub by: MatchedBy,
+    /// The domain's name.
+    pub name: String,
+    /// The domain's UUID.
+    pub uuid: String,
+}
+
+/// The message of [`LibvirtError::Ambiguous`], one line.
+fn ambiguity(domain: &str, uri: &str, matches: &[DomainMatch]) -> String {
+    let what: Vec<String> = matches
+        .iter()
+        .map(|m| match m.by {
+            MatchedBy::Uuid => format!("the UUID of domain {}", m.name),
+            by => format!("the {by} of domain {} (UUID {})", m.name, m.uuid),
+        })
+        .collect();
+    format!(
+        "domain {domain} is ambiguous at {uri}: it is {}; give the UUID of the one you mean",
+        what.join(" and ")
+    )
 }
 
 /// How [`LibvirtTransport::open_with`] opens a session.
@@ -245,8 +305,11 @@ impl std::fmt::Debug for LibvirtTransport {
 impl LibvirtTransport {
     /// Connect to libvirt at `uri` (default: `$LIBVIRT_DEFAULT_URI`, else
     /// [`DEFAULT_URI`]) and open `domain`, given as a name, a UUID or a
-    /// numeric id (an all-digit string is tried as an id first, a
-    /// UUID-shaped one as a UUID first, then as a name, like virsh).
+    /// numeric id: an all-digit string is tried as an id and a name, a
+    /// UUID-shaped one as a UUID and a name. When those are different
+    /// domains (a domain called `37` beside another whose id is 37) the
+    /// error is [`LibvirtError::Ambiguous`], and nothing is opened: virsh
+    /// would take the id.
     ///
     /// With `agent` false the session is with QEMU's monitor: this asks
     /// QEMU for its version to make the greeting. With `agent` true it is
@@ -537,7 +600,12 @@ fn uuid_like(text: &str) -> bool {
         && (text.len() == 32 || text.len() == 36)
 }
 
-/// Find a domain by id, UUID or name, trying first what the text looks like.
+/// Find the domain that `spec` names, as an id (if it is all digits), a
+/// UUID (if it looks like one) and a name. Matches that are one domain are
+/// one; matches that are different domains (a domain called `37` beside
+/// another whose id is 37) are [`LibvirtError::Ambiguous`]: acting on
+/// either could be acting on a VM the user did not mean. This is the one
+/// place where a domain given by the user is resolved.
 fn lookup(conn: &Connection, spec: &str, uri: &str) -> Result<Domain, LibvirtError> {
     let lib = conn.lib;
     let not_found = || LibvirtError::NoSuchDomain {
@@ -547,33 +615,30 @@ fn lookup(conn: &Connection, spec: &str, uri: &str) -> Result<Domain, LibvirtErr
     let Ok(cspec) = CString::new(spec) else {
         return Err(not_found());
     };
-    enum By {
-        Id(c_int),
-        Uuid,
-        Name,
-    }
-    let mut order = Vec::with_capacity(3);
+    let mut ways = Vec::with_capacity(3);
     if let Ok(id) = spec.parse::<c_int>() {
         if id >= 0 {
-            order.push(By::Id(id));
+            ways.push((MatchedBy::Id, id));
         }
     }
     if uuid_like(spec) {
-        order.push(By::Uuid);
+        ways.push((MatchedBy::Uuid, 0));
     }
-    order.push(By::Name);
-    for by in order {
+    ways.push((MatchedBy::Name, 0));
+    let mut found: Vec<(MatchedBy, Domain)> = Vec::with_capacity(ways.len());
+    for (by, id) in ways {
         // SAFETY: a live connection and a NUL-terminated string; libvirt
         // returns null or a new reference, released by `Domain`.
         let ptr = unsafe {
             match by {
-                By::Id(id) => (lib.virDomainLookupByID)(conn.ptr, id),
-                By::Uuid => (lib.virDomainLookupByUUIDString)(conn.ptr, cspec.as_ptr()),
-                By::Name => (lib.virDomainLookupByName)(conn.ptr, cspec.as_ptr()),
+                MatchedBy::Id => (lib.virDomainLookupByID)(conn.ptr, id),
+                MatchedBy::Uuid => (lib.virDomainLookupByUUIDString)(conn.ptr, cspec.as_ptr()),
+                MatchedBy::Name => (lib.virDomainLookupByName)(conn.ptr, cspec.as_ptr()),
             }
         };
         if !ptr.is_null() {
-            return Ok(Domain { lib, ptr });
+            found.push((by, Domain { lib, ptr }));
+            continue;
         }
         let e = lib.take_error();
         match e.code {
@@ -581,7 +646,27 @@ fn lookup(conn: &Connection, spec: &str, uri: &str) -> Result<Domain, LibvirtErr
             _ => return Err(classify(e, uri, "cannot look the domain up")),
         }
     }
-    Err(not_found())
+    let uuids: Vec<String> = found.iter().map(|(_, d)| d.uuid()).collect();
+    if uuids.iter().any(|u| *u != uuids[0]) {
+        return Err(LibvirtError::Ambiguous {
+            domain: spec.to_owned(),
+            uri: uri.to_owned(),
+            matches: found
+                .iter()
+                .zip(uuids)
+                .map(|((by, d), uuid)| DomainMatch {
+                    by: *by,
+                    name: d.name(),
+                    uuid,
+                })
+                .collect(),
+        });
+    }
+    found
+        .into_iter()
+        .next()
+        .map(|(_, d)| d)
+        .ok_or_else(not_found)
 }
 
 /// A libvirt connection; closed when dropped. Holds the event loop running.
