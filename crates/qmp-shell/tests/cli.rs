@@ -240,7 +240,8 @@ fn conflicting_options_are_refused_and_usage_errors_look_alike() {
     let listen = listen.to_str().unwrap();
     let shell = "qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] [OPTIONS] qmp_server";
     let wrap = "qmp-shell-wrap [-h] [-H] [-v] [-p] [-l LOGFILE] [OPTIONS] [--] [QEMU ARGV...]";
-    let proxy = "qmp-proxy [-h] [-l LOGFILE] [OPTIONS] --listen PATH TARGET";
+    let proxy = "qmp-proxy [-h] [-l LOGFILE] [OPTIONS] --listen PATH TARGET\n       \
+                 qmp-proxy [-h] [-l LOGFILE] [OPTIONS] --listen PATH --domain DOMAIN [--connect URI]";
     let qemu_argv = ["--", "qemu-system-x86_64", "-M", "none", "-display", "none"];
     let cases: Vec<(std::path::PathBuf, &str, Vec<&str>, &str)> = vec![
         (
