@@ -174,11 +174,11 @@ impl Known {
     pub fn event(&mut self, name: &str, data: Option<&Value>) {
         let Some(data) = data else { return };
         match name {
-            "JOB_STATUS_CHANGE" => {
-                if data.get("status").and_then(Value::as_str) == Some("created") {
-                    if let Some(id) = data.get("id").and_then(Value::as_str) {
-                        self.jobs.remove(id);
-                    }
+            "JOB_STATUS_CHANGE"
+                if data.get("status").and_then(Value::as_str) == Some("created") =>
+            {
+                if let Some(id) = data.get("id").and_then(Value::as_str) {
+                    self.jobs.remove(id);
                 }
             }
             "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_CANCELLED" | "BLOCK_JOB_READY" => {
