@@ -547,14 +547,8 @@ impl Engine {
             );
         }
         if let Some(n) = self.parser.abort_transaction() {
-            self.failure(
-                format!(
-                    "ERROR: end of input inside a transaction: {} not sent\n",
-                    actions(n)
-                ),
-                "ParseError",
-                "end of input inside a transaction".to_owned(),
-            );
+            let desc = format!("end of input inside a transaction: {} not sent", actions(n));
+            self.failure(format!("ERROR: {desc}\n"), "ParseError", desc);
         }
         if self.cfg.json && !self.cfg.live_events {
             // The events of the last commands, which over libvirt may trail
@@ -1331,7 +1325,7 @@ impl Engine {
             }
             Slot::Failure { diag, class, desc } => {
                 self.failed();
-                self.out.diag(&diag);
+                self.out.error(class, &desc, &diag);
                 if self.cfg.json {
                     self.out.reply(error_object(class, &desc))?;
                 }
