@@ -417,6 +417,55 @@ blockdev-backup job-id=jb device=b1 target=b2 sync=full speed=8388608
 }
 
 #[test]
+fn jobs_after_a_timeout_and_an_error_still_follows_a_running_job() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    // 32 MiB at 8 MiB/s: four seconds; the first /jobs gives up long before.
+    let script = "\
+blockdev-add driver=null-co node-name=b1 size=33554432
+blockdev-add driver=null-co node-name=b2 size=33554432
+blockdev-backup job-id=jb device=b1 target=b2 sync=full speed=8388608
+/jobs --timeout=0.5
+no-such-command
+/jobs --timeout=60
+/jobs --timeout=60
+";
+    let out = shell(&["--json", peer.socket_str()], script, cache.path());
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let lines = json_lines(&out.stdout);
+    let shape: Vec<String> = lines
+        .iter()
+        .filter(|l| l.get("job").is_none())
+        .map(|l| match (&l["error"]["class"], &l["jobs"]) {
+            (Value::String(class), _) => class.clone(),
+            (_, Value::Array(jobs)) => format!(
+                "jobs {}",
+                jobs.iter()
+                    .map(|j| format!("{} {} {}", j["job"], j["type"], j["status"]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => l.to_string(),
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            r#"{"return":{}}"#,
+            r#"{"return":{}}"#,
+            r#"{"return":{}}"#,
+            r#"jobs "jb" "backup" "running""#,
+            "Timeout",
+            "CommandNotFound",
+            r#"jobs "jb" "backup" "null""#,
+            "jobs ",
+        ],
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
 fn jobs_shows_a_paused_job_with_its_real_figures_and_not_once_cancelled() {
     let peer = Peer::qemu_none();
     let cache = tempfile::tempdir().unwrap();
