@@ -8,17 +8,23 @@ use qmp_client::Client;
 use crate::cli::{self, exit, ColorChoice, Common, ShellArgs};
 use crate::connect::{self, Retry, Target};
 use crate::doorbell::Doorbell;
-use crate::output::StdOutput;
+use crate::output::{self, StdOutput};
 use crate::render::Style;
 use crate::session::{Config, Engine};
 use crate::{fanout, interactive, script, signals};
 
 const USAGE: &str = cli::SHELL_USAGE;
 
-/// Print `ERROR: MSG` on standard error and return the fatal exit status.
+/// Print `ERROR: MSG` on standard error (with `--json`, an error object)
+/// and return the fatal exit status.
 pub fn die(msg: &str) -> i32 {
-    // A closed standard error must not turn into a panic.
-    let _ = writeln!(std::io::stderr(), "ERROR: {msg}");
+    die_as("GenericError", msg)
+}
+
+/// [`die`], the error object's class being `class` (`ConnectError`: the
+/// server could not be reached).
+pub fn die_as(class: &str, msg: &str) -> i32 {
+    output::eprint_error(class, msg);
     exit::FATAL
 }
 
@@ -134,7 +140,7 @@ fn list(args: &ShellArgs) -> i32 {
         }
     }
     if text.is_empty() && std::io::stdout().is_terminal() {
-        let _ = writeln!(std::io::stderr(), "(no running domains)");
+        output::eprint("(no running domains)\n");
     }
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
@@ -218,13 +224,14 @@ fn fan_out(args: ShellArgs, targets: Vec<(String, Target)>) -> i32 {
 /// The `qmp-shell` program; returns the exit status.
 pub fn main() -> i32 {
     let args = ShellArgs::parse_args();
+    output::set_json_stderr(args.common.json);
     if args.list {
         return list(&args);
     }
     let mut targets = targets(&args);
     if targets.is_empty() {
         // --all-domains found nothing to run on: not a failure.
-        let _ = writeln!(std::io::stderr(), "qmp-shell: no running domains");
+        output::eprint("qmp-shell: no running domains\n");
         return exit::OK;
     }
     if targets.len() != 1 || args.targets.all_domains || args.targets.connect.len() > 1 {
@@ -254,11 +261,11 @@ pub fn main() -> i32 {
     };
     let connected = match attempt {
         Some(Ok(connected)) => connected,
-        Some(Err(msg)) if signals::terminating().is_none() => return die(&msg),
+        Some(Err(msg)) if signals::terminating().is_none() => return die_as("ConnectError", &msg),
         _ => return 128 + signals::terminating().unwrap_or(libc::SIGINT),
     };
     if let Some(notice) = &connected.notice {
-        let _ = writeln!(std::io::stderr(), "{notice}");
+        output::eprint(&format!("{notice}\n"));
     }
     let client = Arc::new(connected.client);
     let code = run_session(

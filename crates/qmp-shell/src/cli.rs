@@ -79,7 +79,7 @@ pub struct Common {
     pub logfile: Option<PathBuf>,
 
     /// Print every reply as exactly one JSON line; no banner, no prompt;
-    /// events go to standard error as JSON lines
+    /// standard error is JSON lines too (events, warnings, errors)
     #[arg(long, conflicts_with_all = ["pretty", "verbose"])]
     pub json: bool,
 

@@ -15,12 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use qmp_client::Client;
+use qmp_client::{Client, Object};
+use serde_json::Value;
 
 use crate::cli::exit;
 use crate::doorbell::Doorbell;
 use crate::output::{Output, SharedStreams, TaggedOutput};
-use crate::render::Style;
+use crate::render::{self, Style};
 use crate::script;
 use crate::session::{Config, Engine};
 use crate::signals;
@@ -70,7 +71,8 @@ pub fn run(
     let total = targets.len();
     let queue = Arc::new(Mutex::new(targets.into_iter().collect::<VecDeque<_>>()));
     let outcomes = Arc::new(Mutex::new(Vec::with_capacity(total)));
-    let bar = (total > BAR_FROM && std::io::stderr().is_terminal()).then(|| {
+    // With --json, standard error is JSON lines: no bar.
+    let bar = (total > BAR_FROM && !cfg.json && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
         if let Ok(style) = ProgressStyle::with_template(
             "{spinner} {bar:30.cyan/blue} {pos}/{len} targets done ({elapsed})",
@@ -145,20 +147,42 @@ pub fn run(
         summary.push_str(&format!(", {interrupted_count} interrupted"));
     }
     let output_error = streams.output_error();
+    let stopped = count(Outcome::Stopped) + not_run;
     match &output_error {
         Some((kind, text)) => {
-            let stopped = count(Outcome::Stopped) + not_run;
-            let why = if *kind == std::io::ErrorKind::BrokenPipe {
-                "standard output closed".to_owned()
-            } else {
-                format!("cannot write to standard output: {text}")
-            };
+            let why = stop_reason(*kind, text);
             summary.push_str(&format!(", {stopped} stopped ({why})"));
         }
         None if not_run > 0 => summary.push_str(&format!(", {not_run} not run")),
         None => {}
     }
     summary.push('\n');
+    if cfg.json {
+        // The same figures, as one JSON line.
+        let mut counts = Object::new();
+        let (stopped, not_run) = match output_error {
+            Some(_) => (stopped, 0),
+            None => (0, not_run),
+        };
+        for (key, n) in [
+            ("targets", total),
+            ("answered", answered),
+            ("failed", failed),
+            ("unreachable", unreachable),
+            ("interrupted", interrupted_count),
+            ("stopped", stopped),
+            ("not-run", not_run),
+        ] {
+            counts.insert(key.to_owned(), Value::from(n));
+        }
+        if let Some((kind, text)) = &output_error {
+            counts.insert("why".to_owned(), Value::from(stop_reason(*kind, text)));
+        }
+        let mut obj = Object::new();
+        obj.insert("summary".to_owned(), Value::Object(counts));
+        summary = render::to_string(&Value::Object(obj), Style::default());
+        summary.push('\n');
+    }
     streams.write_err(summary.as_bytes());
     if let Some(code) = interrupted.or(signals::terminating().map(|s| 128 + s)) {
         code
@@ -168,6 +192,15 @@ pub fn run(
         exit::COMMAND_FAILED
     } else {
         exit::OK
+    }
+}
+
+/// Why targets were stopped: standard output could not be written.
+fn stop_reason(kind: std::io::ErrorKind, text: &str) -> String {
+    if kind == std::io::ErrorKind::BrokenPipe {
+        "standard output closed".to_owned()
+    } else {
+        format!("cannot write to standard output: {text}")
     }
 }
 

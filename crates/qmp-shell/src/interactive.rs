@@ -35,6 +35,7 @@ use crate::cli::exit;
 use crate::complete::{Knowledge, ShellHelper};
 use crate::files::{history_path, open_private, Existing};
 use crate::hmp;
+use crate::jobs;
 use crate::render::{self, Style};
 use crate::session::{Engine, LOOKUP_TIMEOUT};
 use crate::signals;
@@ -117,7 +118,7 @@ fn print_live(client: Arc<Client>, mut printer: Printer, style: Style, gone: Arc
                         text
                     }
                 };
-                if printer.print(text).is_err() {
+                if jobs::above_bars(|| printer.print(text)).is_err() {
                     break;
                 }
             }

@@ -1,19 +1,35 @@
 //! `/jobs`: what follows block jobs (`query-jobs`) and a migration
 //! (`query-migrate`) until none is running.
 //!
-//! [`Progress`] is pure: fed the two replies of each poll, it tells what
-//! changed (one JSON object per job whose status or progress moved) and
-//! whether anything still runs. [`Bars`] draws progress bars on a terminal
-//! with indicatif.
+//! [`Progress`] is pure: fed the events and the two replies of each poll,
+//! it tells what changed (one JSON object per job whose status or progress
+//! moved) and whether anything still runs. [`Known`] keeps, for the whole
+//! session, the last real figures (type, progress) of every job, for a job
+//! that a `/jobs` learns of from events only. [`Bars`] draws progress bars
+//! on a terminal with indicatif.
+//!
+//! Which jobs a `/jobs` shows: those `query-jobs` lists while it runs,
+//! those whose events come after it started, and those created since the
+//! previous command was sent (a job that command started and that ended at
+//! once); not those that ended before. The same for the migration:
+//! `query-migrate` reports the last one for ever, so it is shown only when
+//! it runs while `/jobs` does, or its events (with the `events` migration
+//! capability) say it started since the previous command or changed
+//! status since `/jobs` started.
 //!
 //! A job runs on its own while its status is `created`, `running`,
 //! `waiting` or `aborting`; `ready`, `standby`, `paused` and `pending`
 //! wait for a command (`job-complete`, `job-resume`, `job-finalize`), and
 //! `concluded` and `null` are done, so none of those keep `/jobs` waiting.
-//! A migration runs in every status but `none`, `completed`, `failed` and
-//! `cancelled` (the statuses of `query-migrate`).
+//! A job that `query-jobs` no longer lists was dismissed: its status is
+//! `null`. A migration runs in every status but `none`, `completed`,
+//! `failed` and `cancelled` (the statuses of `query-migrate`); its progress
+//! is the part of guest RAM no longer remaining (`ram.total -
+//! ram.remaining`: zero pages are never transferred, so the bytes
+//! transferred say little), so a completed migration is at 100%.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -29,27 +45,62 @@ const JOB_RUNNING: [&str; 4] = ["created", "running", "waiting", "aborting"];
 /// Migration statuses in which no migration is going on.
 const MIGRATION_IDLE: [&str; 4] = ["none", "completed", "failed", "cancelled"];
 
+/// Events that tell about a job or the migration (a poll follows at once).
+pub const JOB_EVENTS: [&str; 6] = [
+    "JOB_STATUS_CHANGE",
+    "MIGRATION",
+    "BLOCK_JOB_COMPLETED",
+    "BLOCK_JOB_CANCELLED",
+    "BLOCK_JOB_READY",
+    "BLOCK_JOB_ERROR",
+];
+
+/// The id of the migration among the jobs.
+const MIGRATION: &str = "migration";
+
+/// Jobs whose figures [`Known`] keeps at most.
+const MAX_KNOWN: usize = 4096;
+
 /// One job (or the migration) as last seen.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
     /// The job's id, or `migration`.
     pub id: String,
-    /// `mirror`, `backup`, ..., or `migration`.
-    pub kind: String,
+    /// `mirror`, `backup`, ..., or `migration`; `None` while unknown (a
+    /// job known from its status events only).
+    pub kind: Option<String>,
     /// Its status.
     pub status: String,
-    /// Progress so far (bytes, for block jobs and migration).
-    pub current: u64,
-    /// Progress when done (may grow while a job runs).
-    pub total: u64,
+    /// Progress so far (bytes, for block jobs and migration), when known.
+    pub current: Option<u64>,
+    /// Progress when done (may grow while a job runs), when known.
+    pub total: Option<u64>,
     /// The error, for a job that failed.
     pub error: Option<String>,
 }
 
 impl Job {
+    /// A job known only by its id and status; its figures come from `known`.
+    fn from_status(id: &str, status: &str, known: &Known) -> Job {
+        let f = known.get(id);
+        Job {
+            id: id.to_owned(),
+            kind: f.kind,
+            status: status.to_owned(),
+            current: f.current,
+            total: f.total,
+            error: None,
+        }
+    }
+
+    /// Whether this is the migration.
+    pub fn is_migration(&self) -> bool {
+        self.kind.as_deref() == Some(MIGRATION)
+    }
+
     /// Whether it moves on its own.
     pub fn running(&self) -> bool {
-        if self.kind == "migration" {
+        if self.is_migration() {
             !MIGRATION_IDLE.contains(&self.status.as_str())
         } else {
             JOB_RUNNING.contains(&self.status.as_str())
@@ -58,10 +109,22 @@ impl Job {
 
     /// Percent done, when there is a total.
     pub fn percent(&self) -> Option<u64> {
-        (self.total > 0).then(|| (self.current.min(self.total) * 100) / self.total)
+        match (self.current, self.total) {
+            (Some(c), Some(t)) if t > 0 => Some((c.min(t) * 100) / t),
+            _ => None,
+        }
     }
 
-    /// The JSON line printed for it.
+    /// What a bar is labelled with: `mirror m0`, `migration`.
+    pub fn label(&self) -> String {
+        match &self.kind {
+            _ if self.is_migration() => MIGRATION.to_owned(),
+            Some(kind) => format!("{kind} {}", self.id),
+            None => self.id.clone(),
+        }
+    }
+
+    /// The JSON line printed for it (`null` for what is not known).
     pub fn to_json(&self) -> Object {
         let mut obj = Object::new();
         obj.insert("job".into(), json!(self.id));
@@ -77,19 +140,93 @@ impl Job {
         }
         obj
     }
+
+    /// What a change line is printed for.
+    fn shown(&self) -> Shown {
+        (self.status.clone(), self.percent(), self.error.clone())
+    }
 }
 
-/// The jobs and migration of the last poll, and what events said since.
+/// Status, percent and error: a job gets a line when one of them changes.
+type Shown = (String, Option<u64>, Option<String>);
+
+/// A job's figures: its type and progress.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Figures {
+    kind: Option<String>,
+    current: Option<u64>,
+    total: Option<u64>,
+}
+
+/// The last real figures of every job the session saw (from polls and
+/// from the events that carry them), for a job that a `/jobs` learns of
+/// only from its status events (a job that ended before it could be
+/// polled).
 #[derive(Debug, Default)]
-pub struct Progress {
-    jobs: BTreeMap<String, Job>,
+pub struct Known {
+    jobs: HashMap<String, Figures>,
 }
 
-/// Job statuses after which a job is done for good.
-const JOB_DONE: [&str; 2] = ["concluded", "null"];
+impl Known {
+    /// Take an event: `BLOCK_JOB_COMPLETED`, `BLOCK_JOB_CANCELLED` and
+    /// `BLOCK_JOB_READY` carry a job's type and figures; a job `created`
+    /// is a new job, whatever an old one of that id did.
+    pub fn event(&mut self, name: &str, data: Option<&Value>) {
+        let Some(data) = data else { return };
+        match name {
+            "JOB_STATUS_CHANGE"
+                if data.get("status").and_then(Value::as_str) == Some("created") =>
+            {
+                if let Some(id) = data.get("id").and_then(Value::as_str) {
+                    self.jobs.remove(id);
+                }
+            }
+            "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_CANCELLED" | "BLOCK_JOB_READY" => {
+                let Some(id) = data.get("device").and_then(Value::as_str) else {
+                    return;
+                };
+                self.store(
+                    id,
+                    Figures {
+                        kind: data.get("type").and_then(Value::as_str).map(str::to_owned),
+                        current: data.get("offset").and_then(Value::as_u64),
+                        total: data.get("len").and_then(Value::as_u64),
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
 
-fn u64_field(v: &Value, key: &str) -> u64 {
-    v.get(key).and_then(Value::as_u64).unwrap_or(0)
+    /// Keep a job's figures as a poll gave them.
+    pub fn remember(&mut self, job: &Job) {
+        if job.is_migration() || job.kind.is_none() {
+            return;
+        }
+        self.store(
+            &job.id,
+            Figures {
+                kind: job.kind.clone(),
+                current: job.current,
+                total: job.total,
+            },
+        );
+    }
+
+    fn store(&mut self, id: &str, figures: Figures) {
+        if self.jobs.len() >= MAX_KNOWN && !self.jobs.contains_key(id) {
+            self.jobs.clear();
+        }
+        self.jobs.insert(id.to_owned(), figures);
+    }
+
+    fn get(&self, id: &str) -> Figures {
+        self.jobs.get(id).cloned().unwrap_or_default()
+    }
+}
+
+fn u64_field(v: &Value, key: &str) -> Option<u64> {
+    v.get(key).and_then(Value::as_u64)
 }
 
 /// Jobs from a `query-jobs` return value.
@@ -100,11 +237,7 @@ fn parse_jobs(ret: &Value) -> Vec<Job> {
         .filter_map(|j| {
             Some(Job {
                 id: j.get("id")?.as_str()?.to_owned(),
-                kind: j
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("job")
-                    .to_owned(),
+                kind: j.get("type").and_then(Value::as_str).map(str::to_owned),
                 status: j.get("status")?.as_str()?.to_owned(),
                 current: u64_field(j, "current-progress"),
                 total: u64_field(j, "total-progress"),
@@ -115,21 +248,37 @@ fn parse_jobs(ret: &Value) -> Vec<Job> {
 }
 
 /// The migration from a `query-migrate` return value (`{}` when none ever
-/// ran).
+/// ran). Its progress is the part of RAM not remaining.
 fn parse_migration(ret: &Value) -> Option<Job> {
     let status = ret.get("status")?.as_str()?.to_owned();
     let ram = ret.get("ram");
+    let total = ram.and_then(|r| u64_field(r, "total"));
+    let remaining = ram.and_then(|r| u64_field(r, "remaining"));
     Some(Job {
-        id: "migration".to_owned(),
-        kind: "migration".to_owned(),
+        id: MIGRATION.to_owned(),
+        kind: Some(MIGRATION.to_owned()),
+        current: match (total, remaining) {
+            (Some(t), Some(r)) => Some(t.saturating_sub(r)),
+            _ => None,
+        },
+        total,
         status,
-        current: ram.map_or(0, |r| u64_field(r, "transferred")),
-        total: ram.map_or(0, |r| u64_field(r, "total")),
         error: ret
             .get("error-desc")
             .and_then(Value::as_str)
             .map(str::to_owned),
     })
+}
+
+/// The jobs and the migration one `/jobs` follows: what the polls and the
+/// events said.
+#[derive(Debug, Default)]
+pub struct Progress {
+    jobs: BTreeMap<String, Job>,
+    /// The migration, once it is one to show.
+    migration: Option<Job>,
+    /// What the last line printed for each job said.
+    printed: HashMap<(bool, String), Shown>,
 }
 
 impl Progress {
@@ -138,98 +287,109 @@ impl Progress {
         Progress::default()
     }
 
-    /// Take a poll's replies (`None`: that query failed or does not exist,
-    /// as on a storage daemon without migration). Returns the jobs whose
-    /// status or percentage changed since the last poll, in id order.
-    pub fn update(&mut self, jobs: Option<&Value>, migrate: Option<&Value>) -> Vec<Job> {
-        let mut now: Vec<Job> = jobs.map(parse_jobs).unwrap_or_default();
-        if let Some(m) = migrate.and_then(parse_migration) {
-            now.push(m);
-        }
-        let mut changed = Vec::new();
-        // A job that left query-jobs (dismissed once concluded) keeps the
-        // last state seen, from the events if they told more.
-        let mut seen: BTreeMap<String, Job> = self
-            .jobs
-            .iter()
-            .filter(|(_, j)| JOB_DONE.contains(&j.status.as_str()))
-            .map(|(id, j)| (id.clone(), j.clone()))
-            .collect();
-        for job in now {
-            let moved = match self.jobs.get(&job.id) {
-                None => true,
-                Some(old) => {
-                    old.status != job.status
-                        || old.percent() != job.percent()
-                        || old.error != job.error
-                }
-            };
-            if moved {
-                changed.push(job.clone());
-            }
-            seen.insert(job.id.clone(), job);
-        }
-        self.jobs = seen;
-        changed
-    }
-
-    /// Take an event: a job's status change (`JOB_STATUS_CHANGE`), or its
-    /// figures when it completes (`BLOCK_JOB_COMPLETED`,
-    /// `BLOCK_JOB_READY`). Returns the job if something about it changed.
-    pub fn event(&mut self, name: &str, data: Option<&Value>) -> Option<Job> {
-        let data = data?;
+    /// Take an event. `live`: it came after `/jobs` started (else it came
+    /// since the previous command was sent, before `/jobs` started: only a
+    /// job created, or a migration set up, in that time is taken up from
+    /// it). `known` gives the figures of a job taken up from an event.
+    pub fn event(&mut self, name: &str, data: Option<&Value>, live: bool, known: &Known) {
+        let Some(data) = data else { return };
+        let text = |key: &str| data.get(key).and_then(Value::as_str);
         match name {
             "JOB_STATUS_CHANGE" => {
-                let id = data.get("id")?.as_str()?;
-                let status = data.get("status")?.as_str()?;
-                let job = self.jobs.entry(id.to_owned()).or_insert_with(|| Job {
-                    id: id.to_owned(),
-                    kind: "job".to_owned(),
-                    status: String::new(),
-                    current: 0,
-                    total: 0,
-                    error: None,
-                });
-                if job.status == status {
-                    return None;
+                let (Some(id), Some(status)) = (text("id"), text("status")) else {
+                    return;
+                };
+                match self.jobs.get_mut(id) {
+                    Some(job) => job.status = status.to_owned(),
+                    None if live || status == "created" => {
+                        let job = Job::from_status(id, status, known);
+                        self.jobs.insert(id.to_owned(), job);
+                    }
+                    None => {}
                 }
-                job.status = status.to_owned();
-                Some(job.clone())
             }
-            "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_READY" => {
-                let id = data.get("device")?.as_str()?;
-                let job = self.jobs.get_mut(id)?;
-                job.current = u64_field(data, "offset");
-                job.total = u64_field(data, "len");
-                if let Some(kind) = data.get("type").and_then(Value::as_str) {
-                    job.kind = kind.to_owned();
+            "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_CANCELLED" | "BLOCK_JOB_READY" => {
+                let Some(job) = text("device").and_then(|id| self.jobs.get_mut(id)) else {
+                    return;
+                };
+                if let Some(kind) = text("type") {
+                    job.kind = Some(kind.to_owned());
                 }
-                if let Some(e) = data.get("error").and_then(Value::as_str) {
+                job.current = u64_field(data, "offset").or(job.current);
+                job.total = u64_field(data, "len").or(job.total);
+                if let Some(e) = text("error") {
                     job.error = Some(e.to_owned());
                 }
-                None
             }
-            _ => None,
+            "MIGRATION" => {
+                let Some(status) = text("status") else { return };
+                match &mut self.migration {
+                    Some(m) => m.status = status.to_owned(),
+                    None if live || status == "setup" => {
+                        self.migration = Some(Job {
+                            id: MIGRATION.to_owned(),
+                            kind: Some(MIGRATION.to_owned()),
+                            status: status.to_owned(),
+                            current: None,
+                            total: None,
+                            error: None,
+                        })
+                    }
+                    None => {}
+                }
+            }
+            _ => {}
         }
+    }
+
+    /// Take a poll's replies (`None`: that query failed or does not exist,
+    /// as on a storage daemon without migration). Returns the jobs whose
+    /// status, percentage or error changed since the last line printed for
+    /// them (or that were never printed), jobs in id order, then the
+    /// migration.
+    pub fn update(&mut self, jobs: Option<&Value>, migrate: Option<&Value>) -> Vec<Job> {
+        if let Some(ret) = jobs {
+            let now = parse_jobs(ret);
+            // Gone from query-jobs: dismissed.
+            for (id, job) in self.jobs.iter_mut() {
+                if !now.iter().any(|j| &j.id == id) {
+                    job.status = "null".to_owned();
+                }
+            }
+            for job in now {
+                self.jobs.insert(job.id.clone(), job);
+            }
+        }
+        if let Some(m) = migrate.and_then(parse_migration) {
+            if self.migration.is_some() || m.running() {
+                self.migration = Some(m);
+            }
+        }
+        let mut changed = Vec::new();
+        for job in self.jobs.values().chain(self.migration.iter()) {
+            let key = (job.is_migration(), job.id.clone());
+            let shown = job.shown();
+            if self.printed.get(&key) != Some(&shown) {
+                changed.push(job.clone());
+                self.printed.insert(key, shown);
+            }
+        }
+        changed
     }
 
     /// Whether a job or the migration still moves on its own.
     pub fn running(&self) -> bool {
-        self.jobs.values().any(Job::running)
+        self.jobs().any(Job::running)
     }
 
-    /// Every job (and the migration) as last seen.
+    /// Every job, then the migration, as last seen.
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {
-        self.jobs.values()
+        self.jobs.values().chain(self.migration.iter())
     }
 
     /// The final line: `{"jobs": [...]}` with every job's last state.
     pub fn final_json(&self) -> Object {
-        let list: Vec<Value> = self
-            .jobs
-            .values()
-            .map(|j| Value::Object(j.to_json()))
-            .collect();
+        let list: Vec<Value> = self.jobs().map(|j| Value::Object(j.to_json())).collect();
         let mut obj = Object::new();
         obj.insert("jobs".into(), Value::Array(list));
         obj
@@ -241,14 +401,30 @@ impl Progress {
 pub struct Bars {
     multi: MultiProgress,
     style: ProgressStyle,
-    bars: BTreeMap<String, ProgressBar>,
+    bars: BTreeMap<(bool, String), ProgressBar>,
+}
+
+/// The bars of the `/jobs` on screen, if any (see [`above_bars`]).
+static ON_SCREEN: Mutex<Option<MultiProgress>> = Mutex::new(None);
+
+/// Run `print`, which writes to the terminal (an event, say), with the
+/// progress bars of a `/jobs`, if any are on screen, taken off it and drawn
+/// again below what it printed: no copy of a bar is left behind.
+pub fn above_bars<R>(print: impl FnOnce() -> R) -> R {
+    let multi = ON_SCREEN.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match multi {
+        Some(multi) => multi.suspend(print),
+        None => print(),
+    }
 }
 
 impl Bars {
     /// Bars drawn on standard error.
     pub fn new() -> Bars {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        *ON_SCREEN.lock().unwrap_or_else(|e| e.into_inner()) = Some(multi.clone());
         Bars {
-            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            multi,
             style: ProgressStyle::with_template(
                 "{prefix:>16} {bar:30.cyan/blue} {percent:>3}% {binary_bytes_per_sec:>12} ETA {eta:>4} {msg}",
             )
@@ -261,20 +437,49 @@ impl Bars {
     /// Show the jobs' current state.
     pub fn show<'a>(&mut self, jobs: impl Iterator<Item = &'a Job>) {
         for job in jobs {
-            let bar = self.bars.entry(job.id.clone()).or_insert_with(|| {
-                let b = self.multi.add(ProgressBar::new(job.total.max(1)));
-                b.set_style(self.style.clone());
-                b.set_prefix(format!("{} {}", job.kind, job.id));
-                b
-            });
-            bar.set_length(job.total.max(1));
-            bar.set_position(job.current.min(job.total.max(1)));
-            bar.set_message(job.status.clone());
+            let len = job.total.unwrap_or(0).max(1);
+            let pos = job.current.unwrap_or(0).min(len);
+            let bar = self
+                .bars
+                .entry((job.is_migration(), job.id.clone()))
+                .or_insert_with(|| {
+                    let b = self.multi.add(
+                        ProgressBar::new(len)
+                            .with_position(pos)
+                            .with_style(self.style.clone())
+                            .with_prefix(job.label())
+                            .with_message(job.status.clone()),
+                    );
+                    // The part done before /jobs started is no rate: the
+                    // estimate (rate, ETA) starts from here.
+                    b.tick();
+                    b.reset_eta();
+                    b
+                });
+            if bar.prefix() != job.label() {
+                bar.set_prefix(job.label());
+            }
+            if bar.message() != job.status {
+                bar.set_message(job.status.clone());
+            }
+            if bar.length() != Some(len) {
+                bar.set_length(len);
+            }
+            bar.set_position(pos);
         }
+        // Each change draws only if the terminal's refresh rate allows:
+        // draw the whole state now, so no bar is left showing an old one.
+        self.multi.suspend(|| ());
     }
 
-    /// Leave the bars as they are (finished) and stop drawing.
-    pub fn finish(self) {
+    /// Take the bars off the screen and stop drawing (as dropping them
+    /// does).
+    pub fn finish(self) {}
+}
+
+impl Drop for Bars {
+    fn drop(&mut self) {
+        *ON_SCREEN.lock().unwrap_or_else(|e| e.into_inner()) = None;
         for bar in self.bars.values() {
             bar.abandon();
         }
@@ -291,6 +496,10 @@ impl Default for Bars {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(id: &str, status: &str) -> Value {
+        json!({"id": id, "status": status})
+    }
 
     #[test]
     fn changes_running_and_final_state() {
@@ -321,43 +530,199 @@ mod tests {
     }
 
     #[test]
-    fn a_dismissed_job_keeps_its_last_state_from_the_events() {
+    fn a_dismissed_job_keeps_its_last_real_figures() {
+        let known = Known::default();
         let mut p = Progress::new();
         let jobs = json!([{"id": "bk", "type": "backup", "status": "running",
                            "current-progress": 10, "total-progress": 40}]);
         p.update(Some(&jobs), None);
-        let completed = json!({"device": "bk", "len": 40, "offset": 40, "type": "backup"});
-        assert!(p.event("BLOCK_JOB_COMPLETED", Some(&completed)).is_none());
-        let changed = p.event(
+        // Cancelled: the events say so, with the figures...
+        let cancelled = json!({"device": "bk", "len": 40, "offset": 20, "type": "backup"});
+        p.event(
             "JOB_STATUS_CHANGE",
-            Some(&json!({"id": "bk", "status": "concluded"})),
+            Some(&status("bk", "aborting")),
+            true,
+            &known,
         );
-        assert_eq!(changed.unwrap().status, "concluded");
-        // Auto-dismissed: gone from query-jobs, still in the final state.
-        assert!(p.update(Some(&json!([])), None).is_empty());
+        p.event("BLOCK_JOB_CANCELLED", Some(&cancelled), true, &known);
+        p.event(
+            "JOB_STATUS_CHANGE",
+            Some(&status("bk", "concluded")),
+            true,
+            &known,
+        );
+        // ... and gone from query-jobs: dismissed, with its figures.
+        let changed = p.update(Some(&json!([])), None);
+        assert_eq!(changed.len(), 1);
         assert!(!p.running());
+        let last = json!({"jobs": [{"job": "bk", "type": "backup", "status": "null",
+                                    "current-progress": 20, "total-progress": 40, "percent": 50}]});
+        assert_eq!(Value::Object(p.final_json()), last);
+        // The null event that follows changes nothing.
+        p.event(
+            "JOB_STATUS_CHANGE",
+            Some(&status("bk", "null")),
+            true,
+            &known,
+        );
+        assert!(p.update(Some(&json!([])), None).is_empty());
+        assert_eq!(Value::Object(p.final_json()), last);
+    }
+
+    #[test]
+    fn a_running_job_that_leaves_query_jobs_is_done() {
+        let mut p = Progress::new();
+        let jobs = json!([{"id": "j", "type": "stream", "status": "running",
+                           "current-progress": 1, "total-progress": 2}]);
+        p.update(Some(&jobs), None);
+        assert!(p.running());
+        // Its events were missed (they may trail over libvirt): it is gone.
+        p.update(Some(&json!([])), None);
+        assert!(!p.running());
+        assert_eq!(p.jobs().next().unwrap().status, "null");
+        assert_eq!(p.jobs().next().unwrap().kind.as_deref(), Some("stream"));
+    }
+
+    #[test]
+    fn only_jobs_created_since_the_start_or_seen_live_are_taken_from_events() {
+        let mut known = Known::default();
+        let completed = json!({"device": "new", "len": 8, "offset": 8, "type": "backup"});
+        known.event("BLOCK_JOB_COMPLETED", Some(&completed));
+        let mut p = Progress::new();
+        // Before /jobs started: an old job that ended is not taken up...
+        p.event(
+            "JOB_STATUS_CHANGE",
+            Some(&status("old", "concluded")),
+            false,
+            &known,
+        );
+        p.event(
+            "JOB_STATUS_CHANGE",
+            Some(&status("old", "null")),
+            false,
+            &known,
+        );
+        // ... one created since the previous command is, with the figures
+        // its events gave.
+        p.event(
+            "JOB_STATUS_CHANGE",
+            Some(&status("new", "created")),
+            false,
+            &known,
+        );
+        p.event("BLOCK_JOB_COMPLETED", Some(&completed), false, &known);
+        p.event(
+            "JOB_STATUS_CHANGE",
+            Some(&status("new", "concluded")),
+            false,
+            &known,
+        );
+        // After it started, any job is.
+        p.event(
+            "JOB_STATUS_CHANGE",
+            Some(&status("live", "aborting")),
+            true,
+            &known,
+        );
+        let changed = p.update(Some(&json!([])), Some(&json!({"status": "completed"})));
+        let ids: Vec<&str> = changed.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["live", "new"]);
         assert_eq!(
-            Value::Object(p.final_json()),
-            json!({"jobs": [{"job": "bk", "type": "backup", "status": "concluded",
-                             "current-progress": 40, "total-progress": 40, "percent": 100}]})
+            Value::Object(changed[1].to_json()),
+            json!({"job": "new", "type": "backup", "status": "null",
+                   "current-progress": 8, "total-progress": 8, "percent": 100})
+        );
+        // Nothing known of it: null, not a made-up type or progress.
+        assert_eq!(
+            Value::Object(changed[0].to_json()),
+            json!({"job": "live", "type": null, "status": "null",
+                   "current-progress": null, "total-progress": null})
         );
     }
 
     #[test]
-    fn migration_counts_until_it_completes() {
+    fn known_figures_fill_in_a_job_seen_only_in_events() {
+        let mut known = Known::default();
+        known.remember(&Job {
+            id: "m".to_owned(),
+            kind: Some("mirror".to_owned()),
+            status: "running".to_owned(),
+            current: Some(3),
+            total: Some(4),
+            error: None,
+        });
         let mut p = Progress::new();
-        let m = json!({"status": "active", "ram": {"transferred": 10, "total": 40}});
-        let changed = p.update(Some(&json!([])), Some(&m));
-        assert_eq!(changed[0].id, "migration");
+        p.event(
+            "JOB_STATUS_CHANGE",
+            Some(&status("m", "aborting")),
+            true,
+            &known,
+        );
+        let job = p.jobs().next().unwrap();
+        assert_eq!(
+            (job.kind.as_deref(), job.current, job.total),
+            (Some("mirror"), Some(3), Some(4))
+        );
+        // A job created anew under that id is another job.
+        known.event("JOB_STATUS_CHANGE", Some(&status("m", "created")));
+        let mut p = Progress::new();
+        p.event(
+            "JOB_STATUS_CHANGE",
+            Some(&status("m", "created")),
+            true,
+            &known,
+        );
+        assert_eq!(p.jobs().next().unwrap().kind, None);
+    }
+
+    #[test]
+    fn migration_is_shown_only_when_it_runs_and_counts_what_remains() {
+        let mut p = Progress::new();
+        // One that completed before: not shown.
+        let done = json!({"status": "completed", "ram": {"transferred": 10, "remaining": 0, "total": 400}});
+        assert!(p.update(Some(&json!([])), Some(&done)).is_empty());
+        assert_eq!(Value::Object(p.final_json()), json!({"jobs": []}));
+        // One that runs: shown, its progress what no longer remains (zero
+        // pages are never transferred).
+        let active =
+            json!({"status": "active", "ram": {"transferred": 10, "remaining": 300, "total": 400}});
+        let changed = p.update(Some(&json!([])), Some(&active));
+        assert_eq!(changed[0].label(), "migration");
         assert_eq!(changed[0].percent(), Some(25));
         assert!(p.running());
-        p.update(Some(&json!([])), Some(&json!({"status": "completed"})));
+        let changed = p.update(Some(&json!([])), Some(&done));
+        assert_eq!(changed[0].percent(), Some(100));
         assert!(!p.running());
-        // No job at all: nothing runs.
+        // Set up since the previous command (the events capability): shown
+        // even when it completed before the first poll.
         let mut p = Progress::new();
-        assert!(p.update(Some(&json!([])), Some(&json!({}))).is_empty());
-        assert!(!p.running());
+        let known = Known::default();
+        p.event(
+            "MIGRATION",
+            Some(&json!({"status": "setup"})),
+            false,
+            &known,
+        );
+        let changed = p.update(Some(&json!([])), Some(&done));
+        assert_eq!(changed[0].status, "completed");
         // Garbage is no job.
+        let mut p = Progress::new();
         assert!(p.update(Some(&json!("x")), Some(&json!([1]))).is_empty());
+        assert!(!p.running());
+    }
+
+    #[test]
+    fn labels() {
+        let job = |id: &str, kind: Option<&str>| Job {
+            id: id.to_owned(),
+            kind: kind.map(str::to_owned),
+            status: "running".to_owned(),
+            current: None,
+            total: None,
+            error: None,
+        };
+        assert_eq!(job("m0", Some("mirror")).label(), "mirror m0");
+        assert_eq!(job("m0", None).label(), "m0");
+        assert_eq!(job("migration", Some("migration")).label(), "migration");
     }
 }

@@ -5,8 +5,15 @@
 //! in the chosen style, `--json` lines, colour. Standard output errors are
 //! returned (the engine ends the session on them); standard error errors
 //! are ignored, so a closed or full stderr never stops the shell.
+//!
+//! With `--json`, standard error is JSON Lines too: every line one object,
+//! an event, or a message as [`message_object`] words it (`{"warning":
+//! ...}`, `{"error": {"class": ..., "desc": ...}}`, `{"note": ...}`); the
+//! programs' own messages outside a session go through [`eprint`] and
+//! [`eprint_error`], which follow [`set_json_stderr`].
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use qmp_client::Object;
@@ -26,6 +33,72 @@ pub fn error_object(class: &str, desc: &str) -> Object {
     body
 }
 
+/// A message for standard error worded for people (ending with a newline),
+/// as a JSON object for `--json`: `warning: W` is `{"warning": W}`,
+/// `ERROR: E` is `{"error": {"class": "GenericError", "desc": E}}`, `note:
+/// N` and any other text `{"note": N}`, without the final newline.
+pub fn message_object(text: &str) -> Object {
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let text = text.strip_prefix("note: ").unwrap_or(text);
+    if let Some(w) = text.strip_prefix("warning: ") {
+        let mut obj = Object::new();
+        obj.insert("warning".to_owned(), Value::from(w));
+        return obj;
+    }
+    if let Some(e) = text.strip_prefix("ERROR: ") {
+        return error_object("GenericError", e);
+    }
+    let mut obj = Object::new();
+    obj.insert("note".to_owned(), Value::from(text));
+    obj
+}
+
+/// `object` as one compact line.
+fn json_line(object: Object) -> String {
+    let mut line = render::to_string(&Value::Object(object), Style::default());
+    line.push('\n');
+    line
+}
+
+/// Whether messages outside a session ([`eprint`]) are JSON lines.
+static JSON_STDERR: AtomicBool = AtomicBool::new(false);
+
+/// Make [`eprint`] and [`eprint_error`] write JSON lines (`--json`).
+pub fn set_json_stderr(json: bool) {
+    JSON_STDERR.store(json, Ordering::Relaxed);
+}
+
+/// Write a message (worded for people, ending with a newline) to standard
+/// error, as a JSON line ([`message_object`]) after [`set_json_stderr`].
+/// Errors writing are ignored.
+pub fn eprint(text: &str) {
+    if JSON_STDERR.load(Ordering::Relaxed) {
+        write_stderr(&json_line(message_object(text)));
+    } else {
+        write_stderr(text);
+    }
+}
+
+/// Write `ERROR: DESC` to standard error, or after [`set_json_stderr`]
+/// `{"error": {"class": CLASS, "desc": DESC}}`.
+pub fn eprint_error(class: &str, desc: &str) {
+    if JSON_STDERR.load(Ordering::Relaxed) {
+        write_stderr(&json_line(error_object(class, desc)));
+    } else {
+        write_stderr(&format!("ERROR: {desc}\n"));
+    }
+}
+
+/// Write `object` to standard error as one JSON line.
+pub fn eprint_object(object: Object) {
+    write_stderr(&json_line(object));
+}
+
+fn write_stderr(text: &str) {
+    // One write for the whole text: lines of threads do not mix.
+    let _ = io::stderr().lock().write_all(text.as_bytes());
+}
+
 /// A session's output.
 pub trait Output: Send {
     /// Text for standard output, as is (banner, prompts, HMP replies, help).
@@ -42,9 +115,22 @@ pub trait Output: Send {
     /// as a compact line on standard error.
     fn event(&mut self, body: Object) -> io::Result<()>;
 
-    /// A diagnostic for standard error (ends with a newline). Standard
-    /// output is flushed first, so the two stay in order on a terminal.
-    fn diag(&mut self, text: &str);
+    /// A message for standard error: `text` worded for people (ending with
+    /// a newline), or with `--json` the one line `object`. Standard output
+    /// is flushed first, so the two stay in order on a terminal.
+    fn message(&mut self, text: &str, object: Object);
+
+    /// A diagnostic for standard error (ends with a newline); with `--json`
+    /// as [`message_object`] words it.
+    fn diag(&mut self, text: &str) {
+        self.message(text, message_object(text));
+    }
+
+    /// An error for standard error: `text` worded for people, or with
+    /// `--json` `{"error": {"class": CLASS, "desc": DESC}}`.
+    fn error(&mut self, class: &str, desc: &str, text: &str) {
+        self.message(text, error_object(class, desc));
+    }
 
     /// Flush standard output.
     fn flush(&mut self) -> io::Result<()>;
@@ -59,11 +145,16 @@ pub trait Output: Send {
 
     /// The message that ends a session (the connection lost, a reply that
     /// never came): `text` for standard error; `class` names it where an
-    /// object stands for it (one target of many, with `--json`).
+    /// object stands for it (with `--json`).
     fn fatal(&mut self, class: &str, text: &str) {
-        let _ = class;
-        self.diag(text);
+        self.error(class, fatal_desc(text), text);
     }
+}
+
+/// What an error object says of a fatal message: its text without the
+/// `ERROR: ` and the newline.
+fn fatal_desc(text: &str) -> &str {
+    text.trim_end().trim_start_matches("ERROR: ")
 }
 
 /// Output to the process's standard output and standard error (or any two
@@ -105,6 +196,15 @@ impl StdOutput {
     }
 }
 
+impl StdOutput {
+    fn write_err(&mut self, text: &str) {
+        // A failed stdout flush shows up at the next stdout write.
+        let _ = self.out.flush();
+        let _ = self.err.write_all(text.as_bytes());
+        let _ = self.err.flush();
+    }
+}
+
 impl Output for StdOutput {
     fn text(&mut self, text: &str) -> io::Result<()> {
         self.out.write_all(text.as_bytes())
@@ -124,20 +224,19 @@ impl Output for StdOutput {
 
     fn event(&mut self, body: Object) -> io::Result<()> {
         if self.json {
-            let mut text = render::to_string(&Value::Object(body), self.style);
-            text.push('\n');
-            self.diag(&text);
+            self.write_err(&json_line(body));
             Ok(())
         } else {
             self.reply(body)
         }
     }
 
-    fn diag(&mut self, text: &str) {
-        // A failed stdout flush shows up at the next stdout write.
-        let _ = self.out.flush();
-        let _ = self.err.write_all(text.as_bytes());
-        let _ = self.err.flush();
+    fn message(&mut self, text: &str, object: Object) {
+        if self.json {
+            self.write_err(&json_line(object));
+        } else {
+            self.write_err(text);
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -276,9 +375,7 @@ impl TaggedOutput {
     }
 
     fn json_line(&self, body: Object) -> String {
-        let mut text = render::to_string(&Value::Object(self.with_target(body)), self.style);
-        text.push('\n');
-        text
+        json_line(self.with_target(body))
     }
 
     /// A message for standard error, tagged, in the `--json` case as an
@@ -328,14 +425,18 @@ impl Output for TaggedOutput {
         self.reply(body)
     }
 
-    fn diag(&mut self, text: &str) {
-        self.streams.write_err(self.prefixed(text).as_bytes());
+    fn message(&mut self, text: &str, object: Object) {
+        if self.json {
+            self.streams.write_err(self.json_line(object).as_bytes());
+        } else {
+            self.streams.write_err(self.prefixed(text).as_bytes());
+        }
     }
 
     fn fatal(&mut self, class: &str, text: &str) {
         if self.json {
-            let desc = text.trim_end().trim_start_matches("ERROR: ");
-            let _ = self.tagged_error(class, desc);
+            // On standard output: the target's answer.
+            let _ = self.tagged_error(class, fatal_desc(text));
         } else {
             self.diag(text);
         }
@@ -456,6 +557,38 @@ mod tests {
         assert_eq!(
             err.text(),
             "{\"target\": \"/run/b.sock\", \"event\": \"STOP\"}\n"
+        );
+    }
+
+    #[test]
+    fn messages_as_json_objects() {
+        let shape = |text: &str| Value::Object(message_object(text));
+        assert_eq!(
+            shape("warning: command x is deprecated\n"),
+            serde_json::json!({"warning": "command x is deprecated"})
+        );
+        assert_eq!(
+            shape("ERROR: /record: cannot write\n"),
+            serde_json::json!({"error": {"class": "GenericError", "desc": "/record: cannot write"}})
+        );
+        assert_eq!(
+            shape("note: libvirt marks it\n"),
+            serde_json::json!({"note": "libvirt marks it"})
+        );
+        assert_eq!(
+            shape("(abandoned; a late reply will be shown as such)\n"),
+            serde_json::json!({"note": "(abandoned; a late reply will be shown as such)"})
+        );
+        // Each message one line, whatever it holds.
+        let (mut o, _, err) = buffers(Style::default(), true);
+        o.diag("two\nlines\n");
+        o.error("Timeout", "/wait: no X", "ERROR: /wait: no X\n");
+        o.fatal("Disconnected", "Disconnected: gone\n");
+        assert_eq!(
+            err.text(),
+            "{\"note\": \"two\\nlines\"}\n\
+             {\"error\": {\"class\": \"Timeout\", \"desc\": \"/wait: no X\"}}\n\
+             {\"error\": {\"class\": \"Disconnected\", \"desc\": \"Disconnected: gone\"}}\n"
         );
     }
 

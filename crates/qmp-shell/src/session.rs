@@ -37,7 +37,7 @@ use crate::complete::JsonScan;
 use crate::doorbell::Doorbell;
 use crate::files::{open_private, Existing};
 use crate::hmp;
-use crate::jobs::{self, Bars, Progress};
+use crate::jobs::{self, Bars, Known, Progress};
 use crate::meta::{self, Meta};
 use crate::output::{error_object, Output};
 use crate::readonly;
@@ -91,6 +91,14 @@ pub struct Config {
 
 /// Events kept for `/wait` at most (those since the last command sent).
 const MAX_RECENT_EVENTS: usize = 100_000;
+
+/// Replies whose place among the events is kept at most, waiting for the
+/// engine to take them (bounds what replies to others' requests, which
+/// nobody takes, leave).
+const MAX_REPLY_MARKS: usize = 4 * WINDOW;
+
+/// Commands whose marks (see [`Mark`]) are kept.
+const MAX_MARKS: usize = 64;
 
 /// Bytes a `/play` file may have at most (it is read whole).
 const MAX_PLAY_BYTES: u64 = 64 << 20;
@@ -153,13 +161,14 @@ enum Slot {
     },
     /// An empty line: print the events received so far.
     Barrier,
-    /// `/wait`: an event named `event` whose data contains `filter`,
-    /// arrived since the command before the last one got its reply (see
-    /// [`Engine::events_since`]).
+    /// `/wait`: an event named `event` whose data contains `filter`, that
+    /// came since `command` (the last command sent when `/wait` was read)
+    /// was sent (see [`Engine::window_start`]) and that no `/wait` before
+    /// returned.
     Wait {
         event: String,
         filter: Object,
-        before: Option<u64>,
+        command: Option<u64>,
         timeout: Option<Duration>,
         deadline: Option<Instant>,
     },
@@ -167,11 +176,14 @@ enum Slot {
     Jobs(Box<Follow>),
 }
 
-/// Events copied from the client for `/wait` and `/jobs`, numbered.
+/// Events copied from the client for `/wait` and `/jobs`, numbered, and
+/// where each reply came among them.
 #[derive(Default)]
 struct TapBuffer {
     count: AtomicU64,
     events: Mutex<VecDeque<(u64, Event)>>,
+    /// Each reply's id, with how many events came before it.
+    replies: Mutex<VecDeque<(Value, u64)>>,
 }
 
 impl TapBuffer {
@@ -182,6 +194,28 @@ impl TapBuffer {
             q.pop_front();
         }
         q.push_back((seq, ev.clone()));
+    }
+
+    /// A reply arrived (on the client's reader thread, which also taps
+    /// the events: the count is exact).
+    fn reply(&self, reply: &Reply) {
+        let Some(id) = reply.id() else { return };
+        let mut q = self.replies.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= MAX_REPLY_MARKS {
+            q.pop_front();
+        }
+        q.push_back((id.clone(), self.seen()));
+    }
+
+    /// How many events came before the reply with `id` (the oldest one
+    /// not taken yet), taken now. Older marks go too: in-band replies come
+    /// in the order of the requests, so those belong to others' requests.
+    fn take_reply(&self, id: &Value) -> Option<u64> {
+        let mut q = self.replies.lock().unwrap_or_else(|e| e.into_inner());
+        let i = q.iter().position(|(r, _)| r == id)?;
+        let mark = q[i].1;
+        q.drain(..=i);
+        Some(mark)
     }
 
     fn drain(&self) -> Vec<(u64, Event)> {
@@ -198,6 +232,24 @@ impl TapBuffer {
     }
 }
 
+/// An event kept for `/wait` and `/jobs`.
+struct Recent {
+    seq: u64,
+    event: Event,
+    /// A `/wait` returned it: no later `/wait` does.
+    consumed: bool,
+}
+
+/// Where a command sent stands among the events.
+struct Mark {
+    /// The command's number.
+    index: u64,
+    /// Events that came before it was sent.
+    sent: u64,
+    /// Events that came before its reply (once it is printed).
+    answered: Option<u64>,
+}
+
 /// The state of a `/jobs`.
 struct Follow {
     timeout: Option<Duration>,
@@ -208,10 +260,13 @@ struct Follow {
     results: [Option<Result<Reply, QmpError>>; 2],
     /// When to poll next (`None`: now).
     next_poll: Option<Instant>,
-    /// The command before the last one sent when `/jobs` was read.
-    before: Option<u64>,
+    /// The last command sent when `/jobs` was read.
+    command: Option<u64>,
     /// The number of the last event looked at (`None`: not started).
     events_seen: Option<u64>,
+    /// The number of the last event that came before it started: later
+    /// ones tell of jobs that exist while it runs.
+    started: u64,
     progress: Progress,
     bars: Option<Bars>,
 }
@@ -252,12 +307,18 @@ pub struct Engine {
     _tap: EventTap,
     tapped: Arc<TapBuffer>,
     /// Recent events, numbered.
-    recent: VecDeque<(u64, Event)>,
+    recent: VecDeque<Recent>,
+    /// The number of the last event taken from the tap.
+    latest: u64,
     /// Commands sent so far.
     sent: u64,
-    /// For the last commands answered: how many events had arrived when
-    /// their reply was printed.
-    marks: VecDeque<(u64, u64)>,
+    /// The last commands sent: where they stand among the events.
+    marks: VecDeque<Mark>,
+    /// The number of the last event the last `/jobs` looked at: the next
+    /// one starts after it.
+    jobs_end: u64,
+    /// The last real figures of every job seen.
+    known: Known,
 }
 
 impl Engine {
@@ -275,11 +336,14 @@ impl Engine {
         let tap = {
             let tapped = Arc::clone(&tapped);
             let bell = Arc::clone(&doorbell);
-            client.tap_events(move |t| {
-                if let Tapped::Event(ev) = t {
+            client.tap_events(move |t| match t {
+                Tapped::Event(ev) => {
                     tapped.push(ev);
+                    bell.ring();
                 }
-                bell.ring();
+                // The client rings for replies itself.
+                Tapped::Reply(reply) => tapped.reply(reply),
+                Tapped::Closed => bell.ring(),
             })
         };
         Engine {
@@ -305,8 +369,11 @@ impl Engine {
             _tap: tap,
             tapped,
             recent: VecDeque::new(),
+            latest: 0,
             sent: 0,
             marks: VecDeque::new(),
+            jobs_end: 0,
+            known: Known::default(),
         }
     }
 
@@ -654,14 +721,8 @@ impl Engine {
             self.unit_done(false);
         }
         if let Some(n) = self.parser.abort_transaction() {
-            self.failure(
-                format!(
-                    "ERROR: {what} inside a transaction: {} not sent\n",
-                    actions(n)
-                ),
-                "ParseError",
-                format!("{what} inside a transaction"),
-            );
+            let desc = format!("{what} inside a transaction: {} not sent", actions(n));
+            self.failure(format!("ERROR: {desc}\n"), "ParseError", desc);
             self.unit_done(false);
         }
     }
@@ -809,9 +870,19 @@ impl Engine {
                 self.warn_marked(name, msg.get("arguments").and_then(Value::as_object));
             }
         }
+        // Events before this are not this command's.
+        let before = self.tapped.seen();
         match self.client.submit(request) {
             Ok(pending) => {
                 self.sent += 1;
+                self.marks.push_back(Mark {
+                    index: self.sent,
+                    sent: before,
+                    answered: None,
+                });
+                while self.marks.len() > MAX_MARKS {
+                    self.marks.pop_front();
+                }
                 self.queue.push_back(Slot::Reply {
                     pending,
                     hmp,
@@ -904,8 +975,9 @@ impl Engine {
                     polls: None,
                     results: [None, None],
                     next_poll: None,
-                    before: self.previous_command(),
+                    command: self.last_command(),
                     events_seen: None,
+                    started: 0,
                     progress: Progress::new(),
                     bars: self.cfg.progress_bars.then(Bars::new),
                 })));
@@ -930,45 +1002,70 @@ impl Engine {
         self.queue.push_back(Slot::Wait {
             event,
             filter,
-            before: self.previous_command(),
+            command: self.last_command(),
             timeout,
             deadline: None,
         });
         self.barriers += 1;
     }
 
-    /// The command sent before the last one, whose reply marks where
-    /// `/wait` starts looking (`None`: fewer than two commands sent).
-    fn previous_command(&self) -> Option<u64> {
-        self.sent.checked_sub(1).filter(|i| *i > 0)
+    /// The last command sent (`None`: none yet): events count for a
+    /// `/wait` or `/jobs` from its sending on.
+    fn last_command(&self) -> Option<u64> {
+        (self.sent > 0).then_some(self.sent)
     }
 
-    /// Command `index` got its reply (printed now): remember how many
-    /// events had arrived, and forget events no `/wait` can need any more.
-    fn answered(&mut self, index: u64) {
+    /// Command `index` got its reply (printed now), which came after
+    /// `answered` events (`None`: not known, then as many as came so far).
+    fn answered(&mut self, index: u64, answered: Option<u64>) {
         self.drain_tap();
-        self.marks.push_back((index, self.tapped.seen()));
-        while self.marks.len() > 64 {
-            self.marks.pop_front();
-        }
-        if let Some(&(_, older)) = self.marks.iter().rev().nth(1) {
-            self.recent.retain(|(seq, _)| *seq > older);
+        let answered = answered.unwrap_or_else(|| self.tapped.seen());
+        if let Some(mark) = self.marks.iter_mut().find(|m| m.index == index) {
+            mark.answered = Some(answered);
         }
     }
 
-    /// Events count from here for a `/wait` or `/jobs` read after command
-    /// `before`'s successor: as if commands were sent one at a time, the
-    /// previous one sent only once `before` was answered.
-    fn events_since(&self, before: Option<u64>) -> u64 {
-        before
-            .and_then(|b| self.marks.iter().find(|(i, _)| *i == b).map(|(_, m)| *m))
-            .unwrap_or(0)
+    /// Where the events of a `/wait` or `/jobs` read after `command` (the
+    /// last command sent) start: after those that came before `command`
+    /// was sent, and before the reply to the command before it (with
+    /// commands pipelined, `command` is sent before that reply, and the
+    /// events before it are the earlier commands'). So an event counts
+    /// when it came after `command` was sent, as if commands were sent one
+    /// at a time. Returns the number of the last event that does not
+    /// count.
+    fn window_start(&self, command: Option<u64>) -> u64 {
+        let Some(index) = command else { return 0 };
+        let mark = |i: u64| self.marks.iter().find(|m| m.index == i);
+        let sent = mark(index).map_or(0, |m| m.sent);
+        let previous = index
+            .checked_sub(1)
+            .and_then(mark)
+            .and_then(|m| m.answered)
+            .unwrap_or(0);
+        sent.max(previous)
     }
 
-    /// Move the tapped events into `recent`.
+    /// Move the tapped events into `recent` (each tells [`Known`] what it
+    /// knows of jobs), and forget those that no `/wait` or `/jobs` can
+    /// need any more: those from before the last command was sent.
     fn drain_tap(&mut self) {
-        self.recent.extend(self.tapped.drain());
-        while self.recent.len() > MAX_RECENT_EVENTS {
+        for (seq, event) in self.tapped.drain() {
+            if let Some(name) = event.name() {
+                self.known.event(name, event.body.get("data"));
+            }
+            self.latest = seq;
+            self.recent.push_back(Recent {
+                seq,
+                event,
+                consumed: false,
+            });
+        }
+        let floor = self.marks.back().map_or(0, |m| m.sent);
+        while self
+            .recent
+            .front()
+            .is_some_and(|r| r.seq <= floor || self.recent.len() > MAX_RECENT_EVENTS)
+        {
             self.recent.pop_front();
         }
     }
@@ -1247,11 +1344,18 @@ impl Engine {
                         break;
                     }
                 };
-                let Some(Slot::Reply { hmp, index, .. }) = self.queue.pop_front() else {
+                let Some(Slot::Reply {
+                    hmp,
+                    index,
+                    pending,
+                    ..
+                }) = self.queue.pop_front()
+                else {
                     unreachable!("the front slot is a reply");
                 };
                 if let Some(index) = index {
-                    self.answered(index);
+                    let mark = self.tapped.take_reply(pending.id());
+                    self.answered(index, mark);
                 }
                 if let Err(err) = self.print_result(result, hmp) {
                     return self.output_failed(&err);
@@ -1274,11 +1378,11 @@ impl Engine {
     /// time is up.
     fn pump_wait(&mut self) -> bool {
         self.drain_tap();
-        let before = match self.queue.front() {
-            Some(Slot::Wait { before, .. }) => *before,
+        let command = match self.queue.front() {
+            Some(Slot::Wait { command, .. }) => *command,
             _ => return false,
         };
-        let after = self.events_since(before);
+        let after = self.window_start(command);
         let Some(Slot::Wait {
             event,
             filter,
@@ -1289,14 +1393,16 @@ impl Engine {
         else {
             return false;
         };
-        let found = self.recent.iter().position(|(seq, ev)| {
-            *seq > after
-                && ev.name() == Some(event.as_str())
-                && meta::matches(ev.body.get("data"), filter)
+        let found = self.recent.iter_mut().find(|r| {
+            r.seq > after
+                && !r.consumed
+                && r.event.name() == Some(event.as_str())
+                && meta::matches(r.event.body.get("data"), filter)
         });
         let now = Instant::now();
-        if let Some(i) = found {
-            let body = self.recent[i].1.body.clone();
+        if let Some(r) = found {
+            r.consumed = true;
+            let body = r.event.body.clone();
             self.pop_barrier();
             if let Err(err) = self.out.reply(body) {
                 self.output_failed(&err);
@@ -1324,44 +1430,74 @@ impl Engine {
     /// when nothing runs any more or its time is up.
     fn pump_jobs(&mut self) -> bool {
         self.drain_tap();
-        let since = match self.queue.front() {
+        let start = match self.queue.front() {
             Some(Slot::Jobs(follow)) if follow.events_seen.is_none() => {
-                Some(self.events_since(follow.before))
+                Some(self.window_start(follow.command).max(self.jobs_end))
             }
             _ => None,
         };
+        let latest = self.latest;
         let Some(Slot::Jobs(follow)) = self.queue.front_mut() else {
             return false;
         };
-        if let Some(since) = since {
-            follow.events_seen = Some(since);
+        if let Some(start) = start {
+            follow.events_seen = Some(start);
+            follow.started = latest;
         }
-        // Job events: what they tell, and a poll at once.
-        let mut lines = Vec::new();
-        let mut job_event = false;
-        let from = follow.events_seen.unwrap_or(0);
-        for (seq, ev) in self.recent.iter().filter(|(seq, _)| *seq > from) {
-            follow.events_seen = Some(*seq);
-            let Some(name) = ev.name() else { continue };
-            if let Some(job) = follow.progress.event(name, ev.body.get("data")) {
-                if follow.bars.is_none() {
-                    lines.push(job.to_json());
+        // The poll in flight, if it is answered now, and how many events
+        // came before its replies: those are taken first.
+        let mut answered = None;
+        if let Some(polls) = follow.polls.as_mut() {
+            for (poll, result) in polls.iter_mut().zip(follow.results.iter_mut()) {
+                if result.is_none() {
+                    *result = poll.try_take();
                 }
             }
-            job_event |= matches!(
-                name,
-                "JOB_STATUS_CHANGE" | "MIGRATION" | "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_READY"
-            );
+            if let [Some(_), Some(_)] = &follow.results {
+                let mark = self.tapped.take_reply(polls[0].id());
+                answered = Some(mark.unwrap_or(u64::MAX));
+            }
         }
+        self.drain_tap();
+        let Some(Slot::Jobs(follow)) = self.queue.front_mut() else {
+            return false;
+        };
+        let mut job_event = follow_events(follow, &self.recent, answered, &self.known);
         let now = Instant::now();
+        let mut lines = Vec::new();
+        let mut done = false;
+        if answered.is_some() {
+            let [Some(ra), Some(rb)] = std::mem::take(&mut follow.results) else {
+                unreachable!("both replies are in");
+            };
+            if matches!(ra, Err(QmpError::Disconnected)) {
+                self.front_disconnected();
+                return true;
+            }
+            let ret = |r: &Result<Reply, QmpError>| r.as_ref().ok().and_then(|r| r.ret().cloned());
+            let changed = follow.progress.update(ret(&ra).as_ref(), ret(&rb).as_ref());
+            for job in follow.progress.jobs() {
+                self.known.remember(job);
+            }
+            follow.polls = None;
+            follow.next_poll = now.checked_add(jobs::POLL_INTERVAL);
+            // What came after the replies.
+            job_event |= follow_events(follow, &self.recent, None, &self.known);
+            match follow.bars.as_mut() {
+                Some(bars) => bars.show(follow.progress.jobs()),
+                None => lines.extend(changed.iter().map(|j| j.to_json())),
+            }
+            done = !follow.progress.running();
+        }
         let client = Arc::clone(&self.client);
         if let (None, Some(t)) = (follow.deadline, follow.timeout) {
             follow.deadline = now.checked_add(t);
         }
         if job_event && follow.polls.is_none() {
             follow.next_poll = None;
+            done = false;
         }
-        if follow.polls.is_none() && follow.next_poll.is_none_or(|t| now >= t) {
+        if !done && follow.polls.is_none() && follow.next_poll.is_none_or(|t| now >= t) {
             let q = |name| client.submit(Request::new(qmp_client::command(name, None)));
             match (q("query-jobs"), q("query-migrate")) {
                 (Ok(a), Ok(b)) => {
@@ -1374,37 +1510,13 @@ impl Engine {
                 }
             }
         }
-        let mut done = false;
-        if let Some(polls) = follow.polls.as_mut() {
-            for (poll, result) in polls.iter_mut().zip(follow.results.iter_mut()) {
-                if result.is_none() {
-                    *result = poll.try_take();
-                }
-            }
-            if let [Some(ra), Some(rb)] = &follow.results {
-                if matches!(ra, Err(QmpError::Disconnected)) {
-                    self.front_disconnected();
-                    return true;
-                }
-                let ret =
-                    |r: &Result<Reply, QmpError>| r.as_ref().ok().and_then(|r| r.ret().cloned());
-                let changed = follow.progress.update(ret(ra).as_ref(), ret(rb).as_ref());
-                follow.polls = None;
-                follow.results = [None, None];
-                follow.next_poll = now.checked_add(jobs::POLL_INTERVAL);
-                match follow.bars.as_mut() {
-                    Some(bars) => bars.show(follow.progress.jobs()),
-                    None => lines.extend(changed.iter().map(|j| j.to_json())),
-                }
-                done = !follow.progress.running();
-            }
-        }
         let timed_out = !done && follow.deadline.is_some_and(|d| now >= d);
         if done || timed_out {
             let Some(Slot::Jobs(follow)) = self.pop_barrier() else {
                 unreachable!("the front slot is /jobs");
             };
             let follow = *follow;
+            self.jobs_end = follow.events_seen.unwrap_or(self.jobs_end);
             if let Some(bars) = follow.bars {
                 bars.finish();
             }
@@ -1471,7 +1583,7 @@ impl Engine {
             }
             Slot::Failure { diag, class, desc } => {
                 self.failed();
-                self.out.diag(&diag);
+                self.out.error(class, &desc, &diag);
                 if self.cfg.json {
                     self.out.reply(error_object(class, &desc))?;
                 }
@@ -1637,6 +1749,9 @@ impl Engine {
                 Slot::Barrier => {}
                 Slot::Wait { event, .. } => stopped = Some(format!("stopped waiting for {event}")),
                 Slot::Jobs(follow) => {
+                    if let Some(seen) = follow.events_seen {
+                        self.jobs_end = seen;
+                    }
                     if let Some(bars) = follow.bars {
                         bars.finish();
                     }
@@ -1748,6 +1863,32 @@ fn utc_time(secs: u64) -> String {
         rest % 3_600 / 60,
         rest % 60
     )
+}
+
+/// Let `follow` take the events it has not looked at yet, up to number
+/// `upto` (all with `None`). Returns whether one told about a job (then a
+/// poll is due at once).
+fn follow_events(
+    follow: &mut Follow,
+    recent: &VecDeque<Recent>,
+    upto: Option<u64>,
+    known: &Known,
+) -> bool {
+    let mut job_event = false;
+    let from = follow.events_seen.unwrap_or(0);
+    for r in recent
+        .iter()
+        .filter(|r| r.seq > from && upto.is_none_or(|u| r.seq <= u))
+    {
+        follow.events_seen = Some(r.seq);
+        let Some(name) = r.event.name() else { continue };
+        let live = r.seq > follow.started;
+        follow
+            .progress
+            .event(name, r.event.body.get("data"), live, known);
+        job_event |= jobs::JOB_EVENTS.contains(&name);
+    }
+    job_event
 }
 
 /// A failed shell command `name` (`/wait`, say): `ERROR: NAME: TEXT` on

@@ -30,7 +30,7 @@ use clap::Parser as _;
 use qmp_client::router::RouterOptions;
 use qmp_client::{Client, Listener};
 
-use crate::app::{die, is_interactive, run_session};
+use crate::app::{die, die_as, is_interactive, run_session};
 use crate::cli::{self, WrapArgs, SHELL_ONLY_OPTIONS};
 use crate::connect::{client_options, SharedLog};
 use crate::proxy::share;
@@ -198,6 +198,35 @@ impl Qemu {
     }
 }
 
+/// With `--json`: QEMU's standard error, each line as `{"qemu": LINE}` on
+/// ours, so that it stays JSON Lines. The receiver hears when QEMU's end
+/// closed.
+fn forward_stderr(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receiver<()> {
+    let (done, closed) = std::sync::mpsc::channel();
+    let _ = std::thread::Builder::new()
+        .name("qemu-stderr".to_owned())
+        .spawn(move || {
+            let mut reader = std::io::BufReader::new(stderr);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                // A line 64 KiB long at most (longer ones come in pieces).
+                let mut bounded = std::io::Read::take(&mut reader, 64 << 10);
+                match std::io::BufRead::read_until(&mut bounded, b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line);
+                        let mut obj = qmp_client::Object::new();
+                        obj.insert("qemu".to_owned(), text.trim_end_matches('\n').into());
+                        crate::output::eprint_object(obj);
+                    }
+                }
+            }
+            let _ = done.send(());
+        });
+    closed
+}
+
 /// The `qmp-shell-wrap` program; returns the exit status.
 pub fn main() -> i32 {
     let args = WrapArgs::try_parse()
@@ -205,6 +234,7 @@ pub fn main() -> i32 {
     if let Err(msg) = args.common.check() {
         cli::usage_error("qmp-shell-wrap", USAGE, &msg);
     }
+    crate::output::set_json_stderr(args.common.json);
     if let Some(first) = args.command.first() {
         let option = first.split('=').next().unwrap_or(first);
         if SHELL_ONLY_OPTIONS.contains(&option) {
@@ -255,13 +285,17 @@ pub fn main() -> i32 {
             Ok(())
         });
     }
-    let child = match command.spawn() {
+    if args.common.json {
+        command.stderr(Stdio::piped());
+    }
+    let mut child = match command.spawn() {
         Ok(child) => child,
         Err(err) if err.kind() == ErrorKind::NotFound => {
             return die(&format!("QEMU executable '{}' not found.", argv[0]));
         }
         Err(err) => return die(&format!("cannot start '{}': {err}", argv[0])),
     };
+    let qemu_stderr = child.stderr.take().map(forward_stderr);
     let targets = Targets {
         pgid: child.id() as i32,
         peer: Arc::new(AtomicI32::new(0)),
@@ -298,15 +332,27 @@ pub fn main() -> i32 {
                     return 128 + sig;
                 }
                 let status = exited.map(|s| s.to_string()).unwrap_or_default();
-                return die(&format!("QEMU exited before connecting ({status})"));
+                // What QEMU said about it first.
+                if let Some(done) = &qemu_stderr {
+                    let _ = done.recv_timeout(Duration::from_secs(1));
+                }
+                return die_as(
+                    "ConnectError",
+                    &format!("QEMU exited before connecting ({status})"),
+                );
             }
             Err(err) if err.kind() == ErrorKind::TimedOut => {
-                return die(&format!(
-                    "QEMU did not connect within {} s",
-                    ACCEPT_TIMEOUT.as_secs()
-                ))
+                return die_as(
+                    "ConnectError",
+                    &format!("QEMU did not connect within {} s", ACCEPT_TIMEOUT.as_secs()),
+                )
             }
-            Err(err) => return die(&format!("waiting for QEMU to connect: {err}")),
+            Err(err) => {
+                return die_as(
+                    "ConnectError",
+                    &format!("waiting for QEMU to connect: {err}"),
+                )
+            }
         };
         if let Some(pid) = peer_pid(&stream) {
             qemu.targets.peer.store(pid, Ordering::SeqCst);
@@ -314,7 +360,12 @@ pub fn main() -> i32 {
         let opts = client_options(args.common.timeout, true, log.as_ref());
         let c = match Client::from_unix_stream(stream, opts) {
             Ok(c) => Arc::new(c),
-            Err(err) => return die(&format!("QEMU connected but {}", client_error(&err))),
+            Err(err) => {
+                return die_as(
+                    "ConnectError",
+                    &format!("QEMU connected but {}", client_error(&err)),
+                )
+            }
         };
         client = Some(Arc::clone(&c));
         // --serve: share this QEMU with other clients while the shell runs.
@@ -345,10 +396,9 @@ pub fn main() -> i32 {
     }
     drop(listener);
     if let Err(err) = dir.close() {
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("warning: could not remove the socket directory: {err}\n"),
-        );
+        crate::output::eprint(&format!(
+            "warning: could not remove the socket directory: {err}\n"
+        ));
     }
     signals::restore_terminal();
     code

@@ -126,9 +126,15 @@ fn dead_hung_and_failing_targets() {
         "{}",
         h[0]
     );
+    // With --json, standard error is JSON lines: the summary too.
     assert_eq!(
-        text(&out.stderr),
-        "qmp-shell: 5 targets: 0 answered, 3 with failed commands, 2 unreachable or lost\n"
+        json_lines(&out.stderr),
+        [
+            serde_json::json!({"summary": {"targets": 5, "answered": 0, "failed": 3,
+            "unreachable": 2, "interrupted": 0, "stopped": 0, "not-run": 0}})
+        ],
+        "{}",
+        show(&out)
     );
 }
 
@@ -243,17 +249,32 @@ fn standard_output_closed_or_full_stops_every_target() {
     let mut args: Vec<&str> = vec!["-j", "2", "-c", "query-name", "-c", "query-status"];
     args.extend(peers.iter().map(Peer::socket_str));
     let cache = tempfile::tempdir().unwrap();
-    let shell = |redirect: &str| {
+    let shell_with = |json: bool, redirect: &str| {
         let mut cmd = std::process::Command::new("bash");
         cmd.arg("-c")
             .arg(format!(
                 "\"$0\" \"$@\" {redirect}; echo \"status=${{PIPESTATUS[0]}}\" >&2"
             ))
             .arg(ours())
+            .args(json.then_some("--json"))
             .args(&args)
             .env("XDG_CACHE_HOME", cache.path());
         run_with_timeout(cmd, b"", SHELL_TIMEOUT)
     };
+    let shell = |redirect: &str| shell_with(false, redirect);
+    // With --json, the summary is a JSON line like every other.
+    let out = shell_with(true, "> /dev/full");
+    let err = text(&out.stderr);
+    let (summary, status) = err.split_once('\n').unwrap();
+    assert_eq!(status, "status=1\n", "{}", show(&out));
+    assert_eq!(
+        serde_json::from_str::<Value>(summary).unwrap(),
+        serde_json::json!({"summary": {"targets": 6, "answered": 0, "failed": 0,
+            "unreachable": 0, "interrupted": 0, "stopped": 6, "not-run": 0,
+            "why": "cannot write to standard output: No space left on device (os error 28)"}}),
+        "{}",
+        show(&out)
+    );
     let out = shell("| head -n 1");
     assert_eq!(text(&out.stdout).lines().count(), 1, "{}", show(&out));
     let err = text(&out.stderr);

@@ -370,12 +370,18 @@ fn an_unterminated_transaction_is_an_error_and_nothing_is_sent() {
         all.extend(["-l", log.to_str().unwrap(), peer.socket_str()]);
         let out = run_shell(&ours(), &all, input, SHELL_TIMEOUT);
         assert_eq!(out.status.code(), Some(3), "{args:?}: {}", show(&out));
-        assert!(
-            text(&out.stderr)
-                .contains("ERROR: end of input inside a transaction: 1 action not sent\n"),
-            "{}",
-            show(&out)
-        );
+        let said = "end of input inside a transaction: 1 action not sent";
+        if args.contains(&"--json") {
+            // Standard error is JSON lines.
+            let error = serde_json::json!({"error": {"class": "ParseError", "desc": said}});
+            assert_eq!(json_lines(&out.stderr), [error], "{}", show(&out));
+        } else {
+            assert!(
+                text(&out.stderr).contains(&format!("ERROR: {said}\n")),
+                "{}",
+                show(&out)
+            );
+        }
         assert!(
             log_lines(&log)
                 .iter()

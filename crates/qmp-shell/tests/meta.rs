@@ -161,6 +161,163 @@ fn wait_for_an_unknown_event_is_an_error() {
     assert_eq!(text(&out.stdout), "{\"return\": {}}\n");
 }
 
+/// Two backups at 32 MiB/s: `ja` (32 MiB) ends long before `jb` (96 MiB).
+const TWO_JOBS: &str = "\
+blockdev-add driver=null-co node-name=a1 size=33554432
+blockdev-add driver=null-co node-name=a2 size=33554432
+blockdev-add driver=null-co node-name=b1 size=100663296
+blockdev-add driver=null-co node-name=b2 size=100663296
+blockdev-backup job-id=ja device=a1 target=a2 sync=full speed=33554432
+blockdev-backup job-id=jb device=b1 target=b2 sync=full speed=33554432
+";
+
+#[test]
+fn wait_twice_returns_each_event_once() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    let script = format!(
+        "{TWO_JOBS}/wait --timeout=60 BLOCK_JOB_COMPLETED\n\
+         /wait --timeout=60 BLOCK_JOB_COMPLETED\nquery-block-jobs\n\
+         /wait --timeout=1 BLOCK_JOB_COMPLETED\nquery-name\n"
+    );
+    let out = shell(&["--json", peer.socket_str()], &script, cache.path());
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 11, "{}", show(&out));
+    // Each /wait consumed the event it returned: the second one waited for
+    // the second job, which was over before the script went on.
+    assert_eq!(lines[6]["data"]["device"], "ja", "{}", show(&out));
+    assert_eq!(lines[7]["data"]["device"], "jb", "{}", show(&out));
+    assert_eq!(lines[8], serde_json::json!({"return": []}));
+    // No third one.
+    assert_eq!(lines[9]["error"]["class"], "Timeout", "{}", show(&out));
+    assert_eq!(lines[10], serde_json::json!({"return": {}}));
+}
+
+#[test]
+fn wait_counts_events_from_the_previous_command_sent_and_each_once() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    // On a pipe (banner, prompts, events at empty lines): `/wait` twice;
+    // an empty line printing the events before a `/wait`, which still
+    // sees its event; an event from before the previous command; and one
+    // from before a command sent before the reply that follows it (the
+    // commands are pipelined).
+    let script = "\
+stop
+/wait STOP
+/wait --timeout=1 STOP
+cont
+
+/wait RESUME
+query-name
+/wait --timeout=1 RESUME
+stop
+query-status
+/wait --timeout=1 STOP
+";
+    let out = shell(&["--exit-status", peer.socket_str()], script, cache.path());
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let stdout = without_timestamps(&text(&out.stdout));
+    let (_banner, session) = stdout.split_once("\n\n").expect("the banner");
+    let stop = r#"{"timestamp": {"seconds": S, "microseconds": U}, "event": "STOP"}"#;
+    let resume = r#"{"timestamp": {"seconds": S, "microseconds": U}, "event": "RESUME"}"#;
+    let ok = r#"{"return": {}}"#;
+    let paused = r#"{"return": {"status": "paused", "singlestep": false, "running": false}}"#;
+    assert_eq!(
+        session,
+        format!(
+            "(QEMU) {ok}\n(QEMU) {stop}\n(QEMU) (QEMU) {ok}\n\
+             (QEMU) {stop}\n{resume}\n(QEMU) {resume}\n\
+             (QEMU) {ok}\n(QEMU) (QEMU) {ok}\n(QEMU) {paused}\n(QEMU) (QEMU) \n"
+        ),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        text(&out.stderr),
+        "ERROR: /wait: no STOP event within 1 s\n\
+         ERROR: /wait: no RESUME event within 1 s\n\
+         ERROR: /wait: no STOP event within 1 s\n"
+    );
+}
+
+#[test]
+fn wait_after_a_timeout_takes_a_later_event_once() {
+    let peer = Peer::qemu_two_monitors(&["-M", "none"]);
+    let cache = tempfile::tempdir().unwrap();
+    let mut shell = Running::start(
+        &ours(),
+        &["--json", peer.socket_str()],
+        &[("XDG_CACHE_HOME", cache.path().to_str().unwrap())],
+    );
+    shell.send("query-name\n/wait --timeout=1 STOP\nquery-version\n");
+    shell.wait_stdout("\"qemu\"");
+    // STOP comes through the other monitor, after the command before the
+    // next /wait was sent.
+    shell.send("/wait --timeout=60 STOP\n");
+    qmp_raw(peer.second_socket(), &[r#"{"execute": "stop"}"#]);
+    shell.wait_stdout("\"STOP\"");
+    shell.send("/wait --timeout=1 STOP\nquery-status\n");
+    let (status, stdout, stderr) = shell.finish(SHELL_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
+    let lines = json_lines(stdout.as_bytes());
+    let shape: Vec<String> = lines
+        .iter()
+        .map(
+            |l| match (&l["error"]["class"], &l["event"], &l["return"]) {
+                (Value::String(class), _, _) => class.clone(),
+                (_, Value::String(event), _) => event.clone(),
+                (_, _, ret) if ret.get("qemu").is_some() => "version".to_owned(),
+                (_, _, ret) if ret.get("status").is_some() => ret["status"].to_string(),
+                _ => l.to_string(),
+            },
+        )
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            r#"{"return":{}}"#,
+            "Timeout",
+            "version",
+            "STOP",
+            "Timeout",
+            "\"paused\""
+        ],
+        "{stdout}{stderr}"
+    );
+}
+
+#[test]
+fn wait_is_not_fooled_by_a_slow_reader_of_its_output() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    // The schema fills the pipe, so the shell prints the reply to `stop`
+    // only once the reader wakes up, long after RESUME came: RESUME still
+    // came after `cont` was sent, and `/wait` takes it.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        r#"{ "$0" --json "$1"; echo "exit=$?" >&2; } | { sleep 2; cat; }"#,
+        ours().to_str().unwrap(),
+        peer.socket_str(),
+    ]);
+    let out = run_program_env(
+        cmd,
+        &[],
+        "query-qmp-schema\nquery-qmp-schema\nstop\ncont\n/wait --timeout=10 RESUME\nquery-name\n",
+        SHELL_TIMEOUT,
+        &[("XDG_CACHE_HOME", cache.path().to_str().unwrap())],
+    );
+    let stderr = text(&out.stderr);
+    assert!(stderr.ends_with("\nexit=0\n"), "{stderr}");
+    assert!(!stderr.contains("/wait"), "{stderr}");
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 6);
+    assert_eq!(lines[4]["event"], "RESUME");
+    assert_eq!(lines[5], serde_json::json!({"return": {}}));
+}
+
 // ---------------------------------------------------------------------------
 // /jobs
 // ---------------------------------------------------------------------------
@@ -209,6 +366,280 @@ fn jobs_with_nothing_running_ends_at_once() {
     let out = shell(&["-c", "/jobs", peer.socket_str()], "", cache.path());
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_eq!(text(&out.stdout), "{\"jobs\": []}\n");
+}
+
+/// The lines `/jobs` printed for jobs (not its final state).
+fn job_lines(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|l| l.get("job").is_some()).collect()
+}
+
+#[test]
+fn jobs_shows_only_jobs_that_exist_when_it_starts_with_their_real_figures() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    // `ja` is over before `/jobs` starts; `jb` (16 MiB at 8 MiB/s) runs;
+    // then `/jobs` again, when both are over.
+    let script = "\
+blockdev-add driver=null-co node-name=a1 size=1048576
+blockdev-add driver=null-co node-name=a2 size=1048576
+blockdev-add driver=null-co node-name=b1 size=16777216
+blockdev-add driver=null-co node-name=b2 size=16777216
+blockdev-backup job-id=ja device=a1 target=a2 sync=full
+/wait --timeout=60 JOB_STATUS_CHANGE id=ja status=null
+blockdev-backup job-id=jb device=b1 target=b2 sync=full speed=8388608
+/jobs --timeout=60
+/jobs --timeout=60
+";
+    let out = shell(&["--json", peer.socket_str()], script, cache.path());
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let lines = json_lines(&out.stdout);
+    let jobs = job_lines(&lines);
+    assert!(!jobs.is_empty(), "{}", show(&out));
+    for line in &jobs {
+        assert_eq!(line["job"], "jb", "{}", show(&out));
+        assert_eq!(line["type"], "backup", "{}", show(&out));
+        assert_eq!(line["total-progress"], 16777216, "{}", show(&out));
+    }
+    let finals: Vec<&Value> = lines.iter().filter(|l| l.get("jobs").is_some()).collect();
+    assert_eq!(finals.len(), 2, "{}", show(&out));
+    let first = finals[0]["jobs"].as_array().unwrap();
+    assert_eq!(first.len(), 1, "{}", show(&out));
+    assert_eq!(first[0]["job"], "jb");
+    assert_eq!(first[0]["type"], "backup");
+    assert_eq!(first[0]["percent"], 100);
+    // jb ended before the second /jobs started.
+    assert_eq!(
+        *finals[1],
+        serde_json::json!({"jobs": []}),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn jobs_after_a_timeout_and_an_error_still_follows_a_running_job() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    // 32 MiB at 8 MiB/s: four seconds; the first /jobs gives up long before.
+    let script = "\
+blockdev-add driver=null-co node-name=b1 size=33554432
+blockdev-add driver=null-co node-name=b2 size=33554432
+blockdev-backup job-id=jb device=b1 target=b2 sync=full speed=8388608
+/jobs --timeout=0.5
+no-such-command
+/jobs --timeout=60
+/jobs --timeout=60
+";
+    let out = shell(&["--json", peer.socket_str()], script, cache.path());
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let lines = json_lines(&out.stdout);
+    let shape: Vec<String> = lines
+        .iter()
+        .filter(|l| l.get("job").is_none())
+        .map(|l| match (&l["error"]["class"], &l["jobs"]) {
+            (Value::String(class), _) => class.clone(),
+            (_, Value::Array(jobs)) => format!(
+                "jobs {}",
+                jobs.iter()
+                    .map(|j| format!("{} {} {}", j["job"], j["type"], j["status"]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => l.to_string(),
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            r#"{"return":{}}"#,
+            r#"{"return":{}}"#,
+            r#"{"return":{}}"#,
+            r#"jobs "jb" "backup" "running""#,
+            "Timeout",
+            "CommandNotFound",
+            r#"jobs "jb" "backup" "null""#,
+            "jobs ",
+        ],
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn jobs_shows_a_paused_job_with_its_real_figures_and_not_once_cancelled() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    let script = "\
+blockdev-add driver=null-co node-name=p1 size=67108864
+blockdev-add driver=null-co node-name=p2 size=67108864
+blockdev-backup job-id=jp device=p1 target=p2 sync=full speed=4194304
+/wait --timeout=60 JOB_STATUS_CHANGE id=jp status=running
+job-pause id=jp
+/jobs --timeout=60
+block-job-cancel device=jp force=true
+/wait --timeout=60 JOB_STATUS_CHANGE id=jp status=null
+/jobs --timeout=60
+";
+    let out = shell(&["--json", peer.socket_str()], script, cache.path());
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let lines = json_lines(&out.stdout);
+    // Paused waits for job-resume: /jobs ends at once, with the job's type
+    // and progress (not a placeholder) on every line.
+    let jobs = job_lines(&lines);
+    assert!(!jobs.is_empty(), "{}", show(&out));
+    let first = lines.iter().find_map(|l| l["jobs"].as_array()).unwrap();
+    assert_eq!(first.len(), 1, "{}", show(&out));
+    for line in jobs.into_iter().chain(first) {
+        assert_eq!(line["job"], "jp", "{}", show(&out));
+        assert_eq!(line["type"], "backup", "{}", show(&out));
+        assert_eq!(line["status"], "paused", "{}", show(&out));
+        assert_eq!(line["total-progress"], 67108864, "{}", show(&out));
+        assert!(line["current-progress"].as_u64().unwrap() > 0, "{line}");
+    }
+    // Cancelled and gone before the next /jobs started.
+    assert_eq!(
+        lines[lines.len() - 1],
+        serde_json::json!({"jobs": []}),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn jobs_keeps_the_real_figures_of_a_job_cancelled_while_it_follows() {
+    let peer = Peer::qemu_two_monitors(&["-M", "none"]);
+    let cache = tempfile::tempdir().unwrap();
+    let mut shell = Running::start(
+        &ours(),
+        &["--json", peer.socket_str()],
+        &[("XDG_CACHE_HOME", cache.path().to_str().unwrap())],
+    );
+    // 64 MiB at 4 MiB/s: sixteen seconds, cancelled long before.
+    shell.send(
+        "blockdev-add driver=null-co node-name=c1 size=67108864\n\
+         blockdev-add driver=null-co node-name=c2 size=67108864\n\
+         blockdev-backup job-id=jc device=c1 target=c2 sync=full speed=4194304\n\
+         /jobs --timeout=60\n",
+    );
+    shell.wait_stdout("\"percent\"");
+    qmp_raw(
+        peer.second_socket(),
+        &[r#"{"execute": "block-job-cancel", "arguments": {"device": "jc"}}"#],
+    );
+    let (status, stdout, stderr) = shell.finish(SHELL_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
+    let lines = json_lines(stdout.as_bytes());
+    let last = lines.last().unwrap()["jobs"].as_array().unwrap().clone();
+    assert_eq!(last.len(), 1, "{stdout}");
+    let job = &last[0];
+    assert_eq!(job["job"], "jc");
+    assert_eq!(job["type"], "backup", "{stdout}");
+    assert_eq!(job["status"], "null", "{stdout}");
+    assert_eq!(job["total-progress"], 67108864, "{stdout}");
+    let done = job["current-progress"].as_u64().unwrap();
+    assert!(done > 0 && done < 67108864, "{stdout}");
+    for line in job_lines(&lines) {
+        assert_eq!(line["type"], "backup", "{stdout}");
+    }
+}
+
+/// `-M pc` with 256 MiB of RAM, 8 MiB of it random (not zero pages, which
+/// migration hardly sends), paused; a private directory for files.
+fn pc_with_data() -> (Peer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("random.bin");
+    let mut bytes = vec![0u8; 8 << 20];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .unwrap();
+    std::fs::write(&data, &bytes).unwrap();
+    let loader = format!("loader,file={},addr=0x1000000", data.display());
+    let peer = Peer::qemu_with_args(&["-M", "pc", "-m", "256", "-S", "-device", &loader]);
+    (peer, dir)
+}
+
+#[test]
+fn jobs_follows_a_migration_to_100_percent_and_not_after() {
+    let (peer, _dir) = pc_with_data();
+    let cache = tempfile::tempdir().unwrap();
+    // 8 MiB of data at 4 MiB/s: about two seconds.
+    let script = "\
+migrate-set-parameters max-bandwidth=4194304
+migrate uri=\"exec:cat > /dev/null\"
+/jobs --timeout=60
+/jobs --timeout=60
+query-migrate
+";
+    let out = shell(&["--json", peer.socket_str()], script, cache.path());
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let lines = json_lines(&out.stdout);
+    let finals: Vec<&Value> = lines.iter().filter(|l| l.get("jobs").is_some()).collect();
+    assert_eq!(finals.len(), 2, "{}", show(&out));
+    let first = finals[0]["jobs"].as_array().unwrap();
+    assert_eq!(first.len(), 1, "{}", show(&out));
+    let m = &first[0];
+    assert_eq!(m["job"], "migration");
+    assert_eq!(m["type"], "migration");
+    assert_eq!(m["status"], "completed", "{}", show(&out));
+    // Completed is 100%, though most of RAM (zero pages) was never sent.
+    assert_eq!(m["percent"], 100, "{}", show(&out));
+    assert_eq!(m["current-progress"], m["total-progress"]);
+    // Progress grew while it ran.
+    let percents: Vec<u64> = job_lines(&lines)
+        .iter()
+        .filter_map(|l| l["percent"].as_u64())
+        .collect();
+    assert!(percents.windows(2).all(|w| w[0] <= w[1]), "{percents:?}");
+    // It completed before the second /jobs started.
+    assert_eq!(
+        *finals[1],
+        serde_json::json!({"jobs": []}),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(lines.last().unwrap()["return"]["status"], "completed");
+}
+
+#[test]
+fn jobs_does_not_list_the_migration_inside_a_finished_snapshot_save() {
+    let peer = Peer::qemu_with_args(&["-M", "pc", "-m", "64", "-S"]);
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("vm.qcow2");
+    // A qcow2 node made through QMP (qemu-img may be missing).
+    let script = format!(
+        "blockdev-create job-id=c0 options={{\"driver\":\"file\",\"filename\":\"{img}\",\"size\":0}}\n\
+         /wait --timeout=60 JOB_STATUS_CHANGE id=c0 status=concluded\n\
+         job-dismiss id=c0\n\
+         blockdev-add driver=file filename={img} node-name=f0\n\
+         blockdev-create job-id=c1 options={{\"driver\":\"qcow2\",\"file\":\"f0\",\"size\":67108864}}\n\
+         /wait --timeout=60 JOB_STATUS_CHANGE id=c1 status=concluded\n\
+         job-dismiss id=c1\n\
+         blockdev-add driver=qcow2 node-name=q0 file=f0\n\
+         snapshot-save job-id=s0 tag=t0 vmstate=q0 devices=[\"q0\"]\n\
+         /wait --timeout=60 JOB_STATUS_CHANGE id=s0 status=concluded\n\
+         job-dismiss id=s0\n\
+         query-migrate\n\
+         /jobs --timeout=60\n",
+        img = image.display()
+    );
+    let out = shell(&["--json", peer.socket_str()], &script, cache.path());
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let lines = json_lines(&out.stdout);
+    // The snapshot's migration is over (query-migrate reports it for
+    // ever): /jobs has nothing to show.
+    assert_eq!(
+        lines[lines.len() - 2]["return"]["status"],
+        "completed",
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        lines[lines.len() - 1],
+        serde_json::json!({"jobs": []}),
+        "{}",
+        show(&out)
+    );
 }
 
 // ---------------------------------------------------------------------------

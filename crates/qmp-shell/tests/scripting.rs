@@ -202,8 +202,119 @@ fn json_prints_exactly_one_line_per_reply() {
     assert!(!stdout.contains("Welcome") && !stdout.contains("(QEMU)"));
     // Compact, as json.dumps() without indent.
     assert!(!stdout.contains("\n    "), "{}", show(&out));
+    // Standard error is JSON lines too: the parse error, as on stdout.
+    assert_eq!(
+        json_lines(&out.stderr),
+        [replies[5].clone()],
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn json_standard_error_is_json_lines() {
+    let peer = Peer::qemu_none();
+    // A deprecation warning, a parse error, a /wait that times out, events,
+    // and end of input inside a transaction.
+    let input = "drive-backup device=nothing target=/nonexistent sync=full\n\
+                 query-name (\n\
+                 /wait --timeout=0.5 STOP\n\
+                 stop\n\
+                 cont\n\
+                 transaction(\n\
+                 abort\n";
+    let cache = tempfile::tempdir().unwrap();
+    let out = common::run_shell_env(
+        &ours(),
+        &["--json", peer.socket_str()],
+        input,
+        SHELL_TIMEOUT,
+        &[("XDG_CACHE_HOME", cache.path().to_str().unwrap())],
+    );
+    assert_status(&out, 0);
+    let lines = json_lines(&out.stderr);
+    let kinds: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let obj = l.as_object().expect("one object per line");
+            match obj.keys().find(|k| *k != "timestamp" && *k != "data") {
+                Some(k) if k == "event" => format!("event {}", l["event"].as_str().unwrap()),
+                Some(k) if k == "error" => format!("error {}", error_class(l).unwrap()),
+                Some(k) => k.clone(),
+                None => l.to_string(),
+            }
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "warning",
+            "error ParseError",
+            "error Timeout",
+            "event STOP",
+            "event RESUME",
+            "error ParseError"
+        ],
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        lines[0]["warning"],
+        "command drive-backup is deprecated (QMP schema)",
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        lines[2]["error"]["desc"],
+        "/wait: no STOP event within 0.5 s"
+    );
+    assert_eq!(
+        lines[5]["error"]["desc"],
+        "end of input inside a transaction: 1 action not sent"
+    );
+}
+
+#[test]
+fn json_connection_errors_and_a_full_stdout_are_json_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.sock");
+    let out = run_shell(
+        &ours(),
+        &["--json", "-c", "query-name", missing.to_str().unwrap()],
+        "",
+        SHELL_TIMEOUT,
+    );
+    assert_status(&out, 1);
+    assert_eq!(text(&out.stdout), "");
+    let lines = json_lines(&out.stderr);
+    assert_eq!(lines.len(), 1, "{}", show(&out));
+    assert_eq!(error_class(&lines[0]), Some("ConnectError"));
     assert!(
-        text(&out.stderr).starts_with("Error while parsing command line: "),
+        lines[0]["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .starts_with("Couldn't connect to "),
+        "{}",
+        show(&out)
+    );
+    // Standard output that cannot be written.
+    let peer = Peer::qemu_none();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        r#"exec "$0" --json -c query-name "$1" > /dev/full"#,
+        ours().to_str().unwrap(),
+        peer.socket_str(),
+    ]);
+    let out = common::run_program(cmd, &[], "", SHELL_TIMEOUT);
+    assert_status(&out, 1);
+    let lines = json_lines(&out.stderr);
+    assert_eq!(lines.len(), 1, "{}", show(&out));
+    assert!(
+        lines[0]["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot write to standard output: "),
         "{}",
         show(&out)
     );

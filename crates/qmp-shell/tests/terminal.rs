@@ -930,6 +930,98 @@ fn jobs_shows_a_progress_bar_and_ctrl_c_stops_following() {
     t.assert_terminal_usable();
 }
 
+/// The progress bars on the screen: label, percent and status of each
+/// (a bar as wide as the terminal is joined with the next line).
+fn bars(screen: &str) -> Vec<(String, u64, String)> {
+    let re =
+        regex::Regex::new(r"(\S+(?: \S+)?) [=> ]{30} +(\d+)% +.*? ETA +\S+ ([a-z-]+)").unwrap();
+    re.captures_iter(screen)
+        .map(|c| (c[1].to_owned(), c[2].parse().unwrap(), c[3].to_owned()))
+        .collect()
+}
+
+#[test]
+fn jobs_bars_follow_events_and_leave_no_stale_bar_behind() {
+    let peer = Peer::qemu_none();
+    let t = Term::start(&[peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+    for line in [
+        "blockdev-add driver=null-co node-name=m1 size=16777216",
+        "blockdev-add driver=null-co node-name=m2 size=16777216",
+        "blockdev-add driver=null-co node-name=b1 size=67108864",
+        "blockdev-add driver=null-co node-name=b2 size=67108864",
+    ] {
+        t.line(line);
+    }
+    t.wait_count("{\"return\": {}}", 4);
+    // The mirror is ready within a second; the backup takes four.
+    t.line("blockdev-mirror job-id=m0 device=m1 target=m2 sync=full speed=33554432");
+    t.line("blockdev-backup job-id=bk device=b1 target=b2 sync=full speed=16777216");
+    t.wait_count("{\"return\": {}}", 6);
+    t.line("/jobs");
+    // The events are printed as they come, above the bars; the mirror's
+    // bar says it is ready while the backup's still runs.
+    t.wait_until("the mirror's bar ready beside the running backup", |s| {
+        let bars = bars(s);
+        bars.iter()
+            .any(|(l, p, st)| l == "mirror m0" && *p == 100 && st == "ready")
+            && bars
+                .iter()
+                .any(|(l, _, st)| l == "backup bk" && st == "running")
+    });
+    t.wait_for("{\"jobs\": [{\"job\": \"bk\"");
+    t.wait_line(PROMPT);
+    let screen = t.screen();
+    assert!(
+        screen.contains("\"event\": \"BLOCK_JOB_COMPLETED\""),
+        "{}",
+        t.failure("events printed while following")
+    );
+    // Nothing of the bars is left: no copy that an event pushed up.
+    assert_eq!(bars(&screen), [], "{}", t.failure("stale progress bars"));
+    t.press(&["C-d"]);
+    assert_eq!(t.wait_exit(), 0, "{}", t.failure("exit status"));
+}
+
+#[test]
+fn jobs_bar_of_a_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("random.bin");
+    let mut bytes = vec![0u8; 16 << 20];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .unwrap();
+    std::fs::write(&data, &bytes).unwrap();
+    let loader = format!("loader,file={},addr=0x1000000", data.display());
+    let peer = Peer::qemu_with_args(&["-M", "pc", "-m", "256", "-S", "-device", &loader]);
+    let t = Term::start(&[peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+    // 16 MiB of data at 4 MiB/s: four seconds.
+    t.line("migrate-set-parameters max-bandwidth=4194304");
+    t.line("migrate uri=\"exec:cat > /dev/null\"");
+    t.wait_count("{\"return\": {}}", 2);
+    t.line("/jobs");
+    let screen = t.wait_until("the migration's bar", |s| {
+        bars(s).iter().any(|(_, _, st)| st == "active")
+    });
+    assert_eq!(
+        bars(&screen)[0].0,
+        "migration",
+        "{}",
+        t.failure("the bar's label")
+    );
+    let screen = t.wait_for("\"status\": \"completed\"");
+    assert!(
+        screen.contains("\"percent\": 100}]}"),
+        "{}",
+        t.failure("a completed migration at 100%")
+    );
+    t.wait_line(PROMPT);
+    assert_eq!(bars(&t.screen()), [], "{}", t.failure("bars left"));
+    t.press(&["C-d"]);
+    assert_eq!(t.wait_exit(), 0, "{}", t.failure("exit status"));
+}
+
 #[test]
 fn completion_of_shell_commands_events_and_marks() {
     let peer = Peer::qemu_none();

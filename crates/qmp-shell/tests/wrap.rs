@@ -425,6 +425,45 @@ fn qemu_exiting_at_once_is_a_clear_error() {
 }
 
 #[test]
+fn with_json_the_errors_of_the_wrap_and_of_qemu_are_json_lines() {
+    let (out, tmp) = run_wrap(
+        &["--json", "--", "qemu-system-x86_64", "-M", "nosuchmachine"],
+        "query-status\n",
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    // QEMU's own complaint, each of its lines as {"qemu": LINE}, then ours.
+    let lines = json_lines(&out.stderr);
+    let (last, qemu) = lines.split_last().expect("some lines");
+    assert!(!qemu.is_empty(), "{}", show(&out));
+    assert!(
+        qemu.iter()
+            .all(|l| l.as_object().unwrap().keys().eq(["qemu"])),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        qemu.iter().any(|l| l["qemu"]
+            .as_str()
+            .unwrap()
+            .contains("unsupported machine type")),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(last["error"]["class"], "ConnectError", "{}", show(&out));
+    assert!(
+        last["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .starts_with("QEMU exited before connecting"),
+        "{}",
+        show(&out)
+    );
+    assert!(out.stdout.is_empty(), "{}", show(&out));
+    assert!(wrap_dirs(tmp.path()).is_empty());
+}
+
+#[test]
 fn program_that_never_connects_is_killed_on_signal() {
     // A program that never connects (the appended `-qmp unix:...` lands in
     // the shell's positional parameters): the wrap waits for it; SIGTERM

@@ -457,6 +457,10 @@ pub enum Tapped<'a> {
     /// An event, as it arrived (it is queued for
     /// [`Client::drain_incoming`] as usual).
     Event(&'a Event),
+    /// A reply, as it arrived, before it goes to its request (so a tap
+    /// learns where each reply came among the events); replies nobody
+    /// waits for are shown too.
+    Reply(&'a Reply),
     /// The connection ended; nothing follows.
     Closed,
 }
@@ -615,7 +619,16 @@ impl Shared {
         }
         match frame {
             Ok(obj) => match Message::classify(obj) {
-                Message::Reply(reply) => self.route_reply(st, reply),
+                Message::Reply(reply) => {
+                    if st.syncing.is_some() {
+                        return self.route_reply(st, reply);
+                    }
+                    drop(st);
+                    for tap in self.taps() {
+                        (tap.f)(Tapped::Reply(&reply));
+                    }
+                    self.route_reply(lock(&self.state), reply)
+                }
                 Message::Event(ev) => {
                     if st.syncing.is_some() {
                         return;
@@ -1312,10 +1325,12 @@ impl Client {
 
     /// Register a tap that is shown every event as it arrives (on the
     /// client's reader thread, before it is queued for
-    /// [`drain_incoming`](Client::drain_incoming), which is unchanged), and
+    /// [`drain_incoming`](Client::drain_incoming), which is unchanged),
+    /// every reply as it arrives (before its request gets it), and
     /// [`Tapped::Closed`] once when the connection ends (at once if it
-    /// has ended already). Events dropped while resynchronising with a
-    /// guest agent are not shown. Keep `f` cheap: the reader waits for it;
+    /// has ended already): events and replies in the order of the wire.
+    /// Events and replies dropped while resynchronising with a guest agent
+    /// are not shown. Keep `f` cheap: the reader waits for it;
     /// it must not wait for replies of this client. Dropping the returned
     /// [`EventTap`] removes the tap.
     pub fn tap_events(&self, f: impl Fn(Tapped<'_>) + Send + Sync + 'static) -> EventTap {
@@ -2081,6 +2096,7 @@ mod tests {
         let tap = client.tap_events(move |t| {
             let text = match t {
                 Tapped::Event(e) => e.name().unwrap_or("?").to_owned(),
+                Tapped::Reply(r) => format!("reply {}", r.body.get("return").unwrap()),
                 Tapped::Closed => "closed".to_owned(),
             };
             lock(&tx2).send(format!("a:{text}")).unwrap();
@@ -2109,6 +2125,12 @@ mod tests {
             }
         }
         assert_eq!(names, ["ONE", "TWO"]);
+        // Replies are shown too, in the order of the wire.
+        go_tx
+            .send(b"{\"return\": 7}\r\n{\"event\": \"THREE\"}\r\n")
+            .unwrap();
+        assert_eq!(rx.recv().unwrap(), "a:reply 7");
+        assert_eq!(rx.recv().unwrap(), "a:THREE");
         drop(go_tx);
         assert_eq!(rx.recv().unwrap(), "a:closed");
         client.close();

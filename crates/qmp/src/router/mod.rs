@@ -457,6 +457,7 @@ impl Inner {
                     ds.push_event(&bytes);
                 }
             }
+            Tapped::Reply(_) => {}
             Tapped::Closed => {
                 let list = {
                     let mut conns = lock(&self.conns);
