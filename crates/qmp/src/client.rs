@@ -333,8 +333,9 @@ impl State {
         if self.dropped_events > 0 {
             let n = std::mem::take(&mut self.dropped_events);
             return Some(Incoming::Warning(format!(
-                "{n} older events were dropped (more than {MAX_QUEUED_EVENTS} events \
+                "{n} older {} dropped (more than {MAX_QUEUED_EVENTS} events \
                  or {} MiB queued)",
+                if n == 1 { "event was" } else { "events were" },
                 MAX_QUEUED_EVENT_BYTES >> 20
             )));
         }
