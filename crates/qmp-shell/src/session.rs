@@ -38,6 +38,7 @@ use crate::doorbell::Doorbell;
 use crate::files::{open_private, Existing};
 use crate::hmp;
 use crate::jobs::{self, Bars, Progress};
+use crate::live::{Item, Live};
 use crate::meta::{self, Meta};
 use crate::output::{error_object, Output};
 use crate::readonly;
@@ -115,7 +116,7 @@ enum Slot {
     /// `index` numbers the commands sent (`None` for output that only
     /// keeps its place among replies).
     Reply {
-        pending: Pending,
+        pending: Awaited,
         hmp: bool,
         deadline: Option<Instant>,
         index: Option<u64>,
@@ -134,6 +135,15 @@ enum Slot {
     },
     /// `/jobs`: following jobs until none runs.
     Jobs(Box<Follow>),
+}
+
+/// A reply still to come.
+enum Awaited {
+    /// From the client.
+    Pending(Pending),
+    /// At a terminal: the token of a command whose reply [`Live`] stamps
+    /// in the order of the wire (see [`Engine::live`]).
+    Live(u64),
 }
 
 /// Events copied from the client for `/wait` and `/jobs`, numbered.
@@ -218,6 +228,9 @@ pub struct Engine {
     /// For the last commands answered: how many events had arrived when
     /// their reply was printed.
     marks: VecDeque<(u64, u64)>,
+    /// With live events (a terminal): what arrived and is not printed yet,
+    /// in the order of the wire.
+    live: Option<Arc<Live>>,
 }
 
 impl Engine {
@@ -232,12 +245,17 @@ impl Engine {
         let bell = Arc::clone(&doorbell);
         client.set_notify(Arc::new(move || bell.ring()));
         let tapped = Arc::new(TapBuffer::default());
+        let live = cfg.live_events.then(|| Arc::new(Live::new()));
         let tap = {
             let tapped = Arc::clone(&tapped);
             let bell = Arc::clone(&doorbell);
+            let live = live.clone();
             client.tap_events(move |t| {
                 if let Tapped::Event(ev) = t {
                     tapped.push(ev);
+                    if let Some(live) = &live {
+                        live.push(Item::Event(ev.body.clone()));
+                    }
                 }
                 bell.ring();
             })
@@ -264,7 +282,17 @@ impl Engine {
             recent: VecDeque::new(),
             sent: 0,
             marks: VecDeque::new(),
+            live,
         }
+    }
+
+    /// With live events (a terminal): what arrived and was not printed yet.
+    /// The engine prints it in the order of the wire among the replies;
+    /// the terminal's driver has it printed while the line editor owns the
+    /// screen. Replies to commands come through it too, stamped among the
+    /// events on the client's reader thread.
+    pub fn live(&self) -> Option<&Arc<Live>> {
+        self.live.as_ref()
     }
 
     /// The session's configuration.
@@ -643,7 +671,21 @@ impl Engine {
                 self.warn_marked(name, args);
             }
         }
-        match self.client.submit(request) {
+        let submitted = match &self.live {
+            // Delivered on the reader thread, in the order of the wire.
+            Some(live) => {
+                let token = live.token();
+                let (live, bell) = (Arc::clone(live), Arc::clone(&self.doorbell));
+                self.client
+                    .submit_with(request, move |result| {
+                        live.arrived(token, result);
+                        bell.ring();
+                    })
+                    .map(|()| Awaited::Live(token))
+            }
+            None => self.client.submit(request).map(Awaited::Pending),
+        };
+        match submitted {
             Ok(pending) => {
                 self.sent += 1;
                 self.queue.push_back(Slot::Reply {
@@ -971,8 +1013,12 @@ impl Engine {
                 pending, deadline, ..
             } = front
             {
-                let result = match pending.try_take() {
-                    Some(result) => result,
+                let taken = match pending {
+                    Awaited::Pending(pending) => pending.try_take().map(|r| (Vec::new(), r)),
+                    Awaited::Live(token) => self.live.as_ref().and_then(|l| l.take_reply(*token)),
+                };
+                let (before, result) = match taken {
+                    Some(taken) => taken,
                     None => {
                         let now = Instant::now();
                         match (*deadline, self.cfg.timeout) {
@@ -989,6 +1035,12 @@ impl Engine {
                         break;
                     }
                 };
+                // The events that came before it on the wire, first.
+                for item in before {
+                    if let Err(err) = self.print_live(item) {
+                        return self.output_failed(&err);
+                    }
+                }
                 let Some(Slot::Reply { hmp, index, .. }) = self.queue.pop_front() else {
                     unreachable!("the front slot is a reply");
                 };
@@ -1273,9 +1325,13 @@ impl Engine {
     }
 
     /// Print warnings and late replies from the client (and events, with
-    /// `--json`), unless someone else prints them live.
+    /// `--json`); with live events, what arrived so far and may be printed
+    /// before the replies still awaited.
     fn notices(&mut self) -> io::Result<()> {
-        if self.cfg.live_events {
+        if let Some(live) = self.live.clone() {
+            for item in live.take_printable() {
+                self.print_live(item)?;
+            }
             return Ok(());
         }
         let items = if self.cfg.json {
@@ -1299,6 +1355,21 @@ impl Engine {
             Incoming::LateReply(reply) => {
                 self.out.diag("late reply (the command was abandoned):\n");
                 self.out.reply(shown(reply))
+            }
+        }
+    }
+
+    /// Print what arrived live (at a terminal), as the line editor would.
+    fn print_live(&mut self, item: Item) -> io::Result<()> {
+        match item {
+            Item::Event(body) => self.out.event(body),
+            Item::LateReply(body) => {
+                self.out.text("late reply (the command was abandoned): ")?;
+                self.out.reply(body)
+            }
+            Item::Warning(text) => {
+                self.out.diag(&format!("warning: {text}\n"));
+                Ok(())
             }
         }
     }
@@ -1373,7 +1444,14 @@ impl Engine {
         for slot in std::mem::take(&mut self.queue) {
             match slot {
                 Slot::Reply { pending, .. } => {
-                    pending.abandon(true);
+                    match pending {
+                        Awaited::Pending(pending) => pending.abandon(true),
+                        Awaited::Live(token) => {
+                            if let Some(live) = &self.live {
+                                live.abandon(token);
+                            }
+                        }
+                    }
                     abandoned += 1;
                 }
                 Slot::Barrier => {}
@@ -1399,7 +1477,12 @@ impl Engine {
         let dropped = self.stop_playing();
         if dropped > 0 {
             self.queue.push_back(Slot::Note(format!(
-                "(the {dropped} remaining lines of /play not run)\n"
+                "(the {} of /play not run)\n",
+                if dropped == 1 {
+                    "remaining line".to_owned()
+                } else {
+                    format!("{dropped} remaining lines")
+                }
             )));
         }
     }
@@ -1449,16 +1532,16 @@ fn actions(n: usize) -> String {
     }
 }
 
-/// A [`Pending`] already resolved with `body`, for output that must keep
-/// its place among replies.
-fn ready(body: Object) -> Pending {
-    Pending::resolved(Ok(Reply {
+/// A reply already resolved with `body`, for output that must keep its
+/// place among replies.
+fn ready(body: Object) -> Awaited {
+    Awaited::Pending(Pending::resolved(Ok(Reply {
         body,
         assigned_id: false,
-    }))
+    })))
 }
 
-/// A [`Pending`] already failed with [`QmpError::Disconnected`].
-fn ready_err() -> Pending {
-    Pending::resolved(Err(QmpError::Disconnected))
+/// A reply already failed with [`QmpError::Disconnected`].
+fn ready_err() -> Awaited {
+    Awaited::Pending(Pending::resolved(Err(QmpError::Disconnected)))
 }

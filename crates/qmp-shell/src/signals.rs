@@ -46,6 +46,10 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 /// The terminal settings at start-up, restored on every exit path.
 static TERMIOS: OnceLock<Option<libc::termios>> = OnceLock::new();
 
+/// The controlling terminal whose echo [`echo_off`] turned off, until
+/// [`echo_on`], and the local-mode flags it cleared.
+static QUIET: Mutex<Option<(std::os::fd::OwnedFd, libc::tcflag_t)>> = Mutex::new(None);
+
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -103,6 +107,7 @@ fn emergency_exit(sig: i32) -> ! {
         cleanup();
     }
     restore_terminal();
+    echo_on();
     // SAFETY: _exit(2) ends the process at once, whatever other threads do.
     unsafe { libc::_exit(128 + sig) }
 }
@@ -250,6 +255,79 @@ pub fn restore_terminal() {
             return;
         }
         libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved);
+    }
+}
+
+/// Stop the controlling terminal from echoing what is typed, until
+/// [`echo_on`] (which the emergency exit runs too): keys typed while the
+/// shell is busy then appear only when the line editor reads them, at the
+/// prompt, and never inside what the shell prints; nor does the terminal
+/// echo `^C` (which would wrap a full-width progress bar onto a line of
+/// its own). With `as_typed`, the terminal does not edit lines either:
+/// keys typed ahead reach the line editor as they were typed (Ctrl-D
+/// included, which a line-editing terminal would turn into nothing). Ctrl-C
+/// still interrupts, and still flushes what the terminal holds. Nothing is
+/// done when the process is not in the terminal's foreground (it would be
+/// stopped for it) or has no terminal.
+pub fn echo_off(as_typed: bool) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+    if quiet.is_some() {
+        return;
+    }
+    // SAFETY: open(2) of a constant path; the descriptor is owned at once.
+    let fd = unsafe {
+        libc::open(
+            c"/dev/tty".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: `fd` was just opened and is not owned elsewhere.
+    let tty = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: tcgetpgrp/getpgrp/tcgetattr/tcsetattr(3) on a terminal we
+    // opened, with a zeroed struct tcgetattr fills.
+    unsafe {
+        if libc::tcgetpgrp(tty.as_raw_fd()) != libc::getpgrp() {
+            return;
+        }
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(tty.as_raw_fd(), &mut t) != 0 {
+            return;
+        }
+        let off = t.c_lflag & (libc::ECHO | if as_typed { libc::ICANON } else { 0 });
+        if off == 0 {
+            return;
+        }
+        t.c_lflag &= !off;
+        if off & libc::ICANON != 0 {
+            // Reads (by nobody while the shell is busy) return each key.
+            t.c_cc[libc::VMIN] = 1;
+            t.c_cc[libc::VTIME] = 0;
+        }
+        if libc::tcsetattr(tty.as_raw_fd(), libc::TCSANOW, &t) != 0 {
+            return;
+        }
+        *quiet = Some((tty, off));
+    }
+}
+
+/// Let the terminal echo (and edit lines) again, if [`echo_off`] stopped
+/// it.
+pub fn echo_on() {
+    use std::os::fd::AsRawFd;
+    let Some((tty, off)) = QUIET.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return;
+    };
+    // SAFETY: tcgetattr/tcsetattr(3) on the terminal echo_off opened.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(tty.as_raw_fd(), &mut t) == 0 {
+            t.c_lflag |= off;
+            libc::tcsetattr(tty.as_raw_fd(), libc::TCSANOW, &t);
+        }
     }
 }
 
