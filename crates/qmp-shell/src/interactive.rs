@@ -134,7 +134,13 @@ fn relay_notices(client: Arc<Client>, live: Arc<Live>, gone: Arc<AtomicBool>) {
 fn print_live(live: Arc<Live>, mut printer: Printer, style: Style) {
     let _ = thread::Builder::new()
         .name("events".to_owned())
-        .spawn(move || live.serve_editor(|item| printer.print(item.render(style)).is_ok()));
+        .spawn(move || {
+            live.serve_editor(|items| {
+                // One message: rustyline takes one at a time.
+                let text: String = items.iter().map(|i| i.render(style)).collect();
+                printer.print(text).is_ok()
+            })
+        });
 }
 
 /// Where live output goes: rustyline's printer when standard output is the

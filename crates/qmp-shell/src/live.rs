@@ -229,8 +229,9 @@ impl Live {
 
     /// The line editor owns the screen (`true`: it has drawn its prompt and
     /// prints what arrives above the line) or gives it back (`false`:
-    /// returning a line). Once this returns `false`, nothing is handed to
-    /// the editor any more.
+    /// returning a line). Once this returns `false`, nothing more is taken
+    /// for the editor (what was taken just before may still be on its way
+    /// to the screen: it came before anything the engine prints next).
     pub fn editor(&self, owns: bool) {
         self.lock().editor = owns;
         self.cond.notify_all();
@@ -242,29 +243,32 @@ impl Live {
         self.cond.notify_all();
     }
 
-    /// Hand what arrives to `print` while the line editor owns the screen,
-    /// until [`close`](Live::close). `print` runs with the state locked, so
-    /// the editor cannot give the screen back in the middle; it returns
-    /// `false` when printing failed (nothing more is printed then).
-    pub fn serve_editor(&self, mut print: impl FnMut(&Item) -> bool) {
-        let mut st = self.lock();
+    /// Hand what arrives to `print`, all that is there at a time, while
+    /// the line editor owns the screen, until [`close`](Live::close).
+    /// `print` runs unlocked (rustyline's printer may block until the
+    /// editor has taken the previous message); it returns `false` when
+    /// printing failed (nothing more is printed then).
+    pub fn serve_editor(&self, mut print: impl FnMut(Vec<Item>) -> bool) {
         loop {
-            if st.closed {
-                return;
-            }
-            let items = if st.editor {
-                st.take_printable()
-            } else {
-                Vec::new()
-            };
-            if items.is_empty() {
-                st = self.cond.wait(st).unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            for item in items {
-                if !print(&item) {
-                    return;
+            let items = {
+                let mut st = self.lock();
+                loop {
+                    if st.closed {
+                        return;
+                    }
+                    let items = if st.editor {
+                        st.take_printable()
+                    } else {
+                        Vec::new()
+                    };
+                    if !items.is_empty() {
+                        break items;
+                    }
+                    st = self.cond.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
+            };
+            if !print(items) {
+                return;
             }
         }
     }

@@ -719,7 +719,7 @@ fn events_and_replies_appear_in_the_order_of_the_wire() {
     let peer = Peer::qemu_none();
     let t = Term::start(&[peer.socket_str()], &[]);
     t.wait_line(PROMPT);
-    let rounds = 8;
+    let rounds = 30;
     paste(&t, &"stop\ncont\n".repeat(rounds), false);
     t.wait_count("\"event\": \"RESUME\"", rounds);
     let screen = t.wait_line(PROMPT);
