@@ -815,6 +815,34 @@ fn closing_the_terminal_with_input_queued_ends_the_shell() {
 }
 
 #[test]
+fn ctrl_c_stops_a_play_file() {
+    let peer = Peer::qemu_two_monitors(&["-M", "none"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("session.qmp");
+    std::fs::write(&file, "query-name\nstop\n").unwrap();
+    let log = dir.path().join("qmp.log");
+    let t = Term::start(&["-l", log.to_str().unwrap(), peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+    freeze(peer.pid());
+    t.line(&format!("/play {}", file.display()));
+    // The first line of the file was sent (and waits for frozen QEMU).
+    wait_until("query-name in the log", DEADLINE, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("query-name"))
+    });
+    t.press(&["C-c"]);
+    t.wait_for("(abandoned; a late reply will be shown as such)");
+    t.wait_for("(the remaining line of /play not run)");
+    t.wait_line(PROMPT);
+    thaw(peer.pid());
+    t.wait_for("late reply (the command was abandoned): {\"return\": {}}");
+    t.line("query-version");
+    t.wait_for("\"package\"");
+    assert_eq!(run_state(&peer), "running", "{}", t.failure("`stop` ran"));
+    t.press(&["C-d"]);
+    assert_eq!(t.wait_exit(), 0, "{}", t.failure("exit status"));
+}
+
+#[test]
 fn ctrl_d_typed_while_a_command_waits_ends_the_session_after_it() {
     let peer = Peer::qemu_none();
     let t = Term::start(&[peer.socket_str()], &[]);
