@@ -273,12 +273,29 @@ impl Bars {
         }
     }
 
+    /// A handle to print above the bars.
+    pub fn above(&self) -> Above {
+        Above(self.multi.clone())
+    }
+
     /// Leave the bars as they are (finished) and stop drawing.
     pub fn finish(self) {
         for bar in self.bars.values() {
             bar.abandon();
         }
         let _ = self.multi.clear();
+    }
+}
+
+/// Prints above a [`Bars`] (events arriving while `/jobs` follows jobs).
+#[derive(Clone)]
+pub struct Above(MultiProgress);
+
+impl Above {
+    /// Run `print` with the bars off the screen; they are drawn again
+    /// below what it printed (flush what it wrote before returning).
+    pub fn print<R>(&self, print: impl FnOnce() -> R) -> R {
+        self.0.suspend(print)
     }
 }
 

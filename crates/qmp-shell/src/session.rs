@@ -1092,6 +1092,11 @@ impl Engine {
         if let Some(i) = found {
             let body = self.recent[i].1.body.clone();
             self.pop_barrier();
+            // At a terminal, the events up to it (it included), first.
+            if let Err(err) = self.notices() {
+                self.output_failed(&err);
+                return true;
+            }
             if let Err(err) = self.out.reply(body) {
                 self.output_failed(&err);
             }
@@ -1203,6 +1208,11 @@ impl Engine {
                 bars.finish();
             }
             lines.push(follow.progress.final_json());
+            // The events that came before the polls' replies, first.
+            if let Err(err) = self.notices() {
+                self.output_failed(&err);
+                return true;
+            }
             for line in lines {
                 if let Err(err) = self.out.reply(line) {
                     self.output_failed(&err);
@@ -1215,6 +1225,12 @@ impl Engine {
                 self.print_now(meta_error("/jobs", "Timeout", text));
             }
             return true;
+        }
+        if !lines.is_empty() {
+            if let Err(err) = self.notices() {
+                self.output_failed(&err);
+                return true;
+            }
         }
         for line in lines {
             if let Err(err) = self.out.reply(line) {
@@ -1329,10 +1345,25 @@ impl Engine {
     /// before the replies still awaited.
     fn notices(&mut self) -> io::Result<()> {
         if let Some(live) = self.live.clone() {
-            for item in live.take_printable() {
-                self.print_live(item)?;
+            let items = live.take_printable();
+            if items.is_empty() {
+                return Ok(());
             }
-            return Ok(());
+            // Above the progress bars of a `/jobs`, if any.
+            let above = match self.queue.front() {
+                Some(Slot::Jobs(follow)) => follow.bars.as_ref().map(Bars::above),
+                _ => None,
+            };
+            let print = || {
+                for item in items {
+                    self.print_live(item)?;
+                }
+                self.out.flush()
+            };
+            return match above {
+                Some(above) => above.print(print),
+                None => print(),
+            };
         }
         let items = if self.cfg.json {
             self.client.drain_incoming()

@@ -1175,6 +1175,55 @@ fn jobs_shows_a_progress_bar_and_ctrl_c_stops_following() {
 }
 
 #[test]
+fn events_while_jobs_follows_print_above_the_bars() {
+    let peer = Peer::qemu_none();
+    let t = Term::start(&[peer.socket_str()], &[]);
+    t.wait_line(PROMPT);
+    t.line("blockdev-add driver=null-co node-name=b1 size=8388608");
+    t.line("blockdev-add driver=null-co node-name=b2 size=8388608");
+    t.wait_count("{\"return\": {}}", 2);
+    // 8 MiB at 4 MiB/s: two seconds, then the job's events as it ends.
+    t.line("blockdev-backup job-id=bk device=b1 target=b2 sync=full speed=4194304");
+    t.line("/jobs");
+    t.wait_until("a progress bar", |s| {
+        s.lines().any(|l| l.contains("backup bk"))
+    });
+    t.wait_for("{\"jobs\": ");
+    let screen = t.wait_line(PROMPT);
+    // The events came while the bar was drawn: above it, whole lines; no
+    // bar was left behind in the middle of them.
+    let after_jobs: Vec<&str> = screen
+        .lines()
+        .skip_while(|l| *l != "(QEMU) /jobs")
+        .skip(1)
+        .take_while(|l| *l != PROMPT)
+        .collect();
+    assert!(
+        after_jobs
+            .iter()
+            .any(|l| l.contains("\"BLOCK_JOB_COMPLETED\"")),
+        "{}",
+        t.failure("the job's events")
+    );
+    for l in &after_jobs {
+        assert!(
+            l.starts_with('{'),
+            "{}",
+            t.failure(&format!("not an event nor the final state: {l:?}"))
+        );
+    }
+    // The final state (job gone: "null") comes after the events that led
+    // there, as on the wire.
+    assert!(
+        after_jobs
+            .last()
+            .is_some_and(|l| l.starts_with("{\"jobs\": ")),
+        "{}",
+        t.failure("the final state last")
+    );
+}
+
+#[test]
 fn completion_of_shell_commands_events_and_marks() {
     let peer = Peer::qemu_none();
     let t = Term::start(&[peer.socket_str()], &[]);
