@@ -14,7 +14,9 @@
 //! An empty line is a barrier: nothing after it is sent until every reply
 //! before it was printed, and then the events received so far are printed,
 //! so they are exactly the events caused before it (as with the reference,
-//! which sends one command at a time).
+//! which sends one command at a time). At a terminal events are printed as
+//! they come instead, each reply after exactly the events that preceded it
+//! on the wire ([`crate::live`]).
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
@@ -75,8 +77,10 @@ pub struct Config {
     pub exit_status: bool,
     /// The peer is a guest agent (`-N`): no schema.
     pub guest_agent: bool,
-    /// Events, warnings and late replies are printed by someone else as
-    /// they arrive (the terminal's event printer).
+    /// Events, warnings and late replies are printed as they arrive (a
+    /// terminal): among the replies in the order of the wire, and by the
+    /// terminal's driver while its line editor waits (see
+    /// [`Engine::live`]).
     pub live_events: bool,
     /// `--read-only`: send only what cannot change the VM.
     pub read_only: bool,
