@@ -83,7 +83,7 @@ pub fn run(
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
         // The bar fills the line: a `^C` echoed after it would wrap onto
         // a line of its own, where clearing the bar would not reach it.
-        signals::echo_off(false);
+        signals::echo_off(signals::Quiet::ControlKeys);
         bar
     });
     streams.set_bar(bar.clone());

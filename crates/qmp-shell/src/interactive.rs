@@ -44,7 +44,7 @@ use crate::hmp;
 use crate::live::{Item, Live};
 use crate::render::Style;
 use crate::session::{Engine, LOOKUP_TIMEOUT};
-use crate::signals;
+use crate::signals::{self, Quiet};
 use crate::store::{call_unlogged, SCHEMA_LOOKUP};
 use crate::wording::{counted, shown};
 
@@ -273,8 +273,10 @@ fn drop_held(
     reading.dropping.store(true, Ordering::SeqCst);
     reading.armed.store(true, Ordering::SeqCst);
     signals::in_readline(true);
+    signals::echo_on();
     // Ends with the raised SIGINT: as an interruption (or an error).
     let _ = editor.readline("");
+    signals::echo_off(Quiet::TypeAhead);
     signals::in_readline(false);
     if let Some(terminal) = terminal {
         // Written at once: the terminal is out of raw mode.
@@ -454,7 +456,8 @@ pub fn run(mut engine: Engine, style: Style) -> i32 {
     let mut terminal = editor.create_external_printer().ok();
     relay_notices(Arc::clone(&client), Arc::clone(&live), Arc::clone(&gone));
     print_live(Arc::clone(&live), printer, style);
-    signals::echo_off(true);
+    // Busy until the first prompt.
+    signals::echo_off(Quiet::TypeAhead);
 
     engine.banner();
     let mut ctrl_c = CtrlCState::default();
@@ -515,7 +518,12 @@ pub fn run(mut engine: Engine, style: Style) -> i32 {
             // Do not block: the session ends.
             Err(ReadlineError::Interrupted)
         } else {
-            editor.readline(prompt)
+            // The editor keeps the terminal as it finds it for when it
+            // suspends (Ctrl-Z) and returns: as the user had it.
+            signals::echo_on();
+            let read = editor.readline(prompt);
+            signals::echo_off(Quiet::TypeAhead);
+            read
         };
         reading.armed.store(false, Ordering::SeqCst);
         live.editor(false);

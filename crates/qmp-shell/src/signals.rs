@@ -46,9 +46,8 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 /// The terminal settings at start-up, restored on every exit path.
 static TERMIOS: OnceLock<Option<libc::termios>> = OnceLock::new();
 
-/// The controlling terminal whose echo [`echo_off`] turned off, until
-/// [`echo_on`], and the local-mode flags it cleared.
-static QUIET: Mutex<Option<(std::os::fd::OwnedFd, libc::tcflag_t)>> = Mutex::new(None);
+/// What [`echo_off`] changed, until [`echo_on`].
+static QUIET: Mutex<Option<Quieted>> = Mutex::new(None);
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
@@ -258,18 +257,36 @@ pub fn restore_terminal() {
     }
 }
 
-/// Stop the controlling terminal from echoing what is typed, until
-/// [`echo_on`] (which the emergency exit runs too): keys typed while the
-/// shell is busy then appear only when the line editor reads them, at the
-/// prompt, and never inside what the shell prints; nor does the terminal
-/// echo `^C` (which would wrap a full-width progress bar onto a line of
-/// its own). With `as_typed`, the terminal does not edit lines either:
-/// keys typed ahead reach the line editor as they were typed (Ctrl-D
-/// included, which a line-editing terminal would turn into nothing). Ctrl-C
-/// still interrupts, and still flushes what the terminal holds. Nothing is
-/// done when the process is not in the terminal's foreground (it would be
-/// stopped for it) or has no terminal.
-pub fn echo_off(as_typed: bool) {
+/// How [`echo_off`] quiets the terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiet {
+    /// Control keys echo as nothing visible: a `^C` after a progress bar
+    /// that fills the line would wrap onto a line of its own, where
+    /// clearing the bar does not reach it.
+    ControlKeys,
+    /// The shell is busy: what is typed is neither echoed nor edited by
+    /// the terminal, so it reaches the line editor as typed at the next
+    /// prompt (which shows it), and nothing printed meanwhile lands inside
+    /// it; Ctrl-D and Ctrl-Z typed meanwhile act there too.
+    TypeAhead,
+}
+
+/// What [`echo_off`] changed on the controlling terminal, until
+/// [`echo_on`].
+struct Quieted {
+    tty: std::os::fd::OwnedFd,
+    /// The local-mode flags it cleared.
+    lflags: libc::tcflag_t,
+    /// The suspend key it disabled.
+    suspend: Option<libc::cc_t>,
+}
+
+/// Quiet the controlling terminal as `how` says, until [`echo_on`] (which
+/// the emergency exit runs too). Ctrl-C still interrupts, and still
+/// flushes what the terminal holds. Nothing is done when the process is
+/// not in the terminal's foreground (it would be stopped for it) or has no
+/// terminal.
+pub fn echo_off(how: Quiet) {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let mut quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
     if quiet.is_some() {
@@ -297,36 +314,49 @@ pub fn echo_off(as_typed: bool) {
         if libc::tcgetattr(tty.as_raw_fd(), &mut t) != 0 {
             return;
         }
-        let off = t.c_lflag & (libc::ECHO | if as_typed { libc::ICANON } else { 0 });
-        if off == 0 {
-            return;
-        }
-        t.c_lflag &= !off;
-        if off & libc::ICANON != 0 {
+        let (lflags, suspend) = match how {
+            Quiet::ControlKeys => (t.c_lflag & libc::ECHOCTL, None),
+            Quiet::TypeAhead => (
+                t.c_lflag & (libc::ECHO | libc::ICANON),
+                Some(t.c_cc[libc::VSUSP]),
+            ),
+        };
+        t.c_lflag &= !lflags;
+        if lflags & libc::ICANON != 0 {
             // Reads (by nobody while the shell is busy) return each key.
             t.c_cc[libc::VMIN] = 1;
             t.c_cc[libc::VTIME] = 0;
         }
+        if suspend.is_some() {
+            // _POSIX_VDISABLE: Ctrl-Z is a key, for the editor to act on.
+            t.c_cc[libc::VSUSP] = 0;
+        }
         if libc::tcsetattr(tty.as_raw_fd(), libc::TCSANOW, &t) != 0 {
             return;
         }
-        *quiet = Some((tty, off));
+        *quiet = Some(Quieted {
+            tty,
+            lflags,
+            suspend,
+        });
     }
 }
 
-/// Let the terminal echo (and edit lines) again, if [`echo_off`] stopped
-/// it.
+/// Undo [`echo_off`], if it changed anything.
 pub fn echo_on() {
     use std::os::fd::AsRawFd;
-    let Some((tty, off)) = QUIET.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+    let Some(q) = QUIET.lock().unwrap_or_else(|e| e.into_inner()).take() else {
         return;
     };
     // SAFETY: tcgetattr/tcsetattr(3) on the terminal echo_off opened.
     unsafe {
         let mut t: libc::termios = std::mem::zeroed();
-        if libc::tcgetattr(tty.as_raw_fd(), &mut t) == 0 {
-            t.c_lflag |= off;
-            libc::tcsetattr(tty.as_raw_fd(), libc::TCSANOW, &t);
+        if libc::tcgetattr(q.tty.as_raw_fd(), &mut t) == 0 {
+            t.c_lflag |= q.lflags;
+            if let Some(key) = q.suspend {
+                t.c_cc[libc::VSUSP] = key;
+            }
+            libc::tcsetattr(q.tty.as_raw_fd(), libc::TCSANOW, &t);
         }
     }
 }
