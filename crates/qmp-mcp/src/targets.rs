@@ -455,8 +455,6 @@ impl Events {
                     }
                 }
                 Tapped::Closed => st.closed = true,
-                // Replies are the caller's business; nothing to wake for.
-                Tapped::Reply(_) => return,
             }
         }
         self.notify.notify_waiters();

@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rustyline::completion::{Completer, Pair};
+use rustyline::hint::Hinter;
 use rustyline::validate::{ValidationContext, ValidationResult, Validator};
-use rustyline::{Context, Helper, Highlighter, Hinter};
+use rustyline::{Context, Helper, Highlighter};
 
 use crate::meta;
 use crate::schema::Schema;
@@ -55,10 +56,31 @@ pub struct Knowledge {
     pub in_transaction: Arc<AtomicBool>,
     /// Ctrl-C was pressed: the line ends whatever it holds.
     pub ctrl_c: Arc<AtomicBool>,
+    /// Called on the editor's thread each time it draws the line, first
+    /// when a read starts (with the terminal in raw mode).
+    pub on_draw: DrawHook,
+}
+
+/// What to do when the line editor draws the line (see
+/// [`Knowledge::on_draw`]).
+#[derive(Clone, Default)]
+pub struct DrawHook(Option<Arc<dyn Fn() + Send + Sync>>);
+
+impl DrawHook {
+    /// Call `f` at each drawing.
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> DrawHook {
+        DrawHook(Some(Arc::new(f)))
+    }
+
+    fn call(&self) {
+        if let Some(f) = &self.0 {
+            f();
+        }
+    }
 }
 
 /// The rustyline helper of the shell.
-#[derive(Helper, Hinter, Highlighter)]
+#[derive(Helper, Highlighter)]
 pub struct ShellHelper {
     knowledge: Knowledge,
     whole_line: bool,
@@ -148,6 +170,17 @@ impl ShellHelper {
             _ => Vec::new(),
         };
         (rest_start, pairs)
+    }
+}
+
+/// No hints; the editor asks for one each time it draws the line, which is
+/// when [`Knowledge::on_draw`] runs.
+impl Hinter for ShellHelper {
+    type Hint = String;
+
+    fn hint(&self, _line: &str, _pos: usize, _ctx: &Context<'_>) -> Option<String> {
+        self.knowledge.on_draw.call();
+        None
     }
 }
 

@@ -25,6 +25,7 @@ use crate::render::{self, Style};
 use crate::script;
 use crate::session::{Config, Engine};
 use crate::signals;
+use crate::wording::counted;
 
 /// Targets served at once unless `--jobs` says otherwise.
 pub const DEFAULT_JOBS: usize = 16;
@@ -82,6 +83,9 @@ pub fn run(
         // Redrawn while a slow target keeps it still, so it shows the
         // latest count and that the shell is alive.
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        // The bar fills the line: a `^C` echoed after it would wrap onto
+        // a line of its own, where clearing the bar would not reach it.
+        signals::echo_off(signals::Quiet::ControlKeys);
         bar
     });
     streams.set_bar(bar.clone());
@@ -121,6 +125,7 @@ pub fn run(
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
+        signals::echo_on();
     }
     streams.set_bar(None);
     let outcomes = outcomes.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -140,8 +145,9 @@ pub fn run(
         .count();
     let not_run = total - outcomes.len();
     let mut summary = format!(
-        "qmp-shell: {total} targets: {answered} answered, {failed} with failed commands, \
-         {unreachable} unreachable or lost"
+        "qmp-shell: {}: {answered} answered, {failed} with failed commands, \
+         {unreachable} unreachable or lost",
+        counted(total, "target", "targets")
     );
     if interrupted_count > 0 {
         summary.push_str(&format!(", {interrupted_count} interrupted"));

@@ -10,12 +10,18 @@
 //! stop what is going on. At the prompt it clears the line (twice within a
 //! second on an empty line: exit); at a `TRANS>` prompt it abandons the
 //! transaction; while replies are awaited it stops waiting for them (late
-//! replies are shown as such) and returns to the prompt. It never reaches
-//! QEMU.
+//! replies are shown as such), drops every line typed or pasted before it
+//! and returns to the prompt. It never reaches QEMU.
+//!
+//! The screen has one writer at a time (see [`crate::live`]): the engine
+//! while it runs commands, printing events among the replies in the order
+//! of the wire; the line editor while it reads a line. While the shell is
+//! busy the terminal does not echo what is typed ahead (the editor shows it
+//! at the prompt), so nothing printed ever lands inside a typed line.
 
 use std::io::{self, IsTerminal, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,22 +31,22 @@ use rustyline::error::ReadlineError;
 use rustyline::history::{DefaultHistory, History};
 use rustyline::{
     Cmd, ConditionalEventHandler, Editor, Event, EventContext, EventHandler, ExternalPrinter,
-    KeyEvent, RepeatCount,
+    KeyCode, KeyEvent, Modifiers, RepeatCount,
 };
 use serde_json::Value;
 
 use qmp_client::{Client, Incoming};
 
 use crate::cli::exit;
-use crate::complete::{Knowledge, ShellHelper};
+use crate::complete::{DrawHook, Knowledge, ShellHelper};
 use crate::files::{history_path, open_private, Existing};
 use crate::hmp;
-use crate::jobs;
-use crate::render::{self, Style};
+use crate::live::{Item, Live};
+use crate::render::Style;
 use crate::session::{Engine, LOOKUP_TIMEOUT};
-use crate::signals;
+use crate::signals::{self, Quiet};
 use crate::store::{call_unlogged, SCHEMA_LOOKUP};
-use crate::wording::shown;
+use crate::wording::{counted, shown};
 
 /// Entries kept in the history file, as the reference does.
 pub const HISTORY_SIZE: usize = 1024;
@@ -96,32 +102,22 @@ fn learn(client: Arc<Client>, knowledge: Knowledge, hmp_mode: bool, guest_agent:
         });
 }
 
-/// Print events, warnings and late replies as they arrive, above the
-/// prompt; when the connection drops, make the editor return so the shell
-/// says so at once.
-fn print_live(client: Arc<Client>, mut printer: Printer, style: Style, gone: Arc<AtomicBool>) {
+/// Pass warnings and late replies from the client's queue on to `live`
+/// (events reach it from the engine's tap, in the order of the wire); when
+/// the connection drops, make the editor return so the shell says so at
+/// once.
+fn relay_notices(client: Arc<Client>, live: Arc<Live>, gone: Arc<AtomicBool>) {
     let _ = thread::Builder::new()
-        .name("events".to_owned())
+        .name("notices".to_owned())
         .spawn(move || {
             while let Some(incoming) = client.next_incoming(None) {
-                let text = match incoming {
-                    Incoming::Event(event) => {
-                        let mut text = render::to_string(&Value::Object(event.body), style);
-                        text.push('\n');
-                        text
-                    }
-                    Incoming::Warning(warning) => format!("warning: {warning}\n"),
-                    Incoming::LateReply(reply) => {
-                        let mut text = String::from("late reply (the command was abandoned): ");
-                        text.push_str(&render::to_string(&Value::Object(shown(reply)), style));
-                        text.push('\n');
-                        text
-                    }
-                };
-                if jobs::above_bars(|| printer.print(text)).is_err() {
-                    break;
+                match incoming {
+                    Incoming::Event(_) => {}
+                    Incoming::Warning(warning) => live.push(Item::Warning(warning)),
+                    Incoming::LateReply(reply) => live.push(Item::LateReply(shown(reply))),
                 }
             }
+            live.close();
             gone.store(true, Ordering::SeqCst);
             signals::wake_readline();
             // The editor may be between two reads: keep knocking until the
@@ -130,6 +126,20 @@ fn print_live(client: Arc<Client>, mut printer: Printer, style: Style, gone: Arc
                 thread::sleep(Duration::from_millis(20));
                 signals::wake_readline();
             }
+        });
+}
+
+/// Print what arrives while the line editor owns the screen, through it
+/// (above the line being typed).
+fn print_live(live: Arc<Live>, mut printer: Printer, style: Style) {
+    let _ = thread::Builder::new()
+        .name("events".to_owned())
+        .spawn(move || {
+            live.serve_editor(|items| {
+                // One message: rustyline takes one at a time.
+                let text: String = items.iter().map(|i| i.render(style)).collect();
+                printer.print(text).is_ok()
+            })
         });
 }
 
@@ -159,12 +169,146 @@ impl Printer {
 /// whatever was typed ahead after it.)
 struct CtrlC {
     pressed: Arc<AtomicBool>,
+    reading: Arc<Reading>,
 }
 
 impl ConditionalEventHandler for CtrlC {
     fn handle(&self, _: &Event, _: RepeatCount, _: bool, _: &EventContext) -> Option<Cmd> {
+        if self.reading.dropping.load(Ordering::SeqCst) {
+            return Some(Cmd::Noop);
+        }
         self.pressed.store(true, Ordering::SeqCst);
         Some(Cmd::AcceptLine)
+    }
+}
+
+/// The state of the line editor's current read, shared with the hooks
+/// that run on its thread.
+///
+/// After Ctrl-C, what was typed or pasted before it must not run. The
+/// terminal flushes its own input queue on Ctrl-C, but the editor reads the
+/// terminal in chunks and may hold lines it has read and not returned yet
+/// (a paste that arrived as plain keystrokes). [`drop_held`] drops them: it
+/// reads once more with every key swallowed and counted ([`Swallow`]),
+/// after raising SIGINT on the editor's thread as the read starts, so the
+/// editor, which checks for signals only once it has no key left, returns
+/// as soon as it has gone through what it held, without waiting for the
+/// user.
+#[derive(Default)]
+struct Reading {
+    /// Set before each read; its first drawing clears it.
+    armed: AtomicBool,
+    /// This read drops what the editor holds.
+    dropping: AtomicBool,
+    /// Complete lines swallowed so far.
+    lines: AtomicUsize,
+    /// Text swallowed after the last complete line.
+    partial: AtomicBool,
+}
+
+impl Reading {
+    /// The editor draws the line; the first time in a read, it has just
+    /// put the terminal in raw mode and set up its signal handling.
+    fn drawn(&self, live: &Live) {
+        if !self.armed.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        if self.dropping.load(Ordering::SeqCst) {
+            // SAFETY: raise(3) on this thread; the editor's handler records
+            // the signal in its pipe, which it reads once no key is left.
+            unsafe {
+                libc::raise(libc::SIGINT);
+            }
+        } else {
+            live.editor(true);
+        }
+    }
+}
+
+/// While [`drop_held`] reads: every key is swallowed, and lines counted.
+struct Swallow {
+    reading: Arc<Reading>,
+}
+
+impl ConditionalEventHandler for Swallow {
+    fn handle(&self, event: &Event, _: RepeatCount, _: bool, _: &EventContext) -> Option<Cmd> {
+        let reading = &self.reading;
+        if !reading.dropping.load(Ordering::SeqCst) {
+            return None;
+        }
+        let Event::KeySeq(keys) = event else {
+            return Some(Cmd::Noop);
+        };
+        for key in keys {
+            let ends_line = matches!(
+                key,
+                KeyEvent(KeyCode::Enter, _) | KeyEvent(KeyCode::Char('J' | 'M'), Modifiers::CTRL)
+            );
+            if ends_line {
+                if reading.partial.swap(false, Ordering::SeqCst) {
+                    reading.lines.fetch_add(1, Ordering::SeqCst);
+                }
+            } else if let KeyEvent(KeyCode::Char(c), Modifiers::NONE) = key {
+                if !c.is_whitespace() {
+                    reading.partial.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        Some(Cmd::Noop)
+    }
+}
+
+/// Drop the lines the editor read from the terminal and holds (after
+/// Ctrl-C); returns how many (a line typed without its Enter counts too).
+/// The editor ends that read as it ends every read, with a newline on the
+/// terminal; `terminal` (writing where the editor draws) takes the cursor
+/// back up, so no empty line is left.
+fn drop_held(
+    editor: &mut Editor<ShellHelper, DefaultHistory>,
+    reading: &Reading,
+    terminal: Option<&mut (dyn ExternalPrinter + Send)>,
+) -> usize {
+    reading.lines.store(0, Ordering::SeqCst);
+    reading.partial.store(false, Ordering::SeqCst);
+    reading.dropping.store(true, Ordering::SeqCst);
+    reading.armed.store(true, Ordering::SeqCst);
+    signals::in_readline(true);
+    signals::echo_on();
+    // Ends with the raised SIGINT: as an interruption (or an error).
+    let _ = editor.readline("");
+    signals::echo_off(Quiet::TypeAhead);
+    signals::in_readline(false);
+    if let Some(terminal) = terminal {
+        // Written at once: the terminal is out of raw mode.
+        let _ = terminal.print("\x1b[A".to_owned());
+    }
+    reading.armed.store(false, Ordering::SeqCst);
+    reading.dropping.store(false, Ordering::SeqCst);
+    reading.lines.load(Ordering::SeqCst) + usize::from(reading.partial.load(Ordering::SeqCst))
+}
+
+/// Whether the line editor edits on this terminal: rustyline reads plain
+/// lines, without raw mode or drawing, on the terminals it does not
+/// support.
+fn editing_terminal() -> bool {
+    !matches!(
+        std::env::var("TERM").as_deref(),
+        Ok("dumb" | "cons25" | "emacs")
+    )
+}
+
+/// With standard output a pipe (`| tee log`), wait a little until its
+/// reader has taken what the shell wrote, so that the prompt, which the
+/// editor draws on the terminal itself, comes after it on the screen.
+fn let_stdout_drain() {
+    for _ in 0..500 {
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD stores the count of unread bytes in `unread`.
+        let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::FIONREAD, &mut unread) };
+        if rc != 0 || unread <= 0 {
+            return;
+        }
+        thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -260,16 +404,38 @@ pub fn run(mut engine: Engine, style: Style) -> i32 {
             return exit::FATAL;
         }
     };
+    let live = Arc::clone(engine.live());
+    let reading = Arc::new(Reading::default());
     let knowledge = Knowledge {
         store: engine.store(),
+        on_draw: {
+            let (reading, live) = (Arc::clone(&reading), Arc::clone(&live));
+            DrawHook::new(move || reading.drawn(&live))
+        },
         ..Knowledge::default()
     };
     editor.bind_sequence(
         KeyEvent::ctrl('C'),
         EventHandler::Conditional(Box::new(CtrlC {
             pressed: Arc::clone(&knowledge.ctrl_c),
+            reading: Arc::clone(&reading),
         })),
     );
+    editor.bind_sequence(
+        Event::Any,
+        EventHandler::Conditional(Box::new(Swallow {
+            reading: Arc::clone(&reading),
+        })),
+    );
+    // Where the editor does not edit, it reads plain lines: nothing is
+    // held, and what arrives is printed at once.
+    let editing = editing_terminal()
+        && (stdout_tty
+            || std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/tty")
+                .is_ok());
     editor.set_helper(Some(ShellHelper::new(knowledge.clone(), cfg.hmp)));
     learn(
         Arc::clone(&client),
@@ -287,11 +453,17 @@ pub fn run(mut engine: Engine, style: Style) -> i32 {
         (true, Ok(p)) => Printer::Editor(Box::new(p)),
         _ => Printer::Stdout,
     };
-    print_live(Arc::clone(&client), printer, style, Arc::clone(&gone));
+    let mut terminal = editor.create_external_printer().ok();
+    relay_notices(Arc::clone(&client), Arc::clone(&live), Arc::clone(&gone));
+    print_live(Arc::clone(&live), printer, style);
+    // Busy until the first prompt.
+    signals::echo_off(Quiet::TypeAhead);
 
     engine.banner();
     let mut ctrl_c = CtrlCState::default();
     let mut seen_interrupts = signals::interrupts();
+    // After Ctrl-C: drop what the editor holds before reading a line.
+    let mut drop_typed_ahead = false;
     loop {
         engine.settle(&|| false);
         if let Some(sig) = signals::terminating() {
@@ -308,8 +480,25 @@ pub fn run(mut engine: Engine, style: Style) -> i32 {
         let interrupts = signals::interrupts();
         if interrupts != seen_interrupts {
             seen_interrupts = interrupts;
+            drop_typed_ahead = true;
             if ctrl_c.pressed(&mut engine, true) {
                 break;
+            }
+            continue;
+        }
+        if std::mem::take(&mut drop_typed_ahead) && editing {
+            let dropped = drop_held(
+                &mut editor,
+                &reading,
+                terminal
+                    .as_mut()
+                    .map(|t| t as &mut (dyn ExternalPrinter + Send)),
+            );
+            if dropped > 0 {
+                engine.note(&format!(
+                    "({} typed ahead not run)\n",
+                    counted(dropped, "line", "lines")
+                ));
             }
             continue;
         }
@@ -317,13 +506,27 @@ pub fn run(mut engine: Engine, style: Style) -> i32 {
             .in_transaction
             .store(engine.in_transaction(), Ordering::Relaxed);
         let prompt = engine.prompt();
+        if !stdout_tty {
+            let_stdout_drain();
+        }
         signals::in_readline(true);
+        // The editor takes the screen once it has drawn its prompt (where
+        // it does not edit, at once).
+        reading.armed.store(editing, Ordering::SeqCst);
+        live.editor(!editing);
         let read = if gone.load(Ordering::SeqCst) || signals::terminating().is_some() {
             // Do not block: the session ends.
             Err(ReadlineError::Interrupted)
         } else {
-            editor.readline(prompt)
+            // The editor keeps the terminal as it finds it for when it
+            // suspends (Ctrl-Z) and returns: as the user had it.
+            signals::echo_on();
+            let read = editor.readline(prompt);
+            signals::echo_off(Quiet::TypeAhead);
+            read
         };
+        reading.armed.store(false, Ordering::SeqCst);
+        live.editor(false);
         signals::in_readline(false);
         match read {
             Ok(text) if knowledge.ctrl_c.swap(false, Ordering::SeqCst) => {
@@ -342,12 +545,17 @@ pub fn run(mut engine: Engine, style: Style) -> i32 {
                     }
                     engine.line(line);
                     let before = seen_interrupts;
-                    let mut interrupted = engine.settle(&|| signals::interrupts() != before);
+                    // Ctrl-C stops waiting; so does the end of the session
+                    // (SIGTERM, or the terminal closed: SIGHUP).
+                    let stop =
+                        || signals::interrupts() != before || signals::terminating().is_some();
+                    let mut interrupted = engine.settle(&stop);
                     // The lines of a /play file, one after the other.
                     while !interrupted && engine.play_next() {
-                        interrupted = engine.settle(&|| signals::interrupts() != before);
+                        interrupted = engine.settle(&stop);
                     }
                     seen_interrupts = signals::interrupts();
+                    drop_typed_ahead |= interrupted;
                     if engine.stopped().is_some() {
                         break;
                     }
@@ -380,6 +588,7 @@ pub fn run(mut engine: Engine, style: Style) -> i32 {
         }
     }
     engine.settle(&|| false);
+    signals::echo_on();
     if let Some(path) = &history {
         if let Err(err) = save_history(&editor, path) {
             let _ = writeln!(

@@ -29,7 +29,6 @@
 //! transferred say little), so a completed migration is at 100%.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -404,25 +403,10 @@ pub struct Bars {
     bars: BTreeMap<(bool, String), ProgressBar>,
 }
 
-/// The bars of the `/jobs` on screen, if any (see [`above_bars`]).
-static ON_SCREEN: Mutex<Option<MultiProgress>> = Mutex::new(None);
-
-/// Run `print`, which writes to the terminal (an event, say), with the
-/// progress bars of a `/jobs`, if any are on screen, taken off it and drawn
-/// again below what it printed: no copy of a bar is left behind.
-pub fn above_bars<R>(print: impl FnOnce() -> R) -> R {
-    let multi = ON_SCREEN.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    match multi {
-        Some(multi) => multi.suspend(print),
-        None => print(),
-    }
-}
-
 impl Bars {
     /// Bars drawn on standard error.
     pub fn new() -> Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        *ON_SCREEN.lock().unwrap_or_else(|e| e.into_inner()) = Some(multi.clone());
         Bars {
             multi,
             style: ProgressStyle::with_template(
@@ -472,6 +456,11 @@ impl Bars {
         self.multi.suspend(|| ());
     }
 
+    /// A handle to print above the bars.
+    pub fn above(&self) -> Above {
+        Above(self.multi.clone())
+    }
+
     /// Take the bars off the screen and stop drawing (as dropping them
     /// does).
     pub fn finish(self) {}
@@ -479,11 +468,22 @@ impl Bars {
 
 impl Drop for Bars {
     fn drop(&mut self) {
-        *ON_SCREEN.lock().unwrap_or_else(|e| e.into_inner()) = None;
         for bar in self.bars.values() {
             bar.abandon();
         }
         let _ = self.multi.clear();
+    }
+}
+
+/// Prints above a [`Bars`] (events arriving while `/jobs` follows jobs).
+#[derive(Clone)]
+pub struct Above(MultiProgress);
+
+impl Above {
+    /// Run `print` with the bars off the screen; they are drawn again
+    /// below what it printed (flush what it wrote before returning).
+    pub fn print<R>(&self, print: impl FnOnce() -> R) -> R {
+        self.0.suspend(print)
     }
 }
 

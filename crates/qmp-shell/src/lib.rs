@@ -13,7 +13,9 @@
 //!   jobs for `/jobs`; [`cli`] defines the arguments.
 //! * [`output`] (how things are printed), [`files`] (files that may hold
 //!   secrets), [`store`] (the schema, fetched once, and its facts cached on
-//!   disk), [`doorbell`] and [`signals`] (waking the engine).
+//!   disk), [`doorbell`] and [`signals`] (waking the engine), [`live`]
+//!   (what arrives, events and the engine's replies, numbered in the order
+//!   of the wire; at a terminal, what is printed as it arrives).
 //! * [`session`]: the engine. Lines in, commands out, replies printed in
 //!   input order; it alone decides when a session ends and its exit status.
 //! * the drivers, which only feed the engine lines: [`script`] (pipes and
@@ -35,6 +37,7 @@ pub mod files;
 pub mod hmp;
 pub mod interactive;
 pub mod jobs;
+pub mod live;
 pub mod meta;
 pub mod output;
 pub mod proxy;

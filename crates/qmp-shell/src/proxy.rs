@@ -22,7 +22,7 @@ use std::time::Duration;
 use clap::Parser;
 use qmp_client::router::{Router, RouterOptions, DEFAULT_MAX_CLIENTS};
 use qmp_client::transport::libvirt;
-use qmp_client::{Address, Client, Incoming, Tapped};
+use qmp_client::{Address, Client, Incoming};
 
 use crate::app::die;
 use crate::cli::{self, parse_positive_seconds, parse_seconds, Common};
@@ -240,11 +240,7 @@ fn serve(
     // Events (queued by the client, which nobody else reads here) and the
     // end of the connection ring the bell.
     let tap_bell = Arc::clone(&bell);
-    let _tap = client.tap_events(move |t| {
-        if !matches!(t, Tapped::Reply(_)) {
-            tap_bell.ring();
-        }
-    });
+    let _tap = client.tap_events(move |_| tap_bell.ring());
     loop {
         let seen = bell.seen();
         for item in client.drain_incoming() {

@@ -14,6 +14,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::Value;
 
+use crate::wording::counted;
+
 /// How deep type references are followed (guards against cyclic or absurdly
 /// nested schemas).
 const MAX_DEPTH: usize = 32;
@@ -663,8 +665,8 @@ impl Schema {
             out.push('\n');
         }
         out.push_str(&format!(
-            "{} commands; `help NAME` describes a command or an event.\n",
-            names.len()
+            "{}; `help NAME` describes a command or an event.\n",
+            counted(names.len(), "command", "commands")
         ));
         out
     }

@@ -14,7 +14,9 @@
 //! An empty line is a barrier: nothing after it is sent until every reply
 //! before it was printed, and then the events received so far are printed,
 //! so they are exactly the events caused before it (as with the reference,
-//! which sends one command at a time).
+//! which sends one command at a time). At a terminal events are printed as
+//! they come instead, each reply after exactly the events that preceded it
+//! on the wire ([`crate::live`]).
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
@@ -25,11 +27,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-
 use qmp_client::client::{EventTap, Tapped};
-use qmp_client::{Client, Error as QmpError, Event, Incoming, Object, Pending, Reply, Request};
+use qmp_client::{Client, Error as QmpError, Event, Incoming, Object, Reply, Request};
 use serde_json::Value;
 
 use crate::cli::exit;
@@ -38,6 +37,7 @@ use crate::doorbell::Doorbell;
 use crate::files::{open_private, Existing};
 use crate::hmp;
 use crate::jobs::{self, Bars, Known, Progress};
+use crate::live::{Item, Live, LATE_REPLY};
 use crate::meta::{self, Meta};
 use crate::output::{error_object, Output};
 use crate::readonly;
@@ -74,8 +74,10 @@ pub struct Config {
     pub exit_status: bool,
     /// The peer is a guest agent (`-N`): no schema.
     pub guest_agent: bool,
-    /// Events, warnings and late replies are printed by someone else as
-    /// they arrive (the terminal's event printer).
+    /// Events, warnings and late replies are printed as they arrive (a
+    /// terminal): among the replies in the order of the wire, and by the
+    /// terminal's driver while its line editor waits (see
+    /// [`Engine::live`]).
     pub live_events: bool,
     /// `--read-only`: send only what cannot change the VM.
     pub read_only: bool,
@@ -91,11 +93,6 @@ pub struct Config {
 
 /// Events kept for `/wait` at most (those since the last command sent).
 const MAX_RECENT_EVENTS: usize = 100_000;
-
-/// Replies whose place among the events is kept at most, waiting for the
-/// engine to take them (bounds what replies to others' requests, which
-/// nobody takes, leave).
-const MAX_REPLY_MARKS: usize = 4 * WINDOW;
 
 /// Commands whose marks (see [`Mark`]) are kept.
 const MAX_MARKS: usize = 64;
@@ -154,7 +151,7 @@ enum Slot {
     /// `index` numbers the commands sent (`None` for output that only
     /// keeps its place among replies).
     Reply {
-        pending: Pending,
+        pending: Awaited,
         hmp: bool,
         deadline: Option<Instant>,
         index: Option<u64>,
@@ -176,60 +173,13 @@ enum Slot {
     Jobs(Box<Follow>),
 }
 
-/// Events copied from the client for `/wait` and `/jobs`, numbered, and
-/// where each reply came among them.
-#[derive(Default)]
-struct TapBuffer {
-    count: AtomicU64,
-    events: Mutex<VecDeque<(u64, Event)>>,
-    /// Each reply's id, with how many events came before it.
-    replies: Mutex<VecDeque<(Value, u64)>>,
-}
-
-impl TapBuffer {
-    fn push(&self, ev: &Event) {
-        let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        let seq = self.count.fetch_add(1, Ordering::SeqCst) + 1;
-        if q.len() >= MAX_RECENT_EVENTS {
-            q.pop_front();
-        }
-        q.push_back((seq, ev.clone()));
-    }
-
-    /// A reply arrived (on the client's reader thread, which also taps
-    /// the events: the count is exact).
-    fn reply(&self, reply: &Reply) {
-        let Some(id) = reply.id() else { return };
-        let mut q = self.replies.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() >= MAX_REPLY_MARKS {
-            q.pop_front();
-        }
-        q.push_back((id.clone(), self.seen()));
-    }
-
-    /// How many events came before the reply with `id` (the oldest one
-    /// not taken yet), taken now. Older marks go too: in-band replies come
-    /// in the order of the requests, so those belong to others' requests.
-    fn take_reply(&self, id: &Value) -> Option<u64> {
-        let mut q = self.replies.lock().unwrap_or_else(|e| e.into_inner());
-        let i = q.iter().position(|(r, _)| r == id)?;
-        let mark = q[i].1;
-        q.drain(..=i);
-        Some(mark)
-    }
-
-    fn drain(&self) -> Vec<(u64, Event)> {
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect()
-    }
-
-    /// How many events arrived so far.
-    fn seen(&self) -> u64 {
-        self.count.load(Ordering::SeqCst)
-    }
+/// A reply still to come.
+enum Awaited {
+    /// The reply to a command sent: [`Live`] has it once it came, stamped
+    /// in the order of the wire.
+    Sent(u64),
+    /// Output made here that keeps its place among replies.
+    Ready(Option<Result<Reply, QmpError>>),
 }
 
 /// An event kept for `/wait` and `/jobs`.
@@ -240,13 +190,14 @@ struct Recent {
     consumed: bool,
 }
 
-/// Where a command sent stands among the events.
+/// Where a command sent stands among the events (numbers of what
+/// arrived, see [`Live::numbered`]).
 struct Mark {
     /// The command's number.
     index: u64,
-    /// Events that came before it was sent.
+    /// The last thing that came before it was sent.
     sent: u64,
-    /// Events that came before its reply (once it is printed).
+    /// The last thing that came before its reply (once it is printed).
     answered: Option<u64>,
 }
 
@@ -254,10 +205,13 @@ struct Mark {
 struct Follow {
     timeout: Option<Duration>,
     deadline: Option<Instant>,
-    /// `query-jobs` and `query-migrate` in flight, and their results as
-    /// they come.
-    polls: Option<[Pending; 2]>,
+    /// `query-jobs` and `query-migrate` in flight (their [`Live`]
+    /// tokens), and their results as they come.
+    polls: Option<[u64; 2]>,
     results: [Option<Result<Reply, QmpError>>; 2],
+    /// The number of the last thing that came before the reply to
+    /// `query-jobs`, once it is in.
+    polled_after: Option<u64>,
     /// When to poll next (`None`: now).
     next_poll: Option<Instant>,
     /// The last command sent when `/jobs` was read.
@@ -269,6 +223,17 @@ struct Follow {
     started: u64,
     progress: Progress,
     bars: Option<Bars>,
+}
+
+impl Follow {
+    /// It stops: the replies to the poll in flight, if any, are dropped.
+    fn drop_polls(&self, live: &Live) {
+        for (token, result) in self.polls.iter().flatten().zip(&self.results) {
+            if result.is_none() {
+                live.abandon(*token, false);
+            }
+        }
+    }
 }
 
 /// Turns input lines into QMP commands, sends them, prints the replies in
@@ -303,9 +268,11 @@ pub struct Engine {
     playback: VecDeque<String>,
     playing: bool,
     play_path: String,
-    /// A copy of every event, for `/wait` and `/jobs` (kept alive here).
+    /// The tap that gives [`Live`] every event (kept alive here).
     _tap: EventTap,
-    tapped: Arc<TapBuffer>,
+    /// What arrived, numbered in the order of the wire: events, and the
+    /// replies to the commands sent.
+    live: Arc<Live>,
     /// Recent events, numbered.
     recent: VecDeque<Recent>,
     /// The number of the last event taken from the tap.
@@ -332,18 +299,15 @@ impl Engine {
     ) -> Engine {
         let bell = Arc::clone(&doorbell);
         client.set_notify(Arc::new(move || bell.ring()));
-        let tapped = Arc::new(TapBuffer::default());
+        let live = Arc::new(Live::new(cfg.live_events));
         let tap = {
-            let tapped = Arc::clone(&tapped);
+            let live = Arc::clone(&live);
             let bell = Arc::clone(&doorbell);
-            client.tap_events(move |t| match t {
-                Tapped::Event(ev) => {
-                    tapped.push(ev);
-                    bell.ring();
+            client.tap_events(move |t| {
+                if let Tapped::Event(ev) = t {
+                    live.event(ev);
                 }
-                // The client rings for replies itself.
-                Tapped::Reply(reply) => tapped.reply(reply),
-                Tapped::Closed => bell.ring(),
+                bell.ring();
             })
         };
         Engine {
@@ -367,7 +331,7 @@ impl Engine {
             playing: false,
             play_path: String::new(),
             _tap: tap,
-            tapped,
+            live,
             recent: VecDeque::new(),
             latest: 0,
             sent: 0,
@@ -375,6 +339,14 @@ impl Engine {
             jobs_end: 0,
             known: Known::default(),
         }
+    }
+
+    /// What arrived, in the order of the wire; with live events (a
+    /// terminal), what was not printed yet. The engine prints it among the
+    /// replies; the terminal's driver has it printed while the line editor
+    /// owns the screen.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
     }
 
     /// The session's configuration.
@@ -870,9 +842,9 @@ impl Engine {
                 self.warn_marked(name, msg.get("arguments").and_then(Value::as_object));
             }
         }
-        // Events before this are not this command's.
-        let before = self.tapped.seen();
-        match self.client.submit(request) {
+        // What came before this is not this command's.
+        let before = self.live.numbered();
+        match submit(&self.client, &self.live, &self.doorbell, request) {
             Ok(pending) => {
                 self.sent += 1;
                 self.marks.push_back(Mark {
@@ -884,7 +856,7 @@ impl Engine {
                     self.marks.pop_front();
                 }
                 self.queue.push_back(Slot::Reply {
-                    pending,
+                    pending: Awaited::Sent(pending),
                     hmp,
                     deadline: None,
                     index: Some(self.sent),
@@ -974,6 +946,7 @@ impl Engine {
                     deadline: None,
                     polls: None,
                     results: [None, None],
+                    polled_after: None,
                     next_poll: None,
                     command: self.last_command(),
                     events_seen: None,
@@ -1016,12 +989,12 @@ impl Engine {
     }
 
     /// Command `index` got its reply (printed now), which came after
-    /// `answered` events (`None`: not known, then as many as came so far).
-    fn answered(&mut self, index: u64, answered: Option<u64>) {
+    /// what is numbered `after`.
+    fn answered(&mut self, index: u64, after: u64) {
+        // Also keeps `recent` short: what no `/wait` can need goes.
         self.drain_tap();
-        let answered = answered.unwrap_or_else(|| self.tapped.seen());
         if let Some(mark) = self.marks.iter_mut().find(|m| m.index == index) {
-            mark.answered = Some(answered);
+            mark.answered = Some(after);
         }
     }
 
@@ -1045,11 +1018,11 @@ impl Engine {
         sent.max(previous)
     }
 
-    /// Move the tapped events into `recent` (each tells [`Known`] what it
-    /// knows of jobs), and forget those that no `/wait` or `/jobs` can
-    /// need any more: those from before the last command was sent.
+    /// Move the events that arrived into `recent` (each tells [`Known`]
+    /// what it knows of jobs), and forget those that no `/wait` or `/jobs`
+    /// can need any more: those from before the last command was sent.
     fn drain_tap(&mut self) {
-        for (seq, event) in self.tapped.drain() {
+        for (seq, event) in self.live.take_events() {
             if let Some(name) = event.name() {
                 self.known.event(name, event.body.get("data"));
             }
@@ -1326,8 +1299,15 @@ impl Engine {
                 pending, deadline, ..
             } = front
             {
-                let result = match pending.try_take() {
-                    Some(result) => result,
+                let taken = match pending {
+                    Awaited::Sent(token) => self
+                        .live
+                        .take_reply(*token)
+                        .map(|t| (t.before, t.result, Some(t.after))),
+                    Awaited::Ready(result) => result.take().map(|r| (Vec::new(), r, None)),
+                };
+                let (before, result, after) = match taken {
+                    Some(taken) => taken,
                     None => {
                         let now = Instant::now();
                         match (*deadline, self.cfg.timeout) {
@@ -1344,18 +1324,15 @@ impl Engine {
                         break;
                     }
                 };
-                let Some(Slot::Reply {
-                    hmp,
-                    index,
-                    pending,
-                    ..
-                }) = self.queue.pop_front()
-                else {
+                // What came before it on the wire (at a terminal), first.
+                if let Err(err) = self.print_items(before) {
+                    return self.output_failed(&err);
+                }
+                let Some(Slot::Reply { hmp, index, .. }) = self.queue.pop_front() else {
                     unreachable!("the front slot is a reply");
                 };
-                if let Some(index) = index {
-                    let mark = self.tapped.take_reply(pending.id());
-                    self.answered(index, mark);
+                if let (Some(index), Some(after)) = (index, after) {
+                    self.answered(index, after);
                 }
                 if let Err(err) = self.print_result(result, hmp) {
                     return self.output_failed(&err);
@@ -1402,9 +1379,20 @@ impl Engine {
         let now = Instant::now();
         if let Some(r) = found {
             r.consumed = true;
-            let body = r.event.body.clone();
+            let (seq, body) = (r.seq, r.event.body.clone());
+            let note = format!("(/wait: {event} came already, shown above)\n");
             self.pop_barrier();
-            if let Err(err) = self.out.reply(body) {
+            // At a terminal, what came before it first; and it is printed
+            // once: as the answer, unless it was shown already (it came
+            // before the `/wait` was read).
+            let (before, unprinted) = self.live.take_event(seq);
+            if let Err(err) = self.print_items(before) {
+                self.output_failed(&err);
+                return true;
+            }
+            if self.cfg.live_events && !unprinted {
+                self.out.diag(&note);
+            } else if let Err(err) = self.out.reply(body) {
                 self.output_failed(&err);
             }
             return true;
@@ -1444,21 +1432,33 @@ impl Engine {
             follow.events_seen = Some(start);
             follow.started = latest;
         }
-        // The poll in flight, if it is answered now, and how many events
-        // came before its replies: those are taken first.
-        let mut answered = None;
-        if let Some(polls) = follow.polls.as_mut() {
-            for (poll, result) in polls.iter_mut().zip(follow.results.iter_mut()) {
-                if result.is_none() {
-                    *result = poll.try_take();
+        // The poll in flight, if it is answered now, and where its replies
+        // came among the events: those before are taken first (and at a
+        // terminal printed first).
+        let mut before = Vec::new();
+        if let Some(polls) = follow.polls {
+            for (i, (token, result)) in polls.iter().zip(follow.results.iter_mut()).enumerate() {
+                if result.is_some() {
+                    continue;
+                }
+                if let Some(taken) = self.live.take_reply(*token) {
+                    before.extend(taken.before);
+                    if i == 0 {
+                        follow.polled_after = Some(taken.after);
+                    }
+                    *result = Some(taken.result);
                 }
             }
-            if let [Some(_), Some(_)] = &follow.results {
-                let mark = self.tapped.take_reply(polls[0].id());
-                answered = Some(mark.unwrap_or(u64::MAX));
-            }
         }
+        let answered = match &follow.results {
+            [Some(_), Some(_)] => follow.polled_after,
+            _ => None,
+        };
         self.drain_tap();
+        if let Err(err) = self.print_items(before) {
+            self.output_failed(&err);
+            return true;
+        }
         let Some(Slot::Jobs(follow)) = self.queue.front_mut() else {
             return false;
         };
@@ -1489,7 +1489,6 @@ impl Engine {
             }
             done = !follow.progress.running();
         }
-        let client = Arc::clone(&self.client);
         if let (None, Some(t)) = (follow.deadline, follow.timeout) {
             follow.deadline = now.checked_add(t);
         }
@@ -1498,11 +1497,15 @@ impl Engine {
             done = false;
         }
         if !done && follow.polls.is_none() && follow.next_poll.is_none_or(|t| now >= t) {
-            let q = |name| client.submit(Request::new(qmp_client::command(name, None)));
+            let q = |name| {
+                let request = Request::new(qmp_client::command(name, None));
+                submit(&self.client, &self.live, &self.doorbell, request)
+            };
             match (q("query-jobs"), q("query-migrate")) {
                 (Ok(a), Ok(b)) => {
                     follow.polls = Some([a, b]);
                     follow.results = [None, None];
+                    follow.polled_after = None;
                 }
                 _ => {
                     self.front_disconnected();
@@ -1516,11 +1519,17 @@ impl Engine {
                 unreachable!("the front slot is /jobs");
             };
             let follow = *follow;
+            follow.drop_polls(&self.live);
             self.jobs_end = follow.events_seen.unwrap_or(self.jobs_end);
             if let Some(bars) = follow.bars {
                 bars.finish();
             }
             lines.push(follow.progress.final_json());
+            // The events that came before the polls' replies, first.
+            if let Err(err) = self.notices() {
+                self.output_failed(&err);
+                return true;
+            }
             for line in lines {
                 if let Err(err) = self.out.reply(line) {
                     self.output_failed(&err);
@@ -1533,6 +1542,12 @@ impl Engine {
                 self.print_now(meta_error("/jobs", "Timeout", text));
             }
             return true;
+        }
+        if !lines.is_empty() {
+            if let Err(err) = self.notices() {
+                self.output_failed(&err);
+                return true;
+            }
         }
         for line in lines {
             if let Err(err) = self.out.reply(line) {
@@ -1643,32 +1658,72 @@ impl Engine {
     }
 
     /// Print warnings and late replies from the client (and events, with
-    /// `--json`), unless someone else prints them live.
+    /// `--json`); with live events, what arrived so far and may be printed
+    /// before the replies still awaited.
     fn notices(&mut self) -> io::Result<()> {
-        if self.cfg.live_events {
-            return Ok(());
+        if !self.cfg.live_events {
+            let items = if self.cfg.json {
+                self.client.drain_incoming()
+            } else {
+                self.client.drain_notices()
+            };
+            for item in items {
+                self.incoming(item)?;
+            }
         }
-        let items = if self.cfg.json {
-            self.client.drain_incoming()
-        } else {
-            self.client.drain_notices()
-        };
-        for item in items {
-            self.incoming(item)?;
-        }
-        Ok(())
+        let items = self.live.take_printable();
+        self.print_items(items)
     }
 
+    /// Print what arrived live, above the progress bars of a `/jobs` at
+    /// the front, if any.
+    fn print_items(&mut self, items: Vec<Item>) -> io::Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let above = match self.queue.front() {
+            Some(Slot::Jobs(follow)) => follow.bars.as_ref().map(Bars::above),
+            _ => None,
+        };
+        let print = || {
+            for item in items {
+                self.print_item(item)?;
+            }
+            self.out.flush()
+        };
+        match above {
+            Some(above) => above.print(print),
+            None => print(),
+        }
+    }
+
+    /// Print what the client queued.
     fn incoming(&mut self, item: Incoming) -> io::Result<()> {
+        self.print_item(match item {
+            Incoming::Event(event) => Item::Event(event.body),
+            Incoming::Warning(text) => Item::Warning(text),
+            Incoming::LateReply(reply) => Item::LateReply(shown(reply)),
+        })
+    }
+
+    /// Print an event, a warning or a late reply as it arrived (at a
+    /// terminal as the line editor would).
+    fn print_item(&mut self, item: Item) -> io::Result<()> {
         match item {
-            Incoming::Event(event) => self.out.event(event.body),
-            Incoming::Warning(text) => {
+            Item::Event(body) => self.out.event(body),
+            Item::LateReply(body) => {
+                if self.cfg.json {
+                    // Standard output stays JSON Lines.
+                    self.out
+                        .diag(&format!("{}\n", LATE_REPLY.trim_end_matches(' ')));
+                } else {
+                    self.out.text(LATE_REPLY)?;
+                }
+                self.out.reply(body)
+            }
+            Item::Warning(text) => {
                 self.out.diag(&format!("warning: {text}\n"));
                 Ok(())
-            }
-            Incoming::LateReply(reply) => {
-                self.out.diag("late reply (the command was abandoned):\n");
-                self.out.reply(shown(reply))
             }
         }
     }
@@ -1743,12 +1798,15 @@ impl Engine {
         for slot in std::mem::take(&mut self.queue) {
             match slot {
                 Slot::Reply { pending, .. } => {
-                    pending.abandon(true);
-                    abandoned += 1;
+                    if let Awaited::Sent(token) = pending {
+                        self.live.abandon(token, true);
+                        abandoned += 1;
+                    }
                 }
                 Slot::Barrier => {}
                 Slot::Wait { event, .. } => stopped = Some(format!("stopped waiting for {event}")),
                 Slot::Jobs(follow) => {
+                    follow.drop_polls(&self.live);
                     if let Some(seen) = follow.events_seen {
                         self.jobs_end = seen;
                     }
@@ -1772,7 +1830,12 @@ impl Engine {
         let dropped = self.stop_playing();
         if dropped > 0 {
             self.queue.push_back(Slot::Note(format!(
-                "(the {dropped} remaining lines of /play not run)\n"
+                "(the {} of /play not run)\n",
+                if dropped == 1 {
+                    "remaining line".to_owned()
+                } else {
+                    format!("{dropped} remaining lines")
+                }
             )));
         }
     }
@@ -1910,18 +1973,36 @@ fn actions(n: usize) -> String {
     }
 }
 
-/// A [`Pending`] already resolved with `body`, for output that must keep
-/// its place among replies.
-fn ready(body: Object) -> Pending {
-    Pending::resolved(Ok(Reply {
+/// A reply already resolved with `body`, for output that must keep its
+/// place among replies.
+fn ready(body: Object) -> Awaited {
+    Awaited::Ready(Some(Ok(Reply {
         body,
         assigned_id: false,
-    }))
+    })))
 }
 
-/// A [`Pending`] already failed with [`QmpError::Disconnected`].
-fn ready_err() -> Pending {
-    Pending::resolved(Err(QmpError::Disconnected))
+/// A reply already failed with [`QmpError::Disconnected`].
+fn ready_err() -> Awaited {
+    Awaited::Ready(Some(Err(QmpError::Disconnected)))
+}
+
+/// Queue `request` on `client`; its reply (or the error that ends the
+/// wait) is delivered to `live` on the client's reader thread, in the
+/// order of the wire, under the token returned, and rings `bell`.
+fn submit(
+    client: &Client,
+    live: &Arc<Live>,
+    bell: &Arc<Doorbell>,
+    request: Request,
+) -> Result<u64, QmpError> {
+    let token = live.token();
+    let (live, bell) = (Arc::clone(live), Arc::clone(bell));
+    client.submit_with(request, move |result| {
+        live.arrived(token, result);
+        bell.ring();
+    })?;
+    Ok(token)
 }
 
 #[cfg(test)]

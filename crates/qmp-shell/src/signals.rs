@@ -46,6 +46,9 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 /// The terminal settings at start-up, restored on every exit path.
 static TERMIOS: OnceLock<Option<libc::termios>> = OnceLock::new();
 
+/// What [`echo_off`] changed, until [`echo_on`].
+static QUIET: Mutex<Option<Quieted>> = Mutex::new(None);
+
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -103,6 +106,7 @@ fn emergency_exit(sig: i32) -> ! {
         cleanup();
     }
     restore_terminal();
+    echo_on();
     // SAFETY: _exit(2) ends the process at once, whatever other threads do.
     unsafe { libc::_exit(128 + sig) }
 }
@@ -250,6 +254,110 @@ pub fn restore_terminal() {
             return;
         }
         libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved);
+    }
+}
+
+/// How [`echo_off`] quiets the terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiet {
+    /// Control keys echo as nothing visible: a `^C` after a progress bar
+    /// that fills the line would wrap onto a line of its own, where
+    /// clearing the bar does not reach it.
+    ControlKeys,
+    /// The shell is busy: what is typed is neither echoed nor edited by
+    /// the terminal, so it reaches the line editor as typed at the next
+    /// prompt (which shows it), and nothing printed meanwhile lands inside
+    /// it; Ctrl-D and Ctrl-Z typed meanwhile act there too.
+    TypeAhead,
+}
+
+/// What [`echo_off`] changed on the controlling terminal, until
+/// [`echo_on`].
+struct Quieted {
+    tty: std::os::fd::OwnedFd,
+    /// The local-mode flags it cleared.
+    lflags: libc::tcflag_t,
+    /// The suspend key it disabled.
+    suspend: Option<libc::cc_t>,
+}
+
+/// Quiet the controlling terminal as `how` says, until [`echo_on`] (which
+/// the emergency exit runs too). Ctrl-C still interrupts, and still
+/// flushes what the terminal holds. Nothing is done when the process is
+/// not in the terminal's foreground (it would be stopped for it) or has no
+/// terminal.
+pub fn echo_off(how: Quiet) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+    if quiet.is_some() {
+        return;
+    }
+    // SAFETY: open(2) of a constant path; the descriptor is owned at once.
+    let fd = unsafe {
+        libc::open(
+            c"/dev/tty".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: `fd` was just opened and is not owned elsewhere.
+    let tty = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: tcgetpgrp/getpgrp/tcgetattr/tcsetattr(3) on a terminal we
+    // opened, with a zeroed struct tcgetattr fills.
+    unsafe {
+        if libc::tcgetpgrp(tty.as_raw_fd()) != libc::getpgrp() {
+            return;
+        }
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(tty.as_raw_fd(), &mut t) != 0 {
+            return;
+        }
+        let (lflags, suspend) = match how {
+            Quiet::ControlKeys => (t.c_lflag & libc::ECHOCTL, None),
+            Quiet::TypeAhead => (
+                t.c_lflag & (libc::ECHO | libc::ICANON),
+                Some(t.c_cc[libc::VSUSP]),
+            ),
+        };
+        t.c_lflag &= !lflags;
+        if lflags & libc::ICANON != 0 {
+            // Reads (by nobody while the shell is busy) return each key.
+            t.c_cc[libc::VMIN] = 1;
+            t.c_cc[libc::VTIME] = 0;
+        }
+        if suspend.is_some() {
+            // _POSIX_VDISABLE: Ctrl-Z is a key, for the editor to act on.
+            t.c_cc[libc::VSUSP] = 0;
+        }
+        if libc::tcsetattr(tty.as_raw_fd(), libc::TCSANOW, &t) != 0 {
+            return;
+        }
+        *quiet = Some(Quieted {
+            tty,
+            lflags,
+            suspend,
+        });
+    }
+}
+
+/// Undo [`echo_off`], if it changed anything.
+pub fn echo_on() {
+    use std::os::fd::AsRawFd;
+    let Some(q) = QUIET.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return;
+    };
+    // SAFETY: tcgetattr/tcsetattr(3) on the terminal echo_off opened.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(q.tty.as_raw_fd(), &mut t) == 0 {
+            t.c_lflag |= q.lflags;
+            if let Some(key) = q.suspend {
+                t.c_cc[libc::VSUSP] = key;
+            }
+            libc::tcsetattr(q.tty.as_raw_fd(), libc::TCSANOW, &t);
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Wording and shapes the reference shell (Python) gives its output, where
 //! the QMP library has its own: OS errors as Python's `OSError` prints them,
-//! replies without the id the client added.
+//! replies without the id the client added; counts with their nouns.
 
 use std::io;
 
@@ -26,6 +26,12 @@ pub fn client_error(err: &qmp_client::Error) -> String {
         qmp_client::Error::Io(e) => python_io_error(e),
         other => other.to_string(),
     }
+}
+
+/// `n` and the noun that goes with it: `counted(1, "line", "lines")` is
+/// `1 line`, `counted(2, ...)` is `2 lines`.
+pub fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// The reply as the user sees it: without the `"id"` when the client
@@ -54,6 +60,13 @@ mod tests {
             client_error(&qmp_client::Error::Disconnected),
             "Disconnected"
         );
+    }
+
+    #[test]
+    fn counts_agree_with_their_nouns() {
+        assert_eq!(counted(0, "target", "targets"), "0 targets");
+        assert_eq!(counted(1, "target", "targets"), "1 target");
+        assert_eq!(counted(2, "line was", "lines were"), "2 lines were");
     }
 
     #[test]

@@ -38,6 +38,31 @@ fn run(args: &[&str], stdin: &str) -> std::process::Output {
     )
 }
 
+/// `--all-domains` on a host with one running domain: libvirt's built-in
+/// test driver has exactly one (`test`), which is no QEMU, so it cannot be
+/// reached over QMP. The summary counts it in the singular.
+#[test]
+fn one_target_is_counted_as_one() {
+    let out = run(
+        &[
+            "--all-domains",
+            "--connect",
+            "test:///default",
+            "-c",
+            "query-name",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        text(&out.stderr).ends_with(
+            "qmp-shell: 1 target: 0 answered, 0 with failed commands, 1 unreachable or lost\n"
+        ),
+        "{}",
+        show(&out)
+    );
+}
+
 #[test]
 fn every_reply_is_tagged_with_its_target() {
     let peers = fleet(FLEET);

@@ -343,8 +343,9 @@ impl State {
         if self.dropped_events > 0 {
             let n = std::mem::take(&mut self.dropped_events);
             return Some(Incoming::Warning(format!(
-                "{n} older events were dropped (more than {MAX_QUEUED_EVENTS} events \
+                "{n} older {} dropped (more than {MAX_QUEUED_EVENTS} events \
                  or {} MiB queued)",
+                if n == 1 { "event was" } else { "events were" },
                 MAX_QUEUED_EVENT_BYTES >> 20
             )));
         }
@@ -457,10 +458,6 @@ pub enum Tapped<'a> {
     /// An event, as it arrived (it is queued for
     /// [`Client::drain_incoming`] as usual).
     Event(&'a Event),
-    /// A reply, as it arrived, before it goes to its request (so a tap
-    /// learns where each reply came among the events); replies nobody
-    /// waits for are shown too.
-    Reply(&'a Reply),
     /// The connection ended; nothing follows.
     Closed,
 }
@@ -619,16 +616,7 @@ impl Shared {
         }
         match frame {
             Ok(obj) => match Message::classify(obj) {
-                Message::Reply(reply) => {
-                    if st.syncing.is_some() {
-                        return self.route_reply(st, reply);
-                    }
-                    drop(st);
-                    for tap in self.taps() {
-                        (tap.f)(Tapped::Reply(&reply));
-                    }
-                    self.route_reply(lock(&self.state), reply)
-                }
+                Message::Reply(reply) => self.route_reply(st, reply),
                 Message::Event(ev) => {
                     if st.syncing.is_some() {
                         return;
@@ -1325,14 +1313,14 @@ impl Client {
 
     /// Register a tap that is shown every event as it arrives (on the
     /// client's reader thread, before it is queued for
-    /// [`drain_incoming`](Client::drain_incoming), which is unchanged),
-    /// every reply as it arrives (before its request gets it), and
+    /// [`drain_incoming`](Client::drain_incoming), which is unchanged), and
     /// [`Tapped::Closed`] once when the connection ends (at once if it
-    /// has ended already): events and replies in the order of the wire.
-    /// Events and replies dropped while resynchronising with a guest agent
-    /// are not shown. Keep `f` cheap: the reader waits for it;
+    /// has ended already). Events dropped while resynchronising with a
+    /// guest agent are not shown. Keep `f` cheap: the reader waits for it;
     /// it must not wait for replies of this client. Dropping the returned
-    /// [`EventTap`] removes the tap.
+    /// [`EventTap`] removes the tap. (To know where a reply came among the
+    /// events, take it with [`submit_with`](Client::submit_with): its
+    /// callback runs on the same thread, in the order of the wire.)
     pub fn tap_events(&self, f: impl Fn(Tapped<'_>) + Send + Sync + 'static) -> EventTap {
         let id = self.shared.next_tap.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(TapEntry {
@@ -2096,7 +2084,6 @@ mod tests {
         let tap = client.tap_events(move |t| {
             let text = match t {
                 Tapped::Event(e) => e.name().unwrap_or("?").to_owned(),
-                Tapped::Reply(r) => format!("reply {}", r.body.get("return").unwrap()),
                 Tapped::Closed => "closed".to_owned(),
             };
             lock(&tx2).send(format!("a:{text}")).unwrap();
@@ -2125,12 +2112,6 @@ mod tests {
             }
         }
         assert_eq!(names, ["ONE", "TWO"]);
-        // Replies are shown too, in the order of the wire.
-        go_tx
-            .send(b"{\"return\": 7}\r\n{\"event\": \"THREE\"}\r\n")
-            .unwrap();
-        assert_eq!(rx.recv().unwrap(), "a:reply 7");
-        assert_eq!(rx.recv().unwrap(), "a:THREE");
         drop(go_tx);
         assert_eq!(rx.recv().unwrap(), "a:closed");
         client.close();

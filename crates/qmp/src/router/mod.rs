@@ -457,7 +457,6 @@ impl Inner {
                     ds.push_event(&bytes);
                 }
             }
-            Tapped::Reply(_) => {}
             Tapped::Closed => {
                 let list = {
                     let mut conns = lock(&self.conns);
