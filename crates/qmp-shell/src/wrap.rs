@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use qmp_client::router::RouterOptions;
 use qmp_client::{Client, Listener};
 
@@ -200,6 +200,9 @@ impl Qemu {
 
 /// The `qmp-shell-wrap` program; returns the exit status.
 pub fn main() -> i32 {
+    if let Some(code) = crate::generate::run_if_asked(WrapArgs::command, &crate::manual::WRAP) {
+        return code;
+    }
     let args = WrapArgs::parse();
     if let Some(first) = args.command.first() {
         let option = first.split('=').next().unwrap_or(first);
