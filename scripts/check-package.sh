@@ -128,8 +128,13 @@ fi
 # --- the .deb, unpacked -----------------------------------------------------------
 dr=$tmp/deb-root
 dpkg-deb -x "$deb" "$dr"
-grep -q "GNU GENERAL PUBLIC LICENSE" "$dr/usr/share/doc/qmp-shell/copyright" &&
-    ok "copyright holds the GPL text" || fail "copyright lacks the licence text"
+copyright=$dr/usr/share/doc/qmp-shell/copyright
+if grep -q "^License: GPL-2.0-or-later" "$copyright" &&
+    grep -q "/usr/share/common-licenses/GPL-2" "$copyright" && [ -f /usr/share/common-licenses/GPL-2 ]; then
+    ok "copyright: GPL-2.0-or-later, text in /usr/share/common-licenses/GPL-2"
+else
+    fail "copyright does not give the licence: $(cat "$copyright")"
+fi
 
 first_version=""
 for p in "${PROGRAMS[@]}"; do
