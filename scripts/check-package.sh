@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 PYTHON=${PYTHON:-python3}
-PROGRAMS=(qmp-shell qmp-shell-wrap qmp-proxy)
+PROGRAMS=(qmp-shell qmp-shell-wrap qmp-proxy qmp-mcp)
 
 failures=0
 ok() { echo "check-package: ok: $*"; }
@@ -74,6 +74,21 @@ done
 
 # `qmp-shell -c query-status SOCK` as BIN runs it (in an environment set by
 # the caller's prefix), and what a running QEMU answers.
+# qmp-mcp ($@) answers a real MCP client (the Inspector CLI that
+# install-deps.sh installs) with the result of query-status.
+INSPECTOR=/opt/qmp-shell-tests/mcp-inspector-0.17.5/node_modules/.bin/mcp-inspector
+check_mcp() {
+    local what=$1
+    shift
+    local out
+    if out=$(run "$INSPECTOR" --cli "$@" "$sock" --method tools/call --tool-name execute \
+        --tool-arg command=query-status 2>&1) && [[ $out == *'\"status\":\"running\"'* ]]; then
+        ok "$what: qmp-mcp answers an MCP client: execute query-status"
+    else
+        fail "$what: qmp-mcp under the MCP Inspector gave: $out"
+    fi
+}
+
 check_query_status() {
     local what=$1
     shift
@@ -155,11 +170,12 @@ for p in "${PROGRAMS[@]}"; do
     fi
 done
 check_query_status "deb" "$dr/usr/bin/qmp-shell"
+check_mcp "deb" "$dr/usr/bin/qmp-mcp"
 
 # Without libvirt: its client library hidden (an empty file bound over it,
 # in a mount namespace of this command's own), the program still runs, and
 # --domain says what to install.
-libvirt=$(/sbin/ldconfig -p | awk '$1 == "libvirt.so.0" { print $NF; exit }')
+libvirt=$(/sbin/ldconfig -p | awk '$1 == "libvirt.so.0" && !found { print $NF; found = 1 }')
 if [ -n "$libvirt" ]; then
     hide="mount --bind /dev/null $(readlink -f "$libvirt")"
     if out=$(run unshare -m sh -c "$hide && exec \"\$@\"" sh \
@@ -191,6 +207,7 @@ for p in "${PROGRAMS[@]}"; do
         qmp-shell) want+=(--domain --read-only QMP_SOCKET LIBVIRT_DEFAULT_URI QMP_SSH_COMMAND NO_COLOR) ;;
         qmp-shell-wrap) want+=(--read-only --serve) ;;
         qmp-proxy) want+=(--listen) ;;
+        qmp-mcp) want+=(--allow-writes --domain SAFETY TOOLS) ;;
     esac
     missing=()
     for w in "${want[@]}"; do
@@ -274,6 +291,7 @@ for p in "${PROGRAMS[@]}"; do
     [[ $v == "$p $version"* ]] && ok "wheel: $v" || fail "wheel: $p --version: '$v'"
 done
 check_query_status "wheel" "${clean_env[@]}" qmp-shell
+check_mcp "wheel" "$venv/bin/qmp-mcp"
 
 echo
 if [ "$failures" -ne 0 ]; then

@@ -58,7 +58,7 @@ CHECKS=(
 # A shared library in the loader's cache (lib:NAME), or one of libvirt's
 # connection drivers (driver:NAME).
 find_lib() {
-    /sbin/ldconfig -p 2>/dev/null | awk -v lib="$1" '$1 == lib { print $NF; exit }'
+    /sbin/ldconfig -p 2>/dev/null | awk -v lib="$1" '$1 == lib && !found { print $NF; found = 1 }'
 }
 find_driver() {
     local f

@@ -29,22 +29,16 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 
-# The programs shipped, all binaries of crates/qmp-shell: the wheel holds
-# the binaries of that one crate (maturin's `bindings = "bin"`, see
-# pyproject.toml); the .deb takes them and what they generate (see
-# [package.metadata.deb] in crates/qmp-shell/Cargo.toml).
-#
-# A program of another crate (say crates/qmp-mcp) goes in like this: add
-# its name here; add `data = "target/wheel-data"` under [tool.maturin] in
-# pyproject.toml; before the wheel's build below, compile it the same way
-# and put it in that directory, whose scripts/ maturin adds to the wheel:
-#     rm -rf target/wheel-data && mkdir -p target/wheel-data/scripts
-#     PATH=$venv/bin:$PATH maturin build --release --zig --target "$TRIPLE" \
-#         -m crates/qmp-mcp/Cargo.toml --out "$tools/other-wheels"
-#     cp "$release/qmp-mcp" target/wheel-data/scripts/
-# and add its binary to the .deb's assets. Its --generate (see
-# crates/qmp-shell/src/generate.rs) gives its man page and completions.
-PROGRAMS=(qmp-shell qmp-shell-wrap qmp-proxy)
+# The programs shipped. The wheel holds the binaries of crates/qmp-shell
+# (maturin's `bindings = "bin"`, see pyproject.toml) and, through the
+# wheel's data directory (`data = "target/wheel-data"`), those of the other
+# crates (OTHER_CRATES: qmp-mcp, whose tokio stays out of the others),
+# compiled the same way just before. The .deb takes them all and what they
+# generate (see [package.metadata.deb] in crates/qmp-shell/Cargo.toml).
+# Each program's --generate (crates/qmp-shell/src/generate.rs) gives its
+# man page and completions.
+PROGRAMS=(qmp-shell qmp-shell-wrap qmp-proxy qmp-mcp)
+OTHER_CRATES=(qmp-mcp)
 
 TRIPLE=x86_64-unknown-linux-gnu
 MATURIN_VERSION=1.16.0
@@ -90,6 +84,16 @@ mkdir -p "$dist"
 
 # --- the programs, and the wheel ---------------------------------------------
 say "building the programs and the wheel (maturin --zig, $TRIPLE, glibc 2.28)"
+wheel_data=$root/target/wheel-data
+rm -rf "$wheel_data" "$tools/other-wheels"
+mkdir -p "$wheel_data/scripts"
+for crate in "${OTHER_CRATES[@]}"; do
+    # Its own wheel is thrown away: only the binary, built as the others are,
+    # goes into the one wheel.
+    PATH=$venv/bin:$PATH maturin build --release --zig --target "$TRIPLE" \
+        -m "crates/$crate/Cargo.toml" --out "$tools/other-wheels"
+    cp "$release/$crate" "$wheel_data/scripts/"
+done
 PATH=$venv/bin:$PATH maturin build --release --zig --target "$TRIPLE" --out "$dist"
 
 # --- what the programs generate ----------------------------------------------

@@ -317,8 +317,8 @@ const PROXY_EXAMPLES: Section = Section {
 const SEE_ALSO: Section = Section {
     title: "SEE ALSO",
     blocks: &[Para(
-        "qmp-shell(1), qmp-shell-wrap(1), qmp-proxy(1), qemu-system-x86_64(1), \
-         virsh(1); the QEMU QMP reference manual.",
+        "qmp-shell(1), qmp-shell-wrap(1), qmp-proxy(1), qmp-mcp(1), \
+         qemu-system-x86_64(1), virsh(1); the QEMU QMP reference manual.",
     )],
 };
 
