@@ -14,7 +14,10 @@ const TOOLS: Section = Section {
             "An MCP client (an AI agent's host) starts qmp-mcp and talks to it on standard \
              input and output. The tools it offers:",
         ),
-        Item("targets", "the configured targets, each with its state and QEMU version."),
+        Item(
+            "targets",
+            "the configured targets, each with its state and QEMU version.",
+        ),
         Item(
             "describe {name}",
             "the schema help of a command or event (what `help NAME` prints in qmp-shell), \
@@ -30,7 +33,10 @@ const TOOLS: Section = Section {
             "wait_event {event, match?, timeout, target?}",
             "the next such event (the wait is bounded).",
         ),
-        Item("jobs {target?}", "the block and migration jobs, with their progress."),
+        Item(
+            "jobs {target?}",
+            "the block and migration jobs, with their progress.",
+        ),
         Para("target may be left out when there is one target."),
     ],
 };
@@ -57,7 +63,10 @@ const EXIT: Section = Section {
     title: "EXIT STATUS",
     blocks: &[
         Item("0", "the client closed standard input."),
-        Item("1", "the server could not start (standard output closed, say)."),
+        Item(
+            "1",
+            "the server could not start (standard output closed, say).",
+        ),
         Item("2", "command-line usage error."),
         Item(
             "128+N",

@@ -107,9 +107,7 @@ pub fn main() -> i32 {
     };
     let pool = match Pool::new(&args.targets, settings) {
         Ok(pool) => Arc::new(pool),
-        Err(msg) => {
-            qmp_shell::cli::usage_error("qmp-mcp", crate::cli::USAGE, &msg)
-        }
+        Err(msg) => qmp_shell::cli::usage_error("qmp-mcp", crate::cli::USAGE, &msg),
     };
     let mode = Mode {
         allow_writes: args.server.allow_writes,
