@@ -14,7 +14,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # "command-to-check package" pairs: a command found on PATH (or an absolute
-# path that must exist) and the Debian package that provides it.
+# path that must be executable, or file:PATH, a file that must exist) and
+# the Debian package that provides it.
 CHECKS=(
     "qemu-system-x86_64 qemu-system-x86"
     "qemu-storage-daemon qemu-system-x86"
@@ -37,12 +38,27 @@ CHECKS=(
     # Node and npm, for the MCP Inspector that tests qmp-mcp (below)
     "node nodejs"
     "npm npm"
+    # scripts/package.sh and scripts/check-package.sh: packing the .deb
+    # (dpkg-shlibdeps finds its Depends), unpacking and reading it, and
+    # using what it installs as a user would
+    "dpkg-deb dpkg"
+    "dpkg-shlibdeps dpkg-dev"
+    "objdump binutils"
+    "readelf binutils"
+    "strip binutils"
+    "gzip gzip"
+    "man man-db"
+    "file:/usr/share/bash-completion/bash_completion bash-completion"
+    "zsh zsh"
+    "fish fish"
+    "unshare util-linux"
+    "git git"
 )
 
 # A shared library in the loader's cache (lib:NAME), or one of libvirt's
 # connection drivers (driver:NAME).
 find_lib() {
-    /sbin/ldconfig -p 2>/dev/null | awk -v lib="$1" '$1 == lib { print $NF; exit }'
+    /sbin/ldconfig -p 2>/dev/null | awk -v lib="$1" '$1 == lib && !found { print $NF; found = 1 }'
 }
 find_driver() {
     local f
@@ -60,6 +76,7 @@ have() {
     case "$1" in
         lib:*) [ -n "$(find_lib "${1#lib:}")" ] ;;
         driver:*) find_driver "${1#driver:}" >/dev/null ;;
+        file:*) [ -f "${1#file:}" ] ;;
         /*) [ -x "$1" ] ;;
         *) command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] ;;
     esac
@@ -69,6 +86,7 @@ where() {
     case "$1" in
         lib:*) find_lib "${1#lib:}" ;;
         driver:*) find_driver "${1#driver:}" ;;
+        file:*) echo "${1#file:}" ;;
         /*) echo "$1" ;;
         *) command -v "$1" 2>/dev/null || { [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"; } || echo "/sbin/$1" ;;
     esac
@@ -118,6 +136,14 @@ elif [ "$need_reference" = 1 ] && ! "$PYTHON" -m pip --version >/dev/null 2>&1; 
     add_pkg python3-pip
 else
     echo "install-deps: $PYTHON: ok ($(command -v "$PYTHON"))"
+fi
+
+# scripts/package.sh and check-package.sh make venvs with this Python (the
+# wheel's tools; a fresh venv for the wheel): Debian's python3 needs
+# python3-venv for that.
+if command -v "$PYTHON" >/dev/null 2>&1 && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    echo "install-deps: $PYTHON -m venv: missing, will install package python3-venv"
+    add_pkg python3-venv
 fi
 
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -24,6 +24,14 @@ step bash scripts/swap-reference.sh
 # Bounded fuzzing of the shorthand parser, the decoder and the renderer
 # (installs cargo-fuzz when missing); fails on any crash.
 step bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+# The crates as crates.io would get them: packed, then built from the
+# packed sources alone.
+step cargo package --workspace
+# The release packages (dist/: a .deb and a manylinux wheel; installs
+# cargo-deb, and maturin and ziglang in a private venv, where missing), then
+# a check of what they hold and that they work once installed.
+step bash scripts/package.sh
+step bash scripts/check-package.sh
 # --- add further steps above this line -------------------------------------
 
 echo

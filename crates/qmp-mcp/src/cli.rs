@@ -6,6 +6,9 @@ use std::time::Duration;
 use clap::{ArgGroup, Args, CommandFactory, FromArgMatches, Parser};
 use qmp_shell::cli::{parse_positive_seconds, TargetArgs};
 
+/// The usage line of `qmp-mcp` in usage errors.
+pub const USAGE: &str = "qmp-mcp [OPTIONS] [qmp_server...]";
+
 /// How long a command's reply is waited for by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -34,7 +37,7 @@ and the next use tries again.";
 #[derive(Parser, Debug)]
 #[command(
     name = "qmp-mcp",
-    version,
+    version = qmp_shell::cli::VERSION,
     about = "An MCP server that lets AI agents query and drive QEMU VMs through QMP.",
     long_about = LONG_ABOUT,
     override_usage = "qmp-mcp [OPTIONS] [qmp_server...]\n       \
@@ -94,10 +97,12 @@ pub fn command() -> clap::Command {
 }
 
 impl McpArgs {
-    /// Parse the process's arguments (exit 2 on a usage error, as clap
-    /// does).
+    /// Parse the process's arguments; a usage error is printed as every
+    /// program of the project prints one ([`qmp_shell::cli::usage_error`])
+    /// and exits 2.
     pub fn parse_args() -> McpArgs {
-        McpArgs::try_parse_args_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+        McpArgs::try_parse_args_from(std::env::args_os())
+            .unwrap_or_else(|e| qmp_shell::cli::exit_on_clap_error("qmp-mcp", USAGE, &e))
     }
 
     /// Parse `args`; an address on the command line does not go with

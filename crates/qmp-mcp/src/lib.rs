@@ -24,6 +24,7 @@
 
 pub mod calls;
 pub mod cli;
+pub mod manual;
 pub mod server;
 pub mod targets;
 pub mod tools;

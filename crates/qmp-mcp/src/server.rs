@@ -96,6 +96,10 @@ fn die(msg: &str) -> i32 {
 
 /// The `qmp-mcp` program; returns the exit status.
 pub fn main() -> i32 {
+    if let Some(code) = qmp_shell::generate::run_if_asked(crate::cli::command, &crate::manual::PAGE)
+    {
+        return code;
+    }
     let args = McpArgs::parse_args();
     let settings = Settings {
         guest_agent: args.targets.skip_negotiation,
@@ -103,9 +107,7 @@ pub fn main() -> i32 {
     };
     let pool = match Pool::new(&args.targets, settings) {
         Ok(pool) => Arc::new(pool),
-        Err(msg) => {
-            qmp_shell::cli::usage_error("qmp-mcp", "qmp-mcp [OPTIONS] [qmp_server...]", &msg)
-        }
+        Err(msg) => qmp_shell::cli::usage_error("qmp-mcp", crate::cli::USAGE, &msg),
     };
     let mode = Mode {
         allow_writes: args.server.allow_writes,

@@ -3,6 +3,8 @@
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
+use clap::CommandFactory;
+
 use qmp_client::Client;
 
 use crate::cli::{self, exit, ColorChoice, Common, ShellArgs};
@@ -223,6 +225,9 @@ fn fan_out(args: ShellArgs, targets: Vec<(String, Target)>) -> i32 {
 
 /// The `qmp-shell` program; returns the exit status.
 pub fn main() -> i32 {
+    if let Some(code) = crate::generate::run_if_asked(ShellArgs::command, &crate::manual::SHELL) {
+        return code;
+    }
     let args = ShellArgs::parse_args();
     output::set_json_stderr(args.common.json);
     if args.list {

@@ -11,6 +11,11 @@ use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{ArgGroup, Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
+/// What `--version` prints after the program's name, the same for every
+/// program: the crate's version and, when built from a git checkout (or a
+/// crate packaged from one), the commit: `0.1.0 (rev 0123456789)`.
+pub const VERSION: &str = env!("QMP_SHELL_VERSION");
+
 /// Exit statuses, shared by both binaries and documented in `--help`.
 pub mod exit {
     /// End of input reached, every command was sent and answered.
@@ -195,7 +200,7 @@ impl TargetArgs {
 #[derive(Parser, Debug)]
 #[command(
     name = "qmp-shell",
-    version,
+    version = VERSION,
     about = "Low-level QEMU shell on top of QMP.",
     long_about = "Low-level QEMU shell on top of QMP.\n\n\
         Start QEMU with:  qemu-system-x86_64 [...] -qmp unix:./qmp-sock,server=on,wait=off\n\
@@ -331,7 +336,7 @@ impl Common {
 #[derive(Parser, Debug)]
 #[command(
     name = "qmp-shell-wrap",
-    version,
+    version = VERSION,
     about = "Launch QEMU and connect to it with qmp-shell in a single command.",
     long_about = "Launch QEMU and connect to it with qmp-shell in a single command.\n\n\
         The QEMU command line (default: qemu-system-x86_64) gets `-qmp unix:SOCKET` \

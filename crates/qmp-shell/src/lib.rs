@@ -10,7 +10,9 @@
 //!   human-monitor commands; [`schema`] answers questions about the QMP
 //!   schema, and [`facts`] keeps what the safety net needs from it;
 //!   [`readonly`] says what `--read-only` lets through; [`jobs`] follows
-//!   jobs for `/jobs`; [`cli`] defines the arguments.
+//!   jobs for `/jobs`; [`cli`] defines the arguments; [`manual`] holds
+//!   the manual pages' own sections, and [`generate`] prints the pages and
+//!   completion scripts (`--generate`).
 //! * [`output`] (how things are printed), [`files`] (files that may hold
 //!   secrets), [`store`] (the schema, fetched once, and its facts cached on
 //!   disk), [`doorbell`] and [`signals`] (waking the engine), [`live`]
@@ -34,10 +36,12 @@ pub mod doorbell;
 pub mod facts;
 pub mod fanout;
 pub mod files;
+pub mod generate;
 pub mod hmp;
 pub mod interactive;
 pub mod jobs;
 pub mod live;
+pub mod manual;
 pub mod meta;
 pub mod output;
 pub mod proxy;

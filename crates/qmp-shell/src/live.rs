@@ -261,6 +261,10 @@ impl Live {
     /// taken yet).
     pub fn take_printable(&self) -> Vec<Item> {
         let mut st = self.lock();
+        if st.items.is_empty() && st.dropped == 0 {
+            // Without a terminal, the usual case: nothing to print.
+            return Vec::new();
+        }
         let limit = st.limit();
         st.take_until(limit)
     }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use qmp_client::router::{Router, RouterOptions, DEFAULT_MAX_CLIENTS};
 use qmp_client::transport::libvirt;
 use qmp_client::{Address, Client, Incoming};
@@ -52,7 +52,7 @@ own socket. PATH is created with mode 0600 (owner only).";
 #[derive(Parser, Debug)]
 #[command(
     name = "qmp-proxy",
-    version,
+    version = cli::VERSION,
     about = "Share one QEMU QMP monitor between many clients.",
     long_about = "Share one QEMU QMP monitor between many clients.\n\n\
         QEMU serves one client per QMP monitor. qmp-proxy holds that one connection to \
@@ -141,6 +141,9 @@ pub struct ProxyArgs {
 
 /// The `qmp-proxy` program; returns the exit status.
 pub fn main() -> i32 {
+    if let Some(code) = crate::generate::run_if_asked(ProxyArgs::command, &crate::manual::PROXY) {
+        return code;
+    }
     let args =
         ProxyArgs::try_parse().unwrap_or_else(|e| cli::exit_on_clap_error("qmp-proxy", USAGE, &e));
     let target = match (&args.domain, &args.target) {

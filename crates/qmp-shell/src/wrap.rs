@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use qmp_client::router::RouterOptions;
 use qmp_client::{Client, Listener};
 
@@ -229,6 +229,9 @@ fn forward_stderr(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receive
 
 /// The `qmp-shell-wrap` program; returns the exit status.
 pub fn main() -> i32 {
+    if let Some(code) = crate::generate::run_if_asked(WrapArgs::command, &crate::manual::WRAP) {
+        return code;
+    }
     let args = WrapArgs::try_parse()
         .unwrap_or_else(|e| cli::exit_on_clap_error("qmp-shell-wrap", USAGE, &e));
     if let Err(msg) = args.common.check() {

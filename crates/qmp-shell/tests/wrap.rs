@@ -649,7 +649,7 @@ fn help_and_version() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        format!("qmp-shell-wrap {}\n", env!("CARGO_PKG_VERSION"))
+        format!("qmp-shell-wrap {}\n", qmp_shell::cli::VERSION)
     );
     // Neither starts QEMU nor leaves a directory.
     assert!(wrap_dirs(tmp.path()).is_empty());

@@ -1,0 +1,82 @@
+//! Sets `QMP_SHELL_VERSION`, the text every program prints for `--version`:
+//! the crate's version, then `(rev COMMIT)` when the commit is known.
+//!
+//! The commit comes from git when the crate is built inside a git checkout,
+//! or from the `.cargo_vcs_info.json` that `cargo package` writes when the
+//! crate was packaged from one. Without git, outside a checkout, or from a
+//! crate packaged without that file, the version is the crate's alone: the
+//! build never fails for want of a commit.
+
+use std::path::Path;
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let version = std::env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    let rev = packaged_rev(Path::new(&dir)).or_else(|| git_rev(Path::new(&dir)));
+    let text = match rev {
+        Some(rev) => format!("{version} (rev {rev})"),
+        None => version,
+    };
+    println!("cargo:rustc-env=QMP_SHELL_VERSION={text}");
+}
+
+/// Digits of a commit shown: enough to be unique, as ripgrep shows it.
+const SHORT: usize = 10;
+
+/// The commit a packaged crate came from, from `.cargo_vcs_info.json`
+/// (`{"git": {"sha1": "..."}, ...}`).
+fn packaged_rev(dir: &Path) -> Option<String> {
+    let info = std::fs::read_to_string(dir.join(".cargo_vcs_info.json")).ok()?;
+    let after = &info[info.find("\"sha1\"")? + "\"sha1\"".len()..];
+    let start = after.find('"')? + 1;
+    let sha1 = &after[start..];
+    let sha1 = &sha1[..sha1.find('"')?];
+    is_hex_commit(sha1).then(|| sha1[..SHORT].to_string())
+}
+
+/// The checkout's commit, or None when git is missing or `dir` is not in a
+/// checkout. Tells cargo to run this again when HEAD moves.
+fn git_rev(dir: &Path) -> Option<String> {
+    let rev = git(dir, &["rev-parse", "HEAD"])?;
+    if !is_hex_commit(&rev) {
+        return None;
+    }
+    // HEAD names the branch; the branch's ref (loose or packed) names the
+    // commit. Only existing files: cargo reruns on every build for a
+    // missing one.
+    let mut watched = vec![git(dir, &["rev-parse", "--git-path", "HEAD"])];
+    if let Some(branch) = git(dir, &["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(git(dir, &["rev-parse", "--git-path", &branch]));
+    }
+    watched.push(git(dir, &["rev-parse", "--git-path", "packed-refs"]));
+    for path in watched.into_iter().flatten() {
+        let path = dir.join(path);
+        if path.exists() {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+    }
+    Some(rev[..SHORT].to_string())
+}
+
+/// `git ARGS` run in `dir`: its first line of output, if it succeeded.
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8(out.stdout).ok()?;
+    let line = text.lines().next()?.trim();
+    (!line.is_empty()).then(|| line.to_string())
+}
+
+/// A full commit id (SHA-1 or SHA-256), in hex.
+fn is_hex_commit(text: &str) -> bool {
+    text.len() >= 40 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
