@@ -212,9 +212,11 @@ impl Live {
     }
 
     /// The events the engine did not take yet, with their numbers, oldest
-    /// first.
-    pub fn take_events(&self) -> Vec<(u64, Event)> {
-        self.lock().events.drain(..).collect()
+    /// first, and the number of the last thing that arrived so far (what
+    /// comes later is numbered higher).
+    pub fn take_events(&self) -> (Vec<(u64, Event)>, u64) {
+        let mut st = self.lock();
+        (st.events.drain(..).collect(), st.numbered)
     }
 
     /// A token for a command about to be sent: its reply is delivered with
@@ -258,14 +260,17 @@ impl Live {
     }
 
     /// The items that may be printed now (those before every reply not
-    /// taken yet).
-    pub fn take_printable(&self) -> Vec<Item> {
+    /// taken yet), up to number `upto` (`None`: all of them).
+    pub fn take_printable(&self, upto: Option<u64>) -> Vec<Item> {
         let mut st = self.lock();
         if st.items.is_empty() && st.dropped == 0 {
             // Without a terminal, the usual case: nothing to print.
             return Vec::new();
         }
-        let limit = st.limit();
+        let limit = match (st.limit(), upto) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         st.take_until(limit)
     }
 
@@ -391,7 +396,7 @@ mod tests {
         live.arrived(b, reply(2));
         live.event(&event("RESET"));
         // Nothing after the first reply is printable before it is.
-        assert_eq!(live.take_printable(), vec![item("STOP")]);
+        assert_eq!(live.take_printable(None), vec![item("STOP")]);
         let taken = live.take_reply(a).unwrap();
         assert!(taken.before.is_empty());
         assert_eq!(taken.after, 1);
@@ -399,12 +404,13 @@ mod tests {
         let taken = live.take_reply(b).unwrap();
         assert_eq!(taken.before, vec![item("RESUME")]);
         assert_eq!(taken.after, 2);
-        assert_eq!(live.take_printable(), vec![item("RESET")]);
+        assert_eq!(live.take_printable(None), vec![item("RESET")]);
         assert!(live.take_reply(b).is_none());
         // The engine gets every event, numbered, whether printed or not.
-        let numbers: Vec<u64> = live.take_events().iter().map(|(n, _)| *n).collect();
-        assert_eq!(numbers, [1, 2, 3]);
-        assert!(live.take_events().is_empty());
+        let (events, upto) = live.take_events();
+        let numbers: Vec<u64> = events.iter().map(|(n, _)| *n).collect();
+        assert_eq!((numbers, upto), (vec![1, 2, 3], 3));
+        assert!(live.take_events().0.is_empty());
     }
 
     #[test]
@@ -417,8 +423,8 @@ mod tests {
         let taken = live.take_reply(a).unwrap();
         assert!(taken.before.is_empty());
         assert_eq!(taken.after, 1);
-        assert!(live.take_printable().is_empty());
-        assert_eq!(live.take_events().len(), 2);
+        assert!(live.take_printable(None).is_empty());
+        assert_eq!(live.take_events().0.len(), 2);
         assert_eq!(live.numbered(), 2);
     }
 
@@ -428,8 +434,14 @@ mod tests {
         live.event(&event("A"));
         live.event(&event("B"));
         live.event(&event("C"));
+        live.push(Item::Warning("w".to_owned()));
         assert_eq!(live.take_event(2), (vec![item("A")], true));
-        assert_eq!(live.take_printable(), vec![item("C")]);
+        // Up to a number: what came after waits.
+        assert_eq!(live.take_printable(Some(3)), vec![item("C")]);
+        assert_eq!(
+            live.take_printable(None),
+            vec![Item::Warning("w".to_owned())]
+        );
         // Printed already: only what came before it.
         assert_eq!(live.take_event(3), (vec![], false));
     }
@@ -450,7 +462,7 @@ mod tests {
         live.abandon(b, true);
         let late = |n: i64| Item::LateReply(shown(reply(n).unwrap()));
         assert_eq!(
-            live.take_printable(),
+            live.take_printable(None),
             vec![
                 item("STOP"),
                 late(1),
@@ -467,7 +479,7 @@ mod tests {
         let d = live.token();
         live.arrived(d, reply(4));
         live.abandon(d, false);
-        assert!(live.take_printable().is_empty());
+        assert!(live.take_printable(None).is_empty());
     }
 
     #[test]
@@ -476,7 +488,7 @@ mod tests {
         for _ in 0..MAX_EVENTS + 2 {
             live.event(&event("X"));
         }
-        let items = live.take_printable();
+        let items = live.take_printable(None);
         assert_eq!(items.len(), MAX_EVENTS + 1);
         assert_eq!(
             items[0],
@@ -484,7 +496,7 @@ mod tests {
                 "2 older events were dropped (more than {MAX_EVENTS} waiting to be printed)"
             ))
         );
-        let events = live.take_events();
+        let (events, _) = live.take_events();
         assert_eq!(events.len(), MAX_EVENTS);
         assert_eq!(events[0].0, 3);
     }

@@ -275,8 +275,11 @@ pub struct Engine {
     live: Arc<Live>,
     /// Recent events, numbered.
     recent: VecDeque<Recent>,
-    /// The number of the last event taken from the tap.
+    /// The number of the last event taken from [`Live`].
     latest: u64,
+    /// The number of the last thing that had arrived when events were last
+    /// taken from [`Live`]: every event up to it is in `recent`.
+    looked: u64,
     /// Commands sent so far.
     sent: u64,
     /// The last commands sent: where they stand among the events.
@@ -334,6 +337,7 @@ impl Engine {
             live,
             recent: VecDeque::new(),
             latest: 0,
+            looked: 0,
             sent: 0,
             marks: VecDeque::new(),
             jobs_end: 0,
@@ -1022,7 +1026,9 @@ impl Engine {
     /// what it knows of jobs), and forget those that no `/wait` or `/jobs`
     /// can need any more: those from before the last command was sent.
     fn drain_tap(&mut self) {
-        for (seq, event) in self.live.take_events() {
+        let (events, looked) = self.live.take_events();
+        self.looked = looked;
+        for (seq, event) in events {
             if let Some(name) = event.name() {
                 self.known.event(name, event.body.get("data"));
             }
@@ -1273,7 +1279,11 @@ impl Engine {
     /// session ([`stopped`](Engine::stopped)).
     pub fn pump(&mut self) {
         while self.stop.is_none() {
-            if let Err(err) = self.notices() {
+            // With a `/wait` at the front, what arrived live is printed
+            // once the `/wait` looked at it: the event it returns is
+            // printed once, as its answer.
+            let waiting = matches!(self.queue.front(), Some(Slot::Wait { .. }));
+            if let Err(err) = self.notices(waiting.then_some(0)) {
                 return self.output_failed(&err);
             }
             match self.queue.front() {
@@ -1281,6 +1291,9 @@ impl Engine {
                 Some(Slot::Wait { .. }) => {
                     if self.pump_wait() {
                         continue;
+                    }
+                    if let Err(err) = self.notices(Some(self.looked)) {
+                        return self.output_failed(&err);
                     }
                     break;
                 }
@@ -1526,7 +1539,7 @@ impl Engine {
             }
             lines.push(follow.progress.final_json());
             // The events that came before the polls' replies, first.
-            if let Err(err) = self.notices() {
+            if let Err(err) = self.notices(None) {
                 self.output_failed(&err);
                 return true;
             }
@@ -1544,7 +1557,7 @@ impl Engine {
             return true;
         }
         if !lines.is_empty() {
-            if let Err(err) = self.notices() {
+            if let Err(err) = self.notices(None) {
                 self.output_failed(&err);
                 return true;
             }
@@ -1659,8 +1672,8 @@ impl Engine {
 
     /// Print warnings and late replies from the client (and events, with
     /// `--json`); with live events, what arrived so far and may be printed
-    /// before the replies still awaited.
-    fn notices(&mut self) -> io::Result<()> {
+    /// before the replies still awaited, up to number `upto` (`None`: all).
+    fn notices(&mut self, upto: Option<u64>) -> io::Result<()> {
         if !self.cfg.live_events {
             let items = if self.cfg.json {
                 self.client.drain_incoming()
@@ -1671,7 +1684,7 @@ impl Engine {
                 self.incoming(item)?;
             }
         }
-        let items = self.live.take_printable();
+        let items = self.live.take_printable(upto);
         self.print_items(items)
     }
 

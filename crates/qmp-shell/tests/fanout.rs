@@ -427,12 +427,48 @@ struct Open {
     now: usize,
     most: usize,
     ended: usize,
+    /// The connections counted open, by number, with their sockets.
+    open: Vec<(usize, std::os::unix::net::UnixStream)>,
+    accepted: usize,
+}
+
+impl Open {
+    /// A connection was accepted: its number. Those the shell closed count
+    /// as closed from then on (it closes one before it opens the next),
+    /// whether or not their threads saw the end yet.
+    fn opened(&mut self, socket: std::os::unix::net::UnixStream) -> usize {
+        let gone: Vec<usize> = self
+            .open
+            .iter()
+            .filter(|(_, s)| hostile_server::client_gone(s))
+            .map(|(n, _)| *n)
+            .collect();
+        for n in gone {
+            self.closed(n);
+        }
+        self.accepted += 1;
+        self.now += 1;
+        self.most = self.most.max(self.now);
+        self.open.push((self.accepted, socket));
+        self.accepted
+    }
+
+    /// Connection `n` ended (counted once, however it is seen).
+    fn closed(&mut self, n: usize) {
+        if let Some(at) = self.open.iter().position(|(m, _)| *m == n) {
+            self.open.remove(at);
+            self.now -= 1;
+            self.ended += 1;
+        }
+    }
 }
 
 /// `-j N` never has more than N connections open at once, and does use N.
 /// Each target is a listener of the test's own that greets like QEMU and
 /// counts its connection from accept(2) to the shell closing it (the test
-/// cannot count a real QEMU's connections exactly). To make "uses N"
+/// cannot count a real QEMU's connections exactly); a connection the shell
+/// closed is counted closed when the next one is accepted, even if its
+/// thread has not seen the end yet. To make "uses N"
 /// certain, not a matter of timing, a server answers the shell's first
 /// command only once N connections are open (or all the targets left are).
 #[test]
@@ -446,12 +482,8 @@ fn jobs_never_exceed_n_connections() {
                 let state = Arc::clone(&state);
                 hostile_server::serve(move |c| {
                     let (lock, cv) = &*state;
-                    {
-                        let mut st = lock.lock().unwrap();
-                        st.now += 1;
-                        st.most = st.most.max(st.now);
-                        cv.notify_all();
-                    }
+                    let me = lock.lock().unwrap().opened(c.socket());
+                    cv.notify_all();
                     c.handshake();
                     let mut first = true;
                     while let Some((name, id)) = c.read_command() {
@@ -471,9 +503,7 @@ fn jobs_never_exceed_n_connections() {
                         };
                         c.reply(&id, ret);
                     }
-                    let mut st = lock.lock().unwrap();
-                    st.now -= 1;
-                    st.ended += 1;
+                    lock.lock().unwrap().closed(me);
                     cv.notify_all();
                 })
             })

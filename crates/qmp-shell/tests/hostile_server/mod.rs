@@ -90,6 +90,11 @@ impl Conn {
         self.send(format!("{{\"return\": {ret}, \"id\": {id}}}\r\n").as_bytes());
     }
 
+    /// Another handle on the connection's socket (see [`client_gone`]).
+    pub fn socket(&self) -> UnixStream {
+        self.writer.try_clone().expect("clone")
+    }
+
     /// Wait until the client closes its side (bounded), then return.
     pub fn drain(&mut self) {
         let _ = self
@@ -98,6 +103,23 @@ impl Conn {
             .set_read_timeout(Some(Duration::from_secs(60)));
         let _ = self.reader.read_to_end(&mut Vec::new());
     }
+}
+
+/// Whether the client of `socket` has closed its side and left nothing
+/// unread in it (looked at without blocking or reading).
+pub fn client_gone(socket: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: recv(2) of at most one byte into `byte`, on a socket we own.
+    let n = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0
 }
 
 /// A listening hostile server; dropping it removes the directory.
