@@ -79,6 +79,7 @@ pub const DEFAULT_URI: &str = "qemu:///system";
 
 /// Why a libvirt session could not be opened. Every message is one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LibvirtError {
     /// libvirt's client library could not be loaded.
     #[error(
