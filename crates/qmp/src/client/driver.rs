@@ -14,12 +14,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 
-use super::limits::beyond_qemu_limits;
+use super::limits::encode_for_qemu;
 use super::protocol::{Callback, Inbound, Next, Outgoing, Protocol, Wake};
 use super::queue::approx_heap_size;
 use super::taps::{Tapped, Taps};
 use super::Error;
-use crate::framing::{encode, FrameError};
+use crate::framing::FrameError;
 use crate::message::{Object, Reply};
 use crate::plumbing::lock;
 use crate::transport::{Closer, Halves, Received, Sink, Source};
@@ -244,15 +244,14 @@ fn writer_loop(mut sink: Box<dyn Sink>, shared: &Shared) {
                 fds,
                 ..
             } => {
-                let bytes = encode(&msg);
-                let refused = beyond_qemu_limits(&bytes);
-                if logged && refused.is_none() {
+                let encoded = encode_for_qemu(&msg);
+                if let (true, Ok(bytes)) = (logged, &encoded) {
                     shared.log_line(&bytes[..bytes.len() - 1]);
                 }
                 let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-                let sent = match refused {
-                    Some(why) => Err(io::Error::new(io::ErrorKind::Unsupported, why)),
-                    None => sink.send(&msg, &bytes, &raw),
+                let sent = match &encoded {
+                    Err(why) => Err(io::Error::new(io::ErrorKind::Unsupported, why.clone())),
+                    Ok(bytes) => sink.send(&msg, bytes, &raw),
                 };
                 match sent {
                     Ok(()) => {}

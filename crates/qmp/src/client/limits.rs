@@ -1,5 +1,8 @@
 //! What QEMU's JSON parser accepts, checked before a message is sent.
 
+use crate::framing::encode;
+use crate::message::Object;
+
 /// Largest message QEMU's JSON parser accepts (`MAX_TOKEN_SIZE` of
 /// `qobject/json-streamer.c`), in bytes.
 pub const QEMU_MAX_MESSAGE: usize = 64 << 20;
@@ -7,6 +10,17 @@ pub const QEMU_MAX_MESSAGE: usize = 64 << 20;
 /// Deepest nesting of objects and arrays QEMU's JSON parser accepts
 /// (`MAX_NESTING`), the message's own object included.
 pub const QEMU_MAX_NESTING: usize = 1024;
+
+/// `msg` as it goes on the wire (compact JSON and a newline), or why it
+/// is not sent: QEMU would refuse it before reading its id
+/// ([`beyond_qemu_limits`]).
+pub(crate) fn encode_for_qemu(msg: &Object) -> Result<Vec<u8>, String> {
+    let bytes = encode(msg);
+    match beyond_qemu_limits(&bytes) {
+        None => Ok(bytes),
+        Some(why) => Err(why),
+    }
+}
 
 /// Why QEMU would refuse `encoded` (compact JSON and a newline) before
 /// reading its id, if it would. Its error would then come without an id and
@@ -53,8 +67,7 @@ pub(crate) fn beyond_qemu_limits(encoded: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::framing::encode;
-    use crate::message::{command, Object};
+    use crate::message::command;
     use serde_json::Value;
 
     /// Arguments `{"v": [[...]]}`, `depth` arrays deep.

@@ -9,9 +9,22 @@
 //! send come out ([`Protocol::next_to_send`]), and results, queued items
 //! and callbacks due wait to be taken. After each call, [`Protocol::take_wake`]
 //! says who may have something new to look at, so that a driver can wake
-//! them. The driver of [`Client`](super::Client) is a reader thread and a
-//! writer thread ([`super::driver`]); a session that sends one command
-//! could drive the same state inline, on its own thread, with poll(2).
+//! them.
+//!
+//! # Drivers
+//!
+//! The driver of [`Client`](super::Client) is a reader thread and a writer
+//! thread ([`super::driver`]), the state in a mutex between them. A
+//! session that sends one command needs no thread: owning the state
+//! outright, it can write what [`Protocol::next_to_send`] hands out
+//! ([`encode_for_qemu`](super::limits::encode_for_qemu) makes the bytes),
+//! poll(2) the socket, split what it reads into frames
+//! ([`Decoder`](crate::Decoder)) and hand each to [`Protocol::receive`]
+//! (then [`Protocol::reply`] or [`Protocol::event`]), until
+//! [`Protocol::take_result`] has the reply: the loop a C client runs, on
+//! the caller's thread. The handshake ([`super::handshake`]) works through
+//! [`Client::submit`](super::Client::submit) and
+//! [`Pending::wait`](super::Pending::wait), whichever driver answers them.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;

@@ -55,6 +55,17 @@
 //!   the agent would.
 //! * libvirt already negotiated capabilities with QEMU: the handshake is
 //!   [`Handshake::Negotiated`], with a greeting made from `query-version`.
+//!
+//! # Inside
+//!
+//! This module opens the session ([`LibvirtTransport::open_with`]); `lookup`
+//! finds the URI and the domain (the ambiguity rule is there), `connection`
+//! holds libvirt's handles and makes the command calls, `events` registers
+//! for QEMU's events and the domain's end and waits for them
+//! ([`Transport::syncer`]), `queue` carries replies and events to the
+//! source, `session` is the source and the sink, `messages` turns QMP into
+//! what libvirt takes and back, `error` says what failed; `ffi` loads
+//! libvirt and `event_loop` runs its event loop.
 
 mod connection;
 mod error;

@@ -83,6 +83,14 @@
 //! thread that lives as long as the process. ssh ignores `SIGINT` and
 //! `SIGQUIT`, so Ctrl-C at the terminal (meant for the shell) does not end
 //! the connection.
+//!
+//! # Inside
+//!
+//! This module is the transport over the forwarding; `process` starts,
+//! watches and stops the ssh process, `forward` checks the target and
+//! makes the `-L` specification and the private directory, `error`
+//! classifies ssh's messages into an [`SshError`].
+
 mod error;
 mod forward;
 mod process;
