@@ -20,11 +20,22 @@ pub fn python_io_error(err: &io::Error) -> String {
     }
 }
 
-/// A client error in the reference's words: OS errors Python-style.
+/// A client error in the reference's words: OS errors Python-style; any
+/// other error with its causes, `error: cause: cause...` (each error of the
+/// client says its own part only).
 pub fn client_error(err: &qmp_client::Error) -> String {
     match err {
         qmp_client::Error::Io(e) => python_io_error(e),
-        other => other.to_string(),
+        other => {
+            let mut text = other.to_string();
+            let mut cause = std::error::Error::source(other);
+            while let Some(e) = cause {
+                text.push_str(": ");
+                text.push_str(&e.to_string());
+                cause = e.source();
+            }
+            text
+        }
     }
 }
 
