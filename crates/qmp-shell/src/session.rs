@@ -894,7 +894,7 @@ impl Engine {
     /// Warn (once each per session) about what the command uses that the
     /// live schema marks deprecated or unstable.
     fn warn_marked(&mut self, name: &str, args: Option<&Object>) {
-        let Some(facts) = self.store.facts(&self.client) else {
+        let Some(facts) = self.store.marks(&self.client) else {
             return;
         };
         for warning in facts.warnings(name, args) {
@@ -1086,7 +1086,7 @@ impl Engine {
                     .to_owned(),
             );
         }
-        if let Some(facts) = self.store.facts(&self.client) {
+        if let Some(facts) = self.store.marks(&self.client) {
             if facts.knows(&name) && !facts.allows_oob(&name) {
                 return self.meta_failure(
                     "/oob",
