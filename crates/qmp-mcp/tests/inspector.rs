@@ -10,11 +10,6 @@
 //! Every client process has a hard time limit (killed, then a failure);
 //! nothing waits by sleeping.
 
-#[path = "../../qmp/tests/common/mod.rs"]
-mod common;
-#[path = "../../qmp/tests/common/libvirt.rs"]
-mod libvirt;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -26,7 +21,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use common::Peer;
+use qmp_test_support::peer::Peer;
+use qmp_test_support::{libvirt, proc};
 
 /// Where `scripts/install-deps.sh` installs the pinned Inspector.
 const INSPECTOR_PREFIX: &str = "/opt/qmp-shell-tests/mcp-inspector-0.17.5";
@@ -748,9 +744,7 @@ fn qemu_at(socket: &str) -> OwnQemu {
         .spawn()
         .expect("start QEMU");
     let own = OwnQemu(child);
-    common::proc::wait_until("QEMU's socket", T, || {
-        common::proc::listening(Path::new(socket))
-    });
+    proc::wait_until("QEMU's socket", T, || proc::listening(Path::new(socket)));
     own
 }
 

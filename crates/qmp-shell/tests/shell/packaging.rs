@@ -3,7 +3,7 @@
 //! manual pages, rendered by the real `man`, and the completion scripts,
 //! run by the real bash and fish (and parsed by zsh).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,7 +1,7 @@
 //! `-l LOGFILE`: a JSON-lines log of every QMP message, mode 0600, flushed
 //! line by line (the reference never writes one: docs/compatibility.md).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
