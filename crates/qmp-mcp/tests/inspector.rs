@@ -161,9 +161,9 @@ fn json_of(result: &Value) -> Value {
 
 /// QEMU (`-M none`: no CPU to burn the machine's cores, and `stop` and
 /// `cont` work all the same) with two monitors: `qmp.sock` for the server,
-/// `side.sock` for the test.
+/// `side.sock` for the test, both listening.
 fn qemu() -> Peer {
-    Peer::start(
+    let peer = Peer::start(
         "qemu-system-x86_64",
         &[
             "-M",
@@ -177,7 +177,12 @@ fn qemu() -> Peer {
             "unix:{DIR}/side.sock,server=on,wait=off",
         ],
         "qmp.sock",
-    )
+    );
+    // QEMU opens the monitors one after the other: `qmp.sock` accepting
+    // does not mean `side.sock` is there yet.
+    let side = peer.dir.path().join("side.sock");
+    proc::wait_until("QEMU's side socket", T, || proc::listening(&side));
+    peer
 }
 
 fn sock(peer: &Peer) -> &str {
