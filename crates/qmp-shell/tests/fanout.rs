@@ -144,10 +144,9 @@ fn dead_hung_and_failing_targets() {
     assert_eq!(h.len(), 1, "{}", show(&out));
     assert_eq!(h[0]["error"]["class"], "ConnectError");
     assert!(
-        h[0]["error"]["desc"]
-            .as_str()
-            .unwrap()
-            .contains("timed out after 2 s waiting for the greeting"),
+        h[0]["error"]["desc"].as_str().unwrap().contains(
+            "no greeting within 2 s, nor an answer to a guest-agent probe within 1 s more"
+        ),
         "{}",
         h[0]
     );
