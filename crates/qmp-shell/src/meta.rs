@@ -70,8 +70,8 @@ Shell commands:
   /jobs [--timeout=SECONDS]
                     follow jobs (query-jobs) and migration until none runs
   /record [--append] FILE
-                    write the following command lines to a new FILE (with
-                    --append, add to FILE); /record off stops
+                    write what is sent from now on to a new FILE (never
+                    overwritten: with --append, add to FILE); /record off stops
   /play FILE        run the lines of FILE as if typed
   /oob COMMAND [KEY=VALUE...]
                     send COMMAND out of band (exec-oob)
