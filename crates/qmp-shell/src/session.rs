@@ -800,6 +800,8 @@ impl Engine {
         }
         if first == "cpu" {
             let Some(index) = words.next().and_then(hmp::parse_python_int) else {
+                // Nothing sent: a recording keeps it as a comment.
+                self.unsent = true;
                 self.queue.push_back(Slot::FailedText(
                     "cpu command takes an integer argument\n".to_owned(),
                 ));
@@ -810,6 +812,8 @@ impl Engine {
             match self.client.call(probe, self.cfg.timeout) {
                 Ok(reply) if reply.ret().is_some() => self.cpu_index = Some(index),
                 Ok(_) => {
+                    // Only the check went out.
+                    self.unsent = true;
                     self.queue
                         .push_back(Slot::FailedText("bad CPU index\n".to_owned()));
                     return;

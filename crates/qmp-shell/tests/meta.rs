@@ -1194,7 +1194,8 @@ fn shell_commands_work_in_hmp_mode_and_recordings_say_so() {
     let out = shell(
         &["-H", "--read-only", "--exit-status", peer.socket_str()],
         &format!(
-            "/record {}\nstop\n/oob migrate-pause\n/fd {} getfd fdname=x\n/jobs\ninfo status\n",
+            "/record {}\nstop\n/oob migrate-pause\n/fd {} getfd fdname=x\n/jobs\ninfo status\n\
+             cpu x\n",
             ro_rec.display(),
             never.display()
         ),
@@ -1214,7 +1215,7 @@ fn shell_commands_work_in_hmp_mode_and_recordings_say_so() {
         rest,
         format!(
             "# not sent: stop\n# not sent: /oob migrate-pause\n\
-             # not sent: /fd {} getfd fdname=x\n/jobs\ninfo status\n",
+             # not sent: /fd {} getfd fdname=x\n/jobs\ninfo status\n# not sent: cpu x\n",
             never.display()
         )
     );
