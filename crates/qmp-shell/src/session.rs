@@ -513,8 +513,8 @@ impl Engine {
     /// which replay skips; a line starting with a space (kept out of
     /// history too) as a comment saying so. `/record` lines are not
     /// recorded, nor what is not an action at the `TRANS>` prompt (a
-    /// shell command, `help`, refused raw JSON); a `/play` line is recorded as the lines it plays, so a recording plays
-    /// back alone.
+    /// shell command, `help`, refused raw JSON); a `/play` line is
+    /// recorded as the lines it plays, so a recording plays back alone.
     fn take_line(&mut self, line: &str) {
         let trimmed = line.trim();
         let first = trimmed.split_whitespace().next().unwrap_or_default();
@@ -646,32 +646,33 @@ impl Engine {
             // At the `TRANS>` prompt too, which stays open.
             return self.help((!name.is_empty()).then_some(name));
         }
-        if self.parser.in_transaction() && trimmed.starts_with('{') {
-            return self.raw_in_transaction(trimmed);
-        }
-        if trimmed.starts_with('{') {
-            let mut scan = JsonScan::default();
-            scan.feed(trimmed);
-            if trimmed.len() > MAX_RAW_JSON || scan.tokens() > MAX_RAW_JSON_TOKENS {
-                let text = raw_json_too_large();
-                self.failure(format!("ERROR: {text}\n"), "ParseError", text);
-                if scan.incomplete() {
+        if !self.parser.in_transaction() {
+            if trimmed.starts_with('{') {
+                let mut scan = JsonScan::default();
+                scan.feed(trimmed);
+                if trimmed.len() > MAX_RAW_JSON || scan.tokens() > MAX_RAW_JSON_TOKENS {
+                    let text = raw_json_too_large();
+                    self.failure(format!("ERROR: {text}\n"), "ParseError", text);
+                    if scan.incomplete() {
+                        self.raw = Some(RawMessage {
+                            text: String::new(),
+                            scan,
+                            too_long: true,
+                        });
+                    }
+                } else if scan.incomplete() {
                     self.raw = Some(RawMessage {
-                        text: String::new(),
+                        text: trimmed.to_owned(),
                         scan,
-                        too_long: true,
+                        too_long: false,
                     });
+                } else {
+                    self.raw_json(trimmed);
                 }
-            } else if scan.incomplete() {
-                self.raw = Some(RawMessage {
-                    text: trimmed.to_owned(),
-                    scan,
-                    too_long: false,
-                });
-            } else {
-                self.raw_json(trimmed);
+                return;
             }
-            return;
+        } else if trimmed.starts_with('{') {
+            return self.raw_in_transaction(trimmed);
         }
         self.shorthand(line);
     }
@@ -1201,8 +1202,9 @@ impl Engine {
     }
 
     /// `/record [--append] FILE` or `/record off` (refused in a fan-out).
-    /// A new recording starts with a header of comments. An existing file is refused unless
-    /// `append`; if it cannot be opened, a recording going on goes on.
+    /// A new recording starts with a header of comments. An existing file
+    /// is refused unless `append`; if it cannot be opened, a recording
+    /// going on goes on.
     fn start_record(&mut self, path: Option<&str>, append: bool) {
         if self.cfg.fan_out {
             // Every target would open the same file.
