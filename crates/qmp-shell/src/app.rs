@@ -64,6 +64,7 @@ pub fn run_session(
         exit_on_error: common.exit_on_error,
         progress_bars: interactive && !common.json && std::io::stderr().is_terminal(),
         qemu_command,
+        fan_out: false,
     };
     let out = Box::new(StdOutput::stdio(style, common.json));
     let engine = Engine::new(client, cfg, out, Arc::new(Doorbell::new()));
@@ -201,6 +202,7 @@ fn fan_out(args: ShellArgs, targets: Vec<(String, Target)>) -> i32 {
         exit_on_error: args.common.exit_on_error,
         progress_bars: false,
         qemu_command: None,
+        fan_out: true,
     };
     let retry = Retry {
         count: args.retry,

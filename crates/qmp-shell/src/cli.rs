@@ -79,12 +79,12 @@ pub struct Common {
     #[arg(short, long)]
     pub pretty: bool,
 
-    /// Save log of all QMP messages to PATH (JSON lines, appended; mode 0600)
+    /// Save log of all QMP messages to LOGFILE (JSON lines, appended; mode 0600)
     #[arg(short = 'l', long = "logfile", value_name = "LOGFILE")]
     pub logfile: Option<PathBuf>,
 
     /// Print every reply as exactly one JSON line; no banner, no prompt;
-    /// standard error is JSON lines too (events, warnings, errors)
+    /// standard error is JSON lines too (events, warnings, errors, notes)
     #[arg(long, conflicts_with_all = ["pretty", "verbose"])]
     pub json: bool,
 

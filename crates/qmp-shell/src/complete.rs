@@ -194,13 +194,17 @@ impl Completer for ShellHelper {
         _ctx: &Context<'_>,
     ) -> rustyline::Result<(usize, Vec<Pair>)> {
         let before = line.get(..pos).unwrap_or(line);
+        let schema = self.knowledge.store.schema_if_known();
+        if self.whole_line && meta::is_meta(before) {
+            // The shell's own commands work in HMP mode too.
+            return Ok(Self::complete_meta(schema, before));
+        }
         if self.whole_line {
             let start = before.len() - before.trim_start().len();
             let words = self.knowledge.names.matching(&before[start..]);
             return Ok((start, Self::pairs(words)));
         }
         let in_transaction = self.knowledge.in_transaction.load(Ordering::Relaxed);
-        let schema = self.knowledge.store.schema_if_known();
         if !in_transaction && meta::is_meta(before) {
             return Ok(Self::complete_meta(schema, before));
         }

@@ -453,6 +453,30 @@ impl Schema {
         Some(self.event_help(name, event))
     }
 
+    /// Help at the `TRANS>` prompt, where each line is an action: with no
+    /// name, the list of actions; with an action's name, its arguments
+    /// (what follows the name on an action line); any other name as
+    /// [`help`](Schema::help) describes it. `None` when the name is
+    /// unknown.
+    pub fn action_help(&self, name: Option<&str>) -> Option<String> {
+        let Some(name) = name else {
+            let names = self.action_names();
+            let mut out = in_columns(&names);
+            out.push_str(&format!(
+                "{} in a transaction; `help NAME` describes one, a line `)` sends them.\n",
+                counted(names.len(), "action", "actions")
+            ));
+            return Some(out);
+        };
+        let Some(ty) = self.action_data_type(name) else {
+            return self.help(Some(name));
+        };
+        let mut w = HelpWriter::new(self);
+        w.line(format!("{name} (transaction action)"));
+        w.root("Arguments", Some(ty));
+        Some(w.finish())
+    }
+
     // ---- completion helpers ----
 
     /// The variants of `transaction`'s action union and its tag's type.
@@ -649,21 +673,7 @@ impl Schema {
         if names.is_empty() {
             return "No commands known.\n".to_owned();
         }
-        let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0) + 2;
-        // The last column needs no padding.
-        let columns = ((WIDTH + 2) / width).max(1);
-        let rows = names.len().div_ceil(columns);
-        let mut out = String::new();
-        for row in 0..rows {
-            let mut line = String::new();
-            for col in 0..columns {
-                if let Some(name) = names.get(col * rows + row) {
-                    line.push_str(&format!("{name:width$}"));
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
+        let mut out = in_columns(&names);
         out.push_str(&format!(
             "{}; `help NAME` describes a command or an event.\n",
             counted(names.len(), "command", "commands")
@@ -735,6 +745,26 @@ impl Schema {
             _ => false,
         }
     }
+}
+
+/// `names` in columns, down then across, within [`WIDTH`].
+fn in_columns(names: &[&str]) -> String {
+    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0) + 2;
+    // The last column needs no padding.
+    let columns = ((WIDTH + 2) / width).max(1);
+    let rows = names.len().div_ceil(columns);
+    let mut out = String::new();
+    for row in 0..rows {
+        let mut line = String::new();
+        for col in 0..columns {
+            if let Some(name) = names.get(col * rows + row) {
+                line.push_str(&format!("{name:width$}"));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 fn features_suffix(features: &[String]) -> String {

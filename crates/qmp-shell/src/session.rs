@@ -89,6 +89,10 @@ pub struct Config {
     /// The command line of the QEMU that `qmp-shell-wrap` started, for the
     /// header of a `/record` file.
     pub qemu_command: Option<Vec<String>>,
+    /// One of several targets that run the same lines (fan-out): what
+    /// makes sense once, not once per target (`/record`), is refused,
+    /// said once for all.
+    pub fan_out: bool,
 }
 
 /// Events kept for `/wait` at most (those since the last command sent).
@@ -145,6 +149,10 @@ enum Slot {
         class: &'static str,
         desc: String,
     },
+    /// A failed command, refused the same way on every target of a
+    /// fan-out: as [`Slot::Failure`], but `diag` (or its error object) is
+    /// said once for all targets ([`Output::error_once`]).
+    FailureOnce { diag: String, desc: String },
     /// A note for standard error.
     Note(String),
     /// A reply still to arrive; `deadline` is set once it is the oldest.
@@ -504,17 +512,21 @@ impl Engine {
     /// a refusal, an abandoned transaction) only as `# not sent: ` comments,
     /// which replay skips; a line starting with a space (kept out of
     /// history too) as a comment saying so. `/record` lines are not
-    /// recorded, nor a shell command at the `TRANS>` prompt (refused); a
-    /// `/play` line is recorded as the lines it plays, so a recording plays
-    /// back alone.
+    /// recorded, nor what is not an action at the `TRANS>` prompt (a
+    /// shell command, `help`, refused raw JSON); a `/play` line is
+    /// recorded as the lines it plays, so a recording plays back alone.
     fn take_line(&mut self, line: &str) {
         let trimmed = line.trim();
         let first = trimmed.split_whitespace().next().unwrap_or_default();
+        let not_an_action =
+            meta::is_meta(trimmed) || self.help_line(trimmed).is_some() || trimmed.starts_with('{');
         if self.raw.is_none()
-            && (first == "/record"
-                || first == "/play"
-                || (self.in_transaction() && meta::is_meta(trimmed)))
+            && (first == "/record" || first == "/play" || (self.in_transaction() && not_an_action))
         {
+            return self.run_line(line);
+        }
+        if self.raw.is_some() && self.in_transaction() {
+            // The rest of a raw JSON message refused at `TRANS>`.
             return self.run_line(line);
         }
         if self.raw.is_none() && self.in_transaction() && first == "transaction(" {
@@ -615,16 +627,26 @@ impl Engine {
         if trimmed.starts_with('#') {
             return;
         }
+        // The shell's own commands, in HMP mode too: no HMP command starts
+        // with `/`.
+        if meta::is_meta(trimmed) {
+            return if self.parser.in_transaction() {
+                self.meta_in_transaction(trimmed)
+            } else {
+                self.meta(trimmed)
+            };
+        }
         if self.cfg.hmp {
+            if hmp_help_for_shell_commands(trimmed) {
+                return self.queue_text(meta::USAGE.to_owned());
+            }
             return self.hmp(line);
         }
-        if self.parser.in_transaction() && meta::is_meta(trimmed) {
-            return self.meta_in_transaction(trimmed);
+        if let Some(name) = self.help_line(trimmed) {
+            // At the `TRANS>` prompt too, which stays open.
+            return self.help((!name.is_empty()).then_some(name));
         }
         if !self.parser.in_transaction() {
-            if meta::is_meta(trimmed) {
-                return self.meta(trimmed);
-            }
             if trimmed.starts_with('{') {
                 let mut scan = JsonScan::default();
                 scan.feed(trimmed);
@@ -649,12 +671,39 @@ impl Engine {
                 }
                 return;
             }
-            if !self.cfg.guest_agent && (trimmed == "help" || trimmed.starts_with("help ")) {
-                let name = trimmed["help".len()..].trim();
-                return self.help((!name.is_empty()).then_some(name));
-            }
+        } else if trimmed.starts_with('{') {
+            return self.raw_in_transaction(trimmed);
         }
         self.shorthand(line);
+    }
+
+    /// `help [NAME]` (not for a guest agent, which has no schema): the
+    /// name, empty for none.
+    fn help_line<'a>(&self, trimmed: &'a str) -> Option<&'a str> {
+        if self.cfg.guest_agent || !(trimmed == "help" || trimmed.starts_with("help ")) {
+            return None;
+        }
+        Some(trimmed["help".len()..].trim())
+    }
+
+    /// A raw JSON message at the `TRANS>` prompt: refused (actions are
+    /// written `TYPE [KEY=VALUE...]`), a failed command; the transaction
+    /// stays open. A message over several lines is skipped to its end.
+    fn raw_in_transaction(&mut self, trimmed: &str) {
+        let mut scan = JsonScan::default();
+        scan.feed(trimmed);
+        if scan.incomplete() {
+            // Skipped, not held: see `RawMessage`.
+            self.raw = Some(RawMessage {
+                text: String::new(),
+                scan,
+                too_long: true,
+            });
+        }
+        let text = "raw JSON is not an action; the transaction stays open (write each \
+                    action as TYPE [KEY=VALUE...], end it with a line \")\")"
+            .to_owned();
+        self.failure(format!("ERROR: {text}\n"), "GenericError", text);
     }
 
     /// A line that could not be read (not UTF-8, too long): a failed
@@ -752,6 +801,8 @@ impl Engine {
         }
         if first == "cpu" {
             let Some(index) = words.next().and_then(hmp::parse_python_int) else {
+                // Nothing sent: a recording keeps it as a comment.
+                self.unsent = true;
                 self.queue.push_back(Slot::FailedText(
                     "cpu command takes an integer argument\n".to_owned(),
                 ));
@@ -762,6 +813,8 @@ impl Engine {
             match self.client.call(probe, self.cfg.timeout) {
                 Ok(reply) if reply.ret().is_some() => self.cpu_index = Some(index),
                 Ok(_) => {
+                    // Only the check went out.
+                    self.unsent = true;
                     self.queue
                         .push_back(Slot::FailedText("bad CPU index\n".to_owned()));
                     return;
@@ -776,7 +829,8 @@ impl Engine {
         self.send(Request::new(cmd), true);
     }
 
-    /// `help [NAME]`, from the schema; the shell's own commands too.
+    /// `help [NAME]`, from the schema; the shell's own commands too. At the
+    /// `TRANS>` prompt, the transaction's actions first.
     fn help(&mut self, name: Option<&str>) {
         if name.is_some_and(|n| n.starts_with('/')) {
             return self.queue.push_back(Slot::Text(meta::USAGE.to_owned()));
@@ -792,9 +846,16 @@ impl Engine {
                 )
             }
         };
-        match schema.help(name) {
+        // At `TRANS>`, the actions.
+        let in_transaction = self.parser.in_transaction();
+        let found = if in_transaction {
+            schema.action_help(name)
+        } else {
+            schema.help(name)
+        };
+        match found {
             Some(mut text) => {
-                if name.is_none() {
+                if name.is_none() && !in_transaction {
                     if !text.ends_with('\n') {
                         text.push('\n');
                     }
@@ -819,10 +880,15 @@ impl Engine {
             }
             None => {
                 let name = name.unwrap_or_default();
+                let what = if in_transaction {
+                    "action, command or event"
+                } else {
+                    "command or event"
+                };
                 self.failure(
-                    format!("help: no command or event named '{name}'\n"),
+                    format!("help: no {what} named '{name}'\n"),
                     "GenericError",
-                    format!("no command or event named '{name}'"),
+                    format!("no {what} named '{name}'"),
                 );
             }
         }
@@ -1135,10 +1201,26 @@ impl Engine {
         );
     }
 
-    /// `/record [--append] FILE` or `/record off`. A new recording starts
-    /// with a header of comments. An existing file is refused unless
-    /// `append`; if it cannot be opened, a recording going on goes on.
+    /// `/record [--append] FILE` or `/record off` (refused in a fan-out).
+    /// A new recording starts with a header of comments. An existing file
+    /// is refused unless `append`; if it cannot be opened, a recording
+    /// going on goes on.
     fn start_record(&mut self, path: Option<&str>, append: bool) {
+        if self.cfg.fan_out {
+            // Every target would open the same file.
+            let text = match path {
+                Some(path) => format!(
+                    "/record: not with several targets (each would write to {path}); \
+                     record on one target, then /play the file on all"
+                ),
+                None => "/record: not with several targets".to_owned(),
+            };
+            self.unsent = true;
+            return self.queue.push_back(Slot::FailureOnce {
+                diag: format!("ERROR: {text}\n"),
+                desc: text,
+            });
+        }
         let Some(path) = path else {
             self.record = None;
             return;
@@ -1174,7 +1256,7 @@ impl Engine {
 
     /// The comments that start a recording: when, which shell, which QEMU
     /// (its version, and the command line the wrap started it with), and
-    /// whether the lines are for a guest agent.
+    /// whether the lines are HMP or guest agent commands.
     fn record_header(&self) -> String {
         let mut text = format!(
             "# qmp-shell {} recording, {}\n",
@@ -1198,10 +1280,22 @@ impl Engine {
             let words: Vec<String> = argv.iter().map(|w| quote_word(w)).collect();
             text.push_str(&format!("# QEMU command line: {}\n", words.join(" ")));
         }
-        if self.cfg.guest_agent {
-            text.push_str("# guest agent commands: play them with qmp-shell -N\n");
+        if let Some(line) = self.mode().header_line() {
+            text.push_str(line);
+            text.push('\n');
         }
         text
+    }
+
+    /// What this session's lines are: QMP, HMP or guest agent commands.
+    fn mode(&self) -> meta::Mode {
+        if self.cfg.hmp {
+            meta::Mode::Hmp
+        } else if self.cfg.guest_agent {
+            meta::Mode::GuestAgent
+        } else {
+            meta::Mode::Qmp
+        }
     }
 
     /// `/play FILE`: its lines run as if typed, after this one.
@@ -1228,6 +1322,12 @@ impl Engine {
                 )
             }
         };
+        // A recording says what its lines are: played in another mode,
+        // every line would fail, or worse.
+        let mode = self.mode();
+        if let Some(other) = meta::recorded_modes(&text).into_iter().find(|m| *m != mode) {
+            return self.meta_failure("/play", format!("{path} holds {}", other.describe()));
+        }
         let lines: Vec<String> = text.lines().map(str::to_owned).collect();
         self.playing = !lines.is_empty();
         self.play_path = path.to_owned();
@@ -1617,6 +1717,14 @@ impl Engine {
                 }
                 Ok(())
             }
+            Slot::FailureOnce { diag, desc } => {
+                self.failed();
+                self.out.error_once("GenericError", &desc, &diag);
+                if self.cfg.json {
+                    self.out.reply(error_object("GenericError", &desc))?;
+                }
+                Ok(())
+            }
             Slot::Barrier => {
                 self.barriers -= 1;
                 // Over libvirt, events may trail the replies they preceded.
@@ -1975,6 +2083,13 @@ fn meta_error(name: &str, class: &'static str, text: String) -> Slot {
         class,
         desc: format!("{name}: {text}"),
     }
+}
+
+/// Whether an HMP line is `help /...`: the shell's own commands, which
+/// QEMU's `help` does not know.
+fn hmp_help_for_shell_commands(trimmed: &str) -> bool {
+    let mut words = trimmed.split_whitespace();
+    words.next() == Some("help") && words.next().is_some_and(|w| w.starts_with('/'))
 }
 
 /// "1 action", "2 actions".

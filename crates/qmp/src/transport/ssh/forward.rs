@@ -1,5 +1,6 @@
 //! The forwarding's two ends: the remote target, checked and written as
-//! ssh's `-L` wants it, and the private directory of the local socket.
+//! ssh's `-L` wants it, and the private directory of the local socket,
+//! with the register of set-ups under way that [`abort_setups`] ends.
 
 use std::ffi::OsString;
 use std::fs::DirBuilder;
@@ -8,7 +9,11 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
+
+use super::process::Owner;
+use crate::plumbing::lock;
 
 /// Refuse what ssh would take for an option, or cannot carry.
 pub(super) fn check_target(user: Option<&str>, host: &str, path: &Path) -> io::Result<()> {
@@ -60,15 +65,66 @@ pub(super) fn forward_field(path: &Path) -> OsString {
     OsString::from_vec(out)
 }
 
+/// The set-ups under way, for [`abort_setups`].
+struct SetUps {
+    /// Each set-up's number, private directory and, once ssh runs, ssh.
+    list: Vec<(u64, PathBuf, Option<Weak<Owner>>)>,
+    /// [`abort_setups`] ran: the process is ending, no set-up starts.
+    ended: bool,
+}
+
+static SETUPS: Mutex<SetUps> = Mutex::new(SetUps {
+    list: Vec::new(),
+    ended: false,
+});
+
+/// End every ssh set-up still under way: stop and reap its ssh, remove its
+/// private directory; no set-up starts after it. For the exit of the
+/// process, when threads still setting up would be cut short (a signal
+/// during a connection attempt): it runs at `exit(3)` by itself, and a
+/// program that ends with `_exit(2)` (an emergency exit) calls it first.
+/// Connections already made are not touched (their ssh dies with the
+/// process, `PR_SET_PDEATHSIG`).
+pub fn abort_setups() {
+    let taken = {
+        let mut setups = lock(&SETUPS);
+        setups.ended = true;
+        std::mem::take(&mut setups.list)
+    };
+    for (_, path, owner) in taken {
+        if let Some(owner) = owner.and_then(|o| o.upgrade()) {
+            owner.close();
+        }
+        remove_private_dir(&path);
+    }
+}
+
+extern "C" fn abort_setups_at_exit() {
+    // Nothing may unwind out of an atexit handler.
+    let _ = std::panic::catch_unwind(abort_setups);
+}
+
+fn remove_private_dir(path: &Path) {
+    let _ = std::fs::remove_file(path.join("s"));
+    let _ = std::fs::remove_dir(path);
+}
+
 /// A private (0700) directory for the local end of the forwarding,
-/// removed with what is in it when dropped.
+/// removed with what is in it when dropped, or by [`abort_setups`].
 pub(super) struct PrivateDir {
     pub(super) path: PathBuf,
+    /// Its number among the set-ups under way.
+    id: u64,
 }
 
 impl PrivateDir {
     pub(super) fn create() -> io::Result<PrivateDir> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
+        static AT_EXIT: std::sync::Once = std::sync::Once::new();
+        AT_EXIT.call_once(|| {
+            // SAFETY: atexit(3) with a function that lives for ever.
+            unsafe { libc::atexit(abort_setups_at_exit) };
+        });
         let tmp = std::env::temp_dir();
         // A socket path must fit in sun_path (108 bytes), and ssh expands
         // `%` and `${` in it: a temporary directory that could break either
@@ -91,8 +147,17 @@ impl PrivateDir {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
             let name = format!("qmp-ssh-{}-{n}-{nanos:x}", std::process::id());
             let path = base.join(name);
+            // Registered while the directory is made, so that an exit
+            // meanwhile finds it.
+            let mut setups = lock(&SETUPS);
+            if setups.ended {
+                return Err(io::Error::other("the process is ending"));
+            }
             match DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(PrivateDir { path }),
+                Ok(()) => {
+                    setups.list.push((n, path.clone(), None));
+                    return Ok(PrivateDir { path, id: n });
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
                 Err(e) => {
                     return Err(io::Error::new(
@@ -106,10 +171,27 @@ impl PrivateDir {
     }
 }
 
+impl PrivateDir {
+    /// The set-up's ssh runs: [`abort_setups`] stops it too. Should the
+    /// process be ending already, it is stopped at once.
+    pub(super) fn watch(&self, owner: &Arc<Owner>) {
+        let mut setups = lock(&SETUPS);
+        let ended = setups.ended;
+        if let Some((_, _, slot)) = setups.list.iter_mut().find(|(id, ..)| *id == self.id) {
+            *slot = Some(Arc::downgrade(owner));
+            return;
+        }
+        drop(setups);
+        if ended {
+            owner.close();
+        }
+    }
+}
+
 impl Drop for PrivateDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.path.join("s"));
-        let _ = std::fs::remove_dir(&self.path);
+        lock(&SETUPS).list.retain(|(id, ..)| *id != self.id);
+        remove_private_dir(&self.path);
     }
 }
 
