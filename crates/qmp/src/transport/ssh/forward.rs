@@ -8,9 +8,10 @@ use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::SystemTime;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, SystemTime};
 
 use super::process::Owner;
 use crate::plumbing::lock;
@@ -65,18 +66,42 @@ pub(super) fn forward_field(path: &Path) -> OsString {
     OsString::from_vec(out)
 }
 
+/// One set-up under way.
+struct SetUp {
+    /// Its number.
+    id: u64,
+    /// Its private directory.
+    path: PathBuf,
+    /// ssh's pid, once started.
+    pid: Option<u32>,
+    /// Who owns ssh, once the set-up got that far.
+    owner: Option<Weak<Owner>>,
+}
+
 /// The set-ups under way, for [`abort_setups`].
 struct SetUps {
-    /// Each set-up's number, private directory and, once ssh runs, ssh.
-    list: Vec<(u64, PathBuf, Option<Weak<Owner>>)>,
+    list: Vec<SetUp>,
+    /// ssh processes being started: [`abort_setups`] waits for their pids.
+    spawning: usize,
     /// [`abort_setups`] ran: the process is ending, no set-up starts.
     ended: bool,
+    /// ... and has finished: every set-up it found is gone.
+    aborted: bool,
 }
 
 static SETUPS: Mutex<SetUps> = Mutex::new(SetUps {
     list: Vec::new(),
+    spawning: 0,
     ended: false,
+    aborted: false,
 });
+
+/// Rung when a start of ssh is over (its pid registered, or it failed),
+/// and when [`abort_setups`] has finished.
+static SPAWNED: Condvar = Condvar::new();
+
+/// How long [`abort_setups`] waits for an ssh being started to have a pid.
+const SPAWN_WAIT: Duration = Duration::from_secs(2);
 
 /// End every ssh set-up still under way: stop and reap its ssh, remove its
 /// private directory; no set-up starts after it. For the exit of the
@@ -88,14 +113,45 @@ static SETUPS: Mutex<SetUps> = Mutex::new(SetUps {
 pub fn abort_setups() {
     let taken = {
         let mut setups = lock(&SETUPS);
+        if setups.ended {
+            // Another thread is at it (a second signal during the exit
+            // that a first one began): return once it is done, so that
+            // an exit right after this finds nothing left.
+            let _ = SPAWNED
+                .wait_timeout_while(setups, SPAWN_WAIT * 2, |s| !s.aborted)
+                .unwrap_or_else(|e| e.into_inner());
+            return;
+        }
         setups.ended = true;
+        // An ssh being started gets its pid first, so that it is stopped
+        // and reaped here, not left to die of PR_SET_PDEATHSIG unreaped.
+        let (mut setups, _) = SPAWNED
+            .wait_timeout_while(setups, SPAWN_WAIT, |s| s.spawning > 0)
+            .unwrap_or_else(|e| e.into_inner());
         std::mem::take(&mut setups.list)
     };
-    for (_, path, owner) in taken {
-        if let Some(owner) = owner.and_then(|o| o.upgrade()) {
-            owner.close();
+    for setup in taken {
+        match setup.owner.and_then(|o| o.upgrade()) {
+            Some(owner) => owner.close(),
+            None => {
+                if let Some(pid) = setup.pid {
+                    stop_and_reap(pid);
+                }
+            }
         }
-        remove_private_dir(&path);
+        remove_private_dir(&setup.path);
+    }
+    lock(&SETUPS).aborted = true;
+    SPAWNED.notify_all();
+}
+
+/// Kill ssh (`pid`, our child, whose owner is not there yet) and reap it.
+fn stop_and_reap(pid: u32) {
+    // SAFETY: kill(2) and waitpid(2) on our own unreaped child; a failure
+    // (already reaped by its Child) is harmless.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
     }
 }
 
@@ -155,7 +211,12 @@ impl PrivateDir {
             }
             match DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => {
-                    setups.list.push((n, path.clone(), None));
+                    setups.list.push(SetUp {
+                        id: n,
+                        path: path.clone(),
+                        pid: None,
+                        owner: None,
+                    });
                     return Ok(PrivateDir { path, id: n });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
@@ -172,13 +233,36 @@ impl PrivateDir {
 }
 
 impl PrivateDir {
-    /// The set-up's ssh runs: [`abort_setups`] stops it too. Should the
-    /// process be ending already, it is stopped at once.
+    /// Start the set-up's ssh with `spawn`, its pid registered for
+    /// [`abort_setups`] before anyone else sees the child; nothing starts
+    /// once the process is ending.
+    pub(super) fn spawn(&self, spawn: impl FnOnce() -> io::Result<Child>) -> io::Result<Child> {
+        {
+            let mut setups = lock(&SETUPS);
+            if setups.ended {
+                return Err(io::Error::other("the process is ending"));
+            }
+            setups.spawning += 1;
+        }
+        let child = spawn();
+        let mut setups = lock(&SETUPS);
+        setups.spawning -= 1;
+        if let Ok(child) = &child {
+            if let Some(setup) = setups.list.iter_mut().find(|s| s.id == self.id) {
+                setup.pid = Some(child.id());
+            }
+        }
+        SPAWNED.notify_all();
+        child
+    }
+
+    /// The set-up's ssh has an owner: [`abort_setups`] stops it through
+    /// it. Should the process be ending already, it is stopped at once.
     pub(super) fn watch(&self, owner: &Arc<Owner>) {
         let mut setups = lock(&SETUPS);
         let ended = setups.ended;
-        if let Some((_, _, slot)) = setups.list.iter_mut().find(|(id, ..)| *id == self.id) {
-            *slot = Some(Arc::downgrade(owner));
+        if let Some(setup) = setups.list.iter_mut().find(|s| s.id == self.id) {
+            setup.owner = Some(Arc::downgrade(owner));
             return;
         }
         drop(setups);
@@ -190,7 +274,7 @@ impl PrivateDir {
 
 impl Drop for PrivateDir {
     fn drop(&mut self) {
-        lock(&SETUPS).list.retain(|(id, ..)| *id != self.id);
+        lock(&SETUPS).list.retain(|s| s.id != self.id);
         remove_private_dir(&self.path);
     }
 }

@@ -315,7 +315,9 @@ impl SshTransport {
             Some(user) => format!("{user}@{host}"),
             None => host.to_owned(),
         };
-        let mut child = spawn(cmd).map_err(|e| spawn_error(program, e))?;
+        let mut child = dir
+            .spawn(|| spawn(cmd))
+            .map_err(|e| spawn_error(program, e))?;
         let pid = child.id();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
