@@ -899,3 +899,5 @@ fn ready_err() -> Awaited {
     Awaited::Ready(Some(Err(QmpError::Disconnected)))
 }
 
+#[cfg(test)]
+mod tests;
