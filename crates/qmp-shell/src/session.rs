@@ -859,11 +859,6 @@ impl Engine {
             None => exit::OK,
         }
     }
-
-    /// How many commands failed so far.
-    pub fn failures(&self) -> u64 {
-        self.failures
-    }
 }
 
 /// A failed shell command `name` (`/wait`, say): `ERROR: NAME: TEXT` on
