@@ -20,7 +20,7 @@ use crate::shorthand::{parse_arguments, tokenize, unquote, ParseError};
 
 /// A parsed meta-command.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Meta {
+pub(crate) enum Meta {
     /// `/wait`: an event named `event` whose `data` has every member of
     /// `filter` (nested objects compared member by member).
     Wait {
@@ -59,10 +59,10 @@ pub enum Meta {
 }
 
 /// The names of the meta-commands, for completion and help.
-pub const NAMES: [&str; 6] = ["/fd", "/jobs", "/oob", "/play", "/record", "/wait"];
+pub(crate) const NAMES: [&str; 6] = ["/fd", "/jobs", "/oob", "/play", "/record", "/wait"];
 
 /// One line of usage per meta-command.
-pub const USAGE: &str = "\
+pub(crate) const USAGE: &str = "\
 Shell commands:
   /wait [--timeout=SECONDS] EVENT [KEY=VALUE...]
                     wait for an event whose data matches (events since the
@@ -80,7 +80,7 @@ Shell commands:
 ";
 
 /// Whether `line` is a meta-command (its first non-blank is `/`).
-pub fn is_meta(line: &str) -> bool {
+pub(crate) fn is_meta(line: &str) -> bool {
     line.trim_start().starts_with('/')
 }
 
@@ -140,7 +140,7 @@ fn command(key: &str, name: &str, args: &[String]) -> Result<Object, ParseError>
 
 /// Parse a meta-command line (see [`is_meta`]). The error is the reason,
 /// worded for `ERROR: /NAME: REASON`.
-pub fn parse(line: &str) -> Result<Meta, ParseError> {
+pub(crate) fn parse(line: &str) -> Result<Meta, ParseError> {
     let tokens = tokenize(line.trim());
     let Some((name, rest)) = tokens.split_first() else {
         return Err(ParseError("empty command".to_owned()));

@@ -4,7 +4,7 @@
 use qmp_client::{Object, Request};
 
 use super::Engine;
-use crate::complete::JsonScan;
+use crate::rawjson::JsonScan;
 
 /// Bytes a raw JSON message may have at most: QEMU's limit for a message.
 pub const MAX_RAW_JSON: usize = 64 << 20;
