@@ -18,13 +18,15 @@
 //! they come instead, each reply after exactly the events that preceded it
 //! on the wire ([`crate::live`]).
 //!
-//! This file is the engine's core: reading lines, sending, the queue and
-//! its pump, and the session's end. The shell's own commands live beside
+//! This file is the engine's core: reading lines, the queue and its pump,
+//! and the session's end; [`send`] sends a command (with the safety net
+//! around it) and [`print`](mod@print) prints what the pump takes off the
+//! queue and what arrives besides. The shell's own commands live beside
 //! it, each with its state: [`wait`] (`/wait`), [`follow`] (`/jobs`),
 //! [`record`] (`/record` and the recording rules), [`play`] (`/play`),
 //! [`oob`] (`/oob`), [`fd`] (`/fd`) and [`help`]; [`raw`] reads raw JSON
 //! messages, and [`events`] keeps the events a `/wait` or `/jobs` looks
-//! at.
+//! at. The engine's decisions are tested in-process in `session/tests.rs`.
 
 use std::collections::{HashSet, VecDeque};
 use std::io;

@@ -235,14 +235,7 @@ pub fn parse_value(raw: &str) -> Result<Value, ParseError> {
 /// `Value for "a" cannot be sent as JSON: sets are not supported`) come
 /// after every key error of the line, as in the reference, which only fails
 /// on such a value when it sends the command. Too-deep JSON fails at once.
-///
-/// ```
-/// use qmp_shell::shorthand::{parse_arguments, Object};
-/// let tokens: Vec<String> = ["a.b=1", "c=x"].iter().map(|s| s.to_string()).collect();
-/// let mut args = Object::new();
-/// parse_arguments(&tokens, &mut args).unwrap();
-/// assert_eq!(serde_json::Value::Object(args).to_string(), r#"{"a":{"b":1},"c":"x"}"#);
-/// ```
+/// (`a.b=1 c=x` gives `{"a": {"b": 1}, "c": "x"}`: see the tests.)
 pub(crate) fn parse_arguments(tokens: &[String], into: &mut Object) -> Result<(), ParseError> {
     // Objects made by dotted keys (as opposed to objects given as values).
     let mut implicit: HashSet<Vec<&str>> = HashSet::new();
