@@ -346,7 +346,7 @@ const SEE_ALSO: Section = Section {
 };
 
 /// `qmp-shell(1)`.
-pub const SHELL: Page = Page {
+pub(crate) const SHELL: Page = Page {
     name: "qmp-shell",
     sections: &[
         SHORTHAND,
@@ -360,7 +360,7 @@ pub const SHELL: Page = Page {
 };
 
 /// `qmp-shell-wrap(1)`.
-pub const WRAP: Page = Page {
+pub(crate) const WRAP: Page = Page {
     name: "qmp-shell-wrap",
     sections: &[
         SHORTHAND,
@@ -374,7 +374,7 @@ pub const WRAP: Page = Page {
 };
 
 /// `qmp-proxy(1)`.
-pub const PROXY: Page = Page {
+pub(crate) const PROXY: Page = Page {
     name: "qmp-proxy",
     sections: &[PROXY_EXIT, PROXY_ENV, PROXY_FILES, PROXY_EXAMPLES, SEE_ALSO],
 };

@@ -20,7 +20,7 @@ use crate::shorthand::{parse_arguments, tokenize, unquote, ParseError};
 
 /// A parsed meta-command.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Meta {
+pub(crate) enum Meta {
     /// `/wait`: an event named `event` whose `data` has every member of
     /// `filter` (nested objects compared member by member).
     Wait {
@@ -153,7 +153,7 @@ pub fn recorded_modes(text: &str) -> Vec<Mode> {
 }
 
 /// Whether `line` is a meta-command (its first non-blank is `/`).
-pub fn is_meta(line: &str) -> bool {
+pub(crate) fn is_meta(line: &str) -> bool {
     line.trim_start().starts_with('/')
 }
 
@@ -213,7 +213,7 @@ fn command(key: &str, name: &str, args: &[String]) -> Result<Object, ParseError>
 
 /// Parse a meta-command line (see [`is_meta`]). The error is the reason,
 /// worded for `ERROR: /NAME: REASON`.
-pub fn parse(line: &str) -> Result<Meta, ParseError> {
+pub(crate) fn parse(line: &str) -> Result<Meta, ParseError> {
     let tokens = tokenize(line.trim());
     let Some((name, rest)) = tokens.split_first() else {
         return Err(ParseError("empty command".to_owned()));
