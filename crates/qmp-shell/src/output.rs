@@ -132,6 +132,14 @@ pub trait Output: Send {
         self.message(text, error_object(class, desc));
     }
 
+    /// An error that is the same for every session sharing this output (a
+    /// command refused on every target of a fan-out): as
+    /// [`error`](Output::error) says it, but said once however many
+    /// sessions meet it, and not tagged with any one target.
+    fn error_once(&mut self, class: &str, desc: &str, text: &str) {
+        self.error(class, desc, text);
+    }
+
     /// Flush standard output.
     fn flush(&mut self) -> io::Result<()>;
 
@@ -252,6 +260,8 @@ pub struct SharedStreams {
     bar: Mutex<Option<indicatif::ProgressBar>>,
     /// The first error writing standard output: nothing is written after it.
     out_error: Mutex<Option<(io::ErrorKind, String)>>,
+    /// The messages said once for all targets ([`Output::error_once`]).
+    said: Mutex<std::collections::HashSet<String>>,
 }
 
 impl SharedStreams {
@@ -267,7 +277,17 @@ impl SharedStreams {
             err: Mutex::new(err),
             bar: Mutex::new(None),
             out_error: Mutex::new(None),
+            said: Mutex::new(std::collections::HashSet::new()),
         })
+    }
+
+    /// Whether `message` is said for the first time (and from now on, it
+    /// has been).
+    fn first_time(&self, message: &str) -> bool {
+        self.said
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(message.to_owned())
     }
 
     /// Draw standard error lines above `bar` (or plainly, with `None`).
@@ -430,6 +450,18 @@ impl Output for TaggedOutput {
             self.streams.write_err(self.json_line(object).as_bytes());
         } else {
             self.streams.write_err(self.prefixed(text).as_bytes());
+        }
+    }
+
+    fn error_once(&mut self, class: &str, desc: &str, text: &str) {
+        if !self.streams.first_time(text) {
+            return;
+        }
+        if self.json {
+            self.streams
+                .write_err(json_line(error_object(class, desc)).as_bytes());
+        } else {
+            self.streams.write_err(text.as_bytes());
         }
     }
 

@@ -28,7 +28,7 @@ use crate::wording::client_error;
 /// How long the cheap look-up (`query-commands`) may take before the
 /// checks are given up for the session: a server that does not answer it
 /// at once is busy or hung, and the user's command must not wait on it.
-pub const QUICK_LOOKUP: Duration = Duration::from_secs(2);
+pub(crate) const QUICK_LOOKUP: Duration = Duration::from_secs(2);
 
 /// How long fetching the whole schema may take (it is large: slow links).
 pub const SCHEMA_LOOKUP: Duration = Duration::from_secs(10);
@@ -54,7 +54,7 @@ impl std::fmt::Debug for SchemaStore {
 
 /// Send `msg` kept out of the `-l` log (the shell asks, not the user) and
 /// wait for its reply.
-pub fn call_unlogged(
+pub(crate) fn call_unlogged(
     client: &Client,
     msg: Object,
     timeout: Option<Duration>,
@@ -83,7 +83,7 @@ impl SchemaStore {
     }
 
     /// The schema, if fetched already.
-    pub fn schema_if_known(&self) -> Option<&Schema> {
+    pub(crate) fn schema_if_known(&self) -> Option<&Schema> {
         self.schema.get()
     }
 
@@ -106,7 +106,7 @@ impl SchemaStore {
     /// The facts, from the schema if fetched, else from the disk cache,
     /// else from the schema fetched now (and then cached). `None` when the
     /// server has no schema to give, or does not answer in time
-    /// ([`QUICK_LOOKUP`], [`SCHEMA_LOOKUP`]): then not asked again.
+    /// (`QUICK_LOOKUP`, [`SCHEMA_LOOKUP`]): then not asked again.
     pub fn facts(&self, client: &Client) -> Option<&Facts> {
         self.facts
             .get_or_init(|| {

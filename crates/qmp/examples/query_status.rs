@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     let client = match Client::connect(&addr, ClientOptions::default()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("Couldn't connect to {addr}: {e}");
+            eprintln!("Couldn't connect to {addr}: {}", chain(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -44,8 +44,20 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("query-status failed: {e}");
+            eprintln!("query-status failed: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, `error: cause: cause...`.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }

@@ -39,6 +39,7 @@ pub enum Address {
 
 /// Why an address could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AddressError {
     /// The part after the colon is not an integer in `0..=65535`.
     /// Holds the whole address text.

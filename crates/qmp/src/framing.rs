@@ -10,6 +10,7 @@ use crate::message::Object;
 
 /// Why a frame could not be turned into an [`Object`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// A single message was longer than the decoder's limit; it was discarded.
     #[error("message larger than the limit of {limit} bytes, discarded")]

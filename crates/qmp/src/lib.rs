@@ -14,7 +14,10 @@
 //! * [`client`]: [`Client`], a thread-safe blocking client over any
 //!   transport, with a reader and a writer thread, pipelining
 //!   ([`Client::send`] returns a [`Pending`]), out-of-band commands and an
-//!   event queue ([`Client::drain_incoming`]).
+//!   event queue ([`Client::drain_incoming`]). Its protocol state is kept
+//!   apart from the threads that drive it (no I/O inside). Its errors keep
+//!   their causes: print [`Error`] with its
+//!   [`source`](std::error::Error::source) chain.
 //! * [`server`]: [`Listener`], for letting QEMU connect to us
 //!   (`-qmp unix:PATH`).
 //! * [`router`]: [`Router`], one monitor shared by many clients: serves
@@ -57,7 +60,10 @@ pub mod server;
 pub mod transport;
 
 pub use address::{Address, AddressError};
-pub use client::{Client, ClientOptions, Error, EventTap, Incoming, Pending, Request, Tapped};
+pub use client::{
+    Client, ClientOptions, Error, EventTap, Incoming, Pending, Request, ServerError, StartError,
+    Tapped,
+};
 pub use framing::{encode, Decoder, FrameError};
 pub use message::{command, Event, Greeting, Message, Object, Reply};
 pub use router::{Router, RouterOptions};

@@ -140,10 +140,9 @@ fn dead_hung_and_failing_targets() {
     assert_eq!(h.len(), 1, "{}", show(&out));
     assert_eq!(h[0]["error"]["class"], "ConnectError");
     assert!(
-        h[0]["error"]["desc"]
-            .as_str()
-            .unwrap()
-            .contains("timed out after 2 s waiting for the greeting"),
+        h[0]["error"]["desc"].as_str().unwrap().contains(
+            "no greeting within 2 s, nor an answer to a guest-agent probe within 1 s more"
+        ),
         "{}",
         h[0]
     );
@@ -624,4 +623,106 @@ fn an_ssh_target_that_never_speaks_is_given_up_on_in_time() {
         "{}",
         show(&out)
     );
+}
+
+/// `/record` on several targets would have every target's session open
+/// the same file: it is refused with one line for all (not one per
+/// target), a failed command on each (exit 3), and nothing is created;
+/// `/play` runs on every target, and a `/record` inside the played file is
+/// refused the same way. From `-c` and from standard input, in text and
+/// with `--json` (one error object on standard error, and each target's
+/// answer on standard output).
+#[test]
+fn record_is_refused_once_and_play_runs_on_every_target() {
+    let peers = fleet(3);
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec.qmp");
+    let inner = dir.path().join("inner.qmp");
+    let play = dir.path().join("play.qmp");
+    std::fs::write(
+        &play,
+        format!("query-name\n/record {}\nquery-status\n", inner.display()),
+    )
+    .unwrap();
+    let refusal = |file: &Path| {
+        format!(
+            "ERROR: /record: not with several targets (each would write to {}); \
+             record on one target, then /play the file on all\n",
+            file.display()
+        )
+    };
+    let record = format!("/record {}", rec.display());
+    let play_it = format!("/play {}", play.display());
+    let sockets: Vec<&str> = peers.iter().map(Peer::socket_str).collect();
+    let summary =
+        "qmp-shell: 3 targets: 0 answered, 3 with failed commands, 0 unreachable or lost\n";
+    // -c, then the same lines on standard input, then /record off.
+    let mut args = vec!["-c", record.as_str(), "-c", play_it.as_str()];
+    args.extend(&sockets);
+    let by_c = run(&args, "");
+    let by_stdin = run(&sockets, &format!("{record}\n{play_it}\n"));
+    for out in [&by_c, &by_stdin] {
+        assert_eq!(out.status.code(), Some(3), "{}", show(out));
+        assert_eq!(
+            text(&out.stderr),
+            format!("{}{}{summary}", refusal(&rec), refusal(&inner)),
+            "{}",
+            show(out)
+        );
+        for (k, socket) in sockets.iter().enumerate() {
+            let stdout = text(&out.stdout);
+            let prefix = format!("{socket}: ");
+            let mine: Vec<&str> = stdout
+                .lines()
+                .filter_map(|l| l.strip_prefix(prefix.as_str()))
+                .collect();
+            assert_eq!(
+                mine,
+                [
+                    format!("{{\"return\": {{\"name\": \"vm{k}\"}}}}"),
+                    "{\"return\": {\"status\": \"running\", \"singlestep\": false, \"running\": true}}"
+                        .to_owned()
+                ],
+                "{}",
+                show(out)
+            );
+        }
+        assert!(!rec.exists() && !inner.exists(), "{}", show(out));
+    }
+    let mut args = vec!["-c", "/record off", "-c", "query-name"];
+    args.extend(&sockets);
+    let out = run(&args, "");
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        format!("ERROR: /record: not with several targets\n{summary}")
+    );
+    // --json: the refusal once on standard error, untagged; on standard
+    // output each target's answer to the line.
+    let mut args = vec!["--json", "-c", record.as_str(), "-c", "query-name"];
+    args.extend(&sockets);
+    let out = run(&args, "");
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let desc = refusal(&rec)
+        .trim_end()
+        .trim_start_matches("ERROR: ")
+        .to_owned();
+    let err = json_lines(&out.stderr);
+    assert_eq!(
+        err[0],
+        serde_json::json!({"error": {"class": "GenericError", "desc": desc}}),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(err.len(), 2, "{}", show(&out));
+    assert_eq!(err[1]["summary"]["failed"], 3, "{}", show(&out));
+    let answers = json_lines(&out.stdout);
+    assert_eq!(answers.len(), 6, "{}", show(&out));
+    for socket in &sockets {
+        let mine: Vec<&Value> = answers.iter().filter(|a| a["target"] == *socket).collect();
+        assert_eq!(mine.len(), 2, "{}", show(&out));
+        assert_eq!(mine[0]["error"]["desc"], desc.as_str(), "{}", show(&out));
+        assert!(mine[1]["return"].is_object(), "{}", show(&out));
+    }
+    assert!(!rec.exists());
 }

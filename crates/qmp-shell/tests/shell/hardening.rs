@@ -486,8 +486,9 @@ fn a_busy_monitor_and_a_guest_agent_without_dash_n_are_explained() {
     assert_eq!(
         text(&out.stderr),
         format!(
-            "ERROR: Couldn't connect to {}: timed out after 1 s waiting for the greeting \
-             (another client may be attached: QEMU serves one client per monitor at a time)\n",
+            "ERROR: Couldn't connect to {}: no greeting within 1 s, nor an answer to a \
+             guest-agent probe within 1 s more (another client may be attached: QEMU serves \
+             one client per monitor at a time)\n",
             peer.socket_str()
         )
     );
@@ -1118,8 +1119,9 @@ fn timeout_1_against_a_frozen_qemu_ends_within_5_s() {
     let tcp = format!("127.0.0.1:{port}");
     for addr in [peer.socket_str(), tcp.as_str()] {
         let greeting = format!(
-            "ERROR: Couldn't connect to {addr}: timed out after 1 s waiting for the greeting \
-             (another client may be attached: QEMU serves one client per monitor at a time)\n"
+            "ERROR: Couldn't connect to {addr}: no greeting within 1 s, nor an answer to a \
+             guest-agent probe within 1 s more (another client may be attached: QEMU serves \
+             one client per monitor at a time)\n"
         );
         let not_taken = format!(
             "ERROR: Couldn't connect to {addr}: timed out after 1 s waiting for the server to \
@@ -1179,7 +1181,7 @@ fn timeout_1_against_a_frozen_qemu_ends_within_5_s() {
         show(&out)
     );
     assert_eq!(
-        err.matches("timed out after 1 s waiting for the greeting")
+        err.matches("no greeting within 1 s, nor an answer to a guest-agent probe within 1 s more")
             .count(),
         1,
         "{}",
@@ -1208,8 +1210,9 @@ fn a_qemu_that_never_greets_is_given_up_on_after_10_s() {
     assert_eq!(
         text(&out.stderr),
         format!(
-            "ERROR: Couldn't connect to {}: timed out after 10 s waiting for the greeting \
-             (another client may be attached: QEMU serves one client per monitor at a time)\n",
+            "ERROR: Couldn't connect to {}: no greeting within 10 s, nor an answer to a \
+             guest-agent probe within 1 s more (another client may be attached: QEMU serves \
+             one client per monitor at a time)\n",
             peer.socket_str()
         ),
         "{}",

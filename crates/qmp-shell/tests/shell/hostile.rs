@@ -221,21 +221,30 @@ fn json_greeting_that_is_not_qmp() {
     server.join();
 }
 
+/// The message says what the shell waited for: the greeting for
+/// `--timeout`, then an answer to the probe that tells a guest agent
+/// (which sends no greeting) for at most 1 s more, and no longer than
+/// `--timeout` itself.
 #[test]
 fn greeting_never_comes_is_bounded_by_timeout() {
-    let server = serve(|c| c.drain());
-    let out = shell(&server, &["--timeout", "1"], "query-status\n");
-    expect(
-        &out,
-        1,
-        "",
-        &couldnt(
-            &server,
-            "timed out after 1 s waiting for the greeting (another client may be \
-             attached: QEMU serves one client per monitor at a time)",
-        ),
-    );
-    server.join();
+    for (timeout, probe) in [("1", "1"), ("0.3", "0.3")] {
+        let server = serve(|c| c.drain());
+        let out = shell(&server, &["--timeout", timeout], "query-status\n");
+        expect(
+            &out,
+            1,
+            "",
+            &couldnt(
+                &server,
+                &format!(
+                    "no greeting within {timeout} s, nor an answer to a guest-agent probe \
+                     within {probe} s more (another client may be attached: QEMU serves one \
+                     client per monitor at a time)"
+                ),
+            ),
+        );
+        server.join();
+    }
 }
 
 #[test]
@@ -249,8 +258,8 @@ fn greeting_never_comes_default_bound_is_10_s() {
         "",
         &couldnt(
             &server,
-            "timed out after 10 s waiting for the greeting (another client may be \
-             attached: QEMU serves one client per monitor at a time)",
+            "no greeting within 10 s, nor an answer to a guest-agent probe within 1 s more \
+             (another client may be attached: QEMU serves one client per monitor at a time)",
         ),
     );
     server.join();
@@ -882,6 +891,94 @@ fn an_ssh_host_that_never_speaks_is_given_up_on_in_time() {
         );
     }
     assert_eq!(peer.accepted(), 2);
+}
+
+/// A signal while ssh is still setting up (its host never speaks SSH):
+/// the program ends with 128+N, and nothing it started outlives it: ssh is
+/// stopped and reaped, and its private directory (`qmp-ssh-PID-N-*` in
+/// `$TMPDIR`, mode 0700) is gone. SIGINT, SIGTERM and SIGHUP; one target
+/// with `-c` and on a pipe, fan-out, `qmp-proxy`; and two signals at once
+/// (the emergency exit).
+#[test]
+fn a_signal_during_ssh_set_up_leaves_nothing_behind() {
+    let peer = silent::SilentPeer::start();
+    let address = peer.address("/run/qmp.sock");
+    let qemu = Peer::qemu_none();
+    let proxy = std::path::PathBuf::from(env!("CARGO_BIN_EXE_qmp-proxy"));
+    let listen_dir = tempfile::tempdir().unwrap();
+    let listen = listen_dir.path().join("p.sock");
+    let cases: [(&str, &Path, Vec<&str>, &[i32]); 5] = [
+        (
+            "-c",
+            &ours(),
+            vec!["-c", "query-status", &address],
+            &[libc::SIGTERM],
+        ),
+        ("a pipe", &ours(), vec![&address], &[libc::SIGINT]),
+        (
+            "fan-out",
+            &ours(),
+            vec!["-c", "query-name", &address, qemu.socket_str()],
+            &[libc::SIGHUP],
+        ),
+        (
+            "qmp-proxy",
+            &proxy,
+            vec!["--listen", listen.to_str().unwrap(), &address],
+            &[libc::SIGTERM],
+        ),
+        (
+            "two signals",
+            &ours(),
+            vec!["-c", "query-status", &address],
+            &[libc::SIGTERM, libc::SIGTERM],
+        ),
+    ];
+    for (case, bin, args, signals) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let pids = tempfile::tempdir().unwrap();
+        let pid_file = pids.path().join("ssh.pid");
+        let command = silent::SilentPeer::ssh_command(Some(&pid_file));
+        let tmpdir = tmp.path().to_str().unwrap();
+        let mut run = common::Running::start(
+            bin,
+            &args,
+            &[("QMP_SSH_COMMAND", command.as_str()), ("TMPDIR", tmpdir)],
+        );
+        let private_dirs = || -> Vec<String> {
+            std::fs::read_dir(tmp.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("qmp-ssh-"))
+                .collect()
+        };
+        let mut ssh_pid = None;
+        common::wait_until(&format!("{case}: ssh to start"), SHELL_TIMEOUT, || {
+            ssh_pid = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok());
+            ssh_pid.is_some() && !private_dirs().is_empty()
+        });
+        let ssh_pid = ssh_pid.unwrap();
+        for &sig in signals {
+            run.signal(sig);
+        }
+        let (status, _, stderr) = run.wait_exit(SHELL_TIMEOUT);
+        assert_eq!(
+            status.code(),
+            Some(128 + signals[0]),
+            "{case}: {status}\n{stderr}"
+        );
+        assert_eq!(private_dirs(), Vec::<String>::new(), "{case}: {stderr}");
+        // Gone, not even a zombie: reaped by the program itself.
+        let proc_dir = format!("/proc/{ssh_pid}");
+        assert!(
+            !Path::new(&proc_dir).exists(),
+            "{case}: ssh ({ssh_pid}) outlived the program: {}",
+            std::fs::read_to_string(format!("{proc_dir}/stat")).unwrap_or_default()
+        );
+    }
+    assert!(!listen.exists());
 }
 
 // ---------------------------------------------------------------------------

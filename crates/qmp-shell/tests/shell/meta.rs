@@ -1000,6 +1000,227 @@ fn shell_commands_inside_a_transaction_run_or_are_refused() {
     );
 }
 
+/// At the `TRANS>` prompt, `help [NAME]` runs (NAME an action, whose
+/// arguments it lists, or a command or an event) and a line starting with
+/// `{` is refused with one line (a message over several lines once, skipped
+/// to its end); the transaction stays open either way, and is sent with
+/// exactly the actions typed. The recording holds the actions alone, and
+/// replays with `-e` on a fresh QEMU.
+#[test]
+fn help_and_raw_json_at_the_trans_prompt_leave_the_transaction_open() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("tx.qmp");
+    let log = dir.path().join("log");
+    let script = format!(
+        "/record {}\n\
+         blockdev-add driver=null-co node-name=n0\n\
+         transaction(\n\
+         block-dirty-bitmap-add node=n0 name=b0\n\
+         help block-dirty-bitmap-add\n\
+         help\n\
+         {{\"type\": \"abort\", \"data\": {{}}}}\n\
+         {{\"type\": \"block-dirty-bitmap-add\",\n\
+          \"data\": {{\"node\": \"n0\", \"name\": \"bx\"}}}}\n\
+         help no-such-thing\n\
+         help STOP\n\
+         block-dirty-bitmap-add node=n0 name=b1\n\
+         )\n\
+         query-name\n",
+        rec.display()
+    );
+    let out = shell(
+        &[
+            "--exit-status",
+            "-l",
+            log.to_str().unwrap(),
+            peer.socket_str(),
+        ],
+        &script,
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let refused = "ERROR: raw JSON is not an action; the transaction stays open (write each \
+                   action as TYPE [KEY=VALUE...], end it with a line \")\")\n";
+    assert_eq!(
+        text(&out.stderr),
+        format!("{refused}{refused}help: no action, command or event named 'no-such-thing'\n"),
+        "{}",
+        show(&out)
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(
+            "block-dirty-bitmap-add (transaction action)\nArguments:\n  node: str\n  name: str\n"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(" actions in a transaction; `help NAME` describes one"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("STOP (event)\n"), "{stdout}");
+    // blockdev-add, the transaction, query-name.
+    assert_eq!(stdout.matches("{\"return\": {}}").count(), 3, "{stdout}");
+    let sent: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &Value| v["execute"] == "transaction")
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        sent[0]["arguments"]["actions"],
+        serde_json::json!([
+            {"type": "block-dirty-bitmap-add", "data": {"node": "n0", "name": "b0"}},
+            {"type": "block-dirty-bitmap-add", "data": {"node": "n0", "name": "b1"}}
+        ])
+    );
+    let (_, rest) = recording(&rec);
+    assert_eq!(
+        rest,
+        "blockdev-add driver=null-co node-name=n0\ntransaction(\n\
+         block-dirty-bitmap-add node=n0 name=b0\nblock-dirty-bitmap-add node=n0 name=b1\n)\n\
+         query-name\n"
+    );
+    let fresh = Peer::qemu_none();
+    let replay = shell(
+        &["-e", fresh.socket_str()],
+        &std::fs::read_to_string(&rec).unwrap(),
+        cache.path(),
+    );
+    assert_eq!(replay.status.code(), Some(0), "{}", show(&replay));
+    assert_eq!(text(&replay.stderr), "", "{}", show(&replay));
+}
+
+/// In HMP mode (`-H`) the shell's commands work as in QMP mode, none of
+/// them reaches QEMU as an HMP line: `/wait`, `/jobs`, `/record`, `/play`,
+/// and `/oob` and `/fd`, which take a QMP command and send it as QMP.
+/// `help /` lists them. A recording's header says its lines are HMP
+/// commands; it replays with `-H`, and `/play` refuses it without (as it
+/// refuses a QMP recording with `-H`), sending nothing. `--read-only`
+/// refuses the same in HMP mode, before anything is done, and the
+/// recording keeps only comments of what was refused.
+#[test]
+fn shell_commands_work_in_hmp_mode_and_recordings_say_so() {
+    let peer = Peer::qemu_two_monitors(&["-M", "none"]);
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("hmp.qmp");
+    let r = rec.to_str().unwrap();
+    let script = format!(
+        "/record {r}\nstop\n/wait STOP\ncont\n/wait --timeout=30 RESUME\n/jobs\n\
+         /oob query-yank\ninfo name\nhelp /\n/record off\ninfo status\n"
+    );
+    let out = shell(&["-H", peer.socket_str()], &script, cache.path());
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(text(&out.stderr), "", "{}", show(&out));
+    let stdout = text(&out.stdout);
+    for part in [
+        "\"event\": \"STOP\"}",
+        "\"event\": \"RESUME\"}",
+        "{\"jobs\": []}\n",
+        "{\"return\": [{\"type\": \"chardev\", \"id\": \"compat_monitor0\"}, ",
+        "Shell commands:\n  /wait ",
+        "VM status: running",
+    ] {
+        assert!(stdout.contains(part), "{part} missing:\n{}", show(&out));
+    }
+    assert!(!stdout.contains("unknown command"), "{}", show(&out));
+    let (header, rest) = recording(&rec);
+    assert_eq!(
+        header.last().map(String::as_str),
+        Some("# HMP commands: play them with qmp-shell -H")
+    );
+    assert_eq!(
+        rest,
+        "stop\n/wait STOP\ncont\n/wait --timeout=30 RESUME\n/jobs\n/oob query-yank\n\
+         info name\nhelp /\n"
+    );
+    // Replayed with -H: the same events.
+    let play = format!("/play {r}");
+    let replay = shell(&["-H", "-c", &play, peer.socket_str()], "", cache.path());
+    assert_eq!(replay.status.code(), Some(0), "{}", show(&replay));
+    let replayed = text(&replay.stdout);
+    assert!(
+        replayed.contains("\"event\": \"STOP\"}") && replayed.contains("\"event\": \"RESUME\"}"),
+        "{}",
+        show(&replay)
+    );
+    // Without -H: refused, nothing sent.
+    let log = dir.path().join("log");
+    let out = shell(
+        &["-l", log.to_str().unwrap(), "-c", &play, peer.socket_str()],
+        "",
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "ERROR: /play: {r} holds HMP commands, as its header says: play it with qmp-shell -H\n"
+        )
+    );
+    assert!(
+        !std::fs::read_to_string(&log).unwrap().contains("\"stop\""),
+        "{}",
+        show(&out)
+    );
+    // A QMP recording, played with -H: refused too.
+    let qmp_rec = dir.path().join("qmp.qmp");
+    let q = qmp_rec.to_str().unwrap();
+    let out = shell(
+        &[peer.socket_str()],
+        &format!("/record {q}\nquery-name\n"),
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let out = shell(
+        &["-H", "-c", &format!("/play {q}"), peer.socket_str()],
+        "",
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "ERROR: /play: {q} holds QMP commands, as its header says: play it without -H or -N\n"
+        )
+    );
+    // --read-only in HMP mode: refused before anything is done.
+    let ro_rec = dir.path().join("ro.qmp");
+    let never = dir.path().join("never-created");
+    let out = shell(
+        &["-H", "--read-only", "--exit-status", peer.socket_str()],
+        &format!(
+            "/record {}\nstop\n/oob migrate-pause\n/fd {} getfd fdname=x\n/jobs\ninfo status\n\
+             cpu x\n",
+            ro_rec.display(),
+            never.display()
+        ),
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        "ERROR: refused by --read-only: stop may change the VM; it was not sent\n\
+         ERROR: refused by --read-only: migrate-pause may change the VM; it was not sent\n\
+         ERROR: refused by --read-only: getfd may change the VM; it was not sent\n"
+    );
+    assert!(!never.exists());
+    assert_eq!(status_of(peer.second_socket())["return"]["running"], true);
+    let (_, rest) = recording(&ro_rec);
+    assert_eq!(
+        rest,
+        format!(
+            "# not sent: stop\n# not sent: /oob migrate-pause\n\
+             # not sent: /fd {} getfd fdname=x\n/jobs\ninfo status\n# not sent: cpu x\n",
+            never.display()
+        )
+    );
+}
+
 /// `/play` of a file that ends inside a transaction (or a raw JSON
 /// message) ends it with the file, a failed command, as end of input
 /// does: the next line is a command again. Played twice, and after an

@@ -1,7 +1,9 @@
 //! What packagers take from the programs: `--version` (the crate's version
 //! and the commit, the same for every program), and `--generate KIND`: the
 //! manual pages, rendered by the real `man`, and the completion scripts,
-//! run by the real bash and fish (and parsed by zsh).
+//! run by the real bash and fish (and parsed by zsh); and that the shell's
+//! commands and options are described alike in `help`, the manual page and
+//! the README.
 
 use crate::common;
 
@@ -215,4 +217,77 @@ fn generate_takes_nothing_else() {
         &[("QMP_SOCKET", "/nonexistent/qmp.sock")],
     );
     assert!(ok_stdout(&out).contains("complete -F"));
+}
+
+/// The shell's own commands are described alike wherever they are: every
+/// command the parser knows (`meta::NAMES`) has a usage line in what
+/// `help /` prints (asked of a real QEMU), and that usage, the command with
+/// its options and arguments word for word, is in the manual page and in
+/// the README's table of shell commands, which lists no command the
+/// parser does not know. Every long option of `qmp-shell --help` is in the
+/// README too (the manual page's options come from the same definitions
+/// as `--help`). Cheap, and it fails on the drift that let the manual's
+/// `/record` lose `--append`.
+#[test]
+fn shell_commands_and_options_are_described_alike_everywhere() {
+    use qmp_shell::meta::{NAMES, USAGE};
+    let peer = Peer::qemu_none();
+    let out = run_shell(&ours(), &["-c", "help /", peer.socket_str()], "", T);
+    let help = ok_stdout(&out);
+    assert_eq!(help, USAGE);
+    // "  /play FILE        run ..." -> "/play FILE"
+    let usages: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.strip_prefix("  /").map(|_| l.trim_start()))
+        .map(|l| l.split("  ").next().unwrap())
+        .collect();
+    let named: Vec<&str> = usages
+        .iter()
+        .map(|u| u.split(' ').next().unwrap())
+        .collect();
+    let mut sorted = named.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, NAMES, "help / and the parser's commands differ");
+    let man = ok_stdout(&run_shell(&ours(), &["--generate", "man"], "", T)).replace("\\-", "-");
+    let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let readme = std::fs::read_to_string(&readme_path).unwrap();
+    for usage in &usages {
+        assert!(
+            man.contains(&format!("\\fB{usage}")),
+            "the manual page has no {usage:?}"
+        );
+        assert!(
+            readme.contains(&format!("| `{usage}` |")),
+            "the README's table has no {usage:?}"
+        );
+    }
+    for row in readme.lines().filter(|l| l.starts_with("| `/")) {
+        let name = row[3..].split([' ', '`']).next().unwrap();
+        assert!(
+            NAMES.contains(&name),
+            "the README lists {name}, which the parser does not know"
+        );
+    }
+    let help = ok_stdout(&run_shell(&ours(), &["--help"], "", T));
+    for line in help.lines() {
+        let line = line.trim_start();
+        let line = line.split_once(", ").map_or(line, |(short, long)| {
+            if short.len() == 2 && short.starts_with('-') {
+                long
+            } else {
+                line
+            }
+        });
+        let Some(option) = line.strip_prefix("--") else {
+            continue;
+        };
+        let name = option.split([' ', '<']).next().unwrap();
+        if name == "help" {
+            continue;
+        }
+        assert!(
+            readme.contains(&format!("`--{name}")),
+            "--{name} of qmp-shell --help is not in the README"
+        );
+    }
 }

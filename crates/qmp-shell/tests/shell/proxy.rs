@@ -401,6 +401,101 @@ fn refuses_to_listen_over_a_file() {
     );
 }
 
+/// Connections to the UNIX socket at `path` until its server's queue is
+/// full (a non-blocking connect(2) says so with `EAGAIN`), held open.
+fn fill_queue(path: &Path) -> Vec<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let mut held = Vec::new();
+    loop {
+        assert!(
+            held.len() < 64,
+            "the queue of {} never filled",
+            path.display()
+        );
+        // SAFETY: socket(2); the descriptor is owned at once.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: a zeroed sockaddr_un is valid; the path fits (checked).
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let bytes = path.as_os_str().as_bytes();
+        assert!(bytes.len() < addr.sun_path.len());
+        for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        // SAFETY: connect(2) with the address filled in above.
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            assert_eq!(err.raw_os_error(), Some(libc::EAGAIN), "connect: {err}");
+            return held;
+        }
+        held.push(fd);
+    }
+}
+
+/// A socket at the `--listen` path whose server is stopped (a frozen
+/// QEMU, its queue of connections full: connect(2) to it would wait for
+/// ever) is live: qmp-proxy refuses it with one line and exit 1, within
+/// the harness's kill timeout, and leaves it alone; twice in a row. Thawed,
+/// that QEMU serves its clients as before.
+#[test]
+fn a_hung_server_at_the_listen_path_is_refused_in_time() {
+    let target = Peer::qemu_none();
+    let hung = Peer::qemu_none();
+    freeze(hung.pid());
+    let held = fill_queue(hung.socket());
+    for _ in 0..2 {
+        let out = run_shell(
+            &proxy_bin(),
+            &["--listen", hung.socket_str(), target.socket_str()],
+            "",
+            Duration::from_secs(15),
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        assert_eq!(
+            text(&out.stderr),
+            format!(
+                "ERROR: cannot listen on {0}: {0} is in use: a server is listening on it, \
+                 though it takes no connection within 1 s (stopped or hung?)\n",
+                hung.socket_str()
+            ),
+            "{}",
+            show(&out)
+        );
+        assert!(std::fs::symlink_metadata(hung.socket())
+            .unwrap()
+            .file_type()
+            .is_socket());
+    }
+    thaw(hung.pid());
+    drop(held);
+    assert_eq!(
+        qmp_raw(hung.socket(), &[r#"{"execute": "query-name"}"#]),
+        ["{\"return\": {}}"]
+    );
+    // The proxy let its target go too.
+    assert_eq!(
+        qmp_raw(target.socket(), &[r#"{"execute": "query-name"}"#]),
+        ["{\"return\": {}}"]
+    );
+}
+
 /// An `ssh://` target: QEMU's socket reached through a real sshd.
 #[test]
 fn ssh_target_through_a_real_sshd() {

@@ -355,6 +355,8 @@ fn guest_agent_completion_and_stale_bytes() {
     t.wait_line(PROMPT);
 }
 
+/// HMP mode at a terminal: completion of HMP commands and of the shell's
+/// own commands, which run there too.
 #[test]
 fn hmp_completion_and_command() {
     let peer = Peer::qemu_pc();
@@ -375,6 +377,12 @@ fn hmp_completion_and_command() {
             .skip(1)
             .any(|l| l.starts_with(&version))
     });
+    t.wait_line("(QEMU)");
+    // The shell's own commands complete in HMP mode too, and run there.
+    t.tab_until("(QEMU)", "/wa", "/wait");
+    t.press(&["C-u"]);
+    t.line("/jobs");
+    t.wait_for("(QEMU) /jobs\n{\"jobs\": []}\n");
     t.wait_line("(QEMU)");
 }
 

@@ -237,7 +237,7 @@ fn qemu_large_reply_and_size_limit() {
     };
     let client = Client::connect(&Address::Unix(peer.socket.clone()), opts).unwrap();
     match client.execute("query-qmp-schema", None, T) {
-        Err(Error::Protocol(reason)) => assert!(reason.contains("8192"), "{reason}"),
+        Err(Error::Protocol(reason)) => assert!(reason.to_string().contains("8192"), "{reason}"),
         r => panic!("{r:?}"),
     }
     // The stream stays usable after the oversized reply.
@@ -290,7 +290,10 @@ fn message_cap_default_and_exact_boundary() {
     let client = capped(size - 1);
     match client.execute("query-commands", None, T) {
         Err(Error::Protocol(reason)) => {
-            assert!(reason.contains(&(size - 1).to_string()), "{reason}")
+            assert!(
+                reason.to_string().contains(&(size - 1).to_string()),
+                "{reason}"
+            )
         }
         r => panic!("expected the reply to be refused, got {r:?}"),
     }

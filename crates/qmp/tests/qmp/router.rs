@@ -615,12 +615,14 @@ fn too_many_clients_are_turned_away() {
         rx.recv_timeout(T).as_deref(),
         Ok("turned a client away: too many clients: this server serves at most 2 clients at once")
     );
-    // Our client says so in a word.
+    // Our client says so in a word, the server's error as the cause.
     let e = Client::connect(&Address::Unix(path.clone()), ClientOptions::default()).unwrap_err();
+    assert_eq!(e.to_string(), "the server refused the session");
     assert_eq!(
-        e.to_string(),
-        "the server refused the session: too many clients: this server serves at most 2 \
-         clients at once"
+        std::error::Error::source(&e)
+            .map(|c| c.to_string())
+            .as_deref(),
+        Some("too many clients: this server serves at most 2 clients at once")
     );
     assert_eq!(
         a.send(r#"{"execute": "query-name", "id": 1}"#),

@@ -1,0 +1,354 @@
+//! The threaded driver of a [`Protocol`]: a reader thread that feeds it
+//! the frames a transport's [`Source`] receives, a writer thread that hands
+//! what it has to send to the [`Sink`], and the condition variables that
+//! the client's callers wait on.
+//!
+//! The protocol state sits in a mutex; every change to it goes through
+//! [`Shared::update`], which then wakes whoever the change concerns, runs
+//! the callbacks whose results came and tells the taps when the connection
+//! ended, all without the lock held. The taps and the traffic log live
+//! here, on the I/O side: the protocol state never calls out.
+
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{self, JoinHandle};
+
+use super::limits::encode_for_qemu;
+use super::protocol::{Callback, Inbound, Next, Outgoing, Protocol, Wake};
+use super::queue::approx_heap_size;
+use super::taps::{Tapped, Taps};
+use super::Error;
+use crate::framing::FrameError;
+use crate::message::{Object, Reply};
+use crate::plumbing::lock;
+use crate::transport::{Closer, Halves, Received, Sink, Source};
+
+/// The user's notification ([`Client::set_notify`](super::Client::set_notify)).
+pub(crate) type Notify = Arc<dyn Fn() + Send + Sync>;
+/// Where the traffic is logged.
+pub(crate) type Log = Box<dyn Write + Send>;
+
+/// What the client's threads and its callers share.
+pub(crate) struct Shared {
+    /// The protocol state; change it with [`Shared::update`].
+    pub(crate) state: Mutex<Protocol>,
+    /// Signalled when a result is stored, the greeting arrives or the
+    /// connection drops.
+    pub(crate) replies: Condvar,
+    /// Signalled when something is queued for the caller or the connection
+    /// drops.
+    pub(crate) incoming: Condvar,
+    /// Signalled when there may be something for the writer thread to do.
+    writer: Condvar,
+    notify: Mutex<Option<Notify>>,
+    log: Mutex<Option<Log>>,
+    /// Ends the connection (the transport's).
+    pub(crate) closer: Closer,
+    /// Event taps ([`Client::tap_events`](super::Client::tap_events)).
+    pub(crate) taps: Taps,
+}
+
+impl Shared {
+    /// Change the protocol state with `f`; then, without the lock, wake
+    /// whoever the change concerns, run the callbacks whose results came
+    /// (in the order they came) and, when the connection ended, tell the
+    /// taps.
+    pub(crate) fn update<R>(&self, f: impl FnOnce(&mut Protocol) -> R) -> R {
+        let (result, wake, due) = {
+            let mut p = lock(&self.state);
+            let result = f(&mut p);
+            (result, p.take_wake(), p.take_due())
+        };
+        self.wake(wake, due);
+        result
+    }
+
+    fn wake(&self, wake: Wake, due: Vec<(Callback, Result<Reply, Error>)>) {
+        if wake.replies {
+            self.replies.notify_all();
+        }
+        if wake.incoming {
+            self.incoming.notify_all();
+        }
+        if wake.writer {
+            self.writer.notify_all();
+        }
+        if wake.notify {
+            let f = lock(&self.notify).clone();
+            if let Some(f) = f {
+                f();
+            }
+        }
+        for (callback, result) in due {
+            (callback.0)(result);
+        }
+        if wake.closed {
+            for tap in self.taps.all() {
+                tap.closed();
+            }
+        }
+    }
+
+    /// Call `f` whenever [`Wake::notify`] says so.
+    pub(crate) fn set_notify(&self, f: Notify) {
+        *lock(&self.notify) = Some(f);
+    }
+
+    /// Mark the connection closed (`reason`: the transport's explanation)
+    /// and fail every outstanding request.
+    pub(crate) fn disconnect(&self, reason: Option<io::Error>) {
+        self.update(|p| p.close(reason));
+    }
+
+    fn log_line(&self, bytes: &[u8]) {
+        let mut log = lock(&self.log);
+        if let Some(w) = log.as_mut() {
+            let _ = w.write_all(bytes);
+            let _ = w.write_all(b"\n");
+            let _ = w.flush();
+        }
+    }
+
+    fn has_log(&self) -> bool {
+        lock(&self.log).is_some()
+    }
+
+    /// Route one received frame, showing events to the taps first.
+    fn route(&self, frame: Result<Object, FrameError>) {
+        match self.update(|p| p.receive(frame)) {
+            Inbound::Handled => {}
+            Inbound::Reply(reply) => self.update(|p| p.reply(reply)),
+            Inbound::Event(ev) => {
+                // Sized outside the lock: the tree may be large.
+                let size = approx_heap_size(&ev.body);
+                for tap in self.taps.all() {
+                    tap.show(Tapped::Event(&ev));
+                }
+                self.update(|p| p.event(ev, size));
+            }
+        }
+    }
+}
+
+/// Start the reader and writer threads of a connection whose state is
+/// `protocol`, logging to `log`.
+pub(crate) fn start(
+    halves: Halves,
+    protocol: Protocol,
+    log: Option<Log>,
+) -> Result<(Arc<Shared>, Vec<JoinHandle<()>>), Error> {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(protocol),
+        replies: Condvar::new(),
+        incoming: Condvar::new(),
+        writer: Condvar::new(),
+        notify: Mutex::new(None),
+        log: Mutex::new(log),
+        closer: halves.closer.clone(),
+        taps: Taps::default(),
+    });
+    let reader = {
+        let shared = Arc::clone(&shared);
+        let source = halves.source;
+        thread::Builder::new()
+            .name("qmp-reader".to_owned())
+            .spawn(move || reader_loop(source, &shared))?
+    };
+    let writer = {
+        let shared = Arc::clone(&shared);
+        let sink = halves.sink;
+        thread::Builder::new()
+            .name("qmp-writer".to_owned())
+            .spawn(move || writer_loop(sink, &shared))
+    };
+    match writer {
+        Ok(writer) => Ok((shared, vec![reader, writer])),
+        Err(e) => {
+            (shared.closer)();
+            shared.disconnect(None);
+            let _ = reader.join();
+            Err(Error::Io(e))
+        }
+    }
+}
+
+fn reader_loop(mut source: Box<dyn Source>, shared: &Shared) {
+    let logging = shared.has_log();
+    source.want_raw(logging);
+    // The raw text of the current frame when whether it is logged depends
+    // on what it is: during a guest agent resync (only the sync reply is),
+    // or while a request kept out of the log is outstanding.
+    let mut held: Option<Vec<u8>> = None;
+    let reason = loop {
+        let received = source.receive(&mut |raw| {
+            if !logging {
+                return;
+            }
+            let depends = lock(&shared.state).log_depends_on_frame();
+            if depends {
+                held = Some(raw.to_vec());
+            } else {
+                shared.log_line(raw);
+            }
+        });
+        match received {
+            Ok(Some(Received::Frame(frame))) => {
+                if let Some(raw) = held.take() {
+                    let logs = lock(&shared.state).logs(&frame);
+                    if logs {
+                        shared.log_line(&raw);
+                    }
+                }
+                shared.route(frame);
+            }
+            Ok(Some(Received::Delimiter)) => {}
+            Ok(None) => break None,
+            // A transport's own explanation (ssh's message, say); an OS
+            // error on a socket just means the peer went away.
+            Err(e) if e.raw_os_error().is_none() => break Some(e),
+            Err(_) => break None,
+        }
+    };
+    shared.disconnect(reason);
+}
+
+fn writer_loop(mut sink: Box<dyn Sink>, shared: &Shared) {
+    loop {
+        let item = {
+            let mut p = lock(&shared.state);
+            loop {
+                match p.next_to_send() {
+                    Next::Send(item) => break item,
+                    Next::Idle => p = shared.writer.wait(p).unwrap_or_else(|e| e.into_inner()),
+                    Next::Stop => return,
+                }
+            }
+        };
+        match item {
+            Outgoing::Raw(bytes) => {
+                if sink.send_raw(&bytes).is_err() {
+                    break;
+                }
+            }
+            Outgoing::Message {
+                seq,
+                logged,
+                msg,
+                fds,
+                ..
+            } => {
+                let encoded = encode_for_qemu(&msg);
+                if let (true, Ok(bytes)) = (logged, &encoded) {
+                    shared.log_line(&bytes[..bytes.len() - 1]);
+                }
+                let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+                let sent = match &encoded {
+                    Err(why) => Err(io::Error::new(io::ErrorKind::Unsupported, why.clone())),
+                    Ok(bytes) => sink.send(&msg, bytes, &raw),
+                };
+                match sent {
+                    Ok(()) => {}
+                    // This request only: the connection is fine.
+                    Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                        shared.update(|p| p.refused(seq, e.to_string()));
+                    }
+                    Err(_) => break,
+                }
+                drop(fds);
+            }
+        }
+    }
+    shared.update(Protocol::write_failed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::testing::*;
+
+    #[test]
+    fn messages_qemu_would_refuse_are_not_sent_and_the_connection_goes_on() {
+        let arrays = |depth: usize| {
+            let mut args = Object::new();
+            let mut v = Value::Array(Vec::new());
+            for _ in 1..depth {
+                v = Value::Array(vec![v]);
+            }
+            args.insert("v".into(), v);
+            args
+        };
+        let client = pair(no_handshake(), |mut s| {
+            let line = read_line(&mut s);
+            let v: Value = serde_json::from_str(&line).unwrap();
+            s.write_all(format!("{{\"return\": {{}}, \"id\": {}}}\r\n", v["id"]).as_bytes())
+                .unwrap();
+            let _ = s.read_to_end(&mut Vec::new());
+        });
+        let r = client.execute("deep", Some(arrays(1100)), T);
+        assert!(
+            matches!(&r, Err(Error::Unsupported(w)) if w.starts_with("not sent: ")),
+            "{r:?}"
+        );
+        // The connection is fine: the next request goes and is answered.
+        assert!(client.execute("ok", None, T).is_ok());
+    }
+
+    #[test]
+    fn eof_fails_pending_requests() {
+        let client = pair(no_handshake(), |mut s| {
+            read_line(&mut s);
+        });
+        let p = client.send(command("a", None)).unwrap();
+        assert!(matches!(p.wait(None), Err(Error::Disconnected)));
+        assert!(!client.is_connected());
+    }
+
+    #[test]
+    fn many_events_before_a_reply() {
+        let client = pair(no_handshake(), |mut s| {
+            read_line(&mut s);
+            let mut out = Vec::new();
+            for i in 0..20000 {
+                out.extend_from_slice(
+                    format!("{{\"event\": \"E\", \"data\": {{\"i\": {i}}}}}\r\n").as_bytes(),
+                );
+            }
+            out.extend_from_slice(b"{\"return\": {}, \"id\": 1}\r\n");
+            s.write_all(&out).unwrap();
+            let _ = s.read_to_end(&mut Vec::new());
+        });
+        let r = client.execute("x", None, T).unwrap();
+        assert!(r.ret().is_some());
+        assert_eq!(client.drain_incoming().len(), 20000);
+    }
+
+    #[test]
+    fn unlogged_requests_stay_out_of_the_log() {
+        let log = Buf::default();
+        let opts = ClientOptions {
+            log: Some(Box::new(log.clone())),
+            ..no_handshake()
+        };
+        let client = pair(opts, |b| {
+            let mut r = BufReader::new(b.try_clone().unwrap());
+            let mut w = b;
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                let reply = format!("{{\"return\": {}, \"id\": {}}}\n", v["execute"], v["id"]);
+                w.write_all(reply.as_bytes()).unwrap();
+                line.clear();
+            }
+        });
+        client
+            .submit(Request::new(command("hidden", None)).unlogged())
+            .unwrap()
+            .wait(T)
+            .unwrap();
+        client.execute("shown", None, T).unwrap();
+        let text = String::from_utf8(lock(&log.0).clone()).unwrap();
+        assert!(!text.contains("hidden"), "{text}");
+        assert_eq!(text.matches("shown").count(), 2, "{text}");
+    }
+}
