@@ -1,7 +1,7 @@
 //! What each tool does: its checked arguments, the target, the calls to
 //! QEMU (on tokio's blocking pool) and the answer, built with `qmp-shell`'s
 //! own pieces: the `--read-only` allow-list ([`readonly`]), the schema's
-//! help text and deprecation facts ([`SchemaStore`]), event matching
+//! help text and deprecation facts ([`SchemaStore`](qmp_shell::store::SchemaStore)), event matching
 //! ([`meta::matches`]) and job progress ([`Progress`]).
 
 use std::sync::Arc;

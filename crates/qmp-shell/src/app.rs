@@ -19,20 +19,20 @@ const USAGE: &str = cli::SHELL_USAGE;
 
 /// Print `ERROR: MSG` on standard error (with `--json`, an error object)
 /// and return the fatal exit status.
-pub fn die(msg: &str) -> i32 {
+pub(crate) fn die(msg: &str) -> i32 {
     die_as("GenericError", msg)
 }
 
 /// [`die`], the error object's class being `class` (`ConnectError`: the
 /// server could not be reached).
-pub fn die_as(class: &str, msg: &str) -> i32 {
+pub(crate) fn die_as(class: &str, msg: &str) -> i32 {
     output::eprint_error(class, msg);
     exit::FATAL
 }
 
 /// Whether the session will run on the terminal (line editing, live
 /// events) rather than read a pipe or run `-c` commands.
-pub fn is_interactive(common: &Common, commands: &[String]) -> bool {
+pub(crate) fn is_interactive(common: &Common, commands: &[String]) -> bool {
     commands.is_empty() && !common.json && std::io::stdin().is_terminal()
 }
 
@@ -41,7 +41,7 @@ pub fn is_interactive(common: &Common, commands: &[String]) -> bool {
 /// `guest_agent` (`-N`): the peer is a guest agent, not a QMP monitor.
 /// `qemu_command`: the command line of the QEMU the wrap started (for the
 /// header of `/record` files).
-pub fn run_session(
+pub(crate) fn run_session(
     client: Arc<Client>,
     common: &Common,
     commands: Vec<String>,
@@ -64,6 +64,7 @@ pub fn run_session(
         exit_on_error: common.exit_on_error,
         progress_bars: interactive && !common.json && std::io::stderr().is_terminal(),
         qemu_command,
+        fan_out: false,
     };
     let out = Box::new(StdOutput::stdio(style, common.json));
     let engine = Engine::new(client, cfg, out, Arc::new(Doorbell::new()));
@@ -201,6 +202,7 @@ fn fan_out(args: ShellArgs, targets: Vec<(String, Target)>) -> i32 {
         exit_on_error: args.common.exit_on_error,
         progress_bars: false,
         qemu_command: None,
+        fan_out: true,
     };
     let retry = Retry {
         count: args.retry,

@@ -17,17 +17,17 @@ use clap::{ArgGroup, Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 pub const VERSION: &str = env!("QMP_SHELL_VERSION");
 
 /// Exit statuses, shared by both binaries and documented in `--help`.
-pub mod exit {
+pub(crate) mod exit {
     /// End of input reached, every command was sent and answered.
-    pub const OK: i32 = 0;
+    pub(crate) const OK: i32 = 0;
     /// Could not connect, lost the connection, the server broke the
     /// protocol, or standard output could not be written.
-    pub const FATAL: i32 = 1;
+    pub(crate) const FATAL: i32 = 1;
     /// Bad command-line usage (unknown option, bad port, missing address).
-    pub const USAGE: i32 = 2;
+    pub(crate) const USAGE: i32 = 2;
     /// With `-c` or `--exit-status`: at least one command failed (an error
     /// reply, or a line that could not be parsed).
-    pub const COMMAND_FAILED: i32 = 3;
+    pub(crate) const COMMAND_FAILED: i32 = 3;
 }
 
 const EXIT_HELP: &str = "\
@@ -79,12 +79,12 @@ pub struct Common {
     #[arg(short, long)]
     pub pretty: bool,
 
-    /// Save log of all QMP messages to PATH (JSON lines, appended; mode 0600)
+    /// Save log of all QMP messages to LOGFILE (JSON lines, appended; mode 0600)
     #[arg(short = 'l', long = "logfile", value_name = "LOGFILE")]
     pub logfile: Option<PathBuf>,
 
     /// Print every reply as exactly one JSON line; no banner, no prompt;
-    /// standard error is JSON lines too (events, warnings, errors)
+    /// standard error is JSON lines too (events, warnings, errors, notes)
     #[arg(long, conflicts_with_all = ["pretty", "verbose"])]
     pub json: bool,
 
@@ -215,20 +215,20 @@ impl TargetArgs {
     after_help = EXIT_HELP,
     group(ArgGroup::new("libvirt").args(["domain", "list", "all_domains"]).multiple(false))
 )]
-pub struct ShellArgs {
+pub(crate) struct ShellArgs {
     #[command(flatten)]
-    pub common: Common,
+    pub(crate) common: Common,
 
     #[command(flatten)]
-    pub targets: TargetArgs,
+    pub(crate) targets: TargetArgs,
 
     /// Run this command and exit (repeatable); no banner or prompt
     #[arg(short = 'c', long = "command", value_name = "CMD")]
-    pub commands: Vec<String>,
+    pub(crate) commands: Vec<String>,
 
     /// Wait for the server: retry connecting N times
     #[arg(long, value_name = "N", default_value_t = 0)]
-    pub retry: u32,
+    pub(crate) retry: u32,
 
     /// Seconds between connection attempts with --retry
     #[arg(
@@ -238,7 +238,7 @@ pub struct ShellArgs {
         default_value = "1",
         requires = "retry"
     )]
-    pub retry_delay: Duration,
+    pub(crate) retry_delay: Duration,
 
     /// With several targets: serve at most N at once
     #[arg(
@@ -248,12 +248,12 @@ pub struct ShellArgs {
         default_value_t = 16,
         value_parser = clap::value_parser!(u32).range(1..=1024)
     )]
-    pub jobs: u32,
+    pub(crate) jobs: u32,
 
     /// List the running libvirt domains and exit: names, one per line
     /// (with -v: ID UUID NAME); of the other options, only --connect
     #[arg(long, help_heading = "libvirt", conflicts_with_all = SESSION_OPTIONS)]
-    pub list: bool,
+    pub(crate) list: bool,
 }
 
 /// The options of `qmp-shell` that shape a session, which `--list` (no
@@ -276,14 +276,14 @@ const SESSION_OPTIONS: [&str; 13] = [
 
 /// The usage line of `qmp-shell` in usage errors (the reference's, with
 /// `[OPTIONS]` for the options it does not have).
-pub const SHELL_USAGE: &str =
+pub(crate) const SHELL_USAGE: &str =
     "qmp-shell [-h] [-H] [-v] [-p] [-l LOGFILE] [-N] [OPTIONS] qmp_server";
 
 impl ShellArgs {
     /// Parse the process's arguments; on a usage error, print it as
     /// [`usage_error`] does and exit 2. See
     /// [`ShellArgs::try_parse_args_from`].
-    pub fn parse_args() -> ShellArgs {
+    pub(crate) fn parse_args() -> ShellArgs {
         ShellArgs::try_parse_args_from(std::env::args_os())
             .unwrap_or_else(|e| exit_on_clap_error("qmp-shell", SHELL_USAGE, &e))
     }
@@ -291,7 +291,7 @@ impl ShellArgs {
     /// Parse `args`, then settle what clap alone cannot: `--domain` and
     /// `--list` do not go with an address on the command line, but win over
     /// one from `$QMP_SOCKET` (which is then ignored).
-    pub fn try_parse_args_from<I, T>(args: I) -> Result<ShellArgs, clap::Error>
+    pub(crate) fn try_parse_args_from<I, T>(args: I) -> Result<ShellArgs, clap::Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
@@ -320,7 +320,7 @@ impl ShellArgs {
 impl Common {
     /// What clap cannot check: a value of one option that goes against
     /// another. The error is the message of a usage error.
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         if self.json && self.color == ColorChoice::Always {
             return Err(
                 "the argument '--color always' cannot be used with '--json' \
@@ -348,17 +348,17 @@ impl Common {
     override_usage = "qmp-shell-wrap [-h] [-H] [-v] [-p] [-l LOGFILE] [OPTIONS] [--] [QEMU ARGV...]",
     after_help = EXIT_HELP
 )]
-pub struct WrapArgs {
+pub(crate) struct WrapArgs {
     #[command(flatten)]
-    pub common: Common,
+    pub(crate) common: Common,
 
     /// Run this command and exit (repeatable); no banner or prompt
     #[arg(short = 'c', long = "command", value_name = "CMD")]
-    pub commands: Vec<String>,
+    pub(crate) commands: Vec<String>,
 
     /// Also serve other QMP clients on this UNIX socket while the shell runs (as qmp-proxy does)
     #[arg(long, value_name = "PATH")]
-    pub serve: Option<PathBuf>,
+    pub(crate) serve: Option<PathBuf>,
 
     /// QEMU command line to invoke
     #[arg(
@@ -366,14 +366,15 @@ pub struct WrapArgs {
         allow_hyphen_values = true,
         value_name = "QEMU ARGV"
     )]
-    pub command: Vec<String>,
+    pub(crate) command: Vec<String>,
 }
 
 /// Options of `qmp-shell` that `qmp-shell-wrap` does not take.
-pub const SHELL_ONLY_OPTIONS: [&str; 4] = ["-N", "--skip-negotiation", "--retry", "--retry-delay"];
+pub(crate) const SHELL_ONLY_OPTIONS: [&str; 4] =
+    ["-N", "--skip-negotiation", "--retry", "--retry-delay"];
 
 /// `--domain`: a name, UUID or id, which cannot be empty.
-pub fn parse_domain(text: &str) -> Result<String, String> {
+pub(crate) fn parse_domain(text: &str) -> Result<String, String> {
     if text.is_empty() {
         return Err("an empty name: give a domain's name, UUID or id".to_owned());
     }
@@ -382,7 +383,7 @@ pub fn parse_domain(text: &str) -> Result<String, String> {
 
 /// `--connect`: a libvirt URI, which cannot be empty (leave `--connect` out
 /// for the default).
-pub fn parse_uri(text: &str) -> Result<String, String> {
+pub(crate) fn parse_uri(text: &str) -> Result<String, String> {
     if text.is_empty() {
         return Err("an empty URI: leave --connect out for the default".to_owned());
     }
@@ -401,7 +402,7 @@ pub fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
 }
 
 /// A number of seconds, 0 or more (a fraction is fine).
-pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
     let secs: f64 = text
         .trim()
         .parse()
@@ -428,7 +429,7 @@ pub fn exit_on_clap_error(program: &str, usage: &str, err: &clap::Error) -> ! {
 
 /// The message of a clap error on one line, without clap's `error: `, its
 /// usage and its pointer to `--help`, with its tips.
-pub fn clap_message(err: &clap::Error) -> String {
+pub(crate) fn clap_message(err: &clap::Error) -> String {
     let rendered = err.render().to_string();
     let mut message = String::new();
     for paragraph in rendered.split("\n\n") {

@@ -17,7 +17,7 @@ use crate::signals;
 use crate::wording::{client_error, python_io_error};
 
 /// How long to wait for the greeting when `--timeout` is not given.
-pub const GREETING_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const GREETING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the shell attaches to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,23 +57,23 @@ pub struct Connected {
     /// (libvirt's taint of the domain).
     pub notice: Option<String>,
     /// For a libvirt domain, its name (whichever way it was given).
-    pub domain: Option<String>,
+    pub(crate) domain: Option<String>,
 }
 
 /// The `-l` log, opened once (mode 0600) and shared by every connection
 /// attempt. It is an audit trail: an existing log is appended to, never
 /// started afresh (nor by `--retry`).
 #[derive(Clone)]
-pub struct SharedLog(Arc<Mutex<std::fs::File>>);
+pub(crate) struct SharedLog(Arc<Mutex<std::fs::File>>);
 
 impl SharedLog {
     /// Open the `-l` log if one was asked for.
-    pub fn open_option(path: Option<&Path>) -> Result<Option<SharedLog>, String> {
+    pub(crate) fn open_option(path: Option<&Path>) -> Result<Option<SharedLog>, String> {
         path.map(SharedLog::open).transpose()
     }
 
     /// Open the log at `path`: created, or appended to.
-    pub fn open(path: &Path) -> Result<SharedLog, String> {
+    pub(crate) fn open(path: &Path) -> Result<SharedLog, String> {
         open_private(path, Existing::Append)
             .map(|f| SharedLog(Arc::new(Mutex::new(f))))
             .map_err(|err| {
@@ -98,7 +98,7 @@ impl Write for SharedLog {
 
 /// Client options: `timeout` is `--timeout` (it bounds the greeting too);
 /// `negotiate` is false for a guest agent (`-N`); `log` is `-l`.
-pub fn client_options(
+pub(crate) fn client_options(
     timeout: Option<Duration>,
     negotiate: bool,
     log: Option<&SharedLog>,
@@ -148,21 +148,6 @@ pub fn connect(
                 connect_domain(domain, uri.as_deref(), guest_agent, banner, opts)
             }
         }
-    })
-}
-
-/// Connect to the QMP socket `address` (written `text` in messages), with
-/// options from `opts` for every attempt, retrying while it is missing or
-/// refuses as `retry` says. The error is the message to print after
-/// `ERROR: `.
-pub fn connect_socket(
-    text: &str,
-    address: &Address,
-    retry: Retry,
-    opts: impl Fn() -> ClientOptions,
-) -> Result<Client, String> {
-    with_retry(retry, || {
-        connect_address(text, address, opts()).map(|c| c.client)
     })
 }
 
@@ -295,7 +280,7 @@ pub fn running_domains(uri: Option<&str>) -> Result<Vec<(String, String)>, Strin
 
 /// The running domains at `uri`, for `--list`: names one per line, or with
 /// `details` `ID UUID NAME` (the name last, as it may contain spaces).
-pub fn list_domains(uri: Option<&str>, details: bool) -> Result<String, String> {
+pub(crate) fn list_domains(uri: Option<&str>, details: bool) -> Result<String, String> {
     let domains = libvirt::list_domains(uri).map_err(|e| e.to_string())?;
     let mut text = String::new();
     for d in domains {

@@ -42,7 +42,7 @@ fn feature(name: &str) -> Option<&'static str> {
 
 impl Facts {
     /// The facts of `schema`.
-    pub fn from_schema(schema: &Schema) -> Facts {
+    pub(crate) fn from_schema(schema: &Schema) -> Facts {
         let mut facts = Facts::default();
         for name in schema.command_names() {
             facts.commands.insert(
@@ -63,17 +63,17 @@ impl Facts {
     }
 
     /// Whether the server has command `name`.
-    pub fn knows(&self, name: &str) -> bool {
+    pub(crate) fn knows(&self, name: &str) -> bool {
         self.commands.contains_key(name)
     }
 
     /// Whether command `name` may run out of band.
-    pub fn allows_oob(&self, name: &str) -> bool {
+    pub(crate) fn allows_oob(&self, name: &str) -> bool {
         self.commands.get(name).is_some_and(|c| c.oob)
     }
 
     /// The commands that may run out of band, sorted.
-    pub fn oob_commands(&self) -> Vec<&str> {
+    pub(crate) fn oob_commands(&self) -> Vec<&str> {
         self.commands
             .iter()
             .filter(|(_, c)| c.oob)
@@ -81,13 +81,8 @@ impl Facts {
             .collect()
     }
 
-    /// `deprecated` or `unstable` for command `name`.
-    pub fn command_mark(&self, name: &str) -> Option<&'static str> {
-        self.commands.get(name)?.mark
-    }
-
     /// `deprecated` or `unstable` for event `name`.
-    pub fn event_mark(&self, name: &str) -> Option<&'static str> {
+    pub(crate) fn event_mark(&self, name: &str) -> Option<&'static str> {
         self.events.get(name).copied().flatten()
     }
 
@@ -144,7 +139,7 @@ impl Facts {
     }
 
     /// The JSON form (for the disk cache).
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let commands: serde_json::Map<String, Value> = self
             .commands
             .iter()
@@ -172,7 +167,7 @@ impl Facts {
 
     /// Read the JSON form; `None` for anything else (an older format, a
     /// damaged file).
-    pub fn from_json(v: &Value) -> Option<Facts> {
+    pub(crate) fn from_json(v: &Value) -> Option<Facts> {
         if v.get("format")?.as_u64()? != FORMAT {
             return None;
         }
@@ -232,10 +227,20 @@ mod tests {
     #[test]
     fn commands_arguments_values_and_events_of_qemu_7_2() {
         let f = qemu();
-        assert_eq!(f.command_mark("nbd-server-add"), Some("deprecated"));
-        assert_eq!(f.command_mark("drive-backup"), Some("deprecated"));
-        assert_eq!(f.command_mark("x-query-jit"), Some("unstable"));
-        assert_eq!(f.command_mark("query-status"), None);
+        let marked = |name| f.warnings(name, None);
+        assert_eq!(
+            marked("nbd-server-add"),
+            ["command nbd-server-add is deprecated (QMP schema)"]
+        );
+        assert_eq!(
+            marked("drive-backup"),
+            ["command drive-backup is deprecated (QMP schema)"]
+        );
+        assert_eq!(
+            marked("x-query-jit"),
+            ["command x-query-jit is unstable (QMP schema)"]
+        );
+        assert!(marked("query-status").is_empty());
         assert_eq!(f.event_mark("MEM_UNPLUG_ERROR"), Some("deprecated"));
         assert_eq!(f.event_mark("STOP"), None);
         assert!(f.knows_event("JOB_STATUS_CHANGE") && !f.knows_event("NOPE"));

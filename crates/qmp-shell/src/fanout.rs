@@ -27,9 +27,6 @@ use crate::session::{Config, Engine};
 use crate::signals;
 use crate::wording::counted;
 
-/// Targets served at once unless `--jobs` says otherwise.
-pub const DEFAULT_JOBS: usize = 16;
-
 /// A progress bar is drawn (on a terminal) for more targets than this.
 const BAR_FROM: usize = 5;
 

@@ -27,7 +27,7 @@ use crate::manual::{Block, Page};
 
 /// What `--generate` prints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// The manual page, in roff.
     Man,
     /// The bash completion script.
@@ -39,7 +39,7 @@ pub enum Kind {
 }
 
 /// The option that asks for a page or a script.
-pub const OPTION: &str = "--generate";
+pub(crate) const OPTION: &str = "--generate";
 
 /// When the process's arguments are `--generate KIND`: print KIND for the
 /// program whose definitions `cmd` builds and whose page is `page`, and
@@ -57,7 +57,7 @@ pub fn run_if_asked(cmd: impl FnOnce() -> Command, page: &Page) -> Option<i32> {
 
 /// What `args` (program name first) ask for: None when they do not start
 /// with `--generate`, else the KIND or a usage error.
-pub fn asked<I, T>(args: I, program: &'static str) -> Option<Result<Kind, clap::Error>>
+pub(crate) fn asked<I, T>(args: I, program: &'static str) -> Option<Result<Kind, clap::Error>>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
@@ -86,7 +86,7 @@ where
 
 /// Print `kind` for the program whose definitions are `cmd` and whose page
 /// is `page` to standard output; the exit status.
-pub fn print(kind: Kind, cmd: Command, page: &Page) -> i32 {
+pub(crate) fn print(kind: Kind, cmd: Command, page: &Page) -> i32 {
     let mut out = io::stdout().lock();
     match write(kind, cmd, page, &mut out).and_then(|()| out.flush()) {
         Ok(()) => exit::OK,
@@ -99,7 +99,7 @@ pub fn print(kind: Kind, cmd: Command, page: &Page) -> i32 {
 
 /// Write `kind` for the program whose definitions are `cmd` and whose page
 /// is `page` to `out`.
-pub fn write(kind: Kind, cmd: Command, page: &Page, out: &mut dyn Write) -> io::Result<()> {
+pub(crate) fn write(kind: Kind, cmd: Command, page: &Page, out: &mut dyn Write) -> io::Result<()> {
     let mut cmd = with_value_hints(cmd);
     let shell = match kind {
         Kind::Man => return man(cmd, page, out),

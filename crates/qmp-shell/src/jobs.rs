@@ -3,9 +3,9 @@
 //!
 //! [`Progress`] is pure: fed the events and the two replies of each poll,
 //! it tells what changed (one JSON object per job whose status or progress
-//! moved) and whether anything still runs. [`Known`] keeps, for the whole
+//! moved) and whether anything still runs. `Known` keeps, for the whole
 //! session, the last real figures (type, progress) of every job, for a job
-//! that a `/jobs` learns of from events only. [`Bars`] draws progress bars
+//! that a `/jobs` learns of from events only. `Bars` draws progress bars
 //! on a terminal with indicatif.
 //!
 //! Which jobs a `/jobs` shows: those `query-jobs` lists while it runs,
@@ -36,7 +36,7 @@ use qmp_client::Object;
 use serde_json::{json, Value};
 
 /// How often jobs are polled (sooner when a job event arrives).
-pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Job statuses in which a job moves on its own.
 const JOB_RUNNING: [&str; 4] = ["created", "running", "waiting", "aborting"];
@@ -45,7 +45,7 @@ const JOB_RUNNING: [&str; 4] = ["created", "running", "waiting", "aborting"];
 const MIGRATION_IDLE: [&str; 4] = ["none", "completed", "failed", "cancelled"];
 
 /// Events that tell about a job or the migration (a poll follows at once).
-pub const JOB_EVENTS: [&str; 6] = [
+pub(crate) const JOB_EVENTS: [&str; 6] = [
     "JOB_STATUS_CHANGE",
     "MIGRATION",
     "BLOCK_JOB_COMPLETED",
@@ -64,18 +64,18 @@ const MAX_KNOWN: usize = 4096;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
     /// The job's id, or `migration`.
-    pub id: String,
+    pub(crate) id: String,
     /// `mirror`, `backup`, ..., or `migration`; `None` while unknown (a
     /// job known from its status events only).
-    pub kind: Option<String>,
+    pub(crate) kind: Option<String>,
     /// Its status.
-    pub status: String,
+    pub(crate) status: String,
     /// Progress so far (bytes, for block jobs and migration), when known.
-    pub current: Option<u64>,
+    pub(crate) current: Option<u64>,
     /// Progress when done (may grow while a job runs), when known.
-    pub total: Option<u64>,
+    pub(crate) total: Option<u64>,
     /// The error, for a job that failed.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 impl Job {
@@ -93,12 +93,12 @@ impl Job {
     }
 
     /// Whether this is the migration.
-    pub fn is_migration(&self) -> bool {
+    pub(crate) fn is_migration(&self) -> bool {
         self.kind.as_deref() == Some(MIGRATION)
     }
 
     /// Whether it moves on its own.
-    pub fn running(&self) -> bool {
+    pub(crate) fn running(&self) -> bool {
         if self.is_migration() {
             !MIGRATION_IDLE.contains(&self.status.as_str())
         } else {
@@ -107,7 +107,7 @@ impl Job {
     }
 
     /// Percent done, when there is a total.
-    pub fn percent(&self) -> Option<u64> {
+    pub(crate) fn percent(&self) -> Option<u64> {
         match (self.current, self.total) {
             (Some(c), Some(t)) if t > 0 => Some((c.min(t) * 100) / t),
             _ => None,
@@ -115,7 +115,7 @@ impl Job {
     }
 
     /// What a bar is labelled with: `mirror m0`, `migration`.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match &self.kind {
             _ if self.is_migration() => MIGRATION.to_owned(),
             Some(kind) => format!("{kind} {}", self.id),
@@ -124,7 +124,7 @@ impl Job {
     }
 
     /// The JSON line printed for it (`null` for what is not known).
-    pub fn to_json(&self) -> Object {
+    pub(crate) fn to_json(&self) -> Object {
         let mut obj = Object::new();
         obj.insert("job".into(), json!(self.id));
         obj.insert("type".into(), json!(self.kind));
@@ -162,7 +162,7 @@ struct Figures {
 /// only from its status events (a job that ended before it could be
 /// polled).
 #[derive(Debug, Default)]
-pub struct Known {
+pub(crate) struct Known {
     jobs: HashMap<String, Figures>,
 }
 
@@ -170,7 +170,7 @@ impl Known {
     /// Take an event: `BLOCK_JOB_COMPLETED`, `BLOCK_JOB_CANCELLED` and
     /// `BLOCK_JOB_READY` carry a job's type and figures; a job `created`
     /// is a new job, whatever an old one of that id did.
-    pub fn event(&mut self, name: &str, data: Option<&Value>) {
+    pub(crate) fn event(&mut self, name: &str, data: Option<&Value>) {
         let Some(data) = data else { return };
         match name {
             "JOB_STATUS_CHANGE"
@@ -198,7 +198,7 @@ impl Known {
     }
 
     /// Keep a job's figures as a poll gave them.
-    pub fn remember(&mut self, job: &Job) {
+    pub(crate) fn remember(&mut self, job: &Job) {
         if job.is_migration() || job.kind.is_none() {
             return;
         }
@@ -290,7 +290,7 @@ impl Progress {
     /// since the previous command was sent, before `/jobs` started: only a
     /// job created, or a migration set up, in that time is taken up from
     /// it). `known` gives the figures of a job taken up from an event.
-    pub fn event(&mut self, name: &str, data: Option<&Value>, live: bool, known: &Known) {
+    pub(crate) fn event(&mut self, name: &str, data: Option<&Value>, live: bool, known: &Known) {
         let Some(data) = data else { return };
         let text = |key: &str| data.get(key).and_then(Value::as_str);
         match name {
@@ -377,12 +377,12 @@ impl Progress {
     }
 
     /// Whether a job or the migration still moves on its own.
-    pub fn running(&self) -> bool {
+    pub(crate) fn running(&self) -> bool {
         self.jobs().any(Job::running)
     }
 
     /// Every job, then the migration, as last seen.
-    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+    pub(crate) fn jobs(&self) -> impl Iterator<Item = &Job> {
         self.jobs.values().chain(self.migration.iter())
     }
 
@@ -397,7 +397,7 @@ impl Progress {
 
 /// Progress bars on standard error, one per job (rate and ETA from
 /// indicatif's own estimate).
-pub struct Bars {
+pub(crate) struct Bars {
     multi: MultiProgress,
     style: ProgressStyle,
     bars: BTreeMap<(bool, String), ProgressBar>,
@@ -405,7 +405,7 @@ pub struct Bars {
 
 impl Bars {
     /// Bars drawn on standard error.
-    pub fn new() -> Bars {
+    pub(crate) fn new() -> Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         Bars {
             multi,
@@ -419,7 +419,7 @@ impl Bars {
     }
 
     /// Show the jobs' current state.
-    pub fn show<'a>(&mut self, jobs: impl Iterator<Item = &'a Job>) {
+    pub(crate) fn show<'a>(&mut self, jobs: impl Iterator<Item = &'a Job>) {
         for job in jobs {
             let len = job.total.unwrap_or(0).max(1);
             let pos = job.current.unwrap_or(0).min(len);
@@ -457,13 +457,13 @@ impl Bars {
     }
 
     /// A handle to print above the bars.
-    pub fn above(&self) -> Above {
+    pub(crate) fn above(&self) -> Above {
         Above(self.multi.clone())
     }
 
     /// Take the bars off the screen and stop drawing (as dropping them
     /// does).
-    pub fn finish(self) {}
+    pub(crate) fn finish(self) {}
 }
 
 impl Drop for Bars {
@@ -477,12 +477,12 @@ impl Drop for Bars {
 
 /// Prints above a [`Bars`] (events arriving while `/jobs` follows jobs).
 #[derive(Clone)]
-pub struct Above(MultiProgress);
+pub(crate) struct Above(MultiProgress);
 
 impl Above {
     /// Run `print` with the bars off the screen; they are drawn again
     /// below what it printed (flush what it wrote before returning).
-    pub fn print<R>(&self, print: impl FnOnce() -> R) -> R {
+    pub(crate) fn print<R>(&self, print: impl FnOnce() -> R) -> R {
         self.0.suspend(print)
     }
 }

@@ -71,7 +71,10 @@ const SHORTHAND: Section = Section {
             "transaction( opens a transaction: each following line is an action, and ) \
              sends them all at once; transaction( ACTION ARGS... ) on one line is a \
              transaction of one action. A line that does not parse, or the end of input \
-             before the ), abandons the whole transaction: nothing of it is sent.",
+             before the ), abandons the whole transaction: nothing of it is sent. At the \
+             TRANS> prompt, help lists the actions and help NAME describes one; a shell \
+             command (/record runs, the others are refused) and a line starting with { \
+             (refused) are not actions either, and the transaction stays open.",
         ),
         Para(
             "A line starting with { is raw JSON, read until its braces balance. help \
@@ -81,29 +84,47 @@ const SHORTHAND: Section = Section {
              one. With -H (HMP mode) each line is a human-monitor command, such as info \
              version.",
         ),
-        Para("Lines starting with / are the shell's own commands:"),
+        Para(
+            "Lines starting with / are the shell's own commands, in HMP mode too (where \
+             /oob and /fd send their command as QMP); help / lists them:",
+        ),
         Item(
             "/wait [--timeout=SECONDS] EVENT [KEY=VALUE...]",
-            "Wait for an event named EVENT whose data has every KEY=VALUE, and print it.",
+            "Wait for an event named EVENT whose data has every KEY=VALUE, and print it. \
+             An event counts when it came after the previous command was sent and no \
+             earlier /wait returned it, so two /wait in a row return two events. On \
+             timeout, a failed command.",
         ),
         Item(
             "/jobs [--timeout=SECONDS]",
-            "Follow every job and a migration until none runs on its own.",
+            "Follow the jobs (query-jobs) and the migration (query-migrate) until none runs \
+             on its own: progress bars at a terminal, a JSON line per change elsewhere. It \
+             shows the jobs that exist when it starts or appear while it runs, with their \
+             last real figures; Ctrl-C stops following (the jobs go on).",
         ),
         Item(
-            "/record FILE, /record off",
-            "Write every following command line to FILE (mode 0600), a script that \
-             /play or a pipe runs again.",
+            "/record [--append] FILE, /record off",
+            "Write what is sent from now on, each line as typed, to a new FILE (mode 0600), \
+             a script that /play or a pipe runs again; what was not sent is kept only as \
+             # not sent: comments. An existing FILE is never overwritten: /record FILE \
+             refuses it and --append adds to it. A header of comments says when, which \
+             QEMU, and whether the lines are HMP (-H) or guest agent (-N) commands. \
+             Refused with several targets.",
         ),
-        Item("/play FILE", "Run the lines of FILE as if typed."),
+        Item(
+            "/play FILE",
+            "Run the lines of FILE as if typed. A transaction or raw JSON message the file \
+             leaves open ends with it, a failed command; a recording made in another mode \
+             (HMP, guest agent) is refused.",
+        ),
         Item(
             "/oob COMMAND [KEY=VALUE...]",
             "Send COMMAND out of band (exec-oob).",
         ),
         Item(
             "/fd [--read-only] PATH COMMAND [KEY=VALUE...]",
-            "Open PATH and send COMMAND with the descriptor attached (getfd, add-fd); \
-             UNIX sockets only.",
+            "Open PATH (read-only, or read-write and created with mode 0600 if missing) and \
+             send COMMAND with the descriptor attached (getfd, add-fd); UNIX sockets only.",
         ),
         Para(
             "On a pipe, commands are sent as soon as they are read, and replies are \
@@ -221,7 +242,8 @@ const FILE_CACHE: Block = Item(
 const FILE_LOG: Block = Item(
     "LOGFILE (-l)",
     "Every QMP message sent and received, as JSON lines, written as they happen; \
-     created with mode 0600. It may hold secrets passed to commands.",
+     appended to, never truncated (an audit trail), created with mode 0600. It may \
+     hold secrets passed to commands.",
 );
 
 const SHELL_ENV: Section = Section {
@@ -324,7 +346,7 @@ const SEE_ALSO: Section = Section {
 };
 
 /// `qmp-shell(1)`.
-pub const SHELL: Page = Page {
+pub(crate) const SHELL: Page = Page {
     name: "qmp-shell",
     sections: &[
         SHORTHAND,
@@ -338,7 +360,7 @@ pub const SHELL: Page = Page {
 };
 
 /// `qmp-shell-wrap(1)`.
-pub const WRAP: Page = Page {
+pub(crate) const WRAP: Page = Page {
     name: "qmp-shell-wrap",
     sections: &[
         SHORTHAND,
@@ -352,7 +374,7 @@ pub const WRAP: Page = Page {
 };
 
 /// `qmp-proxy(1)`.
-pub const PROXY: Page = Page {
+pub(crate) const PROXY: Page = Page {
     name: "qmp-proxy",
     sections: &[PROXY_EXIT, PROXY_ENV, PROXY_FILES, PROXY_EXAMPLES, SEE_ALSO],
 };

@@ -20,7 +20,7 @@ use crate::shorthand::{parse_arguments, tokenize, unquote, ParseError};
 
 /// A parsed meta-command.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Meta {
+pub(crate) enum Meta {
     /// `/wait`: an event named `event` whose `data` has every member of
     /// `filter` (nested objects compared member by member).
     Wait {
@@ -70,8 +70,8 @@ Shell commands:
   /jobs [--timeout=SECONDS]
                     follow jobs (query-jobs) and migration until none runs
   /record [--append] FILE
-                    write the following command lines to a new FILE (with
-                    --append, add to FILE); /record off stops
+                    write what is sent from now on to a new FILE (never
+                    overwritten: with --append, add to FILE); /record off stops
   /play FILE        run the lines of FILE as if typed
   /oob COMMAND [KEY=VALUE...]
                     send COMMAND out of band (exec-oob)
@@ -79,8 +79,81 @@ Shell commands:
                     send COMMAND with PATH opened and attached (UNIX socket)
 ";
 
+/// What the lines of a recording are: a recording's header says so (see
+/// [`recorded_modes`]), and `/play` refuses one made in another mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// QMP commands in the shorthand (no `-H`, no `-N`).
+    Qmp,
+    /// HMP commands (`-H`).
+    Hmp,
+    /// Guest agent commands (`-N`).
+    GuestAgent,
+}
+
+/// The first line of a recording's header starts so.
+pub const RECORDING_HEADER: &str = "# qmp-shell ";
+
+/// The header line of a recording of HMP commands.
+pub const HMP_RECORDING: &str = "# HMP commands: play them with qmp-shell -H";
+
+/// The header line of a recording of guest agent commands.
+pub const GUEST_AGENT_RECORDING: &str = "# guest agent commands: play them with qmp-shell -N";
+
+impl Mode {
+    /// The header line that says a recording is in this mode (none for
+    /// QMP, the default).
+    pub fn header_line(self) -> Option<&'static str> {
+        match self {
+            Mode::Qmp => None,
+            Mode::Hmp => Some(HMP_RECORDING),
+            Mode::GuestAgent => Some(GUEST_AGENT_RECORDING),
+        }
+    }
+
+    /// What the lines are, and how to play them, for a refusal.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Mode::Qmp => "QMP commands, as its header says: play it without -H or -N",
+            Mode::Hmp => "HMP commands, as its header says: play it with qmp-shell -H",
+            Mode::GuestAgent => {
+                "guest agent commands, as its header says: play it with qmp-shell -N"
+            }
+        }
+    }
+}
+
+/// The modes that the headers in a recording declare, in order (a file
+/// recorded with `/record --append` has one header per session): each
+/// header starts with a `# qmp-shell VERSION recording, DATE` line, and
+/// the comment lines that follow it may say [`HMP_RECORDING`] or
+/// [`GUEST_AGENT_RECORDING`] (else the header is QMP's). A file written
+/// by hand has none.
+pub fn recorded_modes(text: &str) -> Vec<Mode> {
+    let mut modes = Vec::new();
+    let mut in_header = false;
+    for line in text.lines() {
+        if line.starts_with(RECORDING_HEADER) && line.contains(" recording, ") {
+            modes.push(Mode::Qmp);
+            in_header = true;
+        } else if in_header && line.starts_with("# ") {
+            let mode = match line {
+                HMP_RECORDING => Mode::Hmp,
+                GUEST_AGENT_RECORDING => Mode::GuestAgent,
+                _ => continue,
+            };
+            if let Some(last) = modes.last_mut() {
+                *last = mode;
+            }
+        } else {
+            in_header = false;
+        }
+    }
+    modes
+}
+
 /// Whether `line` is a meta-command (its first non-blank is `/`).
-pub fn is_meta(line: &str) -> bool {
+pub(crate) fn is_meta(line: &str) -> bool {
     line.trim_start().starts_with('/')
 }
 
@@ -140,7 +213,7 @@ fn command(key: &str, name: &str, args: &[String]) -> Result<Object, ParseError>
 
 /// Parse a meta-command line (see [`is_meta`]). The error is the reason,
 /// worded for `ERROR: /NAME: REASON`.
-pub fn parse(line: &str) -> Result<Meta, ParseError> {
+pub(crate) fn parse(line: &str) -> Result<Meta, ParseError> {
     let tokens = tokenize(line.trim());
     let Some((name, rest)) = tokens.split_first() else {
         return Err(ParseError("empty command".to_owned()));
@@ -328,6 +401,28 @@ mod tests {
         assert!(parse("/play").is_err());
         let e = parse("/nope").unwrap_err();
         assert!(e.0.contains("unknown shell command /nope"), "{e}");
+    }
+
+    #[test]
+    fn recorded_modes_come_from_the_headers() {
+        let qmp = "# qmp-shell 0.1.0 recording, 2026-01-01 00:00:00 UTC\n# QEMU 7.2.22\n";
+        let hmp = format!(
+            "# qmp-shell 0.1.0 recording, 2026-01-01 00:00:00 UTC\n# QEMU 7.2.22\n\
+             {HMP_RECORDING}\n"
+        );
+        let ga = format!("# qmp-shell 0.1.0 recording, 2026 UTC\n{GUEST_AGENT_RECORDING}\n");
+        assert_eq!(recorded_modes("query-name\n# comment\n"), []);
+        assert_eq!(recorded_modes(&format!("{qmp}query-name\n")), [Mode::Qmp]);
+        assert_eq!(recorded_modes(&format!("{hmp}info name\n")), [Mode::Hmp]);
+        assert_eq!(
+            recorded_modes(&format!("{hmp}info name\n{qmp}stop\n{ga}")),
+            [Mode::Hmp, Mode::Qmp, Mode::GuestAgent]
+        );
+        // The marker counts only inside a header.
+        assert_eq!(
+            recorded_modes(&format!("{qmp}stop\n{HMP_RECORDING}\n")),
+            [Mode::Qmp]
+        );
     }
 
     #[test]

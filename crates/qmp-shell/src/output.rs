@@ -108,16 +108,6 @@ pub trait Output: Send {
     /// line of its own.
     fn reply(&mut self, body: Object) -> io::Result<()>;
 
-    /// A reply given as its JSON text, as received (a JSON object: the
-    /// client read it as one), on a line of its own: what
-    /// [`Output::reply`] prints for the object read from it, with `omit_id`
-    /// without its `"id"` (one the client assigned). Where the output can,
-    /// it renders straight from the text ([`render::from_text`]): a large
-    /// reply (`query-qmp-schema`) then never becomes a tree of values.
-    fn reply_text(&mut self, text: &[u8], omit_id: bool) -> io::Result<()> {
-        self.reply(read_reply(text, omit_id)?)
-    }
-
     /// A command about to be sent (`-v`), on a line of its own.
     fn echo(&mut self, command: &Object) -> io::Result<()>;
 
@@ -142,6 +132,14 @@ pub trait Output: Send {
         self.message(text, error_object(class, desc));
     }
 
+    /// An error that is the same for every session sharing this output (a
+    /// command refused on every target of a fan-out): as
+    /// [`error`](Output::error) says it, but said once however many
+    /// sessions meet it, and not tagged with any one target.
+    fn error_once(&mut self, class: &str, desc: &str, text: &str) {
+        self.error(class, desc, text);
+    }
+
     /// Flush standard output.
     fn flush(&mut self) -> io::Result<()>;
 
@@ -159,16 +157,6 @@ pub trait Output: Send {
     fn fatal(&mut self, class: &str, text: &str) {
         self.error(class, fatal_desc(text), text);
     }
-}
-
-/// The object of a reply's JSON text, without its `"id"` if `omit_id`.
-fn read_reply(text: &[u8], omit_id: bool) -> io::Result<Object> {
-    let mut body: Object =
-        serde_json::from_slice(text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    if omit_id {
-        body.shift_remove("id");
-    }
-    Ok(body)
 }
 
 /// What an error object says of a fatal message: its text without the
@@ -236,16 +224,6 @@ impl Output for StdOutput {
         self.out.write_all(b"\n")
     }
 
-    fn reply_text(&mut self, text: &[u8], omit_id: bool) -> io::Result<()> {
-        match render::from_text(text, self.style, omit_id.then_some("id")) {
-            Some(mut rendered) => {
-                rendered.push('\n');
-                self.out.write_all(rendered.as_bytes())
-            }
-            None => self.reply(read_reply(text, omit_id)?),
-        }
-    }
-
     fn echo(&mut self, command: &Object) -> io::Result<()> {
         let mut text = render::to_string(&Value::Object(command.clone()), self.style);
         text.push('\n');
@@ -282,6 +260,8 @@ pub struct SharedStreams {
     bar: Mutex<Option<indicatif::ProgressBar>>,
     /// The first error writing standard output: nothing is written after it.
     out_error: Mutex<Option<(io::ErrorKind, String)>>,
+    /// The messages said once for all targets ([`Output::error_once`]).
+    said: Mutex<std::collections::HashSet<String>>,
 }
 
 impl SharedStreams {
@@ -297,7 +277,17 @@ impl SharedStreams {
             err: Mutex::new(err),
             bar: Mutex::new(None),
             out_error: Mutex::new(None),
+            said: Mutex::new(std::collections::HashSet::new()),
         })
+    }
+
+    /// Whether `message` is said for the first time (and from now on, it
+    /// has been).
+    fn first_time(&self, message: &str) -> bool {
+        self.said
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(message.to_owned())
     }
 
     /// Draw standard error lines above `bar` (or plainly, with `None`).
@@ -463,6 +453,18 @@ impl Output for TaggedOutput {
         }
     }
 
+    fn error_once(&mut self, class: &str, desc: &str, text: &str) {
+        if !self.streams.first_time(text) {
+            return;
+        }
+        if self.json {
+            self.streams
+                .write_err(json_line(error_object(class, desc)).as_bytes());
+        } else {
+            self.streams.write_err(text.as_bytes());
+        }
+    }
+
     fn fatal(&mut self, class: &str, text: &str) {
         if self.json {
             // On standard output: the target's answer.
@@ -552,43 +554,6 @@ mod tests {
             "{\n    \"return\": {\n        \"a\": 2,\n        \"b\": 1\n    }\n}\n{\n    \"event\": \"STOP\"\n}\n"
         );
         assert_eq!(err.text(), "warning: x\n");
-    }
-
-    #[test]
-    fn a_reply_from_its_text_prints_as_the_reply() {
-        use super::testing::Buffer;
-        let text = r#"{"return": {"b": [1, {"d": "\u00e9", "c": 2.50}], "a": null}, "id": 4}"#;
-        for pretty in [false, true] {
-            for omit_id in [false, true] {
-                let style = Style {
-                    pretty,
-                    color: false,
-                };
-                let mut body = obj(text);
-                if omit_id {
-                    body.shift_remove("id");
-                }
-                let (mut want, want_out, _) = buffers(style, false);
-                want.reply(body).unwrap();
-                want.flush().unwrap();
-                let (mut got, got_out, _) = buffers(style, false);
-                got.reply_text(text.as_bytes(), omit_id).unwrap();
-                got.flush().unwrap();
-                assert_eq!(got_out.text(), want_out.text());
-                // The tagged output of many targets reads the text.
-                let out = Buffer::default();
-                let streams =
-                    SharedStreams::new(Box::new(out.clone()), Box::new(Buffer::default()));
-                let mut tagged = TaggedOutput::new(streams, "vm1", style, false);
-                tagged.reply_text(text.as_bytes(), omit_id).unwrap();
-                let want_tagged: String = want_out
-                    .text()
-                    .lines()
-                    .map(|l| format!("vm1: {l}\n"))
-                    .collect();
-                assert_eq!(out.text(), want_tagged);
-            }
-        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Connects to TARGET (any address `qmp-shell` accepts) or, with
 //! `--domain`, to a libvirt domain's monitor through libvirt (the same
-//! [`connect`](crate::connect) code, and so the same domain lookup, as
+//! [`connect`] code, and so the same domain lookup, as
 //! `qmp-shell --domain`), then serves any number of QMP clients on
 //! `--listen PATH` through [`qmp_client::router`], which does all the work:
 //! this is arguments, signals and exit statuses.
@@ -71,19 +71,19 @@ own socket. PATH is created with mode 0600 (owner only).";
     override_usage = USAGE,
     after_help = EXIT_HELP
 )]
-pub struct ProxyArgs {
+pub(crate) struct ProxyArgs {
     /// Serve clients on this UNIX socket (created mode 0600, never over an
     /// existing file but a dead socket; removed on exit)
     #[arg(long, value_name = "PATH")]
-    pub listen: PathBuf,
+    pub(crate) listen: PathBuf,
 
     /// Log every message exchanged with TARGET to LOGFILE (JSON lines, appended; mode 0600)
     #[arg(short = 'l', long = "logfile", value_name = "LOGFILE")]
-    pub logfile: Option<PathBuf>,
+    pub(crate) logfile: Option<PathBuf>,
 
     /// Wait for TARGET: retry connecting N times
     #[arg(long, value_name = "N", default_value_t = 0)]
-    pub retry: u32,
+    pub(crate) retry: u32,
 
     /// Seconds between connection attempts with --retry
     #[arg(
@@ -93,18 +93,18 @@ pub struct ProxyArgs {
         default_value = "1",
         requires = "retry"
     )]
-    pub retry_delay: Duration,
+    pub(crate) retry_delay: Duration,
 
     /// How long to wait for TARGET's greeting and negotiation (default 10;
     /// over ssh://, ssh's set-up included)
     #[arg(long, value_name = "SECONDS", value_parser = parse_positive_seconds)]
-    pub timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
 
     /// Clients served at once; more are turned away (each gets a QMP error
     /// naming the limit instead of the greeting, and a warning goes to
     /// standard error)
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS)]
-    pub max_clients: usize,
+    pub(crate) max_clients: usize,
 
     /// The QMP server to share: a UNIX socket path, a TCP address or an
     /// `ssh://` address, as `qmp-shell` takes.
@@ -114,7 +114,7 @@ pub struct ProxyArgs {
         conflicts_with = "domain",
         help = "< UNIX socket path | HOST:PORT | [IPv6]:PORT | ssh://[USER@]HOST[:PORT]/PATH >"
     )]
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
 
     /// Share the QEMU monitor of libvirt domain DOMAIN (name, UUID or id)
     /// instead of a socket
@@ -124,7 +124,7 @@ pub struct ProxyArgs {
         value_parser = cli::parse_domain,
         help_heading = "libvirt"
     )]
-    pub domain: Option<String>,
+    pub(crate) domain: Option<String>,
 
     /// libvirt URI for --domain (default: $LIBVIRT_DEFAULT_URI, else
     /// qemu:///system); remote ones too: qemu+ssh://USER@HOST/system
@@ -136,7 +136,7 @@ pub struct ProxyArgs {
         conflicts_with = "target",
         help_heading = "libvirt"
     )]
-    pub connect: Option<String>,
+    pub(crate) connect: Option<String>,
 }
 
 /// The `qmp-proxy` program; returns the exit status.

@@ -20,7 +20,7 @@ const READERS: [&str; 5] = [
 ];
 
 /// Whether the HMP command line `line` only reads (`info ...`).
-pub fn hmp_allowed(line: &str) -> bool {
+pub(crate) fn hmp_allowed(line: &str) -> bool {
     matches!(line.split_whitespace().next(), Some("info") | Some("cpu"))
 }
 
@@ -49,7 +49,7 @@ pub fn allowed(name: &str, args: Option<&Object>, guest_agent: bool) -> bool {
 /// rejects a message with both, but an allowed name in one key must not
 /// carry a refused one in the other. A message that names no command (or
 /// not as a string) is refused too, with an empty name.
-pub fn refused(msg: &Object, guest_agent: bool) -> Option<String> {
+pub(crate) fn refused(msg: &Object, guest_agent: bool) -> Option<String> {
     let args = msg.get("arguments").and_then(Value::as_object);
     let mut names = ["execute", "exec-oob"]
         .iter()
@@ -65,7 +65,7 @@ pub fn refused(msg: &Object, guest_agent: bool) -> Option<String> {
 }
 
 /// The one-line reason a command is refused.
-pub fn refusal(name: &str) -> String {
+pub(crate) fn refusal(name: &str) -> String {
     format!("refused by --read-only: {name} may change the VM; it was not sent")
 }
 

@@ -70,7 +70,11 @@ const SPILL_AT: usize = 32 * 1024;
 /// about 32 KiB, so that a huge reply is never held whole as text.
 ///
 /// The bytes written are exactly those of [`to_string`].
-pub fn write_to<W: std::io::Write>(w: &mut W, value: &Value, style: Style) -> std::io::Result<()> {
+pub(crate) fn write_to<W: std::io::Write>(
+    w: &mut W,
+    value: &Value,
+    style: Style,
+) -> std::io::Result<()> {
     let mut out = String::with_capacity(SPILL_AT + 4096);
     let mut renderer = Renderer {
         out: &mut out,

@@ -105,6 +105,9 @@ fn emergency_exit(sig: i32) -> ! {
     for cleanup in cleanups {
         cleanup();
     }
+    // _exit(2) skips what exit(3) runs: an ssh set-up under way leaves
+    // neither ssh nor its directory behind.
+    qmp_client::transport::ssh::abort_setups();
     restore_terminal();
     echo_on();
     // SAFETY: _exit(2) ends the process at once, whatever other threads do.

@@ -52,7 +52,7 @@ use crate::wording::client_error;
 /// How long the cheap look-up (`query-commands`) may take before the
 /// checks are given up for the session: a server that does not answer it
 /// at once is busy or hung, and the user's command must not wait on it.
-pub const QUICK_LOOKUP: Duration = Duration::from_secs(2);
+pub(crate) const QUICK_LOOKUP: Duration = Duration::from_secs(2);
 
 /// How long fetching the whole schema may take (it is large: slow links).
 pub const SCHEMA_LOOKUP: Duration = Duration::from_secs(10);
@@ -171,7 +171,7 @@ impl Answer {
 
 /// Send `msg` kept out of the `-l` log (the shell asks, not the user) and
 /// wait for its reply.
-pub fn call_unlogged(
+pub(crate) fn call_unlogged(
     client: &Client,
     msg: Object,
     timeout: Option<Duration>,
@@ -222,7 +222,7 @@ impl SchemaStore {
     }
 
     /// The schema, if fetched already.
-    pub fn schema_if_known(&self) -> Option<&Schema> {
+    pub(crate) fn schema_if_known(&self) -> Option<&Schema> {
         self.schema.get()
     }
 

@@ -8,7 +8,7 @@ use qmp_client::{Object, Reply};
 
 /// Format an I/O error like Python's `OSError.__str__`: `[Errno N] strerror`
 /// for OS errors, Rust's text otherwise.
-pub fn python_io_error(err: &io::Error) -> String {
+pub(crate) fn python_io_error(err: &io::Error) -> String {
     match err.raw_os_error() {
         Some(code) => {
             let text = io::Error::from_raw_os_error(code).to_string();
@@ -41,7 +41,7 @@ pub fn client_error(err: &qmp_client::Error) -> String {
 
 /// `n` and the noun that goes with it: `counted(1, "line", "lines")` is
 /// `1 line`, `counted(2, ...)` is `2 lines`.
-pub fn counted(n: usize, one: &str, many: &str) -> String {
+pub(crate) fn counted(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 

@@ -38,7 +38,7 @@ use crate::signals;
 use crate::wording::client_error;
 
 /// The QEMU started when no command line is given.
-pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
+pub(crate) const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 
 /// How long QEMU gets to connect to our socket.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,13 +52,13 @@ const TERM_GRACE: Duration = Duration::from_secs(2);
 const USAGE: &str = "qmp-shell-wrap [-h] [-H] [-v] [-p] [-l LOGFILE] [OPTIONS] [--] [QEMU ARGV...]";
 
 /// `path` as a value inside a QEMU option list: commas doubled.
-pub fn qemu_option_value(path: &Path) -> String {
+pub(crate) fn qemu_option_value(path: &Path) -> String {
     path.display().to_string().replace(',', ",,")
 }
 
 /// The QEMU argv for the wrap's arguments: the default binary when none is
 /// given, a leading `--` dropped, and the `-qmp` option appended.
-pub fn qemu_argv(mut command: Vec<String>, socket: &Path) -> Vec<String> {
+pub(crate) fn qemu_argv(mut command: Vec<String>, socket: &Path) -> Vec<String> {
     if command.first().map(String::as_str) == Some("--") {
         command.remove(0);
     }

@@ -10,9 +10,11 @@
 
 use serde_json::{Map, Value};
 
-use super::literal::{
-    code_points_to_string, float_value, int_number, normalise_int, MAX_JSON_DEPTH,
-};
+use super::scalar::{code_points_to_string, float_value, int_number, normalise_int};
+
+/// Deepest nesting of JSON containers accepted. Python's `json.loads` raises
+/// `RecursionError` (a traceback in the reference) a little before this.
+pub(crate) const MAX_JSON_DEPTH: usize = 1000;
 
 /// Why the text was not taken as JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,15 +23,17 @@ mod json;
 mod lexer;
 mod literal;
 mod python;
+mod scalar;
 
 use std::collections::HashSet;
 
 use serde_json::Value;
 
-pub use lexer::{tokenize, unquote};
+pub use lexer::tokenize;
+pub(crate) use lexer::unquote;
 
 /// A JSON object, keys in insertion order.
-pub type Object = serde_json::Map<String, serde_json::Value>;
+pub(crate) type Object = serde_json::Map<String, serde_json::Value>;
 
 /// Why a line could not be parsed. The text is the reason exactly as the
 /// shell prints it after `Error while parsing command line: `.
@@ -85,7 +87,7 @@ impl Parser {
     /// A parse error in an action abandons the whole transaction: nothing of
     /// it is sent (the reference drops only the bad line, and stays in the
     /// transaction when the bad line opened it). See
-    /// [`take_abandoned`](Parser::take_abandoned).
+    /// `take_abandoned`.
     pub fn parse_line(&mut self, line: &str) -> Result<Parsed, ParseError> {
         let mut tokens = tokenize(line);
         let mut opened = false;
@@ -163,7 +165,7 @@ impl Parser {
     /// How many actions were dropped, unsent, since the last call: a
     /// transaction abandoned by a parse error, or by `transaction(` opening a
     /// new one. `None` when no action was lost.
-    pub fn take_abandoned(&mut self) -> Option<usize> {
+    pub(crate) fn take_abandoned(&mut self) -> Option<usize> {
         std::mem::take(&mut self.abandoned)
     }
 
@@ -233,15 +235,8 @@ pub fn parse_value(raw: &str) -> Result<Value, ParseError> {
 /// `Value for "a" cannot be sent as JSON: sets are not supported`) come
 /// after every key error of the line, as in the reference, which only fails
 /// on such a value when it sends the command. Too-deep JSON fails at once.
-///
-/// ```
-/// use qmp_shell::shorthand::{parse_arguments, Object};
-/// let tokens: Vec<String> = ["a.b=1", "c=x"].iter().map(|s| s.to_string()).collect();
-/// let mut args = Object::new();
-/// parse_arguments(&tokens, &mut args).unwrap();
-/// assert_eq!(serde_json::Value::Object(args).to_string(), r#"{"a":{"b":1},"c":"x"}"#);
-/// ```
-pub fn parse_arguments(tokens: &[String], into: &mut Object) -> Result<(), ParseError> {
+/// (`a.b=1 c=x` gives `{"a": {"b": 1}, "c": "x"}`: see the tests.)
+pub(crate) fn parse_arguments(tokens: &[String], into: &mut Object) -> Result<(), ParseError> {
     // Objects made by dotted keys (as opposed to objects given as values).
     let mut implicit: HashSet<Vec<&str>> = HashSet::new();
     // The reference only fails on a value JSON cannot carry when it sends

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
-use super::literal::{
+use super::scalar::{
     code_points_to_string, float_value, int_number, integral_float_decimal, normalise_int, Big,
 };
 

@@ -211,6 +211,15 @@ fn parse_arguments_directly() {
 }
 
 #[test]
+fn parse_arguments_example_of_its_documentation() {
+    // Once a doctest; the function is internal now.
+    let tokens: Vec<String> = ["a.b=1", "c=x"].iter().map(|s| s.to_string()).collect();
+    let mut args = Object::new();
+    parse_arguments(&tokens, &mut args).unwrap();
+    assert_eq!(Value::Object(args).to_string(), r#"{"a":{"b":1},"c":"x"}"#);
+}
+
+#[test]
 fn parse_value_errors_have_no_key() {
     assert_eq!(
         parse_value("{1,2}"),

@@ -15,7 +15,8 @@ use crate::plumbing::lock;
 use crate::transport::{Handshake, Transport};
 
 /// How long to wait for a reply to the probe sent when no greeting came, to
-/// tell a guest agent from a busy monitor.
+/// tell a guest agent (which answers at once) from a busy monitor; less
+/// when the greeting's own bound is shorter.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The greeting, from the first frame the server sent.
@@ -163,20 +164,25 @@ impl Client {
         }
     }
 
-    /// No greeting came: tell a guest agent (which sends none and answers
-    /// commands at once) from a monitor that serves another client.
+    /// No greeting came within `waited`: tell a guest agent (which sends
+    /// none and answers commands at once) from a monitor that serves
+    /// another client, with a probe that waits at most [`PROBE_TIMEOUT`]
+    /// more (at most `waited`). The message says both waits.
     fn no_greeting_hint(&self, waited: Duration) -> String {
+        let probe_wait = PROBE_TIMEOUT.min(waited);
         let probe = self
             .submit(Request::new(command("guest-ping", None)).unlogged())
-            .and_then(|p| p.wait(Some(PROBE_TIMEOUT)));
+            .and_then(|p| p.wait(Some(probe_wait)));
         match probe {
             Ok(reply) if !reply.is_error() => {
                 "no greeting: this looks like a guest agent, which sends none (use -N)".to_owned()
             }
             _ => format!(
-                "timed out after {} s waiting for the greeting (another client may be \
-                 attached: QEMU serves one client per monitor at a time)",
-                waited.as_secs_f64()
+                "no greeting within {} s, nor an answer to a guest-agent probe within {} s \
+                 more (another client may be attached: QEMU serves one client per monitor \
+                 at a time)",
+                waited.as_secs_f64(),
+                probe_wait.as_secs_f64()
             ),
         }
     }
@@ -259,8 +265,9 @@ mod tests {
         let e = Client::from_unix_stream(a, opts()).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "timed out after 0.2 s waiting for the greeting (another client may be \
-             attached: QEMU serves one client per monitor at a time)"
+            "no greeting within 0.2 s, nor an answer to a guest-agent probe within 0.2 s \
+             more (another client may be attached: QEMU serves one client per monitor at \
+             a time)"
         );
 
         let (a, mut b) = UnixStream::pair().unwrap();

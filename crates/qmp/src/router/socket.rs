@@ -9,6 +9,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::transport::stream::connect_unix;
 
 /// Most descriptors taken with one read (the kernel's own limit per
 /// message is 253; the rest would be closed by it).
@@ -43,8 +46,9 @@ impl ServeSocket {
     /// it is chmod-ed to 0600 before listening). If something exists at
     /// `path`, it is replaced only when it is a socket nobody listens on
     /// (a connection to it is refused: a dead server's leftover);
-    /// anything else — a live socket, a regular file, a symlink, a
-    /// directory — is an error and is left alone.
+    /// anything else — a live socket (one whose server is stopped or hung
+    /// too: checking it waits at most a second), a regular file, a
+    /// symlink, a directory — is an error and is left alone.
     pub fn bind(path: &Path) -> io::Result<ServeSocket> {
         let listener = match bind_private(path) {
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
@@ -115,6 +119,12 @@ fn bind_private(path: &Path) -> io::Result<UnixListener> {
     result
 }
 
+/// How long [`remove_if_stale`] waits for a listener at the path to take
+/// a connection. A socket nobody listens on refuses at once; one whose
+/// server does not take the connection in this time is live all the same
+/// (a stopped or hung server, its queue of connections full).
+const STALE_CHECK: Duration = Duration::from_secs(1);
+
 /// Something is at `path`: remove it if it is a stale socket, else say
 /// what it is.
 fn remove_if_stale(path: &Path) -> io::Result<()> {
@@ -133,10 +143,20 @@ fn remove_if_stale(path: &Path) -> io::Result<()> {
             format!("{shown} exists and is {what}; not replacing it"),
         ));
     }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(io::Error::new(
+    // Bounded: a listener that takes no connection (a stopped or hung
+    // server, its queue full) would make connect(2) wait for ever.
+    match connect_unix(path, Some(STALE_CHECK)) {
+        Ok(Some(_)) => Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             format!("{shown} is in use: a server is listening on it"),
+        )),
+        Ok(None) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "{shown} is in use: a server is listening on it, though it takes no \
+                 connection within {} s (stopped or hung?)",
+                STALE_CHECK.as_secs()
+            ),
         )),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
             // Nobody listens: a dead server's socket. Remove that very file.

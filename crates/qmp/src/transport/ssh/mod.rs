@@ -84,6 +84,13 @@
 //! `SIGQUIT`, so Ctrl-C at the terminal (meant for the shell) does not end
 //! the connection.
 //!
+//! A set-up still under way when the process exits (a signal during it:
+//! the caller stops waiting and exits, the thread that runs the set-up
+//! with it) is ended by [`abort_setups`]: ssh is stopped and reaped and
+//! the private directory removed. It runs at `exit(3)` (registered with
+//! `atexit(3)` at the first set-up), so every ordinary exit path is
+//! covered; a program that ends with `_exit(2)` calls it first.
+//!
 //! # Inside
 //!
 //! This module is the transport over the forwarding; `process` starts,
@@ -113,6 +120,7 @@ use crate::address::Address;
 use crate::plumbing::lock;
 
 pub use self::error::{SshError, SshErrorKind};
+pub use self::forward::abort_setups;
 
 /// The environment variable that replaces the ssh program and its leading
 /// options, split like a shell command line (as git's `GIT_SSH_COMMAND`).
@@ -307,7 +315,9 @@ impl SshTransport {
             Some(user) => format!("{user}@{host}"),
             None => host.to_owned(),
         };
-        let mut child = spawn(cmd).map_err(|e| spawn_error(program, e))?;
+        let mut child = dir
+            .spawn(|| spawn(cmd))
+            .map_err(|e| spawn_error(program, e))?;
         let pid = child.id();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
@@ -326,7 +336,9 @@ impl SshTransport {
             control: Mutex::new(None),
             reader: Mutex::new(None),
         });
-        // From here on, dropping `owner` stops ssh.
+        // From here on, dropping `owner` stops ssh; so does an exit of
+        // the process before the set-up is done.
+        dir.watch(&owner);
         let (Some(stdout), Some(stderr)) = (stdout, stderr) else {
             return Err(io::Error::other("ssh started without its pipes"));
         };

@@ -135,7 +135,10 @@ impl Owner {
                 let pid = self.shared.pid as libc::pid_t;
                 let status = match child.try_wait() {
                     Ok(Some(status)) => Some(status),
-                    _ => {
+                    // Reaped already (by abort_setups): the pid may be
+                    // someone else's by now.
+                    Err(_) => None,
+                    Ok(None) => {
                         // SAFETY: kill(2) on our unreaped child: the pid
                         // cannot have been reused.
                         unsafe { libc::kill(pid, libc::SIGTERM) };
