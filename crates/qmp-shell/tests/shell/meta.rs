@@ -1678,6 +1678,57 @@ fn cached_warnings_cost_no_round_trip_before_the_first_command() {
     );
 }
 
+/// With nothing cached for this QEMU (a cold cache), the user's first
+/// command still goes out right after the reply to `qmp_capabilities`,
+/// with `-c` and on a pipe: the facts are fetched after it, and its
+/// deprecation warning still comes before its reply (stdout and stderr
+/// in one pipe).
+#[test]
+fn a_cold_cache_costs_no_round_trip_before_the_first_command() {
+    let peer = Peer::qemu_none();
+    let warning = "warning: command nbd-server-add is deprecated (QMP schema)";
+    for (args, stdin) in [
+        (vec!["-c", "nbd-server-add device=x"], ""),
+        (vec![], "nbd-server-add device=x\nquery-name\n"),
+    ] {
+        let cache = tempfile::tempdir().unwrap();
+        let relay = Relay::new(peer.socket());
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "exec \"$0\" \"$@\" 2>&1"]).arg(ours());
+        let mut all = args.clone();
+        all.push(relay.socket_str());
+        let out = run_program_env(
+            cmd,
+            &all,
+            stdin,
+            SHELL_TIMEOUT,
+            &[("XDG_CACHE_HOME", cache.path().to_str().unwrap())],
+        );
+        let merged = text(&out.stdout);
+        let (Some(warned), Some(replied)) = (merged.find(warning), merged.find("\"error\"")) else {
+            panic!("{args:?}: no warning or no reply: {merged}");
+        };
+        assert!(
+            warned < replied,
+            "{args:?}: the warning after the reply: {merged}"
+        );
+        assert_eq!(merged.matches(warning).count(), 1, "{args:?}: {merged}");
+        let sent = relay.sent();
+        assert_eq!(
+            before_and_at(&sent, "nbd-server-add"),
+            [(2, "nbd-server-add".to_owned())],
+            "{args:?}: {sent:?}"
+        );
+        // The facts were cached all the same: the next session warns too.
+        let out = shell(
+            &["-c", "nbd-server-add device=x", peer.socket_str()],
+            "",
+            cache.path(),
+        );
+        assert_eq!(text(&out.stderr), format!("{warning}\n"), "{}", show(&out));
+    }
+}
+
 /// The storage daemon and the emulator of one QEMU version and package
 /// share a cache file, each build under its own command list: `/wait`
 /// knows which events this very server has, and the warnings hold for
