@@ -71,10 +71,14 @@ pub(crate) fn run_session(
     if interactive {
         interactive::run(engine, style)
     } else if scripted {
-        script::run(engine, Box::new(commands.into_iter().map(Ok)))
+        script::run_inline(engine, Box::new(commands.into_iter().map(Ok)))
     } else {
-        let stdin = std::io::BufReader::new(std::io::stdin());
-        script::run(engine, script::reader_lines(stdin))
+        let stdin = script::reader_lines(std::io::BufReader::new(std::io::stdin()));
+        if script::stdin_is_regular_file() {
+            script::run_inline(engine, stdin)
+        } else {
+            script::run(engine, stdin)
+        }
     }
 }
 
