@@ -211,7 +211,7 @@ if [ "$v" != "$REF_VERSION" ]; then
     exit 1
 fi
 
-# The same checks the tests make (crates/qmp-shell/tests/common/mod.rs):
+# The same checks the tests make (crates/qmp-shell/tests/shell/common/mod.rs):
 # the module is the file the distribution installed, unchanged from the
 # release (its SHA-256 as listed in the 0.0.6 wheel's RECORD), and the entry
 # points are the expected ones. Prints the interpreter to use.

@@ -10,11 +10,6 @@
 //! Every client process has a hard time limit (killed, then a failure);
 //! nothing waits by sleeping.
 
-#[path = "../../qmp/tests/common/mod.rs"]
-mod common;
-#[path = "../../qmp/tests/common/libvirt.rs"]
-mod libvirt;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -26,7 +21,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use common::Peer;
+use qmp_test_support::peer::Peer;
+use qmp_test_support::{libvirt, proc};
 
 /// Where `scripts/install-deps.sh` installs the pinned Inspector.
 const INSPECTOR_PREFIX: &str = "/opt/qmp-shell-tests/mcp-inspector-0.17.5";
@@ -165,9 +161,9 @@ fn json_of(result: &Value) -> Value {
 
 /// QEMU (`-M none`: no CPU to burn the machine's cores, and `stop` and
 /// `cont` work all the same) with two monitors: `qmp.sock` for the server,
-/// `side.sock` for the test.
+/// `side.sock` for the test, both listening.
 fn qemu() -> Peer {
-    Peer::start(
+    let peer = Peer::start(
         "qemu-system-x86_64",
         &[
             "-M",
@@ -181,7 +177,12 @@ fn qemu() -> Peer {
             "unix:{DIR}/side.sock,server=on,wait=off",
         ],
         "qmp.sock",
-    )
+    );
+    // QEMU opens the monitors one after the other: `qmp.sock` accepting
+    // does not mean `side.sock` is there yet.
+    let side = peer.dir.path().join("side.sock");
+    proc::wait_until("QEMU's side socket", T, || proc::listening(&side));
+    peer
 }
 
 fn sock(peer: &Peer) -> &str {
@@ -748,9 +749,7 @@ fn qemu_at(socket: &str) -> OwnQemu {
         .spawn()
         .expect("start QEMU");
     let own = OwnQemu(child);
-    common::proc::wait_until("QEMU's socket", T, || {
-        common::proc::listening(Path::new(socket))
-    });
+    proc::wait_until("QEMU's socket", T, || proc::listening(Path::new(socket)));
     own
 }
 

@@ -4,7 +4,7 @@
 //!
 //! The texts are QEMU 7.2's (`monitor/qmp.c`, `qapi/qmp-dispatch.c`,
 //! `monitor/qmp-cmds-control.c`), checked against a real QEMU by
-//! `tests/router.rs`.
+//! `tests/qmp/router.rs`.
 
 use std::io;
 

@@ -2,15 +2,11 @@
 //! socket, a QEMU that stops answering, error replies; text and `--json`
 //! output tagged with the right target; the exit status and the summary.
 
-mod common;
-#[path = "hostile_server/mod.rs"]
-mod hostile_server;
-#[path = "../../qmp/tests/common/silent.rs"]
-mod silent;
-#[path = "../../qmp/tests/common/sshd.rs"]
-mod sshd;
-#[path = "../../qmp/tests/common/stray.rs"]
-mod stray;
+use crate::common;
+use crate::hostile_server;
+use qmp_test_support::silent;
+use qmp_test_support::sshd;
+use qmp_test_support::stray;
 
 use std::collections::BTreeMap;
 use std::path::Path;

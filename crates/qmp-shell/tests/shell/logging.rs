@@ -1,7 +1,7 @@
 //! `-l LOGFILE`: a JSON-lines log of every QMP message, mode 0600, flushed
 //! line by line (the reference never writes one: docs/compatibility.md).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -250,6 +250,8 @@ fn log_survives_sigkill() {
     stdin.write_all(b"query-status\n").unwrap();
     stdin.flush().unwrap();
     // Read stdout on a thread so that a hang fails the test, not the run.
+    // It reads on to the end: a pipe closed early would end the shell
+    // (stdout closed, at the next prompt) before the SIGKILL.
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -258,7 +260,6 @@ fn log_survives_sigkill() {
         while r.read_line(&mut line).unwrap_or(0) > 0 {
             if line.contains("\"status\"") {
                 let _ = tx.send(line.clone());
-                return;
             }
             line.clear();
         }

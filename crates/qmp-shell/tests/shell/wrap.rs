@@ -6,7 +6,7 @@
 //! that it can find the wrap's `qmp-shell-wrap-*` directory, and find QEMU
 //! in `/proc` by that path on its command line.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;

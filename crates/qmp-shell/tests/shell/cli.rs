@@ -2,7 +2,7 @@
 //! every address form (UNIX path, `HOST:PORT`, `[IPv6]:PORT`, `QMP_SOCKET`),
 //! usage errors, `-N` with the guest agent, the storage daemon, and HMP mode.
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 use std::time::Duration;
@@ -32,7 +32,7 @@ fn version_prints_name_and_version() {
         "{}",
         show(&out)
     );
-    // The commit follows when known (see tests/packaging.rs).
+    // The commit follows when known (see packaging.rs).
     let re = regex::Regex::new(r"^qmp-shell \d+\.\d+\.\d+( \(rev [0-9a-f]{10}\))?\n$").unwrap();
     assert!(re.is_match(&stdout), "{}", show(&out));
 }

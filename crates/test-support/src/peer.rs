@@ -1,12 +1,9 @@
 //! Real QMP peers for integration tests: each runs in its own temporary
 //! directory and is killed when dropped, so a failing test leaks nothing.
 
-#![allow(dead_code)]
+use crate::proc;
 
-pub mod proc;
-
-#[allow(unused_imports)]
-pub use proc::dead_socket;
+pub use crate::proc::dead_socket;
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

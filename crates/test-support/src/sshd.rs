@@ -2,10 +2,6 @@
 //! host and client keys in a private temporary directory, a port picked
 //! and verified, and a client configuration to reach it. Killed, and its
 //! directory removed, when dropped.
-//!
-//! Include it with `#[path = "common/sshd.rs"] mod sshd;`.
-
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

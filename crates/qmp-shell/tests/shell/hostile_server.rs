@@ -3,11 +3,10 @@
 //! [`serve`] listens on a UNIX socket in a private temporary directory and
 //! runs the scenario closure, on its own thread, on the first connection.
 //! The closure gets a [`Conn`] with helpers to speak (or break) QMP.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -130,11 +129,6 @@ pub struct Server {
 }
 
 impl Server {
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The socket path as a `&str`.
     pub fn addr(&self) -> &str {
         self.path.to_str().expect("UTF-8 path")

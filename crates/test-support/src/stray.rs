@@ -1,15 +1,9 @@
-//! A stray reply from real QEMU, for both crates' integration tests.
+//! A stray reply from real QEMU.
 //!
 //! QEMU 7.2 passes the reply to a command of a client that disconnected
 //! before it came on to the next client of the monitor, where it answers
 //! nothing (it has no id, or the old client's). [`after_a_stray_reply`]
 //! makes that happen.
-//!
-//! Include it with `#[path = "common/stray.rs"] mod stray;` (the qmp
-//! crate's tests) or `#[path = "../../qmp/tests/common/stray.rs"] mod
-//! stray;` (qmp-shell's).
-
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;

@@ -4,15 +4,11 @@
 //! sshd on 127.0.0.1; `--domain`: a libvirt domain's monitor shared through
 //! the real libvirtd.
 
-mod common;
-#[path = "../../qmp/tests/common/libvirt.rs"]
-mod libvirt;
-#[path = "../../qmp/tests/common/silent.rs"]
-mod silent;
-#[path = "../../qmp/tests/common/sshd.rs"]
-mod sshd;
-#[path = "../../qmp/tests/common/stray.rs"]
-mod stray;
+use crate::common;
+use qmp_test_support::libvirt;
+use qmp_test_support::silent;
+use qmp_test_support::sshd;
+use qmp_test_support::stray;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};

@@ -4,14 +4,8 @@
 //! test's own beside libvirt's monitor ("the side socket"), to compare what
 //! comes through libvirt with what QEMU says on a socket, and to cause
 //! events. Every domain is destroyed when dropped, on failure too.
-//!
-//! Include it with `#[path = "common/libvirt.rs"] mod libvirt;` (the qmp
-//! crate's tests) or `#[path = "../../qmp/tests/common/libvirt.rs"] mod
-//! libvirt;` (qmp-shell's).
 
-#![allow(dead_code)]
-
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -20,8 +14,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use qmp_client::{Decoder, Object};
+use serde_json::{Map, Value};
 use tempfile::TempDir;
+
+/// A QMP message: a JSON object.
+pub type Object = Map<String, Value>;
 
 /// The local libvirtd.
 pub const URI: &str = "qemu:///system";
@@ -93,13 +90,21 @@ pub fn ensure_libvirtd() {
 }
 
 /// A domain name no other test (nor another run) uses:
-/// `PACKAGE-test-TAG-PID-N`, PACKAGE being the crate whose tests run
-/// (`qmp-test-...`, `qmp-shell-test-...`).
+/// `qmp-test-BINARY-TAG-PID-N`, BINARY being the test binary that runs
+/// (`qmp`, `shell`, `inspector`).
 pub fn unique_name(tag: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let stem = exe
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Cargo names it NAME-HASH.
+    let binary = stem
+        .rsplit_once('-')
+        .map_or(stem.as_str(), |(name, _)| name);
     format!(
-        "{}-test-{tag}-{}-{}",
-        env!("CARGO_PKG_NAME"),
+        "qmp-test-{binary}-{tag}-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     )
@@ -271,10 +276,10 @@ impl Drop for Frozen {
 }
 
 /// A plain QMP client on the side socket: commands one at a time, events
-/// kept aside.
+/// kept aside. QEMU ends every message with a line end.
 pub struct SideMonitor {
     stream: UnixStream,
-    decoder: Decoder,
+    reader: BufReader<UnixStream>,
     /// QEMU's greeting.
     pub greeting: Object,
     /// Events received while waiting for replies.
@@ -285,9 +290,10 @@ impl SideMonitor {
     fn connect(path: &Path) -> SideMonitor {
         let stream = UnixStream::connect(path).expect("connect to the side socket");
         stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone the side socket"));
         let mut side = SideMonitor {
             stream,
-            decoder: Decoder::new(64 << 20),
+            reader,
             greeting: Object::new(),
             events: Vec::new(),
         };
@@ -303,18 +309,14 @@ impl SideMonitor {
     }
 
     fn next(&mut self) -> Object {
-        let mut buf = [0u8; 16384];
-        loop {
-            if let Some(frame) = self.decoder.next_message() {
-                return frame.expect("QEMU sends JSON objects");
-            }
-            let n = self
-                .stream
-                .read(&mut buf)
-                .expect("read from the side socket");
-            assert!(n > 0, "the side socket closed");
-            self.decoder.feed(&buf[..n]);
-        }
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .expect("read from the side socket");
+        assert!(n > 0, "the side socket closed");
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("QEMU sends JSON objects ({e}): {line:?}"))
     }
 
     /// Send `json` (a whole command) and return its reply; events are kept

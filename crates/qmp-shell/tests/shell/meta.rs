@@ -3,7 +3,7 @@
 //! throttled job, `/record` and `/play`, `-e`; and the safety net:
 //! `/oob`, `/fd`, `--read-only`, deprecation warnings.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -7,12 +7,10 @@
 //! None may panic, overflow the stack, hang (every run has a hard timeout) or
 //! use memory beyond a small multiple of the message size.
 
-mod common;
-mod hostile_server;
-#[path = "../../qmp/tests/common/silent.rs"]
-mod silent;
-#[path = "../../qmp/tests/common/stray.rs"]
-mod stray;
+use crate::common;
+use crate::hostile_server;
+use qmp_test_support::silent;
+use qmp_test_support::stray;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -662,7 +660,7 @@ fn reply_of_64_mib_with_bounded_memory() {
 /// memory it takes stays bounded by the cap (bytes beyond it are skipped,
 /// not buffered), and the shell goes on with the next command. The shell has no option to lower its cap, so the test sends the
 /// real size, in 1 MiB writes; the library's cap is tested at its exact
-/// boundary, with a small configured value, in crates/qmp/tests/peers.rs.
+/// boundary, with a small configured value, in crates/qmp/tests/qmp/peers.rs.
 #[test]
 fn reply_one_byte_over_256_mib_is_refused() {
     const CAP: usize = 256 << 20;

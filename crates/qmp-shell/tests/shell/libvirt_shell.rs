@@ -12,11 +12,9 @@
 //! is for an outcome (output, a file, a socket), bounded. Domains are
 //! destroyed when their test ends, on failure too.
 
-mod common;
-#[path = "../../qmp/tests/common/libvirt.rs"]
-mod libvirt;
-#[path = "../../qmp/tests/common/sshd.rs"]
-mod sshd;
+use crate::common;
+use qmp_test_support::libvirt;
+use qmp_test_support::sshd;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};

@@ -1,13 +1,5 @@
-//! Process and socket helpers shared by both crates' integration tests:
-//! waiting for what only the kernel can tell, freezing a process, and
-//! sockets that are there but do not listen.
-//!
-//! Include it with `pub mod proc;` from `common/mod.rs` (the qmp crate's
-//! tests), `#[path = "../../../qmp/tests/common/proc.rs"] mod proc;` from
-//! qmp-shell's `tests/common/mod.rs`, or `#[path = "common/proc.rs"] mod
-//! proc;` from a qmp test that has no `common`.
-
-#![allow(dead_code)]
+//! Process and socket helpers: waiting for what only the kernel can tell,
+//! freezing a process, and sockets that are there but do not listen.
 
 use std::path::Path;
 use std::thread;

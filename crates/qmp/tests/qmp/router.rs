@@ -3,9 +3,6 @@
 //! byte), events, clients dying mid-command, out-of-band commands, file
 //! descriptors, hostile input, and QEMU going away.
 
-#[path = "common/proc.rs"]
-mod proc;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -15,9 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proc::listening;
 use qmp_client::router::{Router, RouterOptions};
 use qmp_client::{Address, Client, ClientOptions, Object, StreamTransport, Transport};
+use qmp_test_support::proc::listening;
 use serde_json::Value;
 
 /// Bound on every wait.

@@ -11,7 +11,7 @@
 //! the screen, then reads one line (to show that the terminal was left in a
 //! usable state) and stays alive so the pane can still be captured.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

@@ -7,7 +7,7 @@
 //! Hangs are caught by the harness: every run is bounded by
 //! [`SHELL_TIMEOUT`] and killed (failing the test) past it.
 
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};

@@ -18,9 +18,9 @@
 //! (`common::reference_python`), never a `qmp-shell` found on `PATH`, which
 //! may be ours. `infra_reference_is_not_ours` proves the two differ.
 //!
-//! `QMP_DIFF_CANDIDATE=reference cargo test --test differential` runs the
-//! reference against itself instead of ours: use it to check that a new case
-//! is deterministic before blaming our shell. Such a run never passes: a
+//! `QMP_DIFF_CANDIDATE=reference cargo test -p qmp-shell --test shell
+//! differential::` runs the reference against itself instead of ours: use
+//! it to check that a new case is deterministic before blaming our shell. Such a run never passes: a
 //! compared test whose two reference runs agree fails all the same, saying
 //! that ours was not compared (so the variable, left set, cannot make the
 //! suite vouch for ours).
@@ -30,7 +30,7 @@
 //! our documented behaviour for them instead, and the `difference_*` and
 //! `wrap_*` tests assert both outputs where we differ on purpose.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

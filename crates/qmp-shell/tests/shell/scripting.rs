@@ -3,9 +3,8 @@
 //!
 //! Every run has a hard timeout; timing is never asserted.
 
-mod common;
-#[path = "../../qmp/tests/common/sshd.rs"]
-mod sshd;
+use crate::common;
+use qmp_test_support::sshd;
 
 use std::process::Output;
 
@@ -162,7 +161,7 @@ fn c_with_hmp() {
 fn json_prints_exactly_one_line_per_reply() {
     let peer = Peer::qemu_none();
     // One line per reply, even for the 200 KB schema (-p does not go with
-    // --json: tests/cli.rs). A parse error prints an error object, so that
+    // --json: cli.rs). A parse error prints an error object, so that
     // output lines stay aligned with input lines.
     let input = "query-status\n\
                  query-name\n\

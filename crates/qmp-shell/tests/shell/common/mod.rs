@@ -4,7 +4,6 @@
 //!
 //! Every peer lives in its own temporary directory; dropping the [`Peer`]
 //! kills the process and removes the directory, also when a test panics.
-#![allow(dead_code)]
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -15,12 +14,9 @@ use std::sync::{mpsc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-#[path = "../../../qmp/tests/common/proc.rs"]
-mod proc;
 pub mod term;
 
-#[allow(unused_imports)]
-pub use proc::{dead_socket, freeze, listening, thaw, wait_until};
+pub use qmp_test_support::proc::{dead_socket, freeze, listening, thaw, wait_until};
 
 /// How long a peer may take to start listening.
 pub const PEER_START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -76,7 +72,7 @@ pub struct ReferencePython {
     pub module: PathBuf,
 }
 
-/// What a test binary asks the interpreter, once: the distribution's
+/// What the test binary asks the interpreter, once: the distribution's
 /// version, its console-script entry points, and whether the imported
 /// `qmp_shell` module is the file the distribution installed, unchanged.
 const VERIFY_REFERENCE: &str = r#"
@@ -99,7 +95,8 @@ print("qmp-shell=" + eps.get("qmp-shell", ""))
 print("qmp-shell-wrap=" + eps.get("qmp-shell-wrap", ""))
 "#;
 
-/// The reference's interpreter, found and verified once per test binary.
+/// The reference's interpreter, found and verified once per test binary
+/// (shared by every test of it that runs the reference).
 ///
 /// Panics, saying what is wrong and how to fix it, unless the interpreter
 /// (`$QMP_REFERENCE_PYTHON`, or `python3` on `PATH`) imports

@@ -6,9 +6,6 @@
 //! Every domain is destroyed when its test ends, on failure too. Every wait
 //! is bounded.
 
-#[path = "common/libvirt.rs"]
-mod libvirt;
-
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
@@ -16,15 +13,15 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use libvirt::{ensure_libvirtd, unique_name, virsh, TestDomain, URI};
 use qmp_client::transport::libvirt::{
     list_domains, DomainMatch, LibvirtError, LibvirtTransport, MatchedBy,
 };
 use qmp_client::transport::{Closer, Handshake, Received, Sink, Transport};
 use qmp_client::Object;
+use qmp_test_support::libvirt::{ensure_libvirtd, unique_name, virsh, TestDomain, URI};
 
 /// How long any single wait on the transport may take (the harness's own
-/// waits, for domains and side sockets, are [`libvirt::WAIT`]).
+/// waits, for domains and side sockets, are [`qmp_test_support::libvirt::WAIT`]).
 const WAIT: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------- harness
@@ -41,6 +38,7 @@ fn alone() -> bool {
 /// no other test's sessions or threads are there), under `wrapper` (a
 /// command taking the rest as its arguments, or nothing); fail if it fails.
 fn run_alone(name: &str, wrapper: &[&str]) {
+    let name = &qmp_test_support::test_name(module_path!(), name);
     let exe = std::env::current_exe().expect("test binary");
     let (program, args) = match wrapper.split_first() {
         Some((first, rest)) => (
@@ -69,8 +67,13 @@ fn run_alone(name: &str, wrapper: &[&str]) {
     );
 }
 
-impl TestDomain {
+/// What the tests open on a [`TestDomain`] (a type of the support crate).
+trait Open {
     /// The libvirt transport to the domain's monitor.
+    fn open(&self) -> LibvirtTransport;
+}
+
+impl Open for TestDomain {
     fn open(&self) -> LibvirtTransport {
         LibvirtTransport::open(Some(URI), &self.name, false).expect("open the libvirt transport")
     }
@@ -416,7 +419,12 @@ fn quit_gives_its_reply_then_shutdown_then_the_end() {
         .position(|m| m.contains_key("return"))
         .unwrap_or_else(|| panic!("no reply to quit in {got:?}"));
     assert_eq!(to_json(&got[reply]), r#"{"return":{},"id":1}"#);
-    assert!(got.iter().any(|m| m["event"] == "SHUTDOWN"), "{got:?}");
+    // (A reply has no "event": indexing a map by a missing key panics.)
+    assert!(
+        got.iter()
+            .any(|m| m.get("event").is_some_and(|e| e == "SHUTDOWN")),
+        "no SHUTDOWN in {got:?}"
+    );
     // The sink says so once the domain is gone.
     let msg: Object = serde_json::from_str(r#"{"execute":"query-status"}"#).expect("json");
     let e = s

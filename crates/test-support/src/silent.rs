@@ -2,12 +2,6 @@
 //! word: an `ssh://` host whose port is open but where no SSH server
 //! speaks (a wrong port, a hung sshd). Purpose-built, since no real server
 //! does this on demand. Stops, closing what it accepted, when dropped.
-//!
-//! Include it with `#[path = "common/silent.rs"] mod silent;` (the qmp
-//! crate's tests) or `#[path = "../../qmp/tests/common/silent.rs"] mod
-//! silent;` (qmp-shell's).
-
-#![allow(dead_code)]
 
 use std::io;
 use std::net::{TcpListener, TcpStream};

@@ -1,16 +1,14 @@
 //! Integration tests against real QMP peers: qemu-system-x86_64,
 //! qemu-storage-daemon and qemu-ga.
 
-mod common;
-#[path = "common/stray.rs"]
-mod stray;
-
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use qmp_client::{command, Address, Client, ClientOptions, Error, Incoming, Listener, Object};
+use qmp_test_support::peer as common;
+use qmp_test_support::stray;
 use serde_json::Value;
 
 const T: Option<Duration> = Some(Duration::from_secs(20));

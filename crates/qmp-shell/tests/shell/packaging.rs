@@ -5,7 +5,7 @@
 //! commands and options are described alike in `help`, the manual page and
 //! the README.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

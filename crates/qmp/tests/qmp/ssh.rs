@@ -1,12 +1,6 @@
 //! The ssh transport against a real sshd on 127.0.0.1 and a real QEMU:
 //! QMP through `ssh://`, and each way it can fail.
 
-mod common;
-#[path = "common/silent.rs"]
-mod silent;
-#[path = "common/sshd.rs"]
-mod sshd;
-
 use std::io::{self, BufRead, BufReader};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
@@ -18,8 +12,10 @@ use std::time::Duration;
 use qmp_client::transport::ssh::{SshError, SshErrorKind, SshMonitor, SshOptions, SshTransport};
 use qmp_client::transport::{Closer, Received, Sink, Transport};
 use qmp_client::{Address, Object};
+use qmp_test_support::peer as common;
+use qmp_test_support::silent;
+use qmp_test_support::sshd::{Sshd, HOST};
 use serde_json::Value;
-use sshd::{Sshd, HOST};
 
 /// Bound on every wait.
 const T: Duration = Duration::from_secs(20);
@@ -456,7 +452,7 @@ fn ssh_dies_with_its_caller() {
     let mut helper = Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
-            "ssh_dies_with_its_caller",
+            &qmp_test_support::test_name(module_path!(), "ssh_dies_with_its_caller"),
             "--nocapture",
             "--test-threads=1",
         ])
