@@ -73,11 +73,18 @@ pub(crate) fn run_session(
     } else if scripted {
         script::run_inline(engine, Box::new(commands.into_iter().map(Ok)))
     } else {
-        let stdin = script::reader_lines(std::io::BufReader::new(std::io::stdin()));
         if script::stdin_is_regular_file() {
-            script::run_inline(engine, stdin)
+            let stdin = script::reader_lines(std::io::BufReader::new(std::io::stdin()));
+            return script::run_inline(engine, stdin);
+        }
+        // A pipe whose writer is done is read whole here, with no thread.
+        let first = script::prefetch_stdin();
+        let read = std::io::Cursor::new(first.bytes);
+        if first.whole {
+            script::run_inline(engine, script::reader_lines(read))
         } else {
-            script::run(engine, stdin)
+            let rest = std::io::Read::chain(read, std::io::stdin());
+            script::run(engine, script::reader_lines(std::io::BufReader::new(rest)))
         }
     }
 }

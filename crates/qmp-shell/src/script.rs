@@ -257,6 +257,52 @@ pub fn run_inline(engine: Engine, lines: Lines) -> i32 {
     drive(engine, Input::Inline(lines))
 }
 
+/// What [`prefetch_stdin`] read.
+pub struct Prefetched {
+    /// The bytes read.
+    pub bytes: Vec<u8>,
+    /// Whether they are all there is (the end of input was read).
+    pub whole: bool,
+}
+
+/// Bytes [`prefetch_stdin`] reads at most.
+const PREFETCH: usize = 1 << 20;
+
+/// Read what standard input already holds, without waiting: while poll(2)
+/// says a read would not block, up to [`PREFETCH`] bytes or the end of
+/// input. A pipe whose writer is done (`<<< WORD`, `echo ... |`) is then
+/// read whole, and needs no reader thread.
+pub fn prefetch_stdin() -> Prefetched {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let mut stdin = std::io::stdin().lock();
+    let mut chunk = [0u8; 16 << 10];
+    while bytes.len() < PREFETCH {
+        let mut fd = libc::pollfd {
+            fd: libc::STDIN_FILENO,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one pollfd that lives across the call; a
+        // zero timeout never waits.
+        let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+        if ready != 1 || fd.revents & (libc::POLLIN | libc::POLLHUP) == 0 {
+            break;
+        }
+        match stdin.read(&mut chunk) {
+            Ok(0) => return Prefetched { bytes, whole: true },
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            // Left to the reader, which reports it.
+            Err(_) => break,
+        }
+    }
+    Prefetched {
+        bytes,
+        whole: false,
+    }
+}
+
 /// Whether standard input is a regular file (`< FILE`): its reads never
 /// wait for a writer.
 pub fn stdin_is_regular_file() -> bool {

@@ -1251,9 +1251,10 @@ fn threads_mid_session(args: &[String], stdin: Stdio) -> (Vec<String>, Output) {
     (names, out)
 }
 
-/// `-c` commands and a script in a regular file are read on the main
-/// thread, as the engine takes them: no input thread is started (a pipe,
-/// whose reads may wait for the writer, still gets one).
+/// `-c` commands, a script in a regular file and a pipe whose writer is
+/// done (`<<< WORD`, `echo ... |`) are read on the main thread: no input
+/// thread is started. A pipe still being written, whose reads may wait for
+/// the writer, gets one.
 #[test]
 fn input_that_cannot_block_is_read_without_a_thread() {
     let dir = tempfile::tempdir().unwrap();
@@ -1262,8 +1263,16 @@ fn input_that_cannot_block_is_read_without_a_thread() {
     let dash_c: Vec<String> = (0..MANY)
         .flat_map(|_| ["-c".to_owned(), "query-status".to_owned()])
         .collect();
+    // A pipe written whole and closed before the shell starts (it fits in
+    // the pipe's buffer).
+    let (done, mut writer) = std::io::pipe().unwrap();
+    writer
+        .write_all("query-status\n".repeat(MANY).as_bytes())
+        .unwrap();
+    drop(writer);
     for (what, args, stdin) in [
         ("-c", dash_c, Stdio::null()),
+        ("closed pipe", vec![], Stdio::from(done)),
         (
             "file",
             vec![],
