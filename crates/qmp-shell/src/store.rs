@@ -262,7 +262,7 @@ impl SchemaStore {
     /// The facts to warn with (deprecation warnings, `/oob`), without a
     /// question to the server when the cache has them: see the module
     /// documentation. `None` when the server has no schema to give, or does
-    /// not answer in time ([`QUICK_LOOKUP`], [`SCHEMA_LOOKUP`]): then not
+    /// not answer in time (`QUICK_LOOKUP`, [`SCHEMA_LOOKUP`]): then not
     /// asked again. With a cold cache this waits for the fetch (started
     /// here unless [`SchemaStore::start_fetch`] did); call it after the
     /// command it is for was sent, so that no round trip comes before it.
@@ -385,7 +385,7 @@ impl SchemaStore {
     /// The facts of this very server (`/wait` must know its events): the
     /// cached facts of its build if its command list is cached, else from
     /// its schema (fetched now, and cached). `None` when the server has no
-    /// schema to give, or does not answer in time ([`QUICK_LOOKUP`],
+    /// schema to give, or does not answer in time (`QUICK_LOOKUP`,
     /// [`SCHEMA_LOOKUP`]): then not asked again.
     pub fn facts(&self, client: &Client) -> Option<&Facts> {
         self.exact.get_or_init(|| self.exact_facts(client)).as_ref()
