@@ -16,6 +16,8 @@ step() {
 step bash scripts/install-deps.sh
 step cargo fmt --all -- --check
 step cargo clippy --workspace --all-targets -- -D warnings
+# The API documentation builds without a broken link or a warning.
+step env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 step cargo test --workspace
 # The differential tests cannot pass by comparing our build with itself:
 # with our binaries posing as the reference, exactly the known tests fail
