@@ -1,7 +1,10 @@
 //! Rendering speed for a large reply shaped like `query-qmp-schema`.
 //!
 //! The value is generated here (about 200 KB of compact JSON), so the bench
-//! does not depend on QEMU.
+//! does not depend on QEMU. Besides rendering the tree of values, the
+//! `text_` figures render straight from the reply's text
+//! ([`render::from_text`]), and `tree_` ones what that replaces: reading
+//! the text into a tree, rendering it and dropping it.
 
 use std::hint::black_box;
 
@@ -107,6 +110,22 @@ fn bench_render(c: &mut Criterion) {
             out.len()
         });
     });
+    let text = serde_json::to_vec(&value).unwrap_or_default();
+    for (label, pretty) in [("compact", false), ("pretty", true)] {
+        let style = Style {
+            pretty,
+            color: false,
+        };
+        group.bench_function(format!("tree_{label}_parse_render_drop"), |b| {
+            b.iter(|| {
+                let v: Value = serde_json::from_slice(black_box(&text)).unwrap_or_default();
+                render::to_string(&v, style).len()
+            });
+        });
+        group.bench_function(format!("text_{label}"), |b| {
+            b.iter(|| render::from_text(black_box(&text), style, Some("id")).map(|t| t.len()));
+        });
+    }
     group.finish();
 }
 

@@ -71,10 +71,21 @@ pub(crate) fn run_session(
     if interactive {
         interactive::run(engine, style)
     } else if scripted {
-        script::run(engine, Box::new(commands.into_iter().map(Ok)))
+        script::run_inline(engine, Box::new(commands.into_iter().map(Ok)))
     } else {
-        let stdin = std::io::BufReader::new(std::io::stdin());
-        script::run(engine, script::reader_lines(stdin))
+        if script::stdin_is_regular_file() {
+            let stdin = script::reader_lines(std::io::BufReader::new(std::io::stdin()));
+            return script::run_inline(engine, stdin);
+        }
+        // A pipe whose writer is done is read whole here, with no thread.
+        let first = script::prefetch_stdin();
+        let read = std::io::Cursor::new(first.bytes);
+        if first.whole {
+            script::run_inline(engine, script::reader_lines(read))
+        } else {
+            let rest = std::io::Read::chain(read, std::io::stdin());
+            script::run(engine, script::reader_lines(std::io::BufReader::new(rest)))
+        }
     }
 }
 

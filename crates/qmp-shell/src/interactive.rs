@@ -97,6 +97,8 @@ fn learn(client: Arc<Client>, knowledge: Knowledge, hmp_mode: bool, guest_agent:
                 );
             } else {
                 // Shared with the engine: fetched once, out of the log.
+                // The facts first: they are cached for the next session.
+                let _ = knowledge.store.facts(&client);
                 let _ = knowledge.store.schema(&client, Some(SCHEMA_LOOKUP));
             }
         });

@@ -27,6 +27,8 @@ use std::fmt::{self, Write as _};
 
 use serde_json::{Map, Number, Value};
 
+mod raw;
+
 /// How JSON is printed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Style {
@@ -87,6 +89,18 @@ pub(crate) fn write_to<W: std::io::Write>(
         return Err(err);
     }
     w.write_all(out.as_bytes())
+}
+
+/// The Python `json.dumps` rendering of JSON *text* (one value), read
+/// straight from its bytes: the same text as [`to_string`] of the value
+/// `serde_json` reads from `json`, at a fraction of the cost for a large
+/// reply, since no tree of values is built (and none dropped). With
+/// `omit_key`, that key of the outermost object is left out (the id the
+/// client added to a command). `None` when `json` is not one JSON value
+/// (or nests deeper than any QEMU reply): parse it and use [`to_string`],
+/// which then says what is wrong.
+pub fn from_text(json: &[u8], style: Style, omit_key: Option<&str>) -> Option<String> {
+    raw::render(json, style, omit_key)
 }
 
 /// `text` without the colour codes that [`Style::color`] adds (ANSI SGR
@@ -1124,5 +1138,100 @@ mod tests {
             compact(r#"{"a": 1, "b": 2, "a": 3}"#),
             r#"{"a": 3, "b": 2}"#
         );
+    }
+
+    /// `from_text`, checked against the tree's rendering of the same text.
+    fn from_text_as_tree(text: &str, pretty: bool, color: bool) {
+        let style = Style { pretty, color };
+        assert_eq!(
+            from_text(text.as_bytes(), style, None),
+            Some(to_string(&parse(text), style)),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn from_text_is_the_rendering_of_the_value_read() {
+        for text in [
+            r#"{"return": [{"name": "query-status", "ret-type": "1", "meta-type": "command",
+                "arg-type": "0"}, {"b": {"d": [{"f": 1, "e": 2}, []], "c": {}}, "a": [[[[]]]]}],
+                "id": 7}"#,
+            r#"{"b": 1, "a": 2, "b": 3, "c": {"y": [1, 2.50, -0, 1E400], "x": "\u00e9\ud83d\ude00"}}"#,
+            r#"{"z": 1, "y": 2, "x": 3, "w": 4, "v": 5, "u": 6, "t": 7, "s": 8, "r": 9, "z": 10}"#,
+            r#"{"\u0061": 1, "a": 2, "\n": "\u007f\/\b\f\r\t\"\\", "é": null}"#,
+            "  [true, false, null, \"\", {}, [], 0, -1, 0.5e-3]\r\n",
+        ] {
+            for (pretty, color) in [(false, false), (true, false), (false, true), (true, true)] {
+                from_text_as_tree(text, pretty, color);
+            }
+        }
+    }
+
+    #[test]
+    fn from_text_leaves_out_a_key_of_the_outermost_object_only() {
+        let text = r#"{"id": 3, "return": {"id": 1, "b": []}, "id": 4}"#;
+        let compact = Style::default();
+        let pretty = Style {
+            pretty: true,
+            color: false,
+        };
+        assert_eq!(
+            from_text(text.as_bytes(), compact, Some("id")).as_deref(),
+            Some(r#"{"return": {"id": 1, "b": []}}"#)
+        );
+        assert_eq!(
+            from_text(text.as_bytes(), pretty, Some("id")).as_deref(),
+            Some("{\n    \"return\": {\n        \"b\": [],\n        \"id\": 1\n    }\n}")
+        );
+        for style in [compact, pretty] {
+            assert_eq!(
+                from_text(br#"{"id": 1}"#, style, Some("id")).as_deref(),
+                Some("{}")
+            );
+        }
+        assert_eq!(
+            from_text(br#"[{"id": 1}]"#, compact, Some("id")).as_deref(),
+            Some(r#"[{"id": 1}]"#)
+        );
+    }
+
+    #[test]
+    fn from_text_refuses_what_is_not_one_json_value() {
+        for text in [
+            "",
+            " ",
+            "{",
+            "{}}",
+            "{} {}",
+            "[1,]",
+            "{\"a\" 1}",
+            "{\"a\": 1,}",
+            "{1: 2}",
+            "01",
+            "1.",
+            ".5",
+            "1e",
+            "-",
+            "+1",
+            "tru",
+            "nulls",
+            r#""\ud800""#,
+            r#""\udc00""#,
+            r#""\ud800\u0041""#,
+            r#""\x""#,
+            r#""\u12""#,
+            "\"a\u{1}b\"",
+            "\"unterminated",
+        ] {
+            let style = Style::default();
+            assert_eq!(from_text(text.as_bytes(), style, None), None, "{text:?}");
+            assert!(serde_json::from_str::<Value>(text).is_err(), "{text:?}");
+        }
+        assert_eq!(from_text(b"[\"\xff\"]", Style::default(), None), None);
+        // Deeper than any reply: left to the tree (which may refuse it).
+        let deep = format!("{}1{}", "[".repeat(101), "]".repeat(101));
+        assert_eq!(from_text(deep.as_bytes(), Style::default(), None), None);
+        let fine = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        from_text_as_tree(&fine, true, false);
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! A thread reads lines into a bounded [`LineQueue`]; the engine takes
 //! them as fast as it can send them (pipelining) and prints replies in
-//! input order. Neither side ever blocks on the other in a way that ending
+//! input order. Input whose reads cannot block (the `-c` commands, a
+//! regular file) needs no thread: [`run_inline`] reads it as the engine
+//! takes it. Neither side ever blocks on the other in a way that ending
 //! the session could depend on: the queue can be closed from either end
 //! at any time, and the engine sleeps only on its doorbell. Unless the
 //! session is quiet (`-c`, `--json`), the banner and a prompt before each
@@ -217,11 +219,105 @@ impl LineQueue {
     }
 }
 
-/// Run a session on `lines` and return the exit status.
-pub fn run(mut engine: Engine, lines: Lines) -> i32 {
+/// Where the driver takes its lines from.
+enum Input {
+    /// Read ahead by a thread of its own.
+    Queue(Arc<LineQueue>),
+    /// Read here, as they are taken: reads that cannot block.
+    Inline(Lines),
+}
+
+impl Input {
+    fn pop(&mut self) -> Pop {
+        match self {
+            Input::Queue(queue) => queue.pop(),
+            Input::Inline(lines) => lines.next().map_or(Pop::Ended, Pop::Line),
+        }
+    }
+
+    fn close(&self) {
+        if let Input::Queue(queue) = self {
+            queue.close();
+        }
+    }
+}
+
+/// Run a session on `lines` (read by a thread of their own) and return
+/// the exit status.
+pub fn run(engine: Engine, lines: Lines) -> i32 {
+    let bell = Arc::clone(engine.doorbell());
+    let queue = LineQueue::spawn(lines, bell);
+    drive(engine, Input::Queue(queue))
+}
+
+/// [`run`] for lines whose reading never blocks (`-c` commands, a regular
+/// file): read on this thread as the engine takes them, with no thread to
+/// start and no hand-off per line.
+pub fn run_inline(engine: Engine, lines: Lines) -> i32 {
+    drive(engine, Input::Inline(lines))
+}
+
+/// What [`prefetch_stdin`] read.
+pub struct Prefetched {
+    /// The bytes read.
+    pub bytes: Vec<u8>,
+    /// Whether they are all there is (the end of input was read).
+    pub whole: bool,
+}
+
+/// Bytes [`prefetch_stdin`] reads at most.
+const PREFETCH: usize = 1 << 20;
+
+/// Read what standard input already holds, without waiting: while poll(2)
+/// says a read would not block, up to [`PREFETCH`] bytes or the end of
+/// input. A pipe whose writer is done (`<<< WORD`, `echo ... |`) is then
+/// read whole, and needs no reader thread.
+pub fn prefetch_stdin() -> Prefetched {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let mut stdin = std::io::stdin().lock();
+    let mut chunk = [0u8; 16 << 10];
+    while bytes.len() < PREFETCH {
+        let mut fd = libc::pollfd {
+            fd: libc::STDIN_FILENO,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one pollfd that lives across the call; a
+        // zero timeout never waits.
+        let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+        if ready != 1 || fd.revents & (libc::POLLIN | libc::POLLHUP) == 0 {
+            break;
+        }
+        match stdin.read(&mut chunk) {
+            Ok(0) => return Prefetched { bytes, whole: true },
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            // Left to the reader, which reports it.
+            Err(_) => break,
+        }
+    }
+    Prefetched {
+        bytes,
+        whole: false,
+    }
+}
+
+/// Whether standard input is a regular file (`< FILE`): its reads never
+/// wait for a writer.
+pub fn stdin_is_regular_file() -> bool {
+    use std::os::fd::AsFd;
+    std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata())
+        .is_ok_and(|m| m.is_file())
+}
+
+fn drive(mut engine: Engine, mut input: Input) -> i32 {
     let bell = Arc::clone(engine.doorbell());
     signals::watch(&bell);
-    let queue = LineQueue::spawn(lines, Arc::clone(&bell));
     if engine.config().prompts {
         engine.banner();
         engine.queue_prompt();
@@ -243,7 +339,7 @@ pub fn run(mut engine: Engine, lines: Lines) -> i32 {
             continue;
         }
         if engine.wants_input() && !ended {
-            match queue.pop() {
+            match input.pop() {
                 Pop::Line(Ok(line)) => {
                     engine.line(&line);
                     engine.queue_prompt();
@@ -276,7 +372,7 @@ pub fn run(mut engine: Engine, lines: Lines) -> i32 {
         }
         bell.wait(seen, engine.deadline());
     }
-    queue.close();
+    input.close();
     engine.exit_code()
 }
 

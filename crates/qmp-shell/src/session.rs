@@ -139,6 +139,9 @@ enum Slot {
     FailureOnce { diag: String, desc: String },
     /// A note for standard error.
     Note(String),
+    /// The deprecation warnings of the command sent next, worked out once
+    /// the facts arrive (a cold cache: they were fetched after it).
+    Marks { name: String, args: Option<Object> },
     /// A reply still to arrive; `deadline` is set once it is the oldest.
     /// `index` numbers the commands sent (`None` for output that only
     /// keeps its place among replies).

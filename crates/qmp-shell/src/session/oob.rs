@@ -24,7 +24,7 @@ impl Engine {
                     .to_owned(),
             );
         }
-        if let Some(facts) = self.store.facts(&self.client) {
+        if let Some(facts) = self.store.marks(&self.client) {
             if facts.knows(&name) && !facts.allows_oob(&name) {
                 return self.meta_failure(
                     "/oob",

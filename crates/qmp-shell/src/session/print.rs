@@ -33,6 +33,10 @@ impl Engine {
                 self.out.diag(&text);
                 Ok(())
             }
+            Slot::Marks { name, args } => {
+                self.print_marks(&name, args.as_ref());
+                Ok(())
+            }
             Slot::Failure { diag, class, desc } => {
                 self.failed();
                 self.out.error(class, &desc, &diag);

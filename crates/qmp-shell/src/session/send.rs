@@ -10,11 +10,13 @@ use super::{Awaited, Engine, Slot};
 use crate::doorbell::Doorbell;
 use crate::live::Live;
 use crate::readonly;
+use crate::store::Marks;
 
 impl Engine {
     /// Send `request` (with `-v`, echoed first), unless `--read-only`
     /// refuses it.
     pub(super) fn send(&mut self, request: Request, hmp: bool) {
+        let mut cold = false;
         if !hmp {
             let msg = request.message();
             if self.read_only_refuses(msg) {
@@ -27,13 +29,17 @@ impl Engine {
                     .or_else(|| msg.get("exec-oob"))
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                self.warn_marked(name, msg.get("arguments").and_then(Value::as_object));
+                cold = self.warn_marked(name, msg.get("arguments").and_then(Value::as_object));
             }
         }
         // What came before this is not this command's.
         let before = self.live.numbered();
         match submit(&self.client, &self.live, &self.doorbell, request) {
             Ok(pending) => {
+                if cold {
+                    // After the command: no round trip before it.
+                    self.store.start_fetch(&self.client);
+                }
                 let index = self.events.sent(before);
                 self.queue.push_back(Slot::Reply {
                     pending: Awaited::Sent(pending),
@@ -68,13 +74,41 @@ impl Engine {
     }
 
     /// Warn (once each per session) about what the command uses that the
-    /// live schema marks deprecated or unstable.
-    fn warn_marked(&mut self, name: &str, args: Option<&Object>) {
-        let Some(facts) = self.store.facts(&self.client) else {
+    /// live schema marks deprecated or unstable. With nothing cached for
+    /// this server (a cold cache) the warnings keep their place in the
+    /// queue ([`Slot::Marks`]) and `true` says to fetch the facts once the
+    /// command was sent: no round trip comes before it, and its warnings
+    /// still come before its reply.
+    fn warn_marked(&mut self, name: &str, args: Option<&Object>) -> bool {
+        match self.store.marks_now(&self.client) {
+            Marks::Ready(facts) => {
+                for warning in facts.warnings(name, args) {
+                    self.warn_once(warning);
+                }
+                false
+            }
+            Marks::Unavailable => false,
+            Marks::Cold => {
+                self.queue.push_back(Slot::Marks {
+                    name: name.to_owned(),
+                    args: args.cloned(),
+                });
+                true
+            }
+        }
+    }
+
+    /// The warnings of a command sent with a cold cache
+    /// ([`Engine::warn_marked`]), once the facts arrived (waiting for them
+    /// as long as the store's look-ups may take).
+    pub(super) fn print_marks(&mut self, name: &str, args: Option<&Object>) {
+        let Some(facts) = self.store.marks(&self.client) else {
             return;
         };
         for warning in facts.warnings(name, args) {
-            self.warn_once(warning);
+            if self.warned.insert(warning.clone()) {
+                self.out.diag(&format!("warning: {warning}\n"));
+            }
         }
     }
 

@@ -1188,3 +1188,108 @@ fn help_documents_the_exit_statuses() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Threads a session starts: only what its mode needs.
+// ---------------------------------------------------------------------------
+
+/// The names of the threads of process `pid` (`/proc/PID/task/*/comm`).
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim_end().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Commands in each run of [`threads_mid_session`]: more than the shell
+/// reads ahead, so that a thread reading them would still be there.
+const MANY: usize = 1100;
+
+/// Run our shell on a server that holds its first command unanswered
+/// while the shell's threads are listed, then answers every command;
+/// `stdin`: what the shell reads (a pipe is fed [`MANY`] commands).
+/// Returns the thread names and the shell's output.
+fn threads_mid_session(args: &[String], stdin: Stdio) -> (Vec<String>, Output) {
+    let (arrived_tx, arrived) = std::sync::mpsc::channel();
+    let (listed, listed_rx) = std::sync::mpsc::channel::<()>();
+    let server = serve(move |c| {
+        c.handshake();
+        let (_, id) = c.read_command().unwrap();
+        arrived_tx.send(()).unwrap();
+        let _ = listed_rx.recv();
+        c.reply(&id, "{}");
+        while let Some((_, id)) = c.read_command() {
+            c.reply(&id, "{}");
+        }
+    });
+    let mut cmd = Command::new(ours());
+    let home = tempfile::tempdir().unwrap();
+    common::shell_env(&mut cmd, home.path());
+    cmd.args(args)
+        .arg(server.addr())
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // A pipe: the command, then held open until the threads are listed.
+    let mut pipe = child.stdin.take();
+    if let Some(pipe) = pipe.as_mut() {
+        pipe.write_all("query-status\n".repeat(MANY).as_bytes())
+            .unwrap();
+    }
+    let names = match arrived.recv_timeout(SHELL_TIMEOUT) {
+        Ok(()) => thread_names(child.id()),
+        Err(_) => Vec::new(),
+    };
+    drop(listed);
+    drop(pipe);
+    let out = common::wait_child(child, "qmp-shell", SHELL_TIMEOUT);
+    server.join();
+    (names, out)
+}
+
+/// `-c` commands, a script in a regular file and a pipe whose writer is
+/// done (`<<< WORD`, `echo ... |`) are read on the main thread: no input
+/// thread is started. A pipe still being written, whose reads may wait for
+/// the writer, gets one.
+#[test]
+fn input_that_cannot_block_is_read_without_a_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script.txt");
+    std::fs::write(&script, "query-status\n".repeat(MANY)).unwrap();
+    let dash_c: Vec<String> = (0..MANY)
+        .flat_map(|_| ["-c".to_owned(), "query-status".to_owned()])
+        .collect();
+    // A pipe written whole and closed before the shell starts (it fits in
+    // the pipe's buffer).
+    let (done, mut writer) = std::io::pipe().unwrap();
+    writer
+        .write_all("query-status\n".repeat(MANY).as_bytes())
+        .unwrap();
+    drop(writer);
+    for (what, args, stdin) in [
+        ("-c", dash_c, Stdio::null()),
+        ("closed pipe", vec![], Stdio::from(done)),
+        (
+            "file",
+            vec![],
+            Stdio::from(std::fs::File::open(&script).unwrap()),
+        ),
+        ("pipe", vec![], Stdio::piped()),
+    ] {
+        let (names, out) = threads_mid_session(&args, stdin);
+        assert!(!names.is_empty(), "{what}: the command never arrived");
+        let reading = names.iter().any(|n| n == "input");
+        assert_eq!(reading, what == "pipe", "{what}: threads {names:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout)
+                .matches("{\"return\": {}}")
+                .count(),
+            MANY,
+            "{what}: {out:?}"
+        );
+    }
+}

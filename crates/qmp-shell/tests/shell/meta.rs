@@ -1499,11 +1499,290 @@ fn deprecated_and_unstable_commands_get_a_warning_once() {
     // now gets a warning without the schema being fetched again.
     let path = files[0].path();
     let mut facts: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    facts["commands"]["query-name"] = serde_json::json!({"mark": "deprecated"});
+    facts["builds"][0]["facts"]["commands"]["query-name"] =
+        serde_json::json!({"mark": "deprecated"});
     std::fs::write(&path, serde_json::to_vec(&facts).unwrap()).unwrap();
     let out = shell(&["-c", "query-name", peer.socket_str()], "", cache.path());
     assert_eq!(
         text(&out.stderr),
         "warning: command query-name is deprecated (QMP schema)\n"
     );
+}
+
+/// A relay between the shell and a real QEMU that notes, for every line
+/// the shell sends, how many lines QEMU had sent it by then: a command
+/// sent with the number 2 went out right after the greeting and the reply
+/// to `qmp_capabilities`, with no question of the shell's own answered in
+/// between. One connection.
+struct Relay {
+    path: std::path::PathBuf,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(usize, Value)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Relay {
+    fn new(upstream: &Path) -> Relay {
+        use std::io::{BufRead, BufReader, Write};
+        use std::os::unix::net::{UnixListener, UnixStream};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let upstream = upstream.to_owned();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let noted = Arc::clone(&seen);
+        let thread = std::thread::spawn(move || {
+            let Ok((client, _)) = listener.accept() else {
+                return;
+            };
+            let server = UnixStream::connect(&upstream).unwrap();
+            let forwarded = Arc::new(AtomicUsize::new(0));
+            let (mut to_client, from_server) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let counter = Arc::clone(&forwarded);
+            let down = std::thread::spawn(move || {
+                let mut lines = BufReader::new(from_server);
+                let mut line = Vec::new();
+                while matches!(lines.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                    // Counted before the shell can see it.
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if to_client.write_all(&line).is_err() {
+                        break;
+                    }
+                    line.clear();
+                }
+                let _ = to_client.shutdown(std::net::Shutdown::Write);
+            });
+            let mut to_server = server;
+            let mut lines = BufReader::new(client);
+            let mut line = Vec::new();
+            while matches!(lines.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                let msg: Value = serde_json::from_slice(&line).unwrap_or(Value::Null);
+                noted
+                    .lock()
+                    .unwrap()
+                    .push((forwarded.load(Ordering::SeqCst), msg));
+                if to_server.write_all(&line).is_err() {
+                    break;
+                }
+                line.clear();
+            }
+            let _ = to_server.shutdown(std::net::Shutdown::Both);
+            let _ = down.join();
+        });
+        Relay {
+            path,
+            seen,
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    fn socket_str(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    /// What the shell sent, once it is gone: each message with the number
+    /// of lines QEMU had sent before it.
+    fn sent(mut self) -> Vec<(usize, Value)> {
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+/// What went out after `qmp_capabilities`, until the first command named
+/// `name`, with the lines QEMU had sent before each.
+fn before_and_at(sent: &[(usize, Value)], name: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (n, msg) in sent {
+        let command = msg["execute"].as_str().unwrap_or("?").to_owned();
+        if command == "qmp_capabilities" {
+            continue;
+        }
+        out.push((*n, command.clone()));
+        if command == name {
+            return out;
+        }
+    }
+    panic!("{name} was not sent: {sent:?}");
+}
+
+/// With the facts of this QEMU cached, the deprecation warning comes and
+/// the user's first command goes out right after the reply to
+/// `qmp_capabilities`, with `-c`, on a pipe, and twice in a row; the
+/// command list is checked in the background only once a second command
+/// went out.
+#[test]
+fn cached_warnings_cost_no_round_trip_before_the_first_command() {
+    let peer = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    let warning = "warning: command nbd-server-add is deprecated (QMP schema)\n";
+    let out = shell(
+        &["-c", "nbd-server-add device=x", peer.socket_str()],
+        "",
+        cache.path(),
+    );
+    assert_eq!(text(&out.stderr), warning, "{}", show(&out));
+    for round in 0..2 {
+        let relay = Relay::new(peer.socket());
+        let out = shell(
+            &["-c", "nbd-server-add device=x", relay.socket_str()],
+            "",
+            cache.path(),
+        );
+        assert_eq!(text(&out.stderr), warning, "round {round}: {}", show(&out));
+        let sent = relay.sent();
+        assert_eq!(
+            before_and_at(&sent, "nbd-server-add"),
+            [(2, "nbd-server-add".to_owned())],
+            "round {round}: {sent:?}"
+        );
+        assert_eq!(sent.len(), 2, "nothing else was asked: {sent:?}");
+    }
+    let relay = Relay::new(peer.socket());
+    let out = shell(
+        &[relay.socket_str()],
+        "nbd-server-add device=x\nquery-name\nnbd-server-remove name=x\n",
+        cache.path(),
+    );
+    assert_eq!(
+        text(&out.stderr),
+        format!("{warning}warning: command nbd-server-remove is deprecated (QMP schema)\n"),
+        "{}",
+        show(&out)
+    );
+    let sent = relay.sent();
+    assert_eq!(
+        before_and_at(&sent, "nbd-server-add"),
+        [(2, "nbd-server-add".to_owned())],
+        "{sent:?}"
+    );
+    let names: Vec<&str> = sent
+        .iter()
+        .filter_map(|(_, m)| m["execute"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "qmp_capabilities",
+            "nbd-server-add",
+            "query-commands",
+            "query-name",
+            "nbd-server-remove"
+        ],
+        "{sent:?}"
+    );
+}
+
+/// With nothing cached for this QEMU (a cold cache), the user's first
+/// command still goes out right after the reply to `qmp_capabilities`,
+/// with `-c` and on a pipe: the facts are fetched after it, and its
+/// deprecation warning still comes before its reply (stdout and stderr
+/// in one pipe).
+#[test]
+fn a_cold_cache_costs_no_round_trip_before_the_first_command() {
+    let peer = Peer::qemu_none();
+    let warning = "warning: command nbd-server-add is deprecated (QMP schema)";
+    for (args, stdin) in [
+        (vec!["-c", "nbd-server-add device=x"], ""),
+        (vec![], "nbd-server-add device=x\nquery-name\n"),
+    ] {
+        let cache = tempfile::tempdir().unwrap();
+        let relay = Relay::new(peer.socket());
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "exec \"$0\" \"$@\" 2>&1"]).arg(ours());
+        let mut all = args.clone();
+        all.push(relay.socket_str());
+        let out = run_program_env(
+            cmd,
+            &all,
+            stdin,
+            SHELL_TIMEOUT,
+            &[("XDG_CACHE_HOME", cache.path().to_str().unwrap())],
+        );
+        let merged = text(&out.stdout);
+        let (Some(warned), Some(replied)) = (merged.find(warning), merged.find("\"error\"")) else {
+            panic!("{args:?}: no warning or no reply: {merged}");
+        };
+        assert!(
+            warned < replied,
+            "{args:?}: the warning after the reply: {merged}"
+        );
+        assert_eq!(merged.matches(warning).count(), 1, "{args:?}: {merged}");
+        let sent = relay.sent();
+        assert_eq!(
+            before_and_at(&sent, "nbd-server-add"),
+            [(2, "nbd-server-add".to_owned())],
+            "{args:?}: {sent:?}"
+        );
+        // The facts were cached all the same: the next session warns too.
+        let out = shell(
+            &["-c", "nbd-server-add device=x", peer.socket_str()],
+            "",
+            cache.path(),
+        );
+        assert_eq!(text(&out.stderr), format!("{warning}\n"), "{}", show(&out));
+    }
+}
+
+/// The storage daemon and the emulator of one QEMU version and package
+/// share a cache file, each build under its own command list: `/wait`
+/// knows which events this very server has, and the warnings hold for
+/// both, in either order.
+#[test]
+fn the_cache_tells_builds_of_one_version_apart() {
+    let qsd = Peer::storage_daemon();
+    let vm = Peer::qemu_none();
+    let cache = tempfile::tempdir().unwrap();
+    let warning = "warning: command nbd-server-add is deprecated (QMP schema)\n";
+    let out = shell(
+        &["-c", "nbd-server-add device=x", qsd.socket_str()],
+        "",
+        cache.path(),
+    );
+    assert_eq!(text(&out.stderr), warning, "{}", show(&out));
+    // The emulator has STOP, whatever the daemon's facts say.
+    let out = shell(
+        &["--exit-status", vm.socket_str()],
+        "stop\n/wait STOP\ncont\n",
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        text(&out.stdout).contains("\"event\": \"STOP\""),
+        "{}",
+        show(&out)
+    );
+    let out = shell(
+        &["-c", "nbd-server-add device=x", vm.socket_str()],
+        "",
+        cache.path(),
+    );
+    assert_eq!(text(&out.stderr), warning, "{}", show(&out));
+    // The daemon has none, whatever the emulator's facts (now first) say.
+    let out = shell(&["-c", "/wait STOP", qsd.socket_str()], "", cache.path());
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        "ERROR: /wait: the server has no event named STOP\n",
+        "{}",
+        show(&out)
+    );
+    let out = shell(
+        &["-c", "nbd-server-add device=y", qsd.socket_str()],
+        "",
+        cache.path(),
+    );
+    assert_eq!(text(&out.stderr), warning, "{}", show(&out));
+    let files: Vec<_> = std::fs::read_dir(cache.path().join("qmp-shell"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let file: Value = serde_json::from_slice(&std::fs::read(files[0].path()).unwrap()).unwrap();
+    assert_eq!(file["builds"].as_array().map(Vec::len), Some(2), "{file}");
 }

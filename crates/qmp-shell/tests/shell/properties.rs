@@ -1,6 +1,8 @@
 //! Property tests of the renderer and the shorthand parser together:
 //! `render` output is JSON that means the value rendered (compact and
-//! pretty), the shorthand parser reads it back, and `Parser::parse_line`
+//! pretty), rendering straight from JSON text gives the same bytes as
+//! rendering the value read from it (and refuses exactly what `serde_json`
+//! refuses), the shorthand parser reads it back, and `Parser::parse_line`
 //! never panics.
 //!
 //! The fuzz targets in `fuzz/` check the same things on mutated inputs; these
@@ -195,6 +197,49 @@ proptest! {
             .map_err(|e| TestCaseError::fail(format!("{e}: {text}")))?;
         same(&v, &parsed, true).map_err(TestCaseError::fail)?;
         prop_assert_eq!(to_string(&parsed, COMPACT), text);
+    }
+
+    #[test]
+    fn text_rendering_is_the_rendering_of_the_value_read(
+        v in json_value(),
+        form in 0..3u8,
+        pretty in any::<bool>(),
+        color in any::<bool>(),
+    ) {
+        // Compact, spaced over lines, and full of escapes (ours).
+        let text = match form {
+            0 => serde_json::to_string(&v).unwrap(),
+            1 => serde_json::to_string_pretty(&v).unwrap(),
+            _ => to_string(&v, COMPACT),
+        };
+        let style = Style { pretty, color };
+        let read: Value = serde_json::from_str(&text).unwrap();
+        let got = render::from_text(text.as_bytes(), style, None);
+        prop_assert_eq!(got, Some(to_string(&read, style)), "{}", text);
+    }
+
+    #[test]
+    fn text_rendering_refuses_exactly_what_serde_json_refuses(
+        v in json_value(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), r#"[ \\"{}\[\]:,0-9.eE+\-tfnulu/\x00\x1f\x7fé]?"#), 1..4),
+        pretty in any::<bool>(),
+    ) {
+        // Valid text, then a few characters replaced, inserted or removed.
+        let mut chars: Vec<char> = to_string(&v, COMPACT).chars().collect();
+        for (at, with) in &edits {
+            let i = at.index(chars.len() + 1);
+            match (with.chars().next(), i < chars.len()) {
+                (Some(c), true) if i % 2 == 0 => chars[i] = c,
+                (Some(c), _) => chars.insert(i, c),
+                (None, true) => { chars.remove(i); }
+                (None, false) => {}
+            }
+        }
+        let text: String = chars.into_iter().collect();
+        let style = Style { pretty, color: false };
+        let read = serde_json::from_str::<Value>(&text).ok();
+        let got = render::from_text(text.as_bytes(), style, None);
+        prop_assert_eq!(got, read.map(|r| to_string(&r, style)), "{}", text);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! The same JSON text goes to both sides: Python does `json.loads` and then
 //! `json.dumps(v)` and `json.dumps(v, indent=4, sort_keys=True)`; we do
-//! `serde_json::from_str` and `render::to_string`. The outputs must be
-//! byte-identical. `python3` is a hard requirement of the test suite.
+//! `serde_json::from_str` and `render::to_string`, and `render::from_text`
+//! straight from the text. The outputs must be byte-identical. `python3` is
+//! a hard requirement of the test suite.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -78,6 +79,14 @@ fn check_cases(cases: &[String]) {
             failures.push(format!(
                 "pretty mismatch for {text}\n  python: {want_pretty}\n  ours:   {got_pretty}"
             ));
+        }
+        for (style, want) in [(COMPACT, want_compact), (PRETTY, want_pretty)] {
+            let from_text = render::from_text(text.as_bytes(), style, None);
+            if from_text.as_ref() != Some(want) {
+                failures.push(format!(
+                    "from_text mismatch for {text} ({style:?})\n  python: {want}\n  ours:   {from_text:?}"
+                ));
+            }
         }
         // The coloured rendering must reduce to the plain one.
         for (style, plain) in [(COMPACT, &got_compact), (PRETTY, &got_pretty)] {
@@ -279,6 +288,8 @@ fn hand_picked_values_match_python() {
         r#"{"event": "SHUTDOWN", "data": {"guest": false, "reason": "host-qmp-quit"}, "timestamp": {"seconds": 1700000000, "microseconds": 123456}}"#,
         // A key repeated: first position, last value (json.loads and serde_json agree).
         r#"{"a": 1, "b": 2, "a": 3}"#,
+        r#"{"z": {"b": [1, {"y": 1, "x": 2, "y": 3}], "a": 0, "b": 4}, "a\u0000": 1, "a": 2, "\u0061": 3}"#,
+        " \t\r\n{ \"b\" :\n[ 1 , 2 ] , \"a\" : { } }\r\n",
     ]
     .iter()
     .map(|s| (*s).to_owned())

@@ -478,20 +478,32 @@ fn pipelined_replies_come_back_in_input_order() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("start qmp-shell");
-    // A first command, answered: the shell's own look-ups (deprecation
-    // checks, kept out of the log) are done by then.
+    // Standard output, line by line, as it comes.
+    let (line_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // A first command, answered and printed: the shell's own look-ups
+    // (deprecation checks, kept out of the log; with nothing cached they
+    // go out after the first command, and its warnings come before its
+    // reply) are done by then.
     let mut stdin = child.stdin.take().unwrap();
     {
         use std::io::Write;
         stdin.write_all(b"query-name\n").unwrap();
     }
+    let first = lines
+        .recv_timeout(SHELL_TIMEOUT)
+        .expect("the first reply printed");
     let ready = |log: &[Value]| log.len() >= 5 && log[4].get("return").is_some();
-    common::wait_until(
-        "the first command answered in the log",
-        SHELL_TIMEOUT,
-        || ready(&log_values(&log)) || child.try_wait().unwrap().is_some(),
-    );
-    assert!(ready(&log_values(&log)), "{:#?}", log_values(&log));
+    assert!(ready(&log_values(&log)), "{first}: {:#?}", log_values(&log));
     common::freeze(peer.pid());
     let script: String = (0..SCRIPT).map(|i| numbered_command(i) + "\n").collect();
     {
@@ -515,7 +527,13 @@ fn pipelined_replies_come_back_in_input_order() {
             i + 6
         );
     }
-    let out = common::wait_child(child, "qmp-shell --json -l", SHELL_TIMEOUT);
+    let mut out = common::wait_child(child, "qmp-shell --json -l", SHELL_TIMEOUT);
+    reader.join().unwrap();
+    out.stdout = std::iter::once(first)
+        .chain(lines.try_iter())
+        .map(|l| l + "\n")
+        .collect::<String>()
+        .into_bytes();
     assert_status(&out, 0);
     let replies = json_lines(&out.stdout);
     assert_eq!(replies.len(), 1 + SCRIPT, "{}", show(&out));
