@@ -467,7 +467,8 @@ pub fn run(mut engine: Engine, style: Style) -> i32 {
     // After Ctrl-C: drop what the editor holds before reading a line.
     let mut drop_typed_ahead = false;
     loop {
-        engine.settle(&|| false);
+        // A signal that ends the session (SIGTERM, SIGHUP) ends any wait.
+        engine.settle(&|| signals::terminating().is_some());
         if let Some(sig) = signals::terminating() {
             engine.stop_with(128 + sig);
         }

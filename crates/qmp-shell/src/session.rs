@@ -44,7 +44,7 @@ use crate::meta::{self, Meta};
 use crate::output::Output;
 use crate::readonly;
 use crate::shorthand::{Parsed, Parser};
-use crate::store::SchemaStore;
+use crate::store::{SchemaStore, QUICK_LOOKUP, SCHEMA_LOOKUP};
 use crate::wording::client_error;
 
 mod events;
@@ -76,6 +76,15 @@ pub const WINDOW: usize = 256;
 /// How long look-ups the shell makes on its own (the schema for `help`)
 /// may take when `--timeout` is not given.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often the facts a cold cache is fetching are looked for, while
+/// the warnings of a command wait for them ([`Slot::Marks`]).
+const MARKS_POLL: Duration = Duration::from_millis(5);
+
+/// How long the warnings of a command wait for the facts at most: as long
+/// as the store's own look-ups may take, one after the other (or
+/// `--timeout`, if shorter).
+const MARKS_WAIT: Duration = QUICK_LOOKUP.saturating_add(SCHEMA_LOOKUP);
 
 /// What a session does, besides printing.
 #[derive(Clone, Debug, Default)]
@@ -140,8 +149,14 @@ enum Slot {
     /// A note for standard error.
     Note(String),
     /// The deprecation warnings of the command sent next, worked out once
-    /// the facts arrive (a cold cache: they were fetched after it).
-    Marks { name: String, args: Option<Object> },
+    /// the facts arrive (a cold cache: they were fetched after it, at
+    /// `since`). The engine polls for them ([`MARKS_POLL`]), so that a
+    /// signal or Ctrl-C is seen while they are awaited.
+    Marks {
+        name: String,
+        args: Option<Object>,
+        since: Instant,
+    },
     /// A reply still to arrive; `deadline` is set once it is the oldest.
     /// `index` numbers the commands sent (`None` for output that only
     /// keeps its place among replies).
@@ -681,6 +696,19 @@ impl Engine {
                     }
                     break;
                 }
+                Some(Slot::Marks { since, .. })
+                    if self.store.poll_fetch(&self.client).is_none() =>
+                {
+                    // `--timeout` bounds this wait too: the reply behind
+                    // these warnings then has as long again.
+                    let bound = self.cfg.timeout.map_or(MARKS_WAIT, |t| t.min(MARKS_WAIT));
+                    if since.elapsed() < bound {
+                        // Back to the doorbell: polled again soon.
+                        break;
+                    }
+                    // As a blocking look-up would: not asked again.
+                    self.store.give_up_fetch();
+                }
                 _ => {}
             }
             let Some(front) = self.queue.front_mut() else {
@@ -795,6 +823,8 @@ impl Engine {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             },
+            // The store's replies ring no doorbell: poll for them.
+            Some(Slot::Marks { .. }) => Instant::now().checked_add(MARKS_POLL),
             _ => None,
         }
     }
@@ -839,6 +869,9 @@ impl Engine {
                     }
                 }
                 Slot::Barrier => {}
+                // The warnings of an abandoned command: given if the facts
+                // are there, not waited for.
+                Slot::Marks { .. } if self.store.poll_fetch(&self.client).is_none() => {}
                 Slot::Wait(wait) => stopped = Some(format!("stopped waiting for {}", wait.event)),
                 Slot::Jobs(mut follow) => {
                     self.jobs.ended(&mut follow, &self.live);

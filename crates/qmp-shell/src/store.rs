@@ -382,6 +382,13 @@ impl SchemaStore {
         Some(self.facts(client))
     }
 
+    /// Stop waiting for the fetch under way, as a look-up that timed out
+    /// does: no facts for this session, and nothing asked again.
+    pub fn give_up_fetch(&self) {
+        let _ = self.exact.set(None);
+        lock(&self.fetch).take();
+    }
+
     /// The facts of this very server (`/wait` must know its events): the
     /// cached facts of its build if its command list is cached, else from
     /// its schema (fetched now, and cached). `None` when the server has no

@@ -33,7 +33,7 @@ impl Engine {
                 self.out.diag(&text);
                 Ok(())
             }
-            Slot::Marks { name, args } => {
+            Slot::Marks { name, args, .. } => {
                 self.print_marks(&name, args.as_ref());
                 Ok(())
             }

@@ -2,6 +2,7 @@
 //! the `-v` echo, and the reply's place in the queue.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use qmp_client::{Client, Error as QmpError, Object, Request};
 use serde_json::Value;
@@ -92,6 +93,7 @@ impl Engine {
                 self.queue.push_back(Slot::Marks {
                     name: name.to_owned(),
                     args: args.cloned(),
+                    since: Instant::now(),
                 });
                 true
             }

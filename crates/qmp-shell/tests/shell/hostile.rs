@@ -1293,3 +1293,45 @@ fn input_that_cannot_block_is_read_without_a_thread() {
         );
     }
 }
+
+/// With nothing cached about the server, the facts for its deprecation
+/// warnings are fetched right after the first command, and its warnings
+/// (so its reply) wait for them. A server that answers the command but
+/// never the fetch must not make the shell deaf: SIGTERM ends it at once
+/// (the kill timeout below is under the 5 s grace after which a stuck
+/// program is cut short), with the status of the signal.
+#[test]
+fn a_signal_while_warnings_wait_for_a_silent_fetch_ends_the_shell_at_once() {
+    let (fetched, fetch_seen) = std::sync::mpsc::channel();
+    let server = serve(move |conn| {
+        conn.handshake();
+        while let Some(line) = conn.read_line() {
+            let msg: serde_json::Value = serde_json::from_str(&line).unwrap();
+            match msg["execute"].as_str().unwrap_or_default() {
+                "query-status" => conn.reply(
+                    &msg["id"],
+                    r#"{"status": "running", "singlestep": false, "running": true}"#,
+                ),
+                "query-commands" => conn.reply(&msg["id"], r#"[{"name": "query-status"}]"#),
+                // The schema, for the facts: never answered.
+                "query-qmp-schema" => {
+                    let _ = fetched.send(());
+                }
+                _ => {}
+            }
+        }
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let mut run = common::Running::start(
+        &ours(),
+        &[server.addr()],
+        &[("XDG_CACHE_HOME", cache.path().to_str().unwrap())],
+    );
+    run.send("query-status\nquery-name\n");
+    fetch_seen
+        .recv_timeout(SHELL_TIMEOUT)
+        .expect("the shell fetches the facts after the first command");
+    run.signal(libc::SIGTERM);
+    let (status, stdout, stderr) = run.wait_exit(Duration::from_secs(3));
+    assert_eq!(status.code(), Some(143), "{status}\n{stdout}\n{stderr}");
+}
