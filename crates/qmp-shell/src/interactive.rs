@@ -302,17 +302,33 @@ fn editing_terminal() -> bool {
 /// With standard output a pipe (`| tee log`), wait a little until its
 /// reader has taken what the shell wrote, so that the prompt, which the
 /// editor draws on the terminal itself, comes after it on the screen.
+/// Taken is not yet shown: the reader is then given [`PASS_ON`] to write
+/// it out (a guess, there is no way to know; enough for `tee` on a busy
+/// machine, and not felt at a prompt).
 fn let_stdout_drain() {
+    // SAFETY: `stat` is plain data, valid all zeroes; fstat(2) fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let pipe = unsafe { libc::fstat(libc::STDOUT_FILENO, &mut st) } == 0
+        && st.st_mode & libc::S_IFMT == libc::S_IFIFO;
+    if !pipe {
+        return;
+    }
     for _ in 0..500 {
         let mut unread: libc::c_int = 0;
         // SAFETY: FIONREAD stores the count of unread bytes in `unread`.
         let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::FIONREAD, &mut unread) };
         if rc != 0 || unread <= 0 {
-            return;
+            break;
         }
         thread::sleep(Duration::from_millis(1));
     }
+    thread::sleep(PASS_ON);
 }
+
+/// How long the reader of a piped standard output is given to pass on what
+/// it took, before the prompt is drawn ([`let_stdout_drain`]).
+const PASS_ON: Duration = Duration::from_millis(10);
 
 /// What Ctrl-C at a prompt does.
 #[derive(Default)]
