@@ -699,9 +699,16 @@ impl Engine {
                 Some(Slot::Marks { since, .. })
                     if self.store.poll_fetch(&self.client).is_none() =>
                 {
-                    // `--timeout` bounds this wait too: the reply behind
-                    // these warnings then has as long again.
-                    let bound = self.cfg.timeout.map_or(MARKS_WAIT, |t| t.min(MARKS_WAIT));
+                    // As long as the look-ups would wait: the command list
+                    // first, then the schema. `--timeout` bounds this wait
+                    // too: the reply behind these warnings then has as
+                    // long again.
+                    let most = if self.store.fetch_has_commands() {
+                        MARKS_WAIT
+                    } else {
+                        QUICK_LOOKUP
+                    };
+                    let bound = self.cfg.timeout.map_or(most, |t| t.min(most));
                     if since.elapsed() < bound {
                         // Back to the doorbell: polled again soon.
                         break;

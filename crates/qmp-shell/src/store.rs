@@ -382,6 +382,14 @@ impl SchemaStore {
         Some(self.facts(client))
     }
 
+    /// Whether the command list of the fetch under way has been answered
+    /// (then only the schema may still be awaited). Never waits.
+    pub fn fetch_has_commands(&self) -> bool {
+        lock(&self.fetch)
+            .as_mut()
+            .is_some_and(|f| f.commands.arrived())
+    }
+
     /// Stop waiting for the fetch under way, as a look-up that timed out
     /// does: no facts for this session, and nothing asked again.
     pub fn give_up_fetch(&self) {
