@@ -10,6 +10,13 @@ use std::os::fd::FromRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// The type of the file open on `fd` (a standard stream), if fstat(2)
+/// can tell.
+pub fn file_type_of(fd: impl std::os::fd::AsFd) -> Option<std::fs::FileType> {
+    let file = File::from(fd.as_fd().try_clone_to_owned().ok()?);
+    file.metadata().ok().map(|m| m.file_type())
+}
+
 /// Mode of the files this module creates.
 const PRIVATE: u32 = 0o600;
 

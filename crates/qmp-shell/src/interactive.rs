@@ -39,7 +39,7 @@ use qmp_client::{Client, Incoming};
 
 use crate::cli::exit;
 use crate::complete::{DrawHook, Knowledge, ShellHelper};
-use crate::files::{history_path, open_private, Existing};
+use crate::files::{self, history_path, open_private, Existing};
 use crate::hmp;
 use crate::live::{Item, Live};
 use crate::render::Style;
@@ -306,12 +306,8 @@ fn editing_terminal() -> bool {
 /// it out (a guess, there is no way to know; enough for `tee` on a busy
 /// machine, and not felt at a prompt).
 fn let_stdout_drain() {
-    // SAFETY: `stat` is plain data, valid all zeroes; fstat(2) fills it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let pipe = unsafe { libc::fstat(libc::STDOUT_FILENO, &mut st) } == 0
-        && st.st_mode & libc::S_IFMT == libc::S_IFIFO;
-    if !pipe {
+    use std::os::unix::fs::FileTypeExt;
+    if !files::file_type_of(io::stdout()).is_some_and(|t| t.is_fifo()) {
         return;
     }
     for _ in 0..500 {

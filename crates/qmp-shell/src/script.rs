@@ -306,13 +306,7 @@ pub fn prefetch_stdin() -> Prefetched {
 /// Whether standard input is a regular file (`< FILE`): its reads never
 /// wait for a writer.
 pub fn stdin_is_regular_file() -> bool {
-    use std::os::fd::AsFd;
-    std::io::stdin()
-        .as_fd()
-        .try_clone_to_owned()
-        .map(std::fs::File::from)
-        .and_then(|f| f.metadata())
-        .is_ok_and(|m| m.is_file())
+    crate::files::file_type_of(std::io::stdin()).is_some_and(|t| t.is_file())
 }
 
 fn drive(mut engine: Engine, mut input: Input) -> i32 {
