@@ -44,7 +44,7 @@ use crate::meta::{self, Meta};
 use crate::output::Output;
 use crate::readonly;
 use crate::shorthand::{Parsed, Parser};
-use crate::store::{SchemaStore, QUICK_LOOKUP, SCHEMA_LOOKUP};
+use crate::store::SchemaStore;
 use crate::wording::client_error;
 
 mod events;
@@ -80,11 +80,6 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the facts a cold cache is fetching are looked for, while
 /// the warnings of a command wait for them ([`Slot::Marks`]).
 const MARKS_POLL: Duration = Duration::from_millis(5);
-
-/// How long the warnings of a command wait for the facts at most: as long
-/// as the store's own look-ups may take, one after the other (or
-/// `--timeout`, if shorter).
-const MARKS_WAIT: Duration = QUICK_LOOKUP.saturating_add(SCHEMA_LOOKUP);
 
 /// What a session does, besides printing.
 #[derive(Clone, Debug, Default)]
@@ -699,17 +694,10 @@ impl Engine {
                 Some(Slot::Marks { since, .. })
                     if self.store.poll_fetch(&self.client).is_none() =>
                 {
-                    // As long as the look-ups would wait: the command list
-                    // first, then the schema. `--timeout` bounds this wait
-                    // too: the reply behind these warnings then has as
-                    // long again.
-                    let most = if self.store.fetch_has_commands() {
-                        MARKS_WAIT
-                    } else {
-                        QUICK_LOOKUP
-                    };
-                    let bound = self.cfg.timeout.map_or(most, |t| t.min(most));
-                    if since.elapsed() < bound {
+                    // The store gives up as its look-ups would; `--timeout`
+                    // bounds this wait too: the reply behind these warnings
+                    // then has as long again.
+                    if self.cfg.timeout.is_none_or(|t| since.elapsed() < t) {
                         // Back to the doorbell: polled again soon.
                         break;
                     }

@@ -40,7 +40,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use qmp_client::{Client, Greeting, Object, Pending, Reply, Request};
 use serde_json::{json, Value};
@@ -140,6 +140,9 @@ struct Fetch {
     commands: Answer,
     /// `None`: another thread is fetching the schema (completion).
     schema: Option<Answer>,
+    /// When it was asked: [`SchemaStore::poll_fetch`] waits as long as
+    /// the blocking look-ups would.
+    since: Instant,
 }
 
 /// A request the shell made on its own, until its reply is used.
@@ -351,14 +354,18 @@ impl SchemaStore {
             *fetch = Some(Fetch {
                 commands: Answer::Awaited(commands),
                 schema: self.ask_schema(client),
+                since: Instant::now(),
             });
         }
     }
 
     /// The facts once the fetch that [`SchemaStore::start_fetch`] started
     /// (here, if nothing did) was answered: `None` while it is under way,
-    /// `Some(None)` when there are none to be had. Never waits for the
-    /// server (a fetch that could not even be sent gives `Some(None)`).
+    /// `Some(None)` when there are none to be had, or when the server did
+    /// not answer in the time the blocking look-ups give it (`QUICK_LOOKUP`
+    /// for the command list, [`SCHEMA_LOOKUP`] more for the schema): then
+    /// not asked again. Never waits for the server (a fetch that could not
+    /// even be sent gives `Some(None)`).
     pub fn poll_fetch(&self, client: &Client) -> Option<Option<&Facts>> {
         if let Some(exact) = self.exact.get() {
             return Some(exact.as_ref());
@@ -375,19 +382,24 @@ impl SchemaStore {
                     None => self.schema.get().is_some() || self.fetching.try_lock().is_ok(),
                 };
                 if !(commands && schema) {
-                    return None;
+                    // As long as the look-ups would wait: the command list
+                    // first, then the schema.
+                    let most = if commands {
+                        QUICK_LOOKUP.saturating_add(SCHEMA_LOOKUP)
+                    } else {
+                        QUICK_LOOKUP
+                    };
+                    if f.since.elapsed() < most {
+                        return None;
+                    }
+                    *fetch = None;
+                    drop(fetch);
+                    self.give_up_fetch();
+                    return Some(None);
                 }
             }
         }
         Some(self.facts(client))
-    }
-
-    /// Whether the command list of the fetch under way has been answered
-    /// (then only the schema may still be awaited). Never waits.
-    pub fn fetch_has_commands(&self) -> bool {
-        lock(&self.fetch)
-            .as_mut()
-            .is_some_and(|f| f.commands.arrived())
     }
 
     /// Stop waiting for the fetch under way, as a look-up that timed out
