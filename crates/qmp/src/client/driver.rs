@@ -11,9 +11,11 @@
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
+use super::inline::{Inline, Interrupt};
 use super::limits::encode_for_qemu;
 use super::protocol::{Callback, Inbound, Next, Outgoing, Protocol, Wake};
 use super::queue::approx_heap_size;
@@ -47,7 +49,27 @@ pub(crate) struct Shared {
     pub(crate) closer: Closer,
     /// Event taps ([`Client::tap_events`](super::Client::tap_events)).
     pub(crate) taps: Taps,
+    /// The I/O of an inline connection, done by whoever waits; `None` when
+    /// the reader and writer threads do it.
+    pub(crate) inline: Option<Mutex<Inline>>,
+    /// What ends the waits of an inline connection early.
+    pub(crate) interrupt: Option<Interrupt>,
 }
+
+/// How a [`Shared::wait`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// Something may have changed: look again.
+    Again,
+    /// The deadline passed.
+    TimedOut,
+    /// The [`Interrupt`] said to stop.
+    Interrupted,
+}
+
+/// How long a waiter of an inline connection sleeps while another thread
+/// does its I/O (woken earlier by what that thread routes).
+const OTHER_DRIVER_NAP: Duration = Duration::from_millis(10);
 
 impl Shared {
     /// Change the protocol state with `f`; then, without the lock, wake
@@ -90,6 +112,90 @@ impl Shared {
         }
     }
 
+    /// Wait on `cond` (with the state `p` locked) until woken or
+    /// `deadline`. For an inline connection, do its I/O meanwhile
+    /// ([`Shared::drive`]).
+    pub(crate) fn wait<'a>(
+        &'a self,
+        cond: &Condvar,
+        p: MutexGuard<'a, Protocol>,
+        deadline: Option<Instant>,
+    ) -> (MutexGuard<'a, Protocol>, Waited) {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return (p, Waited::TimedOut);
+        }
+        if self.inline.is_some() {
+            drop(p);
+            let waited = self.drive(deadline, &[]).0;
+            return (lock(&self.state), waited);
+        }
+        let p = match deadline {
+            None => cond.wait(p).unwrap_or_else(|e| e.into_inner()),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                cond.wait_timeout(p, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+        };
+        (p, Waited::Again)
+    }
+
+    /// One round of an inline connection's I/O on this thread: send what
+    /// is queued, then wait until something arrives, `deadline`, or one of
+    /// `watch` (or the interrupt's descriptor) is readable. Also says
+    /// whether one of `watch` is. Without the lock of the state held.
+    pub(crate) fn drive(&self, deadline: Option<Instant>, watch: &[RawFd]) -> (Waited, bool) {
+        let Some(io) = &self.inline else {
+            return (Waited::Again, false);
+        };
+        let mut fds: Vec<RawFd> = watch.to_vec();
+        if let Some(i) = &self.interrupt {
+            fds.push(i.fd);
+        }
+        let mut io = match io.try_lock() {
+            Ok(io) => io,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                // Another thread drives: what it routes wakes the condition
+                // variables; nap on one of them.
+                let nap = Instant::now() + OTHER_DRIVER_NAP;
+                let until = deadline.map_or(nap, |d| d.min(nap));
+                let p = lock(&self.state);
+                let left = until.saturating_duration_since(Instant::now());
+                drop(self.replies.wait_timeout(p, left));
+                return (Waited::Again, false);
+            }
+        };
+        let round = io.round(self, deadline, &fds);
+        drop(io);
+        if !round.watched {
+            return (Waited::Again, false);
+        }
+        let mut ready = vec![libc::pollfd {
+            fd: 0,
+            events: 0,
+            revents: 0,
+        }; fds.len()];
+        for (p, fd) in ready.iter_mut().zip(&fds) {
+            p.fd = *fd;
+            p.events = libc::POLLIN;
+        }
+        // SAFETY: poll(2) on pollfds that live across the call; a zero
+        // timeout never waits.
+        unsafe { libc::poll(ready.as_mut_ptr(), ready.len() as libc::nfds_t, 0) };
+        let watched = ready[..watch.len()].iter().any(|p| p.revents != 0);
+        let interrupted = self.interrupt.as_ref().is_some_and(|i| {
+            ready.last().is_some_and(|p| p.revents != 0) && (i.stop)()
+        });
+        let waited = if interrupted {
+            Waited::Interrupted
+        } else {
+            Waited::Again
+        };
+        (waited, watched)
+    }
+
     /// Call `f` whenever [`Wake::notify`] says so.
     pub(crate) fn set_notify(&self, f: Notify) {
         *lock(&self.notify) = Some(f);
@@ -101,7 +207,7 @@ impl Shared {
         self.update(|p| p.close(reason));
     }
 
-    fn log_line(&self, bytes: &[u8]) {
+    pub(crate) fn log_line(&self, bytes: &[u8]) {
         let mut log = lock(&self.log);
         if let Some(w) = log.as_mut() {
             let _ = w.write_all(bytes);
@@ -131,6 +237,77 @@ impl Shared {
     }
 }
 
+/// The traffic log of received frames, for either driver: each frame's
+/// raw text is logged as it comes, or held until the frame says whether
+/// it is logged (during a guest agent resync only the sync reply is, and
+/// the replies to requests kept out of the log are not).
+pub(crate) struct RawLog {
+    logging: bool,
+    held: Option<Vec<u8>>,
+}
+
+impl RawLog {
+    /// For the frames of `shared`'s connection.
+    pub(crate) fn new(shared: &Shared) -> RawLog {
+        RawLog {
+            logging: shared.has_log(),
+            held: None,
+        }
+    }
+
+    /// Whether anything is logged at all.
+    pub(crate) fn logging(&self) -> bool {
+        self.logging
+    }
+
+    /// The raw text of the frame being received.
+    pub(crate) fn raw(&mut self, shared: &Shared, raw: &[u8]) {
+        if !self.logging {
+            return;
+        }
+        let depends = lock(&shared.state).log_depends_on_frame();
+        if depends {
+            self.held = Some(raw.to_vec());
+        } else {
+            shared.log_line(raw);
+        }
+    }
+
+    /// The frame whose text came last: logged if it was held and is to be
+    /// logged, then routed.
+    pub(crate) fn deliver(&mut self, shared: &Shared, frame: Result<Object, FrameError>) {
+        if let Some(raw) = self.held.take() {
+            let logs = lock(&shared.state).logs(&frame);
+            if logs {
+                shared.log_line(&raw);
+            }
+        }
+        shared.route(frame);
+    }
+}
+
+/// The state shared by a connection's drivers and its callers.
+pub(crate) fn shared(
+    protocol: Protocol,
+    log: Option<Log>,
+    closer: Closer,
+    inline: Option<Inline>,
+    interrupt: Option<Interrupt>,
+) -> Arc<Shared> {
+    Arc::new(Shared {
+        state: Mutex::new(protocol),
+        replies: Condvar::new(),
+        incoming: Condvar::new(),
+        writer: Condvar::new(),
+        notify: Mutex::new(None),
+        log: Mutex::new(log),
+        closer,
+        taps: Taps::default(),
+        inline: inline.map(Mutex::new),
+        interrupt,
+    })
+}
+
 /// Start the reader and writer threads of a connection whose state is
 /// `protocol`, logging to `log`.
 pub(crate) fn start(
@@ -138,16 +315,7 @@ pub(crate) fn start(
     protocol: Protocol,
     log: Option<Log>,
 ) -> Result<(Arc<Shared>, Vec<JoinHandle<()>>), Error> {
-    let shared = Arc::new(Shared {
-        state: Mutex::new(protocol),
-        replies: Condvar::new(),
-        incoming: Condvar::new(),
-        writer: Condvar::new(),
-        notify: Mutex::new(None),
-        log: Mutex::new(log),
-        closer: halves.closer.clone(),
-        taps: Taps::default(),
-    });
+    let shared = shared(protocol, log, halves.closer.clone(), None, None);
     let reader = {
         let shared = Arc::clone(&shared);
         let source = halves.source;
@@ -174,34 +342,12 @@ pub(crate) fn start(
 }
 
 fn reader_loop(mut source: Box<dyn Source>, shared: &Shared) {
-    let logging = shared.has_log();
-    source.want_raw(logging);
-    // The raw text of the current frame when whether it is logged depends
-    // on what it is: during a guest agent resync (only the sync reply is),
-    // or while a request kept out of the log is outstanding.
-    let mut held: Option<Vec<u8>> = None;
+    let mut log = RawLog::new(shared);
+    source.want_raw(log.logging());
     let reason = loop {
-        let received = source.receive(&mut |raw| {
-            if !logging {
-                return;
-            }
-            let depends = lock(&shared.state).log_depends_on_frame();
-            if depends {
-                held = Some(raw.to_vec());
-            } else {
-                shared.log_line(raw);
-            }
-        });
+        let received = source.receive(&mut |raw| log.raw(shared, raw));
         match received {
-            Ok(Some(Received::Frame(frame))) => {
-                if let Some(raw) = held.take() {
-                    let logs = lock(&shared.state).logs(&frame);
-                    if logs {
-                        shared.log_line(&raw);
-                    }
-                }
-                shared.route(frame);
-            }
+            Ok(Some(Received::Frame(frame))) => log.deliver(shared, frame),
             Ok(Some(Received::Delimiter)) => {}
             Ok(None) => break None,
             // A transport's own explanation (ssh's message, say); an OS

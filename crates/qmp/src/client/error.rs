@@ -45,6 +45,10 @@ pub enum Error {
     /// transport that cannot carry them); the connection is still usable.
     #[error("{0}")]
     Unsupported(String),
+    /// An inline client's wait was given up because its
+    /// [`Interrupt`](super::Interrupt) said to stop (a signal, say).
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// Why a session could not start ([`Error::NoGreeting`],

@@ -2,17 +2,21 @@
 //! none), resynchronising with a guest agent, and negotiating
 //! capabilities.
 
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::error::{Error, ServerError, StartError};
 use super::protocol::{compact, Protocol, TEXT_IN_MESSAGES};
+use super::driver::Waited;
+use super::inline::Inline;
 use super::{driver, Client, ClientOptions, Request, OOB_INBAND_WINDOW};
 use crate::framing::{truncate, FrameError};
 use crate::message::{command, Event, Greeting, Message, Object, Reply};
 use crate::plumbing::lock;
-use crate::transport::{Handshake, Transport};
+use crate::transport::{Closer, Handshake, Transport};
 
 /// How long to wait for a reply to the probe sent when no greeting came, to
 /// tell a guest agent (which answers at once) from a busy monitor; less
@@ -89,7 +93,7 @@ impl Client {
         let sync_token = opts.guest_sync.then(sync_token);
         let protocol = Protocol::new(awaiting_greeting, sync_token.map(sync_id), passes_fds);
         let (shared, threads) = driver::start(halves, protocol, opts.log.take())?;
-        let mut client = Client {
+        let client = Client {
             threads: std::sync::Mutex::new(threads),
             shared,
             syncer,
@@ -97,6 +101,52 @@ impl Client {
             oob: false,
             passes_fds,
         };
+        client.start(handshake, sync_token, opts, started)
+    }
+
+    /// [`Client::open`] for a connected socket `sock` driven inline
+    /// ([`ClientOptions::inline`]); `passes_fds` for a UNIX socket.
+    pub(crate) fn open_inline(
+        sock: OwnedFd,
+        passes_fds: bool,
+        mut opts: ClientOptions,
+        started: Instant,
+    ) -> Result<Client, Error> {
+        let control = sock.try_clone()?;
+        let closer: Closer = Arc::new(move || {
+            // SAFETY: shutdown(2) on a descriptor we own.
+            unsafe { libc::shutdown(control.as_raw_fd(), libc::SHUT_RDWR) };
+        });
+        let protocol = Protocol::new(opts.read_greeting, None, passes_fds);
+        let io = Inline::new(sock, passes_fds, opts.max_message);
+        let shared = driver::shared(
+            protocol,
+            opts.log.take(),
+            closer,
+            Some(io),
+            opts.interrupt.clone(),
+        );
+        let client = Client {
+            threads: std::sync::Mutex::new(Vec::new()),
+            shared,
+            syncer: None,
+            greeting: None,
+            oob: false,
+            passes_fds,
+        };
+        client.start(Handshake::Server, None, opts, started)
+    }
+
+    /// Read the greeting, resynchronise with a guest agent and negotiate,
+    /// as `handshake` and `opts` say.
+    fn start(
+        mut self,
+        handshake: Handshake,
+        sync_token: Option<i64>,
+        opts: ClientOptions,
+        started: Instant,
+    ) -> Result<Client, Error> {
+        let client = &mut self;
         // On error, dropping `client` closes the transport and joins.
         client.greeting = match &handshake {
             Handshake::Server if opts.read_greeting => {
@@ -120,7 +170,7 @@ impl Client {
                 client.shared.update(|p| p.set_window(OOB_INBAND_WINDOW));
             }
         }
-        Ok(client)
+        Ok(self)
     }
 
     fn await_greeting(
@@ -134,31 +184,19 @@ impl Client {
             if let Some(g) = p.take_greeting() {
                 return g.map_err(Error::NoGreeting);
             }
-            match deadline {
-                None => {
-                    p = self
-                        .shared
-                        .replies
-                        .wait(p)
-                        .unwrap_or_else(|e| e.into_inner())
-                }
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        // Stop treating the next message as the greeting.
-                        p.stop_awaiting_greeting();
-                        drop(p);
-                        let waited = timeout.unwrap_or_default();
-                        return Err(Error::NoGreeting(StartError::words(
-                            self.no_greeting_hint(waited),
-                        )));
-                    }
-                    p = self
-                        .shared
-                        .replies
-                        .wait_timeout(p, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+            let (q, waited) = self.shared.wait(&self.shared.replies, p, deadline);
+            p = q;
+            match waited {
+                Waited::Again => {}
+                Waited::Interrupted => return Err(Error::Interrupted),
+                Waited::TimedOut => {
+                    // Stop treating the next message as the greeting.
+                    p.stop_awaiting_greeting();
+                    drop(p);
+                    let waited = timeout.unwrap_or_default();
+                    return Err(Error::NoGreeting(StartError::words(
+                        self.no_greeting_hint(waited),
+                    )));
                 }
             }
         }
@@ -237,6 +275,7 @@ impl Client {
             Err(Error::Disconnected) => {
                 StartError::words("connection closed during capabilities negotiation")
             }
+            Err(Error::Interrupted) => return Err(Error::Interrupted),
             Err(e) => StartError::from_cause(e),
         };
         Err(Error::Negotiation(why))

@@ -39,6 +39,7 @@ use crate::transport::{StreamTransport, Syncer, Transport};
 mod driver;
 mod error;
 mod handshake;
+mod inline;
 mod limits;
 mod pending;
 mod protocol;
@@ -48,12 +49,13 @@ mod taps;
 mod testing;
 
 pub use error::{Error, ServerError, StartError};
+pub use inline::Interrupt;
 pub use limits::{QEMU_MAX_MESSAGE, QEMU_MAX_NESTING};
 pub use pending::Pending;
 pub use queue::approx_heap_size;
 pub use taps::{EventTap, Tapped};
 
-use driver::Shared;
+use driver::{Shared, Waited};
 use protocol::Callback;
 
 /// In-band requests left unanswered at most when out-of-band execution is
@@ -105,6 +107,20 @@ pub struct ClientOptions {
     /// agent, or does not answer within `greeting_timeout`, a warning is
     /// queued and the session goes on. Default: off.
     pub guest_sync: bool,
+    /// Run the connection on the caller's thread: no reader or writer
+    /// thread; whoever waits on the client (a [`Pending`], the handshake,
+    /// [`next_incoming`](Client::next_incoming), [`Client::drive`]) sends
+    /// and reads meanwhile. For a program with one thread (a one-command
+    /// session): nothing starts, no reply crosses threads. Taps, callbacks
+    /// and the notification then run on the thread that waits. UNIX and
+    /// TCP sockets only ([`Client::connect`], [`Client::from_unix_stream`],
+    /// [`Client::from_tcp_stream`]), and not with `guest_sync`; other
+    /// transports ignore it. Default: off.
+    pub inline: bool,
+    /// For an inline client: a descriptor its waits watch, and whether its
+    /// becoming readable means "give up" ([`Error::Interrupted`]), for a
+    /// signal's self-pipe. The start of the session is given up too.
+    pub interrupt: Option<Interrupt>,
 }
 
 impl Default for ClientOptions {
@@ -117,6 +133,8 @@ impl Default for ClientOptions {
             max_message: crate::transport::stream::DEFAULT_MAX_MESSAGE,
             log: None,
             guest_sync: false,
+            inline: false,
+            interrupt: None,
         }
     }
 }
@@ -131,6 +149,8 @@ impl std::fmt::Debug for ClientOptions {
             .field("max_message", &self.max_message)
             .field("log", &self.log.as_ref().map(|_| "..."))
             .field("guest_sync", &self.guest_sync)
+            .field("inline", &self.inline)
+            .field("interrupt", &self.interrupt)
             .finish()
     }
 }
@@ -256,6 +276,9 @@ impl Client {
 
     /// Use an already connected UNIX socket (e.g. from [`crate::Listener`]).
     pub fn from_unix_stream(s: UnixStream, opts: ClientOptions) -> Result<Client, Error> {
+        if opts.inline && !opts.guest_sync {
+            return Client::open_inline(s.into(), true, opts, Instant::now());
+        }
         let t = StreamTransport::unix(s)?
             .max_message(opts.max_message)
             .delimiters(opts.guest_sync);
@@ -264,6 +287,11 @@ impl Client {
 
     /// Use an already connected TCP socket.
     pub fn from_tcp_stream(s: TcpStream, opts: ClientOptions) -> Result<Client, Error> {
+        if opts.inline && !opts.guest_sync {
+            // Commands are small and latency matters more than packet count.
+            let _ = s.set_nodelay(true);
+            return Client::open_inline(s.into(), false, opts, Instant::now());
+        }
         let t = StreamTransport::tcp(s)?
             .max_message(opts.max_message)
             .delimiters(opts.guest_sync);
@@ -421,25 +449,29 @@ impl Client {
             if p.is_closed() {
                 return None;
             }
-            p = match deadline {
-                None => self
-                    .shared
-                    .incoming
-                    .wait(p)
-                    .unwrap_or_else(|e| e.into_inner()),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return None;
-                    }
-                    self.shared
-                        .incoming
-                        .wait_timeout(p, deadline - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
+            let (q, waited) = self.shared.wait(&self.shared.incoming, p, deadline);
+            if waited != Waited::Again {
+                return None;
+            }
+            p = q;
         }
+    }
+
+    /// Whether the connection runs on the threads that wait on it
+    /// ([`ClientOptions::inline`]).
+    pub fn is_inline(&self) -> bool {
+        self.shared.inline.is_some()
+    }
+
+    /// For an inline client ([`ClientOptions::inline`]): do its I/O on this
+    /// thread until something arrives from the server (routed: replies
+    /// stored, callbacks, taps and the notification run here), `deadline`
+    /// passes, or one of `watch` becomes readable (a doorbell's pipe, say);
+    /// then return, also on a signal. Returns `true` when the
+    /// [`Interrupt`] said to stop. A threaded client returns `false` at
+    /// once: its threads do the I/O.
+    pub fn drive(&self, deadline: Option<Instant>, watch: &[std::os::fd::RawFd]) -> bool {
+        self.shared.drive(deadline, watch).0 == Waited::Interrupted
     }
 
     /// Register a callback run (on the client's threads) whenever a reply

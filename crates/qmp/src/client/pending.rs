@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::driver::Shared;
+use super::driver::{Shared, Waited};
 use super::Error;
 use crate::message::Reply;
 use crate::plumbing::lock;
@@ -85,23 +85,12 @@ impl Pending {
                 self.finished = true;
                 return Err(Error::Disconnected);
             }
-            match deadline {
-                None => {
-                    p = shared.replies.wait(p).unwrap_or_else(|e| e.into_inner());
-                }
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        drop(p);
-                        // Drop marks the request abandoned.
-                        return Err(Error::Timeout(timeout.unwrap_or_default()));
-                    }
-                    p = shared
-                        .replies
-                        .wait_timeout(p, deadline - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
+            let (q, waited) = shared.wait(&shared.replies, p, deadline);
+            match waited {
+                Waited::Again => p = q,
+                // Drop marks the request abandoned.
+                Waited::TimedOut => return Err(Error::Timeout(timeout.unwrap_or_default())),
+                Waited::Interrupted => return Err(Error::Interrupted),
             }
         }
     }

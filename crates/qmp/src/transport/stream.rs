@@ -335,10 +335,7 @@ impl Sink for StreamSink {
         }
         match &self.unix {
             Some(sock) => send_with_fds(sock, encoded, fds),
-            None => Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "this connection cannot pass file descriptors (only a UNIX socket can)",
-            )),
+            None => Err(io::Error::new(io::ErrorKind::Unsupported, NO_FDS)),
         }
     }
 
@@ -351,6 +348,30 @@ impl Sink for StreamSink {
 /// Write `bytes` on `sock`, the descriptors attached to the first byte
 /// (SCM_RIGHTS), the rest as plain writes.
 fn send_with_fds(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let sent = loop {
+        match sendmsg_with_fds(sock.as_raw_fd(), bytes, fds, libc::MSG_NOSIGNAL) {
+            Ok(n) => break n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    };
+    // The descriptors went with the first bytes; the rest is plain data.
+    let mut w = sock;
+    w.write_all(&bytes[sent..])
+}
+
+/// Why a message with descriptors cannot go over this connection.
+pub(crate) const NO_FDS: &str =
+    "this connection cannot pass file descriptors (only a UNIX socket can)";
+
+/// One sendmsg(2) of `bytes` on socket `sock` with `flags`, the
+/// descriptors attached (SCM_RIGHTS): how many bytes went.
+pub(crate) fn sendmsg_with_fds(
+    sock: RawFd,
+    bytes: &[u8],
+    fds: &[RawFd],
+    flags: libc::c_int,
+) -> io::Result<usize> {
     let fd_bytes = std::mem::size_of_val(fds);
     // SAFETY: CMSG_SPACE only computes a size.
     let space = unsafe { libc::CMSG_SPACE(fd_bytes as libc::c_uint) } as usize;
@@ -369,26 +390,19 @@ fn send_with_fds(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Result<(
     // SAFETY: msg_control points to `space` bytes, enough for one cmsghdr
     // carrying `fds.len()` descriptors; CMSG_FIRSTHDR and CMSG_DATA stay
     // inside that buffer.
-    let sent = unsafe {
+    let n = unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
         (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as libc::c_uint) as _;
         std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), fd_bytes);
-        loop {
-            let n = libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
-            if n >= 0 {
-                break n as usize;
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
+        libc::sendmsg(sock, &msg, flags)
     };
-    // The descriptors went with the first bytes; the rest is plain data.
-    let mut w = sock;
-    w.write_all(&bytes[sent..])
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 #[cfg(test)]
