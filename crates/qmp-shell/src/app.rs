@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::CommandFactory;
 
-use qmp_client::Client;
+use qmp_client::{Address, Client};
 
 use crate::cli::{self, exit, ColorChoice, Common, ShellArgs};
 use crate::connect::{self, Retry, Target};
@@ -67,7 +67,18 @@ pub(crate) fn run_session(
         fan_out: false,
     };
     let out = Box::new(StdOutput::stdio(style, common.json));
-    let engine = Engine::new(client, cfg, out, Arc::new(Doorbell::new()));
+    let doorbell = Arc::new(Doorbell::new());
+    if client.is_inline() {
+        // The engine's waits do the client's I/O.
+        let client = Arc::downgrade(&client);
+        let pump = move |deadline, watch: &[std::os::fd::RawFd]| {
+            client.upgrade().is_some_and(|c| c.drive(deadline, watch))
+        };
+        if let Err(err) = doorbell.drive_with(Box::new(pump)) {
+            return die_as("OSError", &format!("cannot start the session: {err}"));
+        }
+    }
+    let engine = Engine::new(client, cfg, out, doorbell);
     if interactive {
         interactive::run(engine, style)
     } else if scripted {
@@ -257,7 +268,25 @@ pub fn main() -> i32 {
         return fan_out(args, targets);
     }
     let (_, target) = targets.remove(0);
-    signals::install(!is_interactive(&args.common, &args.commands));
+    // A session that is not at a terminal, on a QMP monitor's socket, runs
+    // on this thread alone: the client does its I/O while the engine
+    // waits, and signals need no thread either.
+    let inline = match &target {
+        Target::Address { address, .. } => {
+            !matches!(address, Address::Ssh { .. })
+                && !args.targets.skip_negotiation
+                && !is_interactive(&args.common, &args.commands)
+        }
+        Target::Domain { .. } => false,
+    };
+    let interrupt = if inline {
+        signals::install_inline()
+    } else {
+        None
+    };
+    if interrupt.is_none() {
+        signals::install(!is_interactive(&args.common, &args.commands));
+    }
     let retry = Retry {
         count: args.retry,
         delay: args.retry_delay,
@@ -267,7 +296,15 @@ pub fn main() -> i32 {
     let banner = args.commands.is_empty() && !args.common.json;
     // A connection attempt may wait up to --timeout for a greeting; a
     // signal ends the shell at once all the same.
-    let attempt = {
+    let attempt = if let Some(interrupt) = interrupt {
+        Some(crate::connect::connect_inline(
+            &target,
+            &args.common,
+            banner,
+            retry,
+            interrupt,
+        ))
+    } else {
         let (target, common, agent) = (
             target.clone(),
             args.common.clone(),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qmp_client::transport::libvirt::{self, LibvirtError, LibvirtTransport, OpenOptions};
-use qmp_client::{Address, Client, ClientOptions, Error as QmpError};
+use qmp_client::{Address, Client, ClientOptions, Error as QmpError, Interrupt};
 
 use crate::cli::Common;
 use crate::files::{open_private, Existing};
@@ -135,13 +135,42 @@ pub fn connect(
     banner: bool,
     retry: Retry,
 ) -> Result<Connected, String> {
+    connect_with(target, common, guest_agent, banner, retry, None)
+}
+
+/// [`connect`] to a QMP monitor, the client inline
+/// ([`ClientOptions::inline`]): it starts no thread, and does its I/O on
+/// the thread that waits for it; `interrupt` (a signal's self-pipe) ends
+/// its waits, the start included.
+pub fn connect_inline(
+    target: &Target,
+    common: &Common,
+    banner: bool,
+    retry: Retry,
+    interrupt: Interrupt,
+) -> Result<Connected, String> {
+    connect_with(target, common, false, banner, retry, Some(interrupt))
+}
+
+fn connect_with(
+    target: &Target,
+    common: &Common,
+    guest_agent: bool,
+    banner: bool,
+    retry: Retry,
+    interrupt: Option<Interrupt>,
+) -> Result<Connected, String> {
     let log = match &common.logfile {
         Some(path) => Some(SharedLog::open(path)?),
         None => None,
     };
     let negotiate = !guest_agent;
     with_retry(retry, || {
-        let opts = client_options(common.timeout, negotiate, log.as_ref());
+        let opts = ClientOptions {
+            inline: interrupt.is_some(),
+            interrupt: interrupt.clone(),
+            ..client_options(common.timeout, negotiate, log.as_ref())
+        };
         match target {
             Target::Address { text, address } => connect_address(text, address, opts),
             Target::Domain { domain, uri } => {

@@ -814,10 +814,7 @@ impl Engine {
             Some(Slot::Reply { deadline, .. }) | Some(Slot::Wait(Wait { deadline, .. })) => {
                 *deadline
             }
-            Some(Slot::Jobs(f)) => match (f.deadline, f.next_poll) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
+            Some(Slot::Jobs(f)) => f.wake_at(),
             // The store's replies ring no doorbell: poll for them.
             Some(Slot::Marks { .. }) => Instant::now().checked_add(MARKS_POLL),
             _ => None,

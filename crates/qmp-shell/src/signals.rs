@@ -11,11 +11,13 @@
 //! registered emergency cleanups, restores the terminal and exits itself.
 
 use std::io::IsTerminal;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use qmp_client::Interrupt;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::doorbell::Doorbell;
@@ -72,6 +74,75 @@ pub fn install(interrupt_ends: bool) {
                 }
             });
     });
+}
+
+/// The self-pipe of [`install_inline`]: (read end, write end).
+static WAKE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
+
+/// Handle signals with no thread of our own, for a session that runs on
+/// one thread (an inline client, which does its I/O while it waits):
+/// SIGINT, SIGTERM and SIGHUP all end the session (there is no terminal
+/// session to go back to). The handlers set the state the engine polls
+/// ([`terminating`]) and write to a pipe that the client's waits watch
+/// (the [`Interrupt`] returned), so a signal ends any wait at once. A
+/// second signal exits at once; and should the main thread not end within
+/// [`GRACE`] (blocked writing to a full standard output, say), SIGALRM ends
+/// the process as the signal thread of [`install`] would: the terminal
+/// restored, exit status 128 + the signal. `None` (nothing installed) if
+/// the pipe or the handlers cannot be set up: then use [`install`].
+pub fn install_inline() -> Option<Interrupt> {
+    TERMIOS.get_or_init(save_terminal);
+    let (read, write) = match WAKE.get() {
+        Some(pipe) => pipe,
+        None => {
+            let mut fds = [0; 2];
+            // SAFETY: pipe2(2) fills `fds` with two new descriptors.
+            let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), flags) } != 0 {
+                return None;
+            }
+            // SAFETY: both descriptors were just created and are ours.
+            let pipe = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            WAKE.get_or_init(|| pipe)
+        }
+    };
+    let wake = write.as_raw_fd();
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        // SAFETY: the handler only does what a signal handler may: atomic
+        // operations, write(2), alarm(2), and the emergency exit's
+        // tcsetattr(3) and _exit(2).
+        let registered = unsafe {
+            signal_hook::low_level::register(sig, move || {
+                if TERMINATE.swap(sig, Ordering::SeqCst) != 0 {
+                    exit_from_handler(sig);
+                }
+                libc::write(wake, [1u8].as_ptr().cast(), 1);
+                libc::alarm(GRACE.as_secs() as libc::c_uint);
+            })
+        };
+        if registered.is_err() {
+            return None;
+        }
+    }
+    // SAFETY: as above.
+    let alarm = unsafe {
+        signal_hook::low_level::register(libc::SIGALRM, || {
+            exit_from_handler(TERMINATE.load(Ordering::SeqCst))
+        })
+    };
+    alarm.ok()?;
+    Some(Interrupt {
+        fd: read.as_raw_fd(),
+        stop: Arc::new(|| terminating().is_some()),
+    })
+}
+
+/// The emergency exit from a signal handler: the terminal restored (what
+/// [`emergency_exit`] does that a handler may do), exit 128 + `sig`.
+fn exit_from_handler(sig: i32) -> ! {
+    restore_terminal();
+    // SAFETY: _exit(2) ends the process at once.
+    unsafe { libc::_exit(128 + sig) }
 }
 
 fn handle(sig: i32) {

@@ -61,8 +61,8 @@ pub mod transport;
 
 pub use address::{Address, AddressError};
 pub use client::{
-    Client, ClientOptions, Error, EventTap, Incoming, Pending, Request, ServerError, StartError,
-    Tapped,
+    Client, ClientOptions, Error, EventTap, Incoming, Interrupt, Pending, Request, ServerError,
+    StartError, Tapped,
 };
 pub use framing::{encode, Decoder, FrameError};
 pub use message::{command, Event, Greeting, Message, Object, Reply};

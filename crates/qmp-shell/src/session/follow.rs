@@ -28,7 +28,7 @@ pub(super) struct JobsState {
 /// The state of a `/jobs`.
 pub(super) struct Follow {
     timeout: Option<Duration>,
-    pub(super) deadline: Option<Instant>,
+    deadline: Option<Instant>,
     /// `query-jobs` and `query-migrate` in flight (their [`Live`]
     /// tokens), and their results as they come.
     polls: Option<[u64; 2]>,
@@ -37,7 +37,7 @@ pub(super) struct Follow {
     /// `query-jobs`, once it is in.
     polled_after: Option<u64>,
     /// When to poll next (`None`: now).
-    pub(super) next_poll: Option<Instant>,
+    next_poll: Option<Instant>,
     /// The last command sent when `/jobs` was read.
     command: Option<u64>,
     /// The number of the last event looked at (`None`: not started).
@@ -62,6 +62,19 @@ impl JobsState {
         self.end = follow.events_seen.unwrap_or(self.end);
         if let Some(bars) = follow.bars.take() {
             bars.finish();
+        }
+    }
+}
+
+impl Follow {
+    /// When the engine must look at this `/jobs` again, replies aside: its
+    /// time is up, or the next poll is due (not while one is in flight:
+    /// its replies ring).
+    pub(super) fn wake_at(&self) -> Option<Instant> {
+        let poll = self.next_poll.filter(|_| self.polls.is_none());
+        match (self.deadline, poll) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }

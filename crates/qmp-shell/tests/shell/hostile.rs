@@ -1335,3 +1335,84 @@ fn a_signal_while_warnings_wait_for_a_silent_fetch_ends_the_shell_at_once() {
     let (status, stdout, stderr) = run.wait_exit(Duration::from_secs(3));
     assert_eq!(status.code(), Some(143), "{status}\n{stdout}\n{stderr}");
 }
+
+/// The threads of the shell's process while it waits (its own thread
+/// included).
+fn threads_of(pid: u32) -> usize {
+    qmp_test_support::proc::thread_states(pid).len()
+}
+
+/// A one-command session on a monitor's socket runs on one thread: the
+/// client does its I/O while the engine waits for the reply, and a signal
+/// ends that wait at once (its handler wakes the wait, no thread of ours
+/// receives it). The same for a script read from a file.
+#[test]
+fn a_one_command_session_runs_on_one_thread_and_a_signal_ends_its_wait() {
+    let cache = tempfile::tempdir().unwrap();
+    let env = [("XDG_CACHE_HOME", cache.path().to_str().unwrap())];
+    for (sig, stdin_file) in [(libc::SIGTERM, false), (libc::SIGINT, true)] {
+        let (got, got_rx) = std::sync::mpsc::channel();
+        // Greets, negotiates, takes the command and never answers it.
+        let server = serve(move |conn| {
+            conn.handshake();
+            if let Some((name, _)) = conn.read_command() {
+                let _ = got.send(name);
+            }
+            conn.drain();
+        });
+        let script = server.file("script");
+        std::fs::write(&script, "query-status\n").unwrap();
+        let mut cmd = common::ours_cmd();
+        if stdin_file {
+            cmd.arg(server.addr())
+                .stdin(std::fs::File::open(&script).unwrap());
+        } else {
+            cmd.args(["-c", "query-status", server.addr()])
+                .stdin(Stdio::null());
+        }
+        cmd.envs(env).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = cmd.spawn().unwrap();
+        let name = got_rx.recv_timeout(SHELL_TIMEOUT);
+        let threads = threads_of(child.id());
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        let out = common::wait_child(child, "the shell after a signal", Duration::from_secs(3));
+        assert_eq!(name.as_deref(), Ok("query-status"), "{out:?}");
+        assert_eq!(threads, 1, "threads of a one-command session; {out:?}");
+        assert_eq!(out.status.code(), Some(128 + sig), "{out:?}");
+        server.join();
+    }
+}
+
+/// The same while the greeting is awaited: a real QEMU, frozen, has the
+/// connection in its queue and says nothing; SIGTERM ends the wait at once.
+#[test]
+fn a_signal_ends_the_wait_for_the_greeting_of_a_frozen_qemu_on_one_thread() {
+    let qemu = Peer::qemu_none();
+    qmp_test_support::proc::freeze(qemu.pid());
+    let child = common::ours_cmd()
+        .args(["-c", "query-status", qemu.socket_str()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    qmp_test_support::proc::wait_until("the shell to wait", SHELL_TIMEOUT, || {
+        stray::connection_pending(qemu.socket())
+    });
+    let threads = threads_of(child.id());
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let out = common::wait_child(child, "the shell after SIGTERM", Duration::from_secs(3));
+    qmp_test_support::proc::thaw(qemu.pid());
+    assert_eq!(threads, 1, "{out:?}");
+    assert_eq!(out.status.code(), Some(143), "{out:?}");
+    // QEMU serves the next client as usual.
+    let out = run_shell(
+        &ours(),
+        &["-c", "query-status", qemu.socket_str()],
+        "",
+        SHELL_TIMEOUT,
+    );
+    assert!(out.status.success(), "{out:?}");
+}

@@ -172,11 +172,14 @@ impl Shared {
         if !round.watched {
             return (Waited::Again, false);
         }
-        let mut ready = vec![libc::pollfd {
-            fd: 0,
-            events: 0,
-            revents: 0,
-        }; fds.len()];
+        let mut ready = vec![
+            libc::pollfd {
+                fd: 0,
+                events: 0,
+                revents: 0,
+            };
+            fds.len()
+        ];
         for (p, fd) in ready.iter_mut().zip(&fds) {
             p.fd = *fd;
             p.events = libc::POLLIN;
@@ -185,9 +188,10 @@ impl Shared {
         // timeout never waits.
         unsafe { libc::poll(ready.as_mut_ptr(), ready.len() as libc::nfds_t, 0) };
         let watched = ready[..watch.len()].iter().any(|p| p.revents != 0);
-        let interrupted = self.interrupt.as_ref().is_some_and(|i| {
-            ready.last().is_some_and(|p| p.revents != 0) && (i.stop)()
-        });
+        let interrupted = self
+            .interrupt
+            .as_ref()
+            .is_some_and(|i| ready.last().is_some_and(|p| p.revents != 0) && (i.stop)());
         let waited = if interrupted {
             Waited::Interrupted
         } else {

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::error::{Error, ServerError, StartError};
-use super::protocol::{compact, Protocol, TEXT_IN_MESSAGES};
 use super::driver::Waited;
+use super::error::{Error, ServerError, StartError};
 use super::inline::Inline;
+use super::protocol::{compact, Protocol, TEXT_IN_MESSAGES};
 use super::{driver, Client, ClientOptions, Request, OOB_INBAND_WINDOW};
 use crate::framing::{truncate, FrameError};
 use crate::message::{command, Event, Greeting, Message, Object, Reply};

@@ -151,6 +151,9 @@ impl Inline {
             }
             if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
                 self.read(shared);
+                // Replies free places in the window: the next requests go
+                // now, so the server works while the caller prints.
+                self.flush(shared);
             }
         }
         Round {
@@ -315,8 +318,8 @@ fn send_now(sock: RawFd, chunk: &mut Chunk) -> io::Result<usize> {
 mod tests {
     use super::super::testing::*;
     use super::super::Error;
-    use crate::message::Object;
     use super::*;
+    use crate::message::Object;
 
     fn inline(opts: ClientOptions) -> ClientOptions {
         ClientOptions {
@@ -366,7 +369,10 @@ mod tests {
         let text = String::from_utf8(lock(&log.0).clone()).unwrap();
         // Each request and each reply and event, one line each.
         assert_eq!(text.lines().count(), 1500, "{text}");
-        assert!(text.starts_with("{\"execute\":\"c0\",\"id\":1}\n"), "{text}");
+        assert!(
+            text.starts_with("{\"execute\":\"c0\",\"id\":1}\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -376,7 +382,10 @@ mod tests {
         args.insert("blob".into(), Value::from("x".repeat(4 << 20)));
         let r = client.execute("big", Some(args), T).unwrap();
         assert_eq!(r.ret(), Some(&Value::from("big")));
-        assert_eq!(client.execute("small", None, T).unwrap().ret(), Some(&Value::from("small")));
+        assert_eq!(
+            client.execute("small", None, T).unwrap().ret(),
+            Some(&Value::from("small"))
+        );
     }
 
     #[test]
@@ -387,7 +396,10 @@ mod tests {
             )
             .unwrap();
             let line = read_line(&mut s);
-            assert!(line.contains("qmp_capabilities") && line.contains("oob"), "{line}");
+            assert!(
+                line.contains("qmp_capabilities") && line.contains("oob"),
+                "{line}"
+            );
             s.write_all(b"{\"return\": {}, \"id\": 1}\r\n").unwrap();
             read_line(&mut s);
         });
@@ -462,8 +474,14 @@ mod tests {
         let r = client
             .submit(Request::new(command("add-fd", None)).with_fds(vec![f.into()]))
             .and_then(|p| p.wait(T));
-        assert!(matches!(&r, Err(Error::Unsupported(w)) if w.contains("cannot pass")), "{r:?}");
-        assert_eq!(client.execute("ok", None, T).unwrap().ret(), Some(&Value::from("ok")));
+        assert!(
+            matches!(&r, Err(Error::Unsupported(w)) if w.contains("cannot pass")),
+            "{r:?}"
+        );
+        assert_eq!(
+            client.execute("ok", None, T).unwrap().ret(),
+            Some(&Value::from("ok"))
+        );
         client.close();
         t.join().unwrap();
     }
