@@ -247,6 +247,33 @@ fn fan_out(args: ShellArgs, targets: Vec<(String, Target)>) -> i32 {
     fanout::run(targets, lines, cfg, style(&args.common), args.jobs as usize)
 }
 
+/// What std does before a Rust `main` that a program started from C's
+/// `main` needs: SIGPIPE ignored (a closed pipe is a write error, handled
+/// as such), and standard streams that are closed opened on `/dev/null`,
+/// so that no socket or file the program opens takes their place (and
+/// gets its output).
+pub fn prepare_process() {
+    // SAFETY: signal(2) with a valid signal and SIG_IGN.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: poll(2) on three pollfds that live across the call; a zero
+    // timeout never waits.
+    if unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) } <= 0 {
+        return;
+    }
+    for p in fds {
+        if p.revents & libc::POLLNVAL != 0 {
+            // SAFETY: open(2) of a constant path: it takes the lowest free
+            // descriptor, the closed standard stream.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
+    }
+}
+
 /// The `qmp-shell` program; returns the exit status.
 pub fn main() -> i32 {
     if let Some(code) = crate::generate::run_if_asked(ShellArgs::command, &crate::manual::SHELL) {

@@ -241,15 +241,16 @@ impl Inline {
 
     /// Read once and route every complete frame.
     fn read(&mut self, shared: &Shared) {
-        if self.buf.len() < READ_CHUNK {
-            self.buf.resize(READ_CHUNK, 0);
-        }
-        // SAFETY: recv(2) into a buffer of the length given.
+        // Received into the spare capacity: no need to clear it first.
+        self.buf.clear();
+        self.buf.reserve(READ_CHUNK);
+        let spare = self.buf.spare_capacity_mut();
+        // SAFETY: recv(2) writes at most `spare.len()` bytes into `spare`.
         let n = unsafe {
             libc::recv(
                 self.sock.as_raw_fd(),
-                self.buf.as_mut_ptr().cast(),
-                self.buf.len(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
                 libc::MSG_DONTWAIT,
             )
         };
@@ -271,7 +272,9 @@ impl Inline {
             shared.disconnect(None);
             return;
         }
-        self.decoder.feed(&self.buf[..n as usize]);
+        // SAFETY: recv(2) initialised the first `n` bytes.
+        unsafe { self.buf.set_len(n as usize) };
+        self.decoder.feed(&self.buf);
         let log = self.log.get_or_insert_with(|| RawLog::new(shared));
         loop {
             let frame = self
