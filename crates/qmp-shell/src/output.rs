@@ -16,7 +16,7 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use qmp_client::Object;
+use qmp_client::{Object, Reply};
 use serde_json::Value;
 
 use crate::render::{self, Style};
@@ -107,6 +107,14 @@ pub trait Output: Send {
     /// A reply (or, with `--json`, an error object standing for one), on a
     /// line of its own.
     fn reply(&mut self, body: Object) -> io::Result<()>;
+
+    /// A reply as [`reply`](Output::reply) prints it, its `"id"` left out
+    /// when the client added it ([`shown`](crate::wording::shown)). One kept
+    /// as text ([`Reply::text`]) may be printed from its text; the default
+    /// reads it into its object.
+    fn reply_of(&mut self, reply: Reply) -> io::Result<()> {
+        self.reply(crate::wording::shown(reply))
+    }
 
     /// A command about to be sent (`-v`), on a line of its own.
     fn echo(&mut self, command: &Object) -> io::Result<()>;
@@ -222,6 +230,18 @@ impl Output for StdOutput {
         // Rendered in pieces: a huge reply is never held whole as text.
         render::write_to(&mut self.out, &Value::Object(body), self.style)?;
         self.out.write_all(b"\n")
+    }
+
+    fn reply_of(&mut self, reply: Reply) -> io::Result<()> {
+        if let Some(text) = reply.text() {
+            let omit = reply.assigned_id.then_some("id");
+            if let Some(mut rendered) = render::from_text(text.as_bytes(), self.style, omit) {
+                // No tree built, walked or dropped; one write.
+                rendered.push('\n');
+                return self.out.write_all(rendered.as_bytes());
+            }
+        }
+        self.reply(crate::wording::shown(reply))
     }
 
     fn echo(&mut self, command: &Object) -> io::Result<()> {

@@ -6,7 +6,12 @@
 //! escapes and bracket depth iteratively, so any nesting depth is safe), then
 //! parses the value with `serde_json`.
 
-use crate::message::Object;
+use std::sync::Arc;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::message::{Object, Reply};
 
 /// Why a frame could not be turned into an [`Object`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +40,18 @@ pub enum FrameError {
         /// The frame's text, truncated to about 80 characters.
         text: String,
     },
+}
+
+/// A frame as [`Decoder::next_frame_with_raw`] gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// A JSON object, or why the frame is not one.
+    Message(Result<Object, FrameError>),
+    /// A large successful reply kept as its text ([`Reply::text`]), after
+    /// [`Decoder::text_replies`]. Its text is valid JSON, one object with
+    /// one `"return"` and no `"QMP"`: read as an object, it would have
+    /// been a reply.
+    Reply(Reply),
 }
 
 /// Serialize a message as compact JSON followed by a newline.
@@ -93,6 +110,8 @@ pub struct Decoder {
     escape: bool,
     mode: Mode,
     max_message: usize,
+    /// Replies at least this long are kept as text ([`Frame::Reply`]).
+    text_replies: Option<usize>,
     /// Bytes examined so far, for the tests of linearity.
     #[cfg(test)]
     scanned: usize,
@@ -110,9 +129,18 @@ impl Decoder {
             escape: false,
             mode: Mode::Idle,
             max_message,
+            text_replies: None,
             #[cfg(test)]
             scanned: 0,
         }
+    }
+
+    /// Keep successful replies of at least `min` bytes as text
+    /// ([`Frame::Reply`] from [`next_frame_with_raw`](Decoder::next_frame_with_raw))
+    /// instead of building their tree of values; `None` (the default):
+    /// never.
+    pub fn text_replies(&mut self, min: Option<usize>) {
+        self.text_replies = min;
     }
 
     /// Append bytes received from the stream.
@@ -149,6 +177,24 @@ impl Decoder {
         &mut self,
         raw: &mut dyn FnMut(&[u8]),
     ) -> Option<Result<Object, FrameError>> {
+        match self.next_frame_inner(raw, None)? {
+            Frame::Message(result) => Some(result),
+            Frame::Reply(reply) => Some(Ok(reply.into_body())),
+        }
+    }
+
+    /// Like [`next_message_with_raw`](Decoder::next_message_with_raw), but
+    /// a successful reply as long as [`Decoder::text_replies`] says is kept
+    /// as text ([`Frame::Reply`]).
+    pub fn next_frame_with_raw(&mut self, raw: &mut dyn FnMut(&[u8])) -> Option<Frame> {
+        self.next_frame_inner(raw, self.text_replies)
+    }
+
+    fn next_frame_inner(
+        &mut self,
+        raw: &mut dyn FnMut(&[u8]),
+        text_replies: Option<usize>,
+    ) -> Option<Frame> {
         loop {
             match self.mode {
                 Mode::Idle => {
@@ -186,14 +232,20 @@ impl Decoder {
                             self.start = end;
                             self.scan = end;
                             self.mode = Mode::Idle;
-                            return Some(Err(FrameError::TooLarge {
+                            return Some(Frame::Message(Err(FrameError::TooLarge {
                                 limit: self.max_message,
-                            }));
+                            })));
                         }
                         Some(end) => {
                             let frame = &self.buf[self.start..end];
                             raw(frame);
-                            let result = parse_container(frame);
+                            let result = match text_replies {
+                                Some(min) if frame.len() >= min => text_reply(frame).map_or_else(
+                                    || Frame::Message(parse_container(frame)),
+                                    Frame::Reply,
+                                ),
+                                _ => Frame::Message(parse_container(frame)),
+                            };
                             self.start = end;
                             self.scan = end;
                             self.mode = Mode::Idle;
@@ -214,9 +266,9 @@ impl Decoder {
                     self.discard_buffer_until(end);
                     if end.is_some() {
                         self.mode = Mode::Idle;
-                        return Some(Err(FrameError::TooLarge {
+                        return Some(Frame::Message(Err(FrameError::TooLarge {
                             limit: self.max_message,
-                        }));
+                        })));
                     }
                     return None;
                 }
@@ -225,9 +277,9 @@ impl Decoder {
                         self.start = nl + 1;
                         self.scan = nl + 1;
                         self.mode = Mode::Idle;
-                        return Some(Err(FrameError::TooLarge {
+                        return Some(Frame::Message(Err(FrameError::TooLarge {
                             limit: self.max_message,
-                        }));
+                        })));
                     }
                     Some(nl) => {
                         let frame = &self.buf[self.start..nl + 1];
@@ -236,7 +288,7 @@ impl Decoder {
                         self.start = nl + 1;
                         self.scan = nl + 1;
                         self.mode = Mode::Idle;
-                        return Some(Err(result));
+                        return Some(Frame::Message(Err(result)));
                     }
                     None => {
                         if self.scan - self.start > self.max_message {
@@ -252,9 +304,9 @@ impl Decoder {
                     self.discard_buffer_until(nl.map(|n| n + 1));
                     if nl.is_some() {
                         self.mode = Mode::Idle;
-                        return Some(Err(FrameError::TooLarge {
+                        return Some(Frame::Message(Err(FrameError::TooLarge {
                             limit: self.max_message,
-                        }));
+                        })));
                     }
                     return None;
                 }
@@ -367,6 +419,58 @@ fn trim_end(frame: &[u8]) -> &[u8] {
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(0, |p| p + 1);
     &frame[..keep]
+}
+
+/// The members of a JSON object, each value as its text.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// `frame` kept as text: a reply with one `"return"`, its other members
+/// read, when it is one (valid JSON, an object with one `"return"`, no
+/// `"QMP"` and no key twice); otherwise `None` (the frame is then read as
+/// usual, which gives the same object or says what is wrong).
+fn text_reply(frame: &[u8]) -> Option<Reply> {
+    let text = std::str::from_utf8(frame).ok()?;
+    // Reading the members checks the whole text, values included, as
+    // reading it into a tree would (nesting limit too).
+    let Members(members) = serde_json::from_str(text).ok()?;
+    let mut others = Object::new();
+    let mut ret = None;
+    for (key, value) in &members {
+        if key == "QMP" || others.contains_key(key.as_str()) {
+            return None;
+        }
+        if key == "return" {
+            if ret.is_some() {
+                return None;
+            }
+            let at = value.get().as_ptr() as usize - text.as_ptr() as usize;
+            ret = Some(at..at + value.get().len());
+        } else {
+            others.insert(key.clone(), serde_json::from_str(value.get()).ok()?);
+        }
+    }
+    let ret = ret?;
+    Some(Reply::from_text(Arc::from(text), ret, others))
 }
 
 fn parse_container(frame: &[u8]) -> Result<Object, FrameError> {

@@ -114,6 +114,16 @@ impl Shared {
         lock(&self.log).is_some()
     }
 
+    /// Route a reply kept as text: as it is to a request that asked for
+    /// that, else read into its object and routed as any frame.
+    fn route_text(&self, reply: Reply) {
+        if lock(&self.state).keeps_text(&reply) {
+            self.update(|p| p.reply(reply));
+        } else {
+            self.route(Ok(reply.into_body()));
+        }
+    }
+
     /// Route one received frame, showing events to the taps first.
     fn route(&self, frame: Result<Object, FrameError>) {
         match self.update(|p| p.receive(frame)) {
@@ -173,9 +183,13 @@ pub(crate) fn start(
     }
 }
 
+/// Replies at least this long may be kept as text ([`Received::Text`]).
+pub(crate) const TEXT_REPLIES: usize = 64 * 1024;
+
 fn reader_loop(mut source: Box<dyn Source>, shared: &Shared) {
     let logging = shared.has_log();
     source.want_raw(logging);
+    source.want_text(Some(TEXT_REPLIES));
     // The raw text of the current frame when whether it is logged depends
     // on what it is: during a guest agent resync (only the sync reply is),
     // or while a request kept out of the log is outstanding.
@@ -201,6 +215,15 @@ fn reader_loop(mut source: Box<dyn Source>, shared: &Shared) {
                     }
                 }
                 shared.route(frame);
+            }
+            Ok(Some(Received::Text(reply))) => {
+                if let Some(raw) = held.take() {
+                    let logs = lock(&shared.state).logs_text(&reply);
+                    if logs {
+                        shared.log_line(&raw);
+                    }
+                }
+                shared.route_text(reply);
             }
             Ok(Some(Received::Delimiter)) => {}
             Ok(None) => break None,
