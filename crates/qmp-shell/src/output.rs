@@ -576,6 +576,46 @@ mod tests {
         assert_eq!(err.text(), "warning: x\n");
     }
 
+    /// QEMU's real schema reply, kept as text by the client, prints exactly
+    /// as the tree of the same reply does, in every style, with the id the
+    /// client added left out and a user's id kept.
+    #[test]
+    fn a_reply_kept_as_text_prints_as_its_tree() {
+        use qmp_client::{command, Address, Client, ClientOptions, Request};
+        let peer = qmp_test_support::peer::qemu();
+        let client = Client::connect(
+            &Address::Unix(peer.socket.clone()),
+            ClientOptions::default(),
+        )
+        .unwrap();
+        let t = Some(std::time::Duration::from_secs(20));
+        let ask = |request: Request| client.submit(request).unwrap().wait(t).unwrap();
+        let mut mine = command("query-qmp-schema", None);
+        mine.insert("id".into(), Value::from("mine"));
+        for msg in [command("query-qmp-schema", None), mine] {
+            let kept = ask(Request::new(msg.clone()).text_reply());
+            assert!(kept.text().is_some(), "kept as text");
+            let tree = ask(Request::new(msg));
+            assert!(tree.text().is_none());
+            for (pretty, color, json) in [
+                (true, false, false),
+                (false, false, false),
+                (true, true, false),
+                (true, true, true),
+            ] {
+                let style = Style { pretty, color };
+                let (mut a, a_out, _) = buffers(style, json);
+                a.reply_of(kept.clone()).unwrap();
+                a.flush().unwrap();
+                let (mut b, b_out, _) = buffers(style, json);
+                b.reply(crate::wording::shown(tree.clone())).unwrap();
+                b.flush().unwrap();
+                assert!(a_out.text() == b_out.text(), "{style:?} json={json}");
+                assert!(a_out.text().len() > 100_000);
+            }
+        }
+    }
+
     #[test]
     fn tagged_lines_and_objects() {
         use super::testing::Buffer;

@@ -70,6 +70,10 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
     }
 }
 
+/// Frames nested deeper than this are never kept as text (`serde_json`
+/// refuses 128 levels when building a tree; QEMU's replies nest a few).
+const TEXT_DEPTH: usize = 100;
+
 /// How much of a frame's text goes into error messages.
 const TEXT_IN_ERRORS: usize = 80;
 
@@ -106,6 +110,8 @@ pub struct Decoder {
     /// Next byte of `buf` to scan.
     scan: usize,
     depth: usize,
+    /// The deepest nesting of the current frame so far.
+    deepest: usize,
     in_string: bool,
     escape: bool,
     mode: Mode,
@@ -125,6 +131,7 @@ impl Decoder {
             start: 0,
             scan: 0,
             depth: 0,
+            deepest: 0,
             in_string: false,
             escape: false,
             mode: Mode::Idle,
@@ -219,6 +226,7 @@ impl Decoder {
                         Some(b'{') | Some(b'[') => {
                             self.mode = Mode::Value;
                             self.depth = 0;
+                            self.deepest = 0;
                             self.in_string = false;
                             self.escape = false;
                         }
@@ -240,10 +248,14 @@ impl Decoder {
                             let frame = &self.buf[self.start..end];
                             raw(frame);
                             let result = match text_replies {
-                                Some(min) if frame.len() >= min => text_reply(frame).map_or_else(
-                                    || Frame::Message(parse_container(frame)),
-                                    Frame::Reply,
-                                ),
+                                // Deep nesting is left to the tree, which
+                                // refuses what it refuses.
+                                Some(min) if frame.len() >= min && self.deepest <= TEXT_DEPTH => {
+                                    text_reply(frame).map_or_else(
+                                        || Frame::Message(parse_container(frame)),
+                                        Frame::Reply,
+                                    )
+                                }
                                 _ => Frame::Message(parse_container(frame)),
                             };
                             self.start = end;
@@ -357,6 +369,7 @@ impl Decoder {
         let len = buf.len();
         let mut i = self.scan;
         let mut depth = self.depth;
+        let mut deepest = self.deepest;
         let mut in_string = self.in_string;
         let mut escape = self.escape;
         let mut found = None;
@@ -387,7 +400,10 @@ impl Decoder {
             }
             match buf[i] {
                 b'"' => in_string = true,
-                b'{' | b'[' => depth += 1,
+                b'{' | b'[' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
                 b'}' | b']' => {
                     depth = depth.saturating_sub(1);
                     if depth == 0 {
@@ -406,6 +422,7 @@ impl Decoder {
         }
         self.scan = i;
         self.depth = depth;
+        self.deepest = deepest;
         self.in_string = in_string;
         self.escape = escape;
         found
@@ -508,6 +525,15 @@ fn parse_line(frame: &[u8]) -> FrameError {
 mod tests {
     use super::*;
 
+    impl Frame {
+        fn object(&self) -> &Object {
+            match self {
+                Frame::Message(Ok(o)) => o,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     fn all(d: &mut Decoder) -> Vec<Result<Object, FrameError>> {
         std::iter::from_fn(|| d.next_message()).collect()
     }
@@ -516,6 +542,88 @@ mod tests {
         match r {
             Ok(o) => serde_json::to_string(o).unwrap(),
             Err(e) => format!("ERR {e:?}"),
+        }
+    }
+
+    /// Frames as `next_frame_with_raw` gives them, with their raw text.
+    fn frames(d: &mut Decoder) -> Vec<(Frame, String)> {
+        let mut out = Vec::new();
+        loop {
+            let mut raw = String::new();
+            let Some(f) = d.next_frame_with_raw(&mut |r| raw = String::from_utf8_lossy(r).into())
+            else {
+                return out;
+            };
+            out.push((f, raw));
+        }
+    }
+
+    #[test]
+    fn large_replies_are_kept_as_text_only_when_asked_and_read_the_same() {
+        let big = "x".repeat(100);
+        let reply = format!(
+            r#"{{"id": {{"n": [1, 2.50]}}, "return": [{{"b": "{big}", "a": 1e3}}, "\u00e9"], "z": null}}"#
+        );
+        let input = format!("{reply}\r\n{{\"return\": {{}}, \"id\": 2}}\r\n");
+        // Not asked: every frame is an object.
+        let mut d = Decoder::new(1 << 20);
+        d.feed(input.as_bytes());
+        let plain = frames(&mut d);
+        assert!(plain
+            .iter()
+            .all(|(f, _)| matches!(f, Frame::Message(Ok(_)))));
+        // Asked: the large one is kept as text, the small one is not.
+        let mut d = Decoder::new(1 << 20);
+        d.text_replies(Some(100));
+        d.feed(input.as_bytes());
+        let got = frames(&mut d);
+        assert_eq!(got.len(), 2);
+        let (Frame::Reply(kept), raw) = &got[0] else {
+            panic!("{:?}", got[0]);
+        };
+        assert_eq!(raw, &reply);
+        assert_eq!(kept.text(), Some(reply.as_str()));
+        assert_eq!(
+            serde_json::to_string(&kept.body).unwrap(),
+            r#"{"id":{"n":[1,2.50]},"z":null}"#
+        );
+        assert_eq!(kept.id(), plain[0].0.object().get("id"));
+        assert_eq!(kept.ret(), plain[0].0.object().get("return"));
+        assert!(!kept.is_error());
+        assert_eq!(&kept.clone().into_body(), plain[0].0.object());
+        assert_eq!(got[1].0, plain[1].0);
+    }
+
+    #[test]
+    fn what_is_not_a_plain_reply_is_read_as_before() {
+        let pad = "p".repeat(64);
+        let cases = [
+            // No "return", a greeting, a key twice, "return" twice, not
+            // JSON, not an object, nested too deep.
+            format!(r#"{{"error": {{"class": "E", "desc": "{pad}"}}}}"#),
+            format!(r#"{{"QMP": {{}}, "return": "{pad}"}}"#),
+            format!(r#"{{"id": 1, "return": "{pad}", "id": 2}}"#),
+            format!(r#"{{"return": 1, "return": "{pad}"}}"#),
+            format!(r#"{{"return": "{pad}", "x": tru}}"#),
+            format!(r#"["return", "{pad}"]"#),
+            format!(
+                r#"{{"return": {}"{pad}"{}}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            ),
+        ];
+        for case in cases {
+            let mut eager = Decoder::new(1 << 20);
+            eager.feed(case.as_bytes());
+            let want = eager.next_message().unwrap();
+            let mut d = Decoder::new(1 << 20);
+            d.text_replies(Some(10));
+            d.feed(case.as_bytes());
+            assert_eq!(
+                d.next_frame_with_raw(&mut |_| {}),
+                Some(Frame::Message(want)),
+                "{case}"
+            );
         }
     }
 

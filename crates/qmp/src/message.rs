@@ -103,7 +103,7 @@ pub struct Reply {
     /// (the user did not supply one), so it can be hidden when displaying.
     pub assigned_id: bool,
     /// The text of a reply kept as text, and its `"return"`, once read.
-    text: Option<Text>,
+    text: Option<Box<Text>>,
 }
 
 /// The text of a reply kept as text.
@@ -137,11 +137,11 @@ impl Reply {
         Reply {
             body: others,
             assigned_id: false,
-            text: Some(Text {
+            text: Some(Box::new(Text {
                 frame,
                 ret,
                 value: std::sync::OnceLock::new(),
-            }),
+            })),
         }
     }
 

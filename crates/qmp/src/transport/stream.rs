@@ -409,6 +409,7 @@ mod tests {
                 Received::Frame(Err(FrameError::NotJson { text, .. })) => format!("bad {text}"),
                 Received::Frame(Err(e)) => format!("err {e}"),
                 Received::Delimiter => "FF".to_owned(),
+                Received::Text(r) => format!("text {}", r.text().unwrap_or_default()),
             });
         }
         out
