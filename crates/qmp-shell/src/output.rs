@@ -451,6 +451,16 @@ impl Output for TaggedOutput {
         self.streams.write_out(self.prefixed(&text).as_bytes())
     }
 
+    fn reply_of(&mut self, reply: Reply) -> io::Result<()> {
+        if let (false, Some(text)) = (self.json, reply.text()) {
+            let omit = reply.assigned_id.then_some("id");
+            if let Some(rendered) = render::from_text(text.as_bytes(), self.style, omit) {
+                return self.streams.write_out(self.prefixed(&rendered).as_bytes());
+            }
+        }
+        self.reply(crate::wording::shown(reply))
+    }
+
     fn echo(&mut self, command: &Object) -> io::Result<()> {
         let text = render::to_string(&Value::Object(command.clone()), self.style);
         self.streams.write_out(self.prefixed(&text).as_bytes())
@@ -612,6 +622,17 @@ mod tests {
                 b.flush().unwrap();
                 assert!(a_out.text() == b_out.text(), "{style:?} json={json}");
                 assert!(a_out.text().len() > 100_000);
+                // Fan-out's output, each line tagged with its target.
+                let tagged = |reply: &dyn Fn(&mut TaggedOutput)| {
+                    let out = super::testing::Buffer::default();
+                    let streams = SharedStreams::new(Box::new(out.clone()), Box::new(io::sink()));
+                    reply(&mut TaggedOutput::new(streams, "vm1", style, json));
+                    out.text()
+                };
+                let a = tagged(&|o| o.reply_of(kept.clone()).unwrap());
+                let b = tagged(&|o| o.reply(crate::wording::shown(tree.clone())).unwrap());
+                assert!(a == b, "tagged {style:?} json={json}");
+                assert!(a.starts_with("vm1: ") || json, "{}", &a[..20]);
             }
         }
     }
