@@ -380,10 +380,7 @@ mod tests {
     fn reply(n: i64) -> Result<Reply, QmpError> {
         let mut body = Object::new();
         body.insert("return".to_owned(), Value::from(n));
-        Ok(Reply {
-            body,
-            assigned_id: true,
-        })
+        Ok(Reply::new(body, true))
     }
 
     #[test]

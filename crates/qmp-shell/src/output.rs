@@ -16,7 +16,7 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use qmp_client::Object;
+use qmp_client::{Object, Reply};
 use serde_json::Value;
 
 use crate::render::{self, Style};
@@ -107,6 +107,14 @@ pub trait Output: Send {
     /// A reply (or, with `--json`, an error object standing for one), on a
     /// line of its own.
     fn reply(&mut self, body: Object) -> io::Result<()>;
+
+    /// A reply as [`reply`](Output::reply) prints it, its `"id"` left out
+    /// when the client added it ([`shown`](crate::wording::shown)). One kept
+    /// as text ([`Reply::text`]) may be printed from its text; the default
+    /// reads it into its object.
+    fn reply_of(&mut self, reply: Reply) -> io::Result<()> {
+        self.reply(crate::wording::shown(reply))
+    }
 
     /// A command about to be sent (`-v`), on a line of its own.
     fn echo(&mut self, command: &Object) -> io::Result<()>;
@@ -222,6 +230,18 @@ impl Output for StdOutput {
         // Rendered in pieces: a huge reply is never held whole as text.
         render::write_to(&mut self.out, &Value::Object(body), self.style)?;
         self.out.write_all(b"\n")
+    }
+
+    fn reply_of(&mut self, reply: Reply) -> io::Result<()> {
+        if let Some(text) = reply.text() {
+            let omit = reply.assigned_id.then_some("id");
+            if let Some(mut rendered) = render::from_text(text.as_bytes(), self.style, omit) {
+                // No tree built, walked or dropped; one write.
+                rendered.push('\n');
+                return self.out.write_all(rendered.as_bytes());
+            }
+        }
+        self.reply(crate::wording::shown(reply))
     }
 
     fn echo(&mut self, command: &Object) -> io::Result<()> {
@@ -431,6 +451,16 @@ impl Output for TaggedOutput {
         self.streams.write_out(self.prefixed(&text).as_bytes())
     }
 
+    fn reply_of(&mut self, reply: Reply) -> io::Result<()> {
+        if let (false, Some(text)) = (self.json, reply.text()) {
+            let omit = reply.assigned_id.then_some("id");
+            if let Some(rendered) = render::from_text(text.as_bytes(), self.style, omit) {
+                return self.streams.write_out(self.prefixed(&rendered).as_bytes());
+            }
+        }
+        self.reply(crate::wording::shown(reply))
+    }
+
     fn echo(&mut self, command: &Object) -> io::Result<()> {
         let text = render::to_string(&Value::Object(command.clone()), self.style);
         self.streams.write_out(self.prefixed(&text).as_bytes())
@@ -554,6 +584,57 @@ mod tests {
             "{\n    \"return\": {\n        \"a\": 2,\n        \"b\": 1\n    }\n}\n{\n    \"event\": \"STOP\"\n}\n"
         );
         assert_eq!(err.text(), "warning: x\n");
+    }
+
+    /// QEMU's real schema reply, kept as text by the client, prints exactly
+    /// as the tree of the same reply does, in every style, with the id the
+    /// client added left out and a user's id kept.
+    #[test]
+    fn a_reply_kept_as_text_prints_as_its_tree() {
+        use qmp_client::{command, Address, Client, ClientOptions, Request};
+        let peer = qmp_test_support::peer::qemu();
+        let client = Client::connect(
+            &Address::Unix(peer.socket.clone()),
+            ClientOptions::default(),
+        )
+        .unwrap();
+        let t = Some(std::time::Duration::from_secs(20));
+        let ask = |request: Request| client.submit(request).unwrap().wait(t).unwrap();
+        let mut mine = command("query-qmp-schema", None);
+        mine.insert("id".into(), Value::from("mine"));
+        for msg in [command("query-qmp-schema", None), mine] {
+            let kept = ask(Request::new(msg.clone()).text_reply());
+            assert!(kept.text().is_some(), "kept as text");
+            let tree = ask(Request::new(msg));
+            assert!(tree.text().is_none());
+            for (pretty, color, json) in [
+                (true, false, false),
+                (false, false, false),
+                (true, true, false),
+                (true, true, true),
+            ] {
+                let style = Style { pretty, color };
+                let (mut a, a_out, _) = buffers(style, json);
+                a.reply_of(kept.clone()).unwrap();
+                a.flush().unwrap();
+                let (mut b, b_out, _) = buffers(style, json);
+                b.reply(crate::wording::shown(tree.clone())).unwrap();
+                b.flush().unwrap();
+                assert!(a_out.text() == b_out.text(), "{style:?} json={json}");
+                assert!(a_out.text().len() > 100_000);
+                // Fan-out's output, each line tagged with its target.
+                let tagged = |reply: &dyn Fn(&mut TaggedOutput)| {
+                    let out = super::testing::Buffer::default();
+                    let streams = SharedStreams::new(Box::new(out.clone()), Box::new(io::sink()));
+                    reply(&mut TaggedOutput::new(streams, "vm1", style, json));
+                    out.text()
+                };
+                let a = tagged(&|o| o.reply_of(kept.clone()).unwrap());
+                let b = tagged(&|o| o.reply(crate::wording::shown(tree.clone())).unwrap());
+                assert!(a == b, "tagged {style:?} json={json}");
+                assert!(a.starts_with("vm1: ") || json, "{}", &a[..20]);
+            }
+        }
     }
 
     #[test]

@@ -944,10 +944,7 @@ fn actions(n: usize) -> String {
 /// A reply already resolved with `body`, for output that must keep its
 /// place among replies.
 fn ready(body: Object) -> Awaited {
-    Awaited::Ready(Some(Ok(Reply {
-        body,
-        assigned_id: false,
-    })))
+    Awaited::Ready(Some(Ok(Reply::new(body, false))))
 }
 
 /// A reply already failed with [`QmpError::Disconnected`].

@@ -48,8 +48,9 @@ pub(crate) fn counted(n: usize, one: &str, many: &str) -> String {
 /// The reply as the user sees it: without the `"id"` when the client
 /// assigned it (the user did not write one), the key order kept.
 pub fn shown(reply: Reply) -> Object {
-    let mut body = reply.body;
-    if reply.assigned_id {
+    let assigned = reply.assigned_id;
+    let mut body = reply.into_body();
+    if assigned {
         body.shift_remove("id");
     }
     body
@@ -84,18 +85,12 @@ mod tests {
     fn shown_removes_assigned_id_only() {
         let body: Object =
             serde_json::from_str(r#"{"return": {}, "id": "__qmp#1", "z": 1}"#).unwrap();
-        let r = Reply {
-            body: body.clone(),
-            assigned_id: true,
-        };
+        let r = Reply::new(body.clone(), true);
         assert_eq!(
             serde_json::to_string(&shown(r)).unwrap(),
             r#"{"return":{},"z":1}"#
         );
-        let r = Reply {
-            body,
-            assigned_id: false,
-        };
+        let r = Reply::new(body, false);
         let kept = shown(r);
         assert_eq!(kept.get("id"), Some(&Value::from("__qmp#1")));
     }

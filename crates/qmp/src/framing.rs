@@ -6,7 +6,12 @@
 //! escapes and bracket depth iteratively, so any nesting depth is safe), then
 //! parses the value with `serde_json`.
 
-use crate::message::Object;
+use std::sync::Arc;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::message::{Object, Reply};
 
 /// Why a frame could not be turned into an [`Object`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +42,18 @@ pub enum FrameError {
     },
 }
 
+/// A frame as [`Decoder::next_frame_with_raw`] gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// A JSON object, or why the frame is not one.
+    Message(Result<Object, FrameError>),
+    /// A large successful reply kept as its text ([`Reply::text`]), after
+    /// [`Decoder::text_replies`]. Its text is valid JSON, one object with
+    /// one `"return"` and no `"QMP"`: read as an object, it would have
+    /// been a reply.
+    Reply(Reply),
+}
+
 /// Serialize a message as compact JSON followed by a newline.
 pub fn encode(msg: &Object) -> Vec<u8> {
     // Serializing a `Map<String, Value>` into a Vec cannot fail.
@@ -52,6 +69,10 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
         Some((cut, _)) => format!("{}...", &text[..cut]),
     }
 }
+
+/// Frames nested deeper than this are never kept as text (`serde_json`
+/// refuses 128 levels when building a tree; QEMU's replies nest a few).
+const TEXT_DEPTH: usize = 100;
 
 /// How much of a frame's text goes into error messages.
 const TEXT_IN_ERRORS: usize = 80;
@@ -89,10 +110,14 @@ pub struct Decoder {
     /// Next byte of `buf` to scan.
     scan: usize,
     depth: usize,
+    /// The deepest nesting of the current frame so far.
+    deepest: usize,
     in_string: bool,
     escape: bool,
     mode: Mode,
     max_message: usize,
+    /// Replies at least this long are kept as text ([`Frame::Reply`]).
+    text_replies: Option<usize>,
     /// Bytes examined so far, for the tests of linearity.
     #[cfg(test)]
     scanned: usize,
@@ -106,13 +131,23 @@ impl Decoder {
             start: 0,
             scan: 0,
             depth: 0,
+            deepest: 0,
             in_string: false,
             escape: false,
             mode: Mode::Idle,
             max_message,
+            text_replies: None,
             #[cfg(test)]
             scanned: 0,
         }
+    }
+
+    /// Keep successful replies of at least `min` bytes as text
+    /// ([`Frame::Reply`] from [`next_frame_with_raw`](Decoder::next_frame_with_raw))
+    /// instead of building their tree of values; `None` (the default):
+    /// never.
+    pub fn text_replies(&mut self, min: Option<usize>) {
+        self.text_replies = min;
     }
 
     /// Append bytes received from the stream.
@@ -149,6 +184,24 @@ impl Decoder {
         &mut self,
         raw: &mut dyn FnMut(&[u8]),
     ) -> Option<Result<Object, FrameError>> {
+        match self.next_frame_inner(raw, None)? {
+            Frame::Message(result) => Some(result),
+            Frame::Reply(reply) => Some(Ok(reply.into_body())),
+        }
+    }
+
+    /// Like [`next_message_with_raw`](Decoder::next_message_with_raw), but
+    /// a successful reply as long as [`Decoder::text_replies`] says is kept
+    /// as text ([`Frame::Reply`]).
+    pub fn next_frame_with_raw(&mut self, raw: &mut dyn FnMut(&[u8])) -> Option<Frame> {
+        self.next_frame_inner(raw, self.text_replies)
+    }
+
+    fn next_frame_inner(
+        &mut self,
+        raw: &mut dyn FnMut(&[u8]),
+        text_replies: Option<usize>,
+    ) -> Option<Frame> {
         loop {
             match self.mode {
                 Mode::Idle => {
@@ -173,6 +226,7 @@ impl Decoder {
                         Some(b'{') | Some(b'[') => {
                             self.mode = Mode::Value;
                             self.depth = 0;
+                            self.deepest = 0;
                             self.in_string = false;
                             self.escape = false;
                         }
@@ -186,14 +240,24 @@ impl Decoder {
                             self.start = end;
                             self.scan = end;
                             self.mode = Mode::Idle;
-                            return Some(Err(FrameError::TooLarge {
+                            return Some(Frame::Message(Err(FrameError::TooLarge {
                                 limit: self.max_message,
-                            }));
+                            })));
                         }
                         Some(end) => {
                             let frame = &self.buf[self.start..end];
                             raw(frame);
-                            let result = parse_container(frame);
+                            let result = match text_replies {
+                                // Deep nesting is left to the tree, which
+                                // refuses what it refuses.
+                                Some(min) if frame.len() >= min && self.deepest <= TEXT_DEPTH => {
+                                    text_reply(frame).map_or_else(
+                                        || Frame::Message(parse_container(frame)),
+                                        Frame::Reply,
+                                    )
+                                }
+                                _ => Frame::Message(parse_container(frame)),
+                            };
                             self.start = end;
                             self.scan = end;
                             self.mode = Mode::Idle;
@@ -214,9 +278,9 @@ impl Decoder {
                     self.discard_buffer_until(end);
                     if end.is_some() {
                         self.mode = Mode::Idle;
-                        return Some(Err(FrameError::TooLarge {
+                        return Some(Frame::Message(Err(FrameError::TooLarge {
                             limit: self.max_message,
-                        }));
+                        })));
                     }
                     return None;
                 }
@@ -225,9 +289,9 @@ impl Decoder {
                         self.start = nl + 1;
                         self.scan = nl + 1;
                         self.mode = Mode::Idle;
-                        return Some(Err(FrameError::TooLarge {
+                        return Some(Frame::Message(Err(FrameError::TooLarge {
                             limit: self.max_message,
-                        }));
+                        })));
                     }
                     Some(nl) => {
                         let frame = &self.buf[self.start..nl + 1];
@@ -236,7 +300,7 @@ impl Decoder {
                         self.start = nl + 1;
                         self.scan = nl + 1;
                         self.mode = Mode::Idle;
-                        return Some(Err(result));
+                        return Some(Frame::Message(Err(result)));
                     }
                     None => {
                         if self.scan - self.start > self.max_message {
@@ -252,9 +316,9 @@ impl Decoder {
                     self.discard_buffer_until(nl.map(|n| n + 1));
                     if nl.is_some() {
                         self.mode = Mode::Idle;
-                        return Some(Err(FrameError::TooLarge {
+                        return Some(Frame::Message(Err(FrameError::TooLarge {
                             limit: self.max_message,
-                        }));
+                        })));
                     }
                     return None;
                 }
@@ -305,6 +369,7 @@ impl Decoder {
         let len = buf.len();
         let mut i = self.scan;
         let mut depth = self.depth;
+        let mut deepest = self.deepest;
         let mut in_string = self.in_string;
         let mut escape = self.escape;
         let mut found = None;
@@ -335,7 +400,10 @@ impl Decoder {
             }
             match buf[i] {
                 b'"' => in_string = true,
-                b'{' | b'[' => depth += 1,
+                b'{' | b'[' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
                 b'}' | b']' => {
                     depth = depth.saturating_sub(1);
                     if depth == 0 {
@@ -354,6 +422,7 @@ impl Decoder {
         }
         self.scan = i;
         self.depth = depth;
+        self.deepest = deepest;
         self.in_string = in_string;
         self.escape = escape;
         found
@@ -367,6 +436,58 @@ fn trim_end(frame: &[u8]) -> &[u8] {
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(0, |p| p + 1);
     &frame[..keep]
+}
+
+/// The members of a JSON object, each value as its text.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// `frame` kept as text: a reply with one `"return"`, its other members
+/// read, when it is one (valid JSON, an object with one `"return"`, no
+/// `"QMP"` and no key twice); otherwise `None` (the frame is then read as
+/// usual, which gives the same object or says what is wrong).
+fn text_reply(frame: &[u8]) -> Option<Reply> {
+    let text = std::str::from_utf8(frame).ok()?;
+    // Reading the members checks the whole text, values included, as
+    // reading it into a tree would (nesting limit too).
+    let Members(members) = serde_json::from_str(text).ok()?;
+    let mut others = Object::new();
+    let mut ret = None;
+    for (key, value) in &members {
+        if key == "QMP" || others.contains_key(key.as_str()) {
+            return None;
+        }
+        if key == "return" {
+            if ret.is_some() {
+                return None;
+            }
+            let at = value.get().as_ptr() as usize - text.as_ptr() as usize;
+            ret = Some(at..at + value.get().len());
+        } else {
+            others.insert(key.clone(), serde_json::from_str(value.get()).ok()?);
+        }
+    }
+    let ret = ret?;
+    Some(Reply::from_text(Arc::from(text), ret, others))
 }
 
 fn parse_container(frame: &[u8]) -> Result<Object, FrameError> {
@@ -404,6 +525,15 @@ fn parse_line(frame: &[u8]) -> FrameError {
 mod tests {
     use super::*;
 
+    impl Frame {
+        fn object(&self) -> &Object {
+            match self {
+                Frame::Message(Ok(o)) => o,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     fn all(d: &mut Decoder) -> Vec<Result<Object, FrameError>> {
         std::iter::from_fn(|| d.next_message()).collect()
     }
@@ -412,6 +542,88 @@ mod tests {
         match r {
             Ok(o) => serde_json::to_string(o).unwrap(),
             Err(e) => format!("ERR {e:?}"),
+        }
+    }
+
+    /// Frames as `next_frame_with_raw` gives them, with their raw text.
+    fn frames(d: &mut Decoder) -> Vec<(Frame, String)> {
+        let mut out = Vec::new();
+        loop {
+            let mut raw = String::new();
+            let Some(f) = d.next_frame_with_raw(&mut |r| raw = String::from_utf8_lossy(r).into())
+            else {
+                return out;
+            };
+            out.push((f, raw));
+        }
+    }
+
+    #[test]
+    fn large_replies_are_kept_as_text_only_when_asked_and_read_the_same() {
+        let big = "x".repeat(100);
+        let reply = format!(
+            r#"{{"id": {{"n": [1, 2.50]}}, "return": [{{"b": "{big}", "a": 1e3}}, "\u00e9"], "z": null}}"#
+        );
+        let input = format!("{reply}\r\n{{\"return\": {{}}, \"id\": 2}}\r\n");
+        // Not asked: every frame is an object.
+        let mut d = Decoder::new(1 << 20);
+        d.feed(input.as_bytes());
+        let plain = frames(&mut d);
+        assert!(plain
+            .iter()
+            .all(|(f, _)| matches!(f, Frame::Message(Ok(_)))));
+        // Asked: the large one is kept as text, the small one is not.
+        let mut d = Decoder::new(1 << 20);
+        d.text_replies(Some(100));
+        d.feed(input.as_bytes());
+        let got = frames(&mut d);
+        assert_eq!(got.len(), 2);
+        let (Frame::Reply(kept), raw) = &got[0] else {
+            panic!("{:?}", got[0]);
+        };
+        assert_eq!(raw, &reply);
+        assert_eq!(kept.text(), Some(reply.as_str()));
+        assert_eq!(
+            serde_json::to_string(&kept.body).unwrap(),
+            r#"{"id":{"n":[1,2.50]},"z":null}"#
+        );
+        assert_eq!(kept.id(), plain[0].0.object().get("id"));
+        assert_eq!(kept.ret(), plain[0].0.object().get("return"));
+        assert!(!kept.is_error());
+        assert_eq!(&kept.clone().into_body(), plain[0].0.object());
+        assert_eq!(got[1].0, plain[1].0);
+    }
+
+    #[test]
+    fn what_is_not_a_plain_reply_is_read_as_before() {
+        let pad = "p".repeat(64);
+        let cases = [
+            // No "return", a greeting, a key twice, "return" twice, not
+            // JSON, not an object, nested too deep.
+            format!(r#"{{"error": {{"class": "E", "desc": "{pad}"}}}}"#),
+            format!(r#"{{"QMP": {{}}, "return": "{pad}"}}"#),
+            format!(r#"{{"id": 1, "return": "{pad}", "id": 2}}"#),
+            format!(r#"{{"return": 1, "return": "{pad}"}}"#),
+            format!(r#"{{"return": "{pad}", "x": tru}}"#),
+            format!(r#"["return", "{pad}"]"#),
+            format!(
+                r#"{{"return": {}"{pad}"{}}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            ),
+        ];
+        for case in cases {
+            let mut eager = Decoder::new(1 << 20);
+            eager.feed(case.as_bytes());
+            let want = eager.next_message().unwrap();
+            let mut d = Decoder::new(1 << 20);
+            d.text_replies(Some(10));
+            d.feed(case.as_bytes());
+            assert_eq!(
+                d.next_frame_with_raw(&mut |_| {}),
+                Some(Frame::Message(want)),
+                "{case}"
+            );
         }
     }
 

@@ -64,7 +64,7 @@ pub use client::{
     Client, ClientOptions, Error, EventTap, Incoming, Interrupt, Pending, Request, ServerError,
     StartError, Tapped,
 };
-pub use framing::{encode, Decoder, FrameError};
+pub use framing::{encode, Decoder, Frame, FrameError};
 pub use message::{command, Event, Greeting, Message, Object, Reply};
 pub use router::{Router, RouterOptions};
 pub use server::Listener;

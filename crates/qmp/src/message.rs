@@ -87,16 +87,81 @@ impl Greeting {
 }
 
 /// A reply to a command: an object with a `"return"` or an `"error"` key.
+///
+/// A large successful reply to a request that asked for it
+/// ([`Request::text_reply`](crate::Request::text_reply)) may be kept as
+/// the text it arrived as ([`Reply::text`]): then `body` holds every member
+/// but `"return"`, whose value is read from the text when first asked for
+/// ([`Reply::ret`], [`Reply::into_body`]). Build replies with
+/// [`Reply::new`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
-    /// The object exactly as received, in the server's key order.
+    /// The object exactly as received, in the server's key order (without
+    /// `"return"` when the reply is kept as text: see [`Reply::text`]).
     pub body: Object,
     /// `true` when the client added the `"id"` to the command itself
     /// (the user did not supply one), so it can be hidden when displaying.
     pub assigned_id: bool,
+    /// The text of a reply kept as text, and its `"return"`, once read.
+    text: Option<Box<Text>>,
+}
+
+/// The text of a reply kept as text.
+#[derive(Debug, Clone, PartialEq)]
+struct Text {
+    /// The whole reply (one JSON object).
+    frame: std::sync::Arc<str>,
+    /// Where the `"return"` value is in `frame`.
+    ret: std::ops::Range<usize>,
+    /// The `"return"` value, once read.
+    value: std::sync::OnceLock<Value>,
 }
 
 impl Reply {
+    /// A reply with `body`; `assigned_id` as the field says.
+    pub fn new(body: Object, assigned_id: bool) -> Reply {
+        Reply {
+            body,
+            assigned_id,
+            text: None,
+        }
+    }
+
+    /// A reply kept as its text `frame` (a JSON object), whose members but
+    /// `"return"` are `others` and whose `"return"` value is `frame[ret]`.
+    pub(crate) fn from_text(
+        frame: std::sync::Arc<str>,
+        ret: std::ops::Range<usize>,
+        others: Object,
+    ) -> Reply {
+        Reply {
+            body: others,
+            assigned_id: false,
+            text: Some(Box::new(Text {
+                frame,
+                ret,
+                value: std::sync::OnceLock::new(),
+            })),
+        }
+    }
+
+    /// The text the reply arrived as (one JSON object, in the server's key
+    /// order), when it was kept as text: rendering it from there costs a
+    /// fraction of building and walking its tree of values.
+    pub fn text(&self) -> Option<&str> {
+        self.text.as_ref().map(|t| &*t.frame)
+    }
+
+    /// The whole reply as an object (for a reply kept as text, read from
+    /// the text now: the same object as the client would have built).
+    pub fn into_body(self) -> Object {
+        let Some(text) = self.text else {
+            return self.body;
+        };
+        // The text was checked when it was received: it is one object.
+        serde_json::from_str(&text.frame).unwrap_or(self.body)
+    }
+
     /// The reply's `"id"`, if any.
     pub fn id(&self) -> Option<&Value> {
         self.body.get("id")
@@ -109,7 +174,12 @@ impl Reply {
 
     /// The `"return"` value of a successful reply.
     pub fn ret(&self) -> Option<&Value> {
-        self.body.get("return")
+        match &self.text {
+            None => self.body.get("return"),
+            Some(t) => Some(t.value.get_or_init(|| {
+                serde_json::from_str(&t.frame[t.ret.clone()]).unwrap_or(Value::Null)
+            })),
+        }
     }
 
     /// The `"error"."class"` string of an error reply.
@@ -157,10 +227,7 @@ impl Message {
         if obj.contains_key("QMP") {
             Message::Greeting(Greeting { body: obj })
         } else if obj.contains_key("return") || obj.contains_key("error") {
-            Message::Reply(Reply {
-                body: obj,
-                assigned_id: false,
-            })
+            Message::Reply(Reply::new(obj, false))
         } else if obj.contains_key("event") {
             Message::Event(Event { body: obj })
         } else {

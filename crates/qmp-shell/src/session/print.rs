@@ -80,11 +80,11 @@ impl Engine {
                 if reply.is_error() {
                     self.failed();
                 }
-                let body = shown(reply);
                 if self.cfg.json || !hmp {
-                    self.out.reply(body)
+                    // A large reply kept as text is printed from its text.
+                    self.out.reply_of(reply)
                 } else {
-                    self.out.text(&hmp::format_reply(&body))
+                    self.out.text(&hmp::format_reply(&shown(reply)))
                 }
             }
             Err(QmpError::Disconnected) => {

@@ -35,6 +35,8 @@ impl Engine {
         }
         // What came before this is not this command's.
         let before = self.live.numbered();
+        // Printed from its text if large ([`Output::reply_of`](crate::output::Output::reply_of)).
+        let request = request.text_reply();
         match submit(&self.client, &self.live, &self.doorbell, request) {
             Ok(pending) => {
                 if cold {

@@ -224,6 +224,16 @@ impl Shared {
         lock(&self.log).is_some()
     }
 
+    /// Route a reply kept as text: as it is to a request that asked for
+    /// that, else read into its object and routed as any frame.
+    fn route_text(&self, reply: Reply) {
+        if lock(&self.state).keeps_text(&reply) {
+            self.update(|p| p.reply(reply));
+        } else {
+            self.route(Ok(reply.into_body()));
+        }
+    }
+
     /// Route one received frame, showing events to the taps first.
     fn route(&self, frame: Result<Object, FrameError>) {
         match self.update(|p| p.receive(frame)) {
@@ -288,6 +298,18 @@ impl RawLog {
         }
         shared.route(frame);
     }
+
+    /// A reply kept as text whose text came last: logged if it was held
+    /// and is to be logged, then routed.
+    pub(crate) fn deliver_text(&mut self, shared: &Shared, reply: Reply) {
+        if let Some(raw) = self.held.take() {
+            let logs = lock(&shared.state).logs_text(&reply);
+            if logs {
+                shared.log_line(&raw);
+            }
+        }
+        shared.route_text(reply);
+    }
 }
 
 /// The state shared by a connection's drivers and its callers.
@@ -345,13 +367,18 @@ pub(crate) fn start(
     }
 }
 
+/// Replies at least this long may be kept as text ([`Received::Text`]).
+pub(crate) const TEXT_REPLIES: usize = 64 * 1024;
+
 fn reader_loop(mut source: Box<dyn Source>, shared: &Shared) {
     let mut log = RawLog::new(shared);
     source.want_raw(log.logging());
+    source.want_text(Some(TEXT_REPLIES));
     let reason = loop {
         let received = source.receive(&mut |raw| log.raw(shared, raw));
         match received {
             Ok(Some(Received::Frame(frame))) => log.deliver(shared, frame),
+            Ok(Some(Received::Text(reply))) => log.deliver_text(shared, reply),
             Ok(Some(Received::Delimiter)) => {}
             Ok(None) => break None,
             // A transport's own explanation (ssh's message, say); an OS

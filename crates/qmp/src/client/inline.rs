@@ -22,10 +22,10 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::driver::{RawLog, Shared};
+use super::driver::{RawLog, Shared, TEXT_REPLIES};
 use super::limits::encode_for_qemu;
 use super::protocol::{Next, Outgoing, Protocol};
-use crate::framing::Decoder;
+use crate::framing::{Decoder, Frame};
 
 /// Size of each read: a whole schema reply in a few reads.
 const READ_CHUNK: usize = 64 * 1024;
@@ -84,10 +84,12 @@ impl Inline {
     /// Drive `sock` (a connected UNIX or TCP socket; `passes_fds` for a
     /// UNIX one), refusing messages longer than `max_message`.
     pub(crate) fn new(sock: OwnedFd, passes_fds: bool, max_message: usize) -> Inline {
+        let mut decoder = Decoder::new(max_message);
+        decoder.text_replies(Some(TEXT_REPLIES));
         Inline {
             sock,
             passes_fds,
-            decoder: Decoder::new(max_message),
+            decoder,
             buf: Vec::new(),
             out: VecDeque::new(),
             queued: 0,
@@ -279,9 +281,10 @@ impl Inline {
         loop {
             let frame = self
                 .decoder
-                .next_message_with_raw(&mut |raw| log.raw(shared, raw));
+                .next_frame_with_raw(&mut |raw| log.raw(shared, raw));
             match frame {
-                Some(frame) => log.deliver(shared, frame),
+                Some(Frame::Message(frame)) => log.deliver(shared, frame),
+                Some(Frame::Reply(reply)) => log.deliver_text(shared, reply),
                 None => break,
             }
         }

@@ -175,6 +175,7 @@ pub struct Request {
     msg: Object,
     fds: Vec<OwnedFd>,
     logged: bool,
+    text: bool,
 }
 
 impl Request {
@@ -185,6 +186,7 @@ impl Request {
             msg,
             fds: Vec::new(),
             logged: true,
+            text: false,
         }
     }
 
@@ -198,6 +200,14 @@ impl Request {
     /// the user did not ask for, such as a background schema fetch).
     pub fn unlogged(mut self) -> Request {
         self.logged = false;
+        self
+    }
+
+    /// Let a large successful reply come as the text it arrived as
+    /// ([`Reply::text`](crate::Reply::text)), its `"return"` read only
+    /// when asked for: for a caller that prints the reply from its text.
+    pub fn text_reply(mut self) -> Request {
+        self.text = true;
         self
     }
 

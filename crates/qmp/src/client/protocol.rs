@@ -79,6 +79,8 @@ struct Waiter {
     assigned: bool,
     oob: bool,
     logged: bool,
+    /// The reply may be kept as text ([`Request::text_reply`]).
+    text: bool,
     written: bool,
     late: Late,
     /// Where the result goes instead of a [`Pending`](super::Pending)
@@ -268,6 +270,7 @@ impl Protocol {
             mut msg,
             fds,
             logged,
+            text,
         } = request;
         if !fds.is_empty() && !self.passes_fds {
             return Err(Error::Unsupported(
@@ -301,6 +304,7 @@ impl Protocol {
             assigned,
             oob,
             logged,
+            text,
             written: false,
             late: Late::No,
             reply_to,
@@ -608,6 +612,18 @@ impl Protocol {
         }
     }
 
+    /// Whether a reply kept as text ([`Received::Text`](crate::transport::Received::Text))
+    /// stays so: when it answers a request that asked for that
+    /// ([`Request::text_reply`]). Otherwise it is to be read into its
+    /// object and received as any frame ([`Protocol::receive`]).
+    pub(crate) fn keeps_text(&self, reply: &Reply) -> bool {
+        self.run != Runstate::AwaitingGreeting
+            && self.syncing.is_none()
+            && self
+                .waiter_for(reply.id())
+                .is_some_and(|i| self.waiting[i].text)
+    }
+
     /// Route a reply to the request waiting for it.
     pub(crate) fn reply(&mut self, mut reply: Reply) {
         if let Some(sync_id) = &self.syncing {
@@ -662,6 +678,15 @@ impl Protocol {
     /// out of the log is outstanding.
     pub(crate) fn log_depends_on_frame(&self) -> bool {
         self.unlogged > 0 || self.syncing.is_some()
+    }
+
+    /// [`Protocol::logs`] for a reply kept as text.
+    pub(crate) fn logs_text(&self, reply: &Reply) -> bool {
+        if let Some(sync_id) = &self.syncing {
+            return reply.id().is_some_and(|id| same_id(sync_id, id));
+        }
+        self.waiter_for(reply.id())
+            .is_none_or(|i| self.waiting[i].logged)
     }
 
     /// Whether a received frame goes into the log: not while

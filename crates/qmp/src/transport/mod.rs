@@ -13,7 +13,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use crate::framing::FrameError;
-use crate::message::{Greeting, Object};
+use crate::message::{Greeting, Object, Reply};
 
 pub mod libvirt;
 pub mod ssh;
@@ -42,6 +42,18 @@ pub enum Received {
     /// A `0xFF` byte: a guest agent puts one before the reply to
     /// `guest-sync-delimited`; anything partial before it was dropped.
     Delimiter,
+    /// A large successful reply kept as the text it arrived as
+    /// ([`Reply::text`]); only after [`Source::want_text`].
+    Text(Reply),
+}
+
+impl From<crate::framing::Frame> for Received {
+    fn from(frame: crate::framing::Frame) -> Received {
+        match frame {
+            crate::framing::Frame::Message(result) => Received::Frame(result),
+            crate::framing::Frame::Reply(reply) => Received::Text(reply),
+        }
+    }
 }
 
 /// The receiving half of a transport.
@@ -57,6 +69,12 @@ pub trait Source: Send {
     /// do not arrive as text) may then skip making it. The default does
     /// nothing; until told, a source makes it.
     fn want_raw(&mut self, _wanted: bool) {}
+
+    /// Keep successful replies of at least `min` bytes as text
+    /// ([`Received::Text`]) rather than building their tree of values,
+    /// where the source receives text. The default does nothing (every
+    /// frame comes as [`Received::Frame`]).
+    fn want_text(&mut self, _min: Option<usize>) {}
 }
 
 /// The sending half of a transport.

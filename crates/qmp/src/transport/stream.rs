@@ -286,10 +286,14 @@ impl StreamSource {
 }
 
 impl Source for StreamSource {
+    fn want_text(&mut self, min: Option<usize>) {
+        self.decoder.text_replies(min);
+    }
+
     fn receive(&mut self, raw: &mut dyn FnMut(&[u8])) -> io::Result<Option<Received>> {
         loop {
-            if let Some(frame) = self.decoder.next_message_with_raw(raw) {
-                return Ok(Some(Received::Frame(frame)));
+            if let Some(frame) = self.decoder.next_frame_with_raw(raw) {
+                return Ok(Some(frame.into()));
             }
             if self.at_delimiter {
                 // Whatever partial message came before the 0xFF is stale.
@@ -419,6 +423,7 @@ mod tests {
                 Received::Frame(Err(FrameError::NotJson { text, .. })) => format!("bad {text}"),
                 Received::Frame(Err(e)) => format!("err {e}"),
                 Received::Delimiter => "FF".to_owned(),
+                Received::Text(r) => format!("text {}", r.text().unwrap_or_default()),
             });
         }
         out

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use qmp_client::{command, Address, Client, ClientOptions, Error, Incoming, Listener, Object};
+use qmp_client::{
+    command, Address, Client, ClientOptions, Error, Incoming, Listener, Object, Request,
+};
 use qmp_test_support::peer as common;
 use qmp_test_support::stray;
 use serde_json::Value;
@@ -299,6 +301,57 @@ fn message_cap_default_and_exact_boundary() {
     }
     let reply = client.execute("query-status", None, T).unwrap();
     assert!(reply.ret().is_some());
+}
+
+/// `query-qmp-schema` (200 KB) asked with `text_reply`: kept as the text
+/// QEMU sent, read the same as the tree of the same reply; logged as any
+/// reply (and not when the request is unlogged); small replies and
+/// requests that did not ask come as trees.
+#[test]
+fn qemu_schema_reply_kept_as_text_when_asked() {
+    let peer = common::qemu();
+    let log_path = peer.path().join("traffic.log");
+    let opts = ClientOptions {
+        log: Some(Box::new(std::fs::File::create(&log_path).unwrap())),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(&Address::Unix(peer.socket.clone()), opts).unwrap();
+    let ask = |request: Request| client.submit(request).unwrap().wait(T).unwrap();
+    let schema = || Request::new(command("query-qmp-schema", None));
+
+    let kept = ask(schema().text_reply());
+    let text = kept.text().expect("the schema kept as text").to_owned();
+    assert!(text.len() > 100_000, "{}", text.len());
+    assert!(kept.assigned_id && !kept.is_error());
+    assert!(!kept.body.contains_key("return"), "{:?}", kept.body);
+    let tree = ask(schema());
+    assert!(tree.text().is_none());
+    assert!(tree.ret().is_some_and(Value::is_array));
+    assert_eq!(kept.ret(), tree.ret());
+    let id = kept.id().cloned().unwrap();
+    let mut body = kept.into_body();
+    assert_eq!(body.get("id"), Some(&id));
+    body.insert("id".into(), tree.id().unwrap().clone());
+    assert_eq!(body, tree.body);
+    // Exactly what QEMU sent.
+    assert_eq!(serde_json::from_str::<Object>(&text).unwrap(), {
+        let mut b = body.clone();
+        b.insert("id".into(), id);
+        b
+    });
+
+    let hidden = ask(schema().text_reply().unlogged());
+    assert!(hidden.text().is_some());
+    let small = ask(Request::new(command("query-status", None)).text_reply());
+    assert!(small.text().is_none() && small.ret().is_some());
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.lines().any(|l| l == text),
+        "the kept reply is logged as received"
+    );
+    let schemas = log.lines().filter(|l| l.contains("\"meta-type\"")).count();
+    assert_eq!(schemas, 2, "the unlogged one is not");
 }
 
 #[test]
