@@ -6,9 +6,11 @@
 //! which costs a one-command session a tenth of its time. What of that
 //! start-up matters is done by [`qmp_shell::app::prepare_process`].
 
-#![no_main]
+// The unit-test harness of this target keeps its own `main`.
+#![cfg_attr(not(test), no_main)]
 
 /// The process's entry point.
+#[cfg(not(test))]
 #[no_mangle]
 pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     qmp_shell::app::prepare_process();

@@ -9,6 +9,11 @@
 //! path, so the terminal is restored, the history saved and QEMU stopped;
 //! should it not finish within [`GRACE`], the signal thread runs the
 //! registered emergency cleanups, restores the terminal and exits itself.
+//!
+//! A session that runs on one thread (not at a terminal, on a monitor's
+//! socket: see [`install_inline`]) has no signal thread: the handlers
+//! themselves set that state and wake the waits through a self-pipe, and
+//! SIGALRM stands for the grace.
 
 use std::io::IsTerminal;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -1,5 +1,6 @@
 //! A blocking QMP client over any [`Transport`], with a reader thread and a
-//! writer thread.
+//! writer thread, or over a socket with none ([`ClientOptions::inline`]:
+//! whoever waits on the client does its I/O).
 //!
 //! [`Client::submit`] queues a request and returns at once with a
 //! [`Pending`]; the writer thread sends requests in order, and the reader
@@ -17,6 +18,8 @@
 //!   send come out.
 //! * `driver`: the reader and writer threads that drive that state over a
 //!   [`Transport`], and the waits of the callers.
+//! * `inline`: the driver without threads, for a UNIX or TCP socket: the
+//!   waits send and read themselves.
 //! * `handshake`: the greeting, the guest agent resynchronisation and the
 //!   capabilities negotiation.
 //! * `taps`: [`Client::tap_events`]. `queue`: the bounded event queue.
