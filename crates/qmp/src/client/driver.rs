@@ -11,6 +11,7 @@
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -54,6 +55,9 @@ pub(crate) struct Shared {
     pub(crate) inline: Option<Mutex<Inline>>,
     /// What ends the waits of an inline connection early.
     pub(crate) interrupt: Option<Interrupt>,
+    /// Threads napping on `replies` while another drives an inline
+    /// connection.
+    napping: AtomicUsize,
 }
 
 /// How a [`Shared::wait`] ended.
@@ -87,13 +91,16 @@ impl Shared {
     }
 
     fn wake(&self, wake: Wake, due: Vec<(Callback, Result<Reply, Error>)>) {
-        if wake.replies {
+        // Inline, nobody sleeps on the condition variables but a thread
+        // napping while another drives (a wake-up is a system call).
+        let threaded = self.inline.is_none();
+        if wake.replies && (threaded || self.napping.load(Ordering::SeqCst) > 0) {
             self.replies.notify_all();
         }
-        if wake.incoming {
+        if wake.incoming && threaded {
             self.incoming.notify_all();
         }
-        if wake.writer {
+        if wake.writer && threaded {
             self.writer.notify_all();
         }
         if wake.notify {
@@ -162,8 +169,12 @@ impl Shared {
                 let nap = Instant::now() + OTHER_DRIVER_NAP;
                 let until = deadline.map_or(nap, |d| d.min(nap));
                 let p = lock(&self.state);
+                // Counted with the state locked: whoever changes it next
+                // sees the count and wakes us.
+                self.napping.fetch_add(1, Ordering::SeqCst);
                 let left = until.saturating_duration_since(Instant::now());
                 drop(self.replies.wait_timeout(p, left));
+                self.napping.fetch_sub(1, Ordering::SeqCst);
                 return (Waited::Again, false);
             }
         };
@@ -331,6 +342,7 @@ pub(crate) fn shared(
         taps: Taps::default(),
         inline: inline.map(Mutex::new),
         interrupt,
+        napping: AtomicUsize::new(0),
     })
 }
 
