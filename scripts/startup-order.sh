@@ -94,6 +94,15 @@ def pattern(name):
         return re.sub(r"Cs[0-9A-Za-z]+_", "Cs*_", name)
     return name
 
+# How many functions of the binary each pattern stands for: more than one
+# is a generic function's instances, of which a run executes a few; those
+# are named exactly (hash and all) so that the others stay out of the group.
+# They fall out of it when their hashes change (a new toolchain or
+# dependency) until the next run of this script; the rest does not.
+count = {}
+for name in symbols:
+    count[pattern(name)] = count.get(pattern(name), 0) + 1
+
 patterns, seen = [], set()
 for path in profiles:
     names = {}
@@ -108,6 +117,8 @@ for path in profiles:
     for name in ran:
         if name in symbols:
             p = pattern(name)
+            if count[p] > 1:
+                p = name
             if p not in seen and re.fullmatch(r"[A-Za-z0-9_$.*]+", p):
                 seen.add(p)
                 patterns.append(p)
