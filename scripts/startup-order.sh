@@ -95,15 +95,19 @@ def pattern(name):
     return name
 
 # How many functions of the binary each pattern stands for: more than one
-# is a generic function's instances, of which a run executes a few; those
-# are named exactly (hash and all) so that the others stay out of the group.
-# They fall out of it when their hashes change (a new toolchain or
-# dependency) until the next run of this script; the rest does not.
+# is a generic function's instances, of which a run executes a few. Those
+# are named exactly (hash and all) in the group, and the pattern comes
+# again at its end, after everything else: an instance goes where it first
+# matches, so the instances that did not run gather at the end, out of the
+# way. When the hashes change (another toolchain, dependency, or target
+# directory: the packages are built with --target), the exact names match
+# nothing and the instances are all at the end of the group, which grows
+# by a sixth, instead of scattered over the whole program.
 count = {}
 for name in symbols:
     count[pattern(name)] = count.get(pattern(name), 0) + 1
 
-patterns, seen = [], set()
+patterns, seen, generics = [], set(), []
 for path in profiles:
     names = {}
     ran = []
@@ -118,6 +122,8 @@ for path in profiles:
         if name in symbols:
             p = pattern(name)
             if count[p] > 1:
+                if p not in generics and re.fullmatch(r"[A-Za-z0-9_$.*]+", p):
+                    generics.append(p)
                 p = name
             if p not in seen and re.fullmatch(r"[A-Za-z0-9_$.*]+", p):
                 seen.add(p)
@@ -136,7 +142,7 @@ with open(out, "w") as f:
     f.write("  .plt : { *(.plt) *(.iplt) }\n")
     f.write("  .text.startup_hot :\n  {\n")
     f.write("    *crt1.o(.text) *crti.o(.text) *crtbegin*.o(.text)\n")
-    for p in patterns:
+    for p in patterns + generics:
         f.write(f"    *(.text.{p} .text.unlikely.{p})\n")
     f.write("  }\n}\nINSERT BEFORE .text;\n")
 print(f"startup-order.sh: {len(patterns)} patterns written to {out}", file=sys.stderr)
