@@ -20,6 +20,29 @@ fn main() {
         None => version,
     };
     println!("cargo:rustc-env=QMP_SHELL_VERSION={text}");
+    startup_layout(Path::new(&dir));
+}
+
+/// Release builds on Linux: lay out together the functions a short run
+/// executes (`startup.ld`, a linker script that only adds one output
+/// section before `.text`, written by `scripts/startup-order.sh`). The
+/// kernel maps code 64 KiB around each page touched; grouped, a one-command
+/// run maps about a third of the code instead of all of it. GNU ld and lld
+/// both take it; `QMP_SHELL_NO_STARTUP_LAYOUT=1` leaves it out (a linker
+/// without linker scripts, such as mold).
+fn startup_layout(dir: &Path) {
+    println!("cargo:rerun-if-changed=startup.ld");
+    println!("cargo:rerun-if-env-changed=QMP_SHELL_NO_STARTUP_LAYOUT");
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    let script = dir.join("startup.ld");
+    if var("PROFILE") != "release"
+        || var("CARGO_CFG_TARGET_OS") != "linux"
+        || !var("QMP_SHELL_NO_STARTUP_LAYOUT").is_empty()
+        || !script.is_file()
+    {
+        return;
+    }
+    println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());
 }
 
 /// Digits of a commit shown: enough to be unique, as ripgrep shows it.

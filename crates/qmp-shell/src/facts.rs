@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use qmp_client::Object;
+use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
 use crate::schema::{Mark, Schema, WARNED_FEATURES};
@@ -17,11 +18,19 @@ use crate::schema::{Mark, Schema, WARNED_FEATURES};
 /// The version of the JSON form; another version is ignored.
 const FORMAT: u64 = 1;
 
-/// Facts about one command.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// One of [`WARNED_FEATURES`] (a name of its own for the derived reading
+/// of [`Command`], which would otherwise ask its input to be `'static`).
+type FeatureName = &'static str;
+
+/// Facts about one command. Its JSON form leaves out what is not there:
+/// `{"mark": FEATURE, "oob": true, "args": [[PATH, VALUE or null, FEATURE]]}`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 struct Command {
-    mark: Option<&'static str>,
+    #[serde(default, deserialize_with = "read_mark")]
+    mark: Option<FeatureName>,
+    #[serde(default)]
     oob: bool,
+    #[serde(default, deserialize_with = "read_args")]
     args: Vec<Mark>,
 }
 
@@ -167,45 +176,67 @@ impl Facts {
 
     /// Read the JSON form; `None` for anything else (an older format, a
     /// damaged file).
+    #[cfg(test)]
     pub(crate) fn from_json(v: &Value) -> Option<Facts> {
-        if v.get("format")?.as_u64()? != FORMAT {
+        FactsJson::deserialize(v).ok()?.into_facts()
+    }
+}
+
+/// The JSON form of [`Facts`] as read: straight into the maps, with no
+/// JSON tree in between (a one-command session reads it at every start).
+#[derive(Deserialize)]
+pub(crate) struct FactsJson {
+    format: u64,
+    commands: BTreeMap<String, Command>,
+    events: BTreeMap<String, Option<Feature>>,
+}
+
+/// A feature name, one of ours ([`WARNED_FEATURES`]); anything else does
+/// not read.
+struct Feature(&'static str);
+
+impl<'de> Deserialize<'de> for Feature {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Feature, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        feature(&name)
+            .map(Feature)
+            .ok_or_else(|| serde::de::Error::custom("not a feature"))
+    }
+}
+
+/// A command's `mark`.
+fn read_mark<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FeatureName>, D::Error> {
+    Ok(Option::<Feature>::deserialize(d)?.map(|f| f.0))
+}
+
+/// A command's `args`: `[path, value or null, feature]` each.
+fn read_args<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Mark>, D::Error> {
+    let args = Vec::<(String, Option<String>, Feature)>::deserialize(d)?;
+    Ok(args
+        .into_iter()
+        .map(|(path, value, feature)| Mark {
+            path,
+            value,
+            feature: feature.0,
+        })
+        .collect())
+}
+
+impl FactsJson {
+    /// The facts; `None` for another format.
+    pub(crate) fn into_facts(self) -> Option<Facts> {
+        if self.format != FORMAT {
             return None;
         }
-        let mut facts = Facts::default();
-        for (name, c) in v.get("commands")?.as_object()? {
-            let mut command = Command::default();
-            if let Some(mark) = c.get("mark") {
-                command.mark = Some(feature(mark.as_str()?)?);
-            }
-            command.oob = c.get("oob").and_then(Value::as_bool) == Some(true);
-            for a in c
-                .get("args")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let [path, value, f] = a.as_array()?.as_slice() else {
-                    return None;
-                };
-                command.args.push(Mark {
-                    path: path.as_str()?.to_owned(),
-                    value: match value {
-                        Value::Null => None,
-                        v => Some(v.as_str()?.to_owned()),
-                    },
-                    feature: feature(f.as_str()?)?,
-                });
-            }
-            facts.commands.insert(name.clone(), command);
-        }
-        for (name, mark) in v.get("events")?.as_object()? {
-            let mark = match mark {
-                Value::Null => None,
-                m => Some(feature(m.as_str()?)?),
-            };
-            facts.events.insert(name.clone(), mark);
-        }
-        Some(facts)
+        let events = self
+            .events
+            .into_iter()
+            .map(|(name, mark)| (name, mark.map(|f| f.0)))
+            .collect();
+        Some(Facts {
+            commands: self.commands,
+            events,
+        })
     }
 }
 

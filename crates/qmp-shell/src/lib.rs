@@ -58,6 +58,7 @@ pub(crate) mod live;
 pub mod manual;
 pub mod meta;
 pub(crate) mod output;
+mod pow;
 pub mod proxy;
 pub(crate) mod rawjson;
 pub mod readonly;

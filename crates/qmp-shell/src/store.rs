@@ -545,8 +545,8 @@ impl Cached {
         let builds = path
             .as_deref()
             .and_then(|p| fs::read(p).ok())
-            .and_then(|text| serde_json::from_slice::<Value>(&text).ok())
-            .and_then(|v| builds_from_json(&v))
+            .and_then(|text| serde_json::from_slice::<CacheJson>(&text).ok())
+            .and_then(CacheJson::into_builds)
             .unwrap_or_default();
         Cached { path, builds }
     }
@@ -573,21 +573,45 @@ impl Cached {
 
 /// The builds of a cache file's JSON form; `None` for anything else (an
 /// older format, a damaged file).
+#[cfg(test)]
 fn builds_from_json(v: &Value) -> Option<Vec<Build>> {
-    if v.get("format")?.as_u64()? != FORMAT {
-        return None;
-    }
-    v.get("builds")?
-        .as_array()?
-        .iter()
-        .take(MAX_BUILDS)
-        .map(|b| {
-            Some(Build {
-                commands: u64::from_str_radix(b.get("commands")?.as_str()?, 16).ok()?,
-                facts: Facts::from_json(b.get("facts")?)?,
+    use serde::Deserialize;
+    CacheJson::deserialize(v).ok()?.into_builds()
+}
+
+/// A cache file as read: straight into the facts, with no JSON tree in
+/// between (a one-command session reads it at every start).
+#[derive(serde::Deserialize)]
+struct CacheJson {
+    format: u64,
+    builds: Vec<BuildJson>,
+}
+
+/// One build of a cache file as read.
+#[derive(serde::Deserialize)]
+struct BuildJson {
+    /// The fingerprint of its command list, in hexadecimal.
+    commands: String,
+    facts: crate::facts::FactsJson,
+}
+
+impl CacheJson {
+    /// The builds; `None` for another format or a damaged entry.
+    fn into_builds(self) -> Option<Vec<Build>> {
+        if self.format != FORMAT {
+            return None;
+        }
+        self.builds
+            .into_iter()
+            .take(MAX_BUILDS)
+            .map(|b| {
+                Some(Build {
+                    commands: u64::from_str_radix(&b.commands, 16).ok()?,
+                    facts: b.facts.into_facts()?,
+                })
             })
-        })
-        .collect()
+            .collect()
+    }
 }
 
 /// Write the file next to its final name, then rename it: readers see a

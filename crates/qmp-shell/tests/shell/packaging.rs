@@ -64,6 +64,22 @@ fn version_is_the_crates_and_the_commit_for_every_program() {
 }
 
 #[test]
+fn programs_load_no_maths_library() {
+    // Every start would map libm.so.6 (340 KiB resident) for the one
+    // function the programs call from it (`pow`, which they define).
+    for (name, bin) in programs() {
+        let out = run("readelf", &["-d", bin.to_str().unwrap()], &[]);
+        let dynamic = ok_stdout(&out);
+        let needed: Vec<&str> = dynamic.lines().filter(|l| l.contains("(NEEDED)")).collect();
+        assert!(!needed.is_empty(), "{name}: {dynamic}");
+        assert!(
+            !needed.iter().any(|l| l.contains("libm.so")),
+            "{name}: {needed:?}"
+        );
+    }
+}
+
+#[test]
 fn man_renders_every_page_with_name_and_options() {
     let dir = tempfile::tempdir().unwrap();
     for (name, bin) in programs() {
