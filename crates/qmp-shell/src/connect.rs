@@ -169,6 +169,11 @@ fn connect_with(
         let opts = ClientOptions {
             inline: interrupt.is_some(),
             interrupt: interrupt.clone(),
+            // The one session of this process: its facts are read while
+            // the negotiation's round trip is under way.
+            on_greeting: interrupt
+                .is_some()
+                .then(|| Box::new(crate::store::prefetch) as qmp_client::GreetingHook),
             ..client_options(common.timeout, negotiate, log.as_ref())
         };
         match target {

@@ -537,10 +537,29 @@ fn cache_path(greeting: &Greeting) -> Option<PathBuf> {
     )))
 }
 
+/// A cache file read ahead by [`prefetch`], until a store takes it.
+static PREFETCHED: Mutex<Option<Cached>> = Mutex::new(None);
+
+/// Read the cache file for `greeting` now, for the store of the session
+/// that starts: while the capabilities negotiation is on its way, rather
+/// than before the first command is sent.
+pub fn prefetch(greeting: &Greeting) {
+    let cached = Cached::read_file(greeting);
+    *PREFETCHED.lock().unwrap_or_else(|e| e.into_inner()) = Some(cached);
+}
+
 impl Cached {
     /// The cache file for `greeting`, read (empty when there is none, or it
-    /// is damaged or of another format).
+    /// is damaged or of another format), or as [`prefetch`] read it.
     fn read(greeting: &Greeting) -> Cached {
+        let ahead = PREFETCHED.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match ahead {
+            Some(cached) if cached.path == cache_path(greeting) => cached,
+            _ => Cached::read_file(greeting),
+        }
+    }
+
+    fn read_file(greeting: &Greeting) -> Cached {
         let path = cache_path(greeting);
         let builds = path
             .as_deref()

@@ -61,8 +61,8 @@ pub mod transport;
 
 pub use address::{Address, AddressError};
 pub use client::{
-    Client, ClientOptions, Error, EventTap, Incoming, Interrupt, Pending, Request, ServerError,
-    StartError, Tapped,
+    Client, ClientOptions, Error, EventTap, GreetingHook, Incoming, Interrupt, Pending, Request,
+    ServerError, StartError, Tapped,
 };
 pub use framing::{encode, Decoder, Frame, FrameError};
 pub use message::{command, Event, Greeting, Message, Object, Reply};

@@ -12,7 +12,7 @@ use super::driver::Waited;
 use super::error::{Error, ServerError, StartError};
 use super::inline::Inline;
 use super::protocol::{compact, Protocol, TEXT_IN_MESSAGES};
-use super::{driver, Client, ClientOptions, Request, OOB_INBAND_WINDOW};
+use super::{driver, Client, ClientOptions, GreetingHook, Request, OOB_INBAND_WINDOW};
 use crate::framing::{truncate, FrameError};
 use crate::message::{command, Event, Greeting, Message, Object, Reply};
 use crate::plumbing::lock;
@@ -158,13 +158,19 @@ impl Client {
         if let Some(token) = sync_token {
             client.guest_sync(token, opts.greeting_timeout);
         }
+        let mut on_greeting = opts.on_greeting;
+        if !(opts.negotiate && handshake == Handshake::Server) {
+            if let (Some(f), Some(g)) = (on_greeting.take(), &client.greeting) {
+                f(g);
+            }
+        }
         if opts.negotiate && handshake == Handshake::Server {
             let offered = client
                 .greeting
                 .as_ref()
                 .is_some_and(|g| g.capabilities().iter().any(|c| c == "oob"));
             let enable_oob = opts.oob && offered;
-            client.negotiate(enable_oob, opts.greeting_timeout)?;
+            client.negotiate(enable_oob, opts.greeting_timeout, on_greeting)?;
             if enable_oob {
                 client.oob = true;
                 client.shared.update(|p| p.set_window(OOB_INBAND_WINDOW));
@@ -250,13 +256,28 @@ impl Client {
         });
     }
 
-    fn negotiate(&self, oob: bool, timeout: Option<Duration>) -> Result<(), Error> {
+    /// Send `qmp_capabilities` and wait for its reply; meanwhile (once the
+    /// request is on its way) run `on_greeting`.
+    fn negotiate(
+        &self,
+        oob: bool,
+        timeout: Option<Duration>,
+        on_greeting: Option<GreetingHook>,
+    ) -> Result<(), Error> {
         let args = oob.then(|| {
             let mut a = Object::new();
             a.insert("enable".to_owned(), Value::from(vec![Value::from("oob")]));
             a
         });
-        let why = match self.execute("qmp_capabilities", args, timeout) {
+        let sent = self.send(command("qmp_capabilities", args)).map(|pending| {
+            if let (Some(f), Some(g)) = (on_greeting, &self.greeting) {
+                // An inline client sends when it waits: send now.
+                self.shared.drive(Some(Instant::now()), &[]);
+                f(g);
+            }
+            pending
+        });
+        let why = match sent.and_then(|p| p.wait(timeout)) {
             Ok(reply) if reply.ret().is_some() => return Ok(()),
             Ok(reply) => {
                 let desc = reply

@@ -124,7 +124,16 @@ pub struct ClientOptions {
     /// becoming readable means "give up" ([`Error::Interrupted`]), for a
     /// signal's self-pipe. The start of the session is given up too.
     pub interrupt: Option<Interrupt>,
+    /// Called once with the server's greeting, as soon as the
+    /// capabilities negotiation is on its way (before its reply is
+    /// awaited), for work that can overlap that round trip: reading what
+    /// the caller keeps about this server, say. Not called when no
+    /// greeting is read.
+    pub on_greeting: Option<GreetingHook>,
 }
+
+/// See [`ClientOptions::on_greeting`].
+pub type GreetingHook = Box<dyn FnOnce(&Greeting) + Send>;
 
 impl Default for ClientOptions {
     fn default() -> ClientOptions {
@@ -138,6 +147,7 @@ impl Default for ClientOptions {
             guest_sync: false,
             inline: false,
             interrupt: None,
+            on_greeting: None,
         }
     }
 }
@@ -154,6 +164,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("guest_sync", &self.guest_sync)
             .field("inline", &self.inline)
             .field("interrupt", &self.interrupt)
+            .field("on_greeting", &self.on_greeting.as_ref().map(|_| "..."))
             .finish()
     }
 }
