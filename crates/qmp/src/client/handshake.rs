@@ -269,14 +269,12 @@ impl Client {
             a.insert("enable".to_owned(), Value::from(vec![Value::from("oob")]));
             a
         });
-        let sent = self.send(command("qmp_capabilities", args)).map(|pending| {
-            if let (Some(f), Some(g)) = (on_greeting, &self.greeting) {
-                // An inline client sends when it waits: send now.
-                self.shared.drive(Some(Instant::now()), &[]);
-                f(g);
-            }
-            pending
-        });
+        let sent = self.send(command("qmp_capabilities", args));
+        if let (Ok(_), Some(f), Some(g)) = (&sent, on_greeting, &self.greeting) {
+            // An inline client sends when it waits: send now.
+            self.shared.drive(Some(Instant::now()), &[]);
+            f(g);
+        }
         let why = match sent.and_then(|p| p.wait(timeout)) {
             Ok(reply) if reply.ret().is_some() => return Ok(()),
             Ok(reply) => {
