@@ -135,21 +135,23 @@ pub fn connect(
     banner: bool,
     retry: Retry,
 ) -> Result<Connected, String> {
-    connect_with(target, common, guest_agent, banner, retry, None)
+    connect_with(target, common, guest_agent, banner, retry, None, true)
 }
 
 /// [`connect`] to a QMP monitor, the client inline
 /// ([`ClientOptions::inline`]): it starts no thread, and does its I/O on
 /// the thread that waits for it; `interrupt` (a signal's self-pipe) ends
-/// its waits, the start included.
+/// its waits, the start included. `oob`: enable out-of-band execution when
+/// the server offers it.
 pub fn connect_inline(
     target: &Target,
     common: &Common,
     banner: bool,
     retry: Retry,
     interrupt: Interrupt,
+    oob: bool,
 ) -> Result<Connected, String> {
-    connect_with(target, common, false, banner, retry, Some(interrupt))
+    connect_with(target, common, false, banner, retry, Some(interrupt), oob)
 }
 
 fn connect_with(
@@ -159,6 +161,7 @@ fn connect_with(
     banner: bool,
     retry: Retry,
     interrupt: Option<Interrupt>,
+    oob: bool,
 ) -> Result<Connected, String> {
     let log = match &common.logfile {
         Some(path) => Some(SharedLog::open(path)?),
@@ -167,6 +170,7 @@ fn connect_with(
     let negotiate = !guest_agent;
     with_retry(retry, || {
         let opts = ClientOptions {
+            oob,
             inline: interrupt.is_some(),
             interrupt: interrupt.clone(),
             // The one session of this process: its facts are read while

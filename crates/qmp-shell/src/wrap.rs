@@ -385,6 +385,7 @@ pub fn main() -> i32 {
             args.commands.clone(),
             false,
             Some(argv.clone()),
+            None,
         );
         // Before QEMU is stopped: the other clients are disconnected and
         // the socket removed.
