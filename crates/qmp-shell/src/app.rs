@@ -414,3 +414,32 @@ pub fn main() -> i32 {
     std::mem::forget(client);
     code
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ahead(text: &str, whole: bool) -> script::Prefetched {
+        script::Prefetched {
+            bytes: text.as_bytes().to_vec(),
+            whole,
+        }
+    }
+
+    #[test]
+    fn out_of_band_is_left_off_only_for_one_or_two_known_commands() {
+        let c = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(!wants_oob(&c(&["query-status"]), None));
+        assert!(!wants_oob(&c(&["query-status", "query-name"]), None));
+        assert!(wants_oob(&c(&["a", "b", "c"]), None));
+        assert!(wants_oob(&c(&["/oob migrate-pause"]), None));
+        assert!(wants_oob(&c(&[r#"{"exec-oob": "x"}"#]), None));
+        assert!(wants_oob(&c(&["/play cmds.txt"]), None));
+        assert!(!wants_oob(&[], Some(&ahead("query-status\n\n", true))));
+        assert!(wants_oob(&[], Some(&ahead("a\nb\nc\n", true))));
+        assert!(wants_oob(&[], Some(&ahead("/OOB x\n", true))));
+        // Input still to come, or none read yet: on.
+        assert!(wants_oob(&[], Some(&ahead("query-status\n", false))));
+        assert!(wants_oob(&[], None));
+    }
+}
