@@ -29,15 +29,19 @@ fn main() {
 /// do not load `libgcc_s.so.1` at start-up for code that only runs to
 /// print a backtrace (the release profile aborts on panic). Loading it
 /// costs a start a tenth of a millisecond (its CPU-feature probe, its
-/// relocations) and 100 KiB of RSS. Skipped when the C compiler has no
-/// `libgcc_eh.a` (zig, which links its own unwinder statically anyway) or
-/// with `QMP_SHELL_SHARED_LIBGCC=1`.
+/// relocations) and 100 KiB of RSS. Skipped with a linker of one's own
+/// (`RUSTC_LINKER`: the packages are linked by zig against an older glibc,
+/// with its own unwinder, static already), when the C compiler has no
+/// `libgcc_eh.a`, or with `QMP_SHELL_SHARED_LIBGCC=1`. (GCC 12's unwinder
+/// uses glibc 2.35's `_dl_find_object`: such a build needs that glibc.)
 fn static_unwinder() {
     println!("cargo:rerun-if-env-changed=QMP_SHELL_SHARED_LIBGCC");
     let var = |name: &str| std::env::var(name).unwrap_or_default();
     if var("PROFILE") != "release"
         || var("CARGO_CFG_TARGET_OS") != "linux"
         || var("CARGO_CFG_TARGET_ENV") != "gnu"
+        || !var("RUSTC_LINKER").is_empty()
+        || var("TARGET") != var("HOST")
         || !var("QMP_SHELL_SHARED_LIBGCC").is_empty()
     {
         return;
