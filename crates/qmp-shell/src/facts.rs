@@ -15,8 +15,10 @@ use serde_json::{json, Value};
 
 use crate::schema::{Mark, Schema, WARNED_FEATURES};
 
-/// The version of the JSON form; another version is ignored.
-const FORMAT: u64 = 1;
+/// The version of the JSON form; another version is ignored (2: the
+/// names of every command and event as one string each, the facts of the
+/// few that have any apart).
+const FORMAT: u64 = 2;
 
 /// One of [`WARNED_FEATURES`] (a name of its own for the derived reading
 /// of [`Command`], which would otherwise ask its input to be `'static`).
@@ -34,14 +36,87 @@ struct Command {
     args: Vec<Mark>,
 }
 
+impl Command {
+    /// Whether there is anything to know about it.
+    fn is_plain(&self) -> bool {
+        self.mark.is_none() && !self.oob && self.args.is_empty()
+    }
+}
+
 /// Deprecation marks and out-of-band permissions of a server's commands
 /// and events.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Facts {
-    /// Every command the server has; the facts of those with any.
+    /// Every command the server has.
+    command_names: Names,
+    /// The facts of the commands that have any (a few of hundreds).
     commands: BTreeMap<String, Command>,
-    /// Every event, with its mark if it has one.
-    events: BTreeMap<String, Option<&'static str>>,
+    /// Every event.
+    event_names: Names,
+    /// The marks of the events that have one.
+    events: BTreeMap<String, &'static str>,
+}
+
+/// A set of names kept as one sorted string, a name per line: read from
+/// the cache at the cost of one string (a one-command session reads it at
+/// every start), looked up by binary search.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Names {
+    text: String,
+    /// Where each line starts.
+    starts: Vec<u32>,
+}
+
+impl Names {
+    /// The set of `names`, sorted and without duplicates.
+    fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Names {
+        let mut names: Vec<&str> = names.into_iter().collect();
+        names.sort_unstable();
+        names.dedup();
+        Names::from_text(names.join("\n")).unwrap_or_default()
+    }
+
+    /// The names of `text`, one per line; `None` unless they are sorted,
+    /// without duplicates or empty lines.
+    fn from_text(text: String) -> Option<Names> {
+        if text.is_empty() {
+            return Some(Names::default());
+        }
+        let mut starts = Vec::new();
+        let mut at = 0;
+        let mut last: Option<&str> = None;
+        for line in text.split('\n') {
+            if line.is_empty() || last.is_some_and(|l| l >= line) {
+                return None;
+            }
+            starts.push(u32::try_from(at).ok()?);
+            at += line.len() + 1;
+            last = Some(line);
+        }
+        Some(Names { text, starts })
+    }
+
+    fn line(&self, i: usize) -> &str {
+        let start = self.starts[i] as usize;
+        let end = self
+            .starts
+            .get(i + 1)
+            .map_or(self.text.len(), |n| *n as usize - 1);
+        &self.text[start..end]
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        let (mut lo, mut hi) = (0, self.starts.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.line(mid).cmp(name) {
+                std::cmp::Ordering::Equal => return true,
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        false
+    }
 }
 
 /// A feature name from JSON, as one of ours.
@@ -52,28 +127,32 @@ fn feature(name: &str) -> Option<&'static str> {
 impl Facts {
     /// The facts of `schema`.
     pub(crate) fn from_schema(schema: &Schema) -> Facts {
-        let mut facts = Facts::default();
+        let mut facts = Facts {
+            command_names: Names::new(schema.command_names()),
+            event_names: Names::new(schema.event_names()),
+            ..Facts::default()
+        };
         for name in schema.command_names() {
-            facts.commands.insert(
-                name.to_owned(),
-                Command {
-                    mark: schema.command_mark(name),
-                    oob: schema.allows_oob(name),
-                    args: schema.marks(name),
-                },
-            );
+            let command = Command {
+                mark: schema.command_mark(name),
+                oob: schema.allows_oob(name),
+                args: schema.marks(name),
+            };
+            if !command.is_plain() {
+                facts.commands.insert(name.to_owned(), command);
+            }
         }
         for name in schema.event_names() {
-            facts
-                .events
-                .insert(name.to_owned(), schema.event_mark(name));
+            if let Some(mark) = schema.event_mark(name) {
+                facts.events.insert(name.to_owned(), mark);
+            }
         }
         facts
     }
 
     /// Whether the server has command `name`.
     pub(crate) fn knows(&self, name: &str) -> bool {
-        self.commands.contains_key(name)
+        self.command_names.contains(name)
     }
 
     /// Whether command `name` may run out of band.
@@ -92,12 +171,12 @@ impl Facts {
 
     /// `deprecated` or `unstable` for event `name`.
     pub(crate) fn event_mark(&self, name: &str) -> Option<&'static str> {
-        self.events.get(name).copied().flatten()
+        self.events.get(name).copied()
     }
 
     /// Whether the server has event `name`.
     pub fn knows_event(&self, name: &str) -> bool {
-        self.events.contains_key(name)
+        self.event_names.contains(name)
     }
 
     /// One-line warnings (without the `warning: ` prefix) for what the
@@ -171,7 +250,13 @@ impl Facts {
                 (name.clone(), Value::Object(obj))
             })
             .collect();
-        json!({"format": FORMAT, "commands": commands, "events": self.events})
+        json!({
+            "format": FORMAT,
+            "commands": self.command_names.text,
+            "marked": commands,
+            "events": self.event_names.text,
+            "marked_events": self.events,
+        })
     }
 
     /// Read the JSON form; `None` for anything else (an older format, a
@@ -187,8 +272,12 @@ impl Facts {
 #[derive(Deserialize)]
 pub(crate) struct FactsJson {
     format: u64,
-    commands: BTreeMap<String, Command>,
-    events: BTreeMap<String, Option<Feature>>,
+    /// Every command, a name per line, sorted.
+    commands: String,
+    marked: BTreeMap<String, Command>,
+    /// Every event, a name per line, sorted.
+    events: String,
+    marked_events: BTreeMap<String, Feature>,
 }
 
 /// A feature name, one of ours ([`WARNED_FEATURES`]); anything else does
@@ -228,14 +317,23 @@ impl FactsJson {
         if self.format != FORMAT {
             return None;
         }
-        let events = self
-            .events
-            .into_iter()
-            .map(|(name, mark)| (name, mark.map(|f| f.0)))
-            .collect();
+        let command_names = Names::from_text(self.commands)?;
+        let event_names = Names::from_text(self.events)?;
+        // The facts are of commands and events there are.
+        if !self.marked.keys().all(|n| command_names.contains(n))
+            || !self.marked_events.keys().all(|n| event_names.contains(n))
+        {
+            return None;
+        }
         Some(Facts {
-            commands: self.commands,
-            events,
+            command_names,
+            commands: self.marked,
+            event_names,
+            events: self
+                .marked_events
+                .into_iter()
+                .map(|(name, f)| (name, f.0))
+                .collect(),
         })
     }
 }
@@ -322,6 +420,33 @@ mod tests {
             &json!({"format": 1, "commands": {"a": {"mark": "odd"}}, "events": {}})
         )
         .is_none());
+        let form = |commands: &str, marked: Value| {
+            json!({"format": 2, "commands": commands, "marked": marked,
+                   "events": "A\nB", "marked_events": {"B": "deprecated"}})
+        };
+        let read = Facts::from_json(&form("a\nb", json!({"b": {"oob": true}}))).unwrap();
+        assert!(read.knows("a") && read.knows("b") && !read.knows("c") && !read.knows(""));
+        assert!(read.allows_oob("b") && !read.allows_oob("a"));
+        assert!(read.knows_event("A") && read.event_mark("B") == Some("deprecated"));
+        // Unsorted names, facts of a command there is not, a strange mark.
+        assert!(Facts::from_json(&form("b\na", json!({}))).is_none());
+        assert!(Facts::from_json(&form("a", json!({"z": {"oob": true}}))).is_none());
+        assert!(Facts::from_json(&form("a", json!({"a": {"mark": "odd"}}))).is_none());
         assert!(Facts::from_json(&json!([])).is_none());
+    }
+
+    #[test]
+    fn names_are_found_by_binary_search() {
+        let names = Names::new(["query-status", "add-fd", "yank", "query-status", "b"]);
+        assert_eq!(names.text, "add-fd\nb\nquery-status\nyank");
+        for n in ["add-fd", "b", "query-status", "yank"] {
+            assert!(names.contains(n), "{n}");
+        }
+        for n in ["", "a", "add", "add-fd\nb", "query", "z"] {
+            assert!(!names.contains(n), "{n}");
+        }
+        assert!(!Names::default().contains("x"));
+        assert_eq!(Names::from_text("a\n\nb".into()), None);
+        assert_eq!(Names::from_text("a\na".into()), None);
     }
 }
