@@ -1499,8 +1499,7 @@ fn deprecated_and_unstable_commands_get_a_warning_once() {
     // now gets a warning without the schema being fetched again.
     let path = files[0].path();
     let mut facts: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    facts["builds"][0]["facts"]["commands"]["query-name"] =
-        serde_json::json!({"mark": "deprecated"});
+    facts["builds"][0]["facts"]["marked"]["query-name"] = serde_json::json!({"mark": "deprecated"});
     std::fs::write(&path, serde_json::to_vec(&facts).unwrap()).unwrap();
     let out = shell(&["-c", "query-name", peer.socket_str()], "", cache.path());
     assert_eq!(
