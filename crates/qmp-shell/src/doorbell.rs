@@ -43,6 +43,18 @@ struct Driver {
     write: OwnedFd,
 }
 
+/// A pipe that wakes a thread blocked in poll(2): (read end, write end),
+/// both non-blocking (a full pipe wakes it already) and close-on-exec.
+pub(crate) fn wake_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2(2) fills `fds` with two new descriptors on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
 impl Doorbell {
     /// A doorbell nobody rang yet.
     pub fn new() -> Doorbell {
@@ -54,13 +66,7 @@ impl Doorbell {
     /// another thread wakes it through a pipe. Once only: a second driver
     /// is refused.
     pub fn drive_with(&self, pump: Pump) -> std::io::Result<()> {
-        let mut fds = [0; 2];
-        // SAFETY: pipe2(2) fills `fds` with two new descriptors on success.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: both descriptors were just created and are ours.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (read, write) = wake_pipe()?;
         self.driver
             .set(Driver { pump, read, write })
             .map_err(|_| std::io::Error::other("the doorbell is driven already"))

@@ -16,7 +16,7 @@
 //! SIGALRM stands for the grace.
 
 use std::io::IsTerminal;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread;
@@ -100,14 +100,7 @@ pub fn install_inline() -> Option<Interrupt> {
     let (read, write) = match WAKE.get() {
         Some(pipe) => pipe,
         None => {
-            let mut fds = [0; 2];
-            // SAFETY: pipe2(2) fills `fds` with two new descriptors.
-            let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
-            if unsafe { libc::pipe2(fds.as_mut_ptr(), flags) } != 0 {
-                return None;
-            }
-            // SAFETY: both descriptors were just created and are ours.
-            let pipe = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            let pipe = crate::doorbell::wake_pipe().ok()?;
             WAKE.get_or_init(|| pipe)
         }
     };

@@ -178,37 +178,37 @@ impl Shared {
                 return (Waited::Again, false);
             }
         };
-        let round = io.round(self, deadline, &fds);
+        let ready = io.round(self, deadline, &fds);
         drop(io);
-        if !round.watched {
-            return (Waited::Again, false);
-        }
-        let mut ready = vec![
-            libc::pollfd {
-                fd: 0,
-                events: 0,
-                revents: 0,
-            };
-            fds.len()
-        ];
-        for (p, fd) in ready.iter_mut().zip(&fds) {
-            p.fd = *fd;
-            p.events = libc::POLLIN;
-        }
-        // SAFETY: poll(2) on pollfds that live across the call; a zero
-        // timeout never waits.
-        unsafe { libc::poll(ready.as_mut_ptr(), ready.len() as libc::nfds_t, 0) };
-        let watched = ready[..watch.len()].iter().any(|p| p.revents != 0);
+        let watched = (0..watch.len()).any(|i| ready.is_ready(i));
         let interrupted = self
             .interrupt
             .as_ref()
-            .is_some_and(|i| ready.last().is_some_and(|p| p.revents != 0) && (i.stop)());
+            .is_some_and(|i| ready.is_ready(watch.len()) && (i.stop)());
         let waited = if interrupted {
             Waited::Interrupted
         } else {
             Waited::Again
         };
         (waited, watched)
+    }
+
+    /// Request `seq`'s message `msg` as QEMU takes it, logged (when
+    /// `logged`) as sent; `None` when QEMU would refuse it unread: the
+    /// request is then refused, and the connection goes on.
+    pub(crate) fn encoded(&self, seq: u64, logged: bool, msg: &Object) -> Option<Vec<u8>> {
+        match encode_for_qemu(msg) {
+            Ok(bytes) => {
+                if logged {
+                    self.log_line(&bytes[..bytes.len() - 1]);
+                }
+                Some(bytes)
+            }
+            Err(why) => {
+                self.update(|p| p.refused(seq, why));
+                None
+            }
+        }
     }
 
     /// Call `f` whenever [`Wake::notify`] says so.
@@ -427,16 +427,11 @@ fn writer_loop(mut sink: Box<dyn Sink>, shared: &Shared) {
                 fds,
                 ..
             } => {
-                let encoded = encode_for_qemu(&msg);
-                if let (true, Ok(bytes)) = (logged, &encoded) {
-                    shared.log_line(&bytes[..bytes.len() - 1]);
-                }
-                let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-                let sent = match &encoded {
-                    Err(why) => Err(io::Error::new(io::ErrorKind::Unsupported, why.clone())),
-                    Ok(bytes) => sink.send(&msg, bytes, &raw),
+                let Some(bytes) = shared.encoded(seq, logged, &msg) else {
+                    continue;
                 };
-                match sent {
+                let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+                match sink.send(&msg, &bytes, &raw) {
                     Ok(()) => {}
                     // This request only: the connection is fine.
                     Err(e) if e.kind() == io::ErrorKind::Unsupported => {

@@ -118,7 +118,7 @@ impl Client {
             unsafe { libc::shutdown(control.as_raw_fd(), libc::SHUT_RDWR) };
         });
         let protocol = Protocol::new(opts.read_greeting, None, passes_fds);
-        let io = Inline::new(sock, passes_fds, opts.max_message);
+        let io = Inline::new(sock, opts.max_message);
         let shared = driver::shared(
             protocol,
             opts.log.take(),

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::driver::{RawLog, Shared, TEXT_REPLIES};
-use super::limits::encode_for_qemu;
 use super::protocol::{Next, Outgoing, Protocol};
 use crate::framing::{Decoder, Frame};
 
@@ -63,7 +62,6 @@ struct Chunk {
 /// The I/O state of an inline connection.
 pub(crate) struct Inline {
     sock: OwnedFd,
-    passes_fds: bool,
     decoder: Decoder,
     buf: Vec<u8>,
     out: VecDeque<Chunk>,
@@ -73,22 +71,29 @@ pub(crate) struct Inline {
     log: Option<RawLog>,
 }
 
-/// What a round of [`Inline::round`] saw.
+/// What a round of [`Inline::round`] saw: which of the descriptors it
+/// watched are readable.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Round {
-    /// One of the watched descriptors is readable.
-    pub(crate) watched: bool,
+    /// Bit `i`: the `i`-th is (the first 64).
+    ready: u64,
+}
+
+impl Round {
+    /// Whether the `i`-th watched descriptor is readable.
+    pub(crate) fn is_ready(&self, i: usize) -> bool {
+        i < 64 && self.ready & (1 << i) != 0
+    }
 }
 
 impl Inline {
-    /// Drive `sock` (a connected UNIX or TCP socket; `passes_fds` for a
-    /// UNIX one), refusing messages longer than `max_message`.
-    pub(crate) fn new(sock: OwnedFd, passes_fds: bool, max_message: usize) -> Inline {
+    /// Drive `sock` (a connected UNIX or TCP socket), refusing messages
+    /// longer than `max_message`.
+    pub(crate) fn new(sock: OwnedFd, max_message: usize) -> Inline {
         let mut decoder = Decoder::new(max_message);
         decoder.text_replies(Some(TEXT_REPLIES));
         Inline {
             sock,
-            passes_fds,
             decoder,
             buf: Vec::new(),
             out: VecDeque::new(),
@@ -106,9 +111,6 @@ impl Inline {
         deadline: Option<Instant>,
         watch: &[RawFd],
     ) -> Round {
-        if self.log.is_none() {
-            self.log = Some(RawLog::new(shared));
-        }
         if self.flush(shared) {
             // Sending freed a result (a refused request) or failed: let the
             // caller look before waiting.
@@ -158,9 +160,13 @@ impl Inline {
                 self.flush(shared);
             }
         }
-        Round {
-            watched: others.iter().any(|p| p.revents != 0),
-        }
+        let ready = others
+            .iter()
+            .take(64)
+            .enumerate()
+            .filter(|(_, p)| p.revents != 0)
+            .fold(0, |bits, (i, _)| bits | 1 << i);
+        Round { ready }
     }
 
     /// Take what the protocol has to send and send as much of it as the
@@ -199,7 +205,9 @@ impl Inline {
     }
 
     /// Queue `item` for the socket, logged as the writer thread logs it.
-    /// Returns `true` when the request was refused instead.
+    /// Returns `true` when the request was refused instead (descriptors
+    /// were refused already, when submitted, on a socket that cannot pass
+    /// them).
     fn queue(&mut self, shared: &Shared, item: Outgoing) -> bool {
         let (bytes, fds) = match item {
             Outgoing::Raw(bytes) => (bytes, Vec::new()),
@@ -210,21 +218,9 @@ impl Inline {
                 fds,
                 ..
             } => {
-                let bytes = match encode_for_qemu(&msg) {
-                    Ok(bytes) => bytes,
-                    Err(why) => {
-                        shared.update(|p| p.refused(seq, why));
-                        return true;
-                    }
-                };
-                if !fds.is_empty() && !self.passes_fds {
-                    let why = crate::transport::stream::NO_FDS.to_owned();
-                    shared.update(|p| p.refused(seq, why));
+                let Some(bytes) = shared.encoded(seq, logged, &msg) else {
                     return true;
-                }
-                if logged {
-                    shared.log_line(&bytes[..bytes.len() - 1]);
-                }
+                };
                 (bytes, fds)
             }
         };

@@ -274,7 +274,7 @@ impl Protocol {
         } = request;
         if !fds.is_empty() && !self.passes_fds {
             return Err(Error::Unsupported(
-                "this connection cannot pass file descriptors (only a UNIX socket can)".to_owned(),
+                crate::transport::stream::NO_FDS.to_owned(),
             ));
         }
         if msg

@@ -303,6 +303,18 @@ fn message_cap_default_and_exact_boundary() {
     assert!(reply.ret().is_some());
 }
 
+/// A client of `peer` logging its traffic to a file in the peer's
+/// directory, and that file's path.
+fn logged_client(peer: &common::Peer) -> (Client, std::path::PathBuf) {
+    let log_path = peer.path().join("traffic.log");
+    let opts = ClientOptions {
+        log: Some(Box::new(std::fs::File::create(&log_path).unwrap())),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(&Address::Unix(peer.socket.clone()), opts).unwrap();
+    (client, log_path)
+}
+
 /// `query-qmp-schema` (200 KB) asked with `text_reply`: kept as the text
 /// QEMU sent, read the same as the tree of the same reply; logged as any
 /// reply (and not when the request is unlogged); small replies and
@@ -310,12 +322,7 @@ fn message_cap_default_and_exact_boundary() {
 #[test]
 fn qemu_schema_reply_kept_as_text_when_asked() {
     let peer = common::qemu();
-    let log_path = peer.path().join("traffic.log");
-    let opts = ClientOptions {
-        log: Some(Box::new(std::fs::File::create(&log_path).unwrap())),
-        ..ClientOptions::default()
-    };
-    let client = Client::connect(&Address::Unix(peer.socket.clone()), opts).unwrap();
+    let (client, log_path) = logged_client(&peer);
     let ask = |request: Request| client.submit(request).unwrap().wait(T).unwrap();
     let schema = || Request::new(command("query-qmp-schema", None));
 
@@ -357,12 +364,7 @@ fn qemu_schema_reply_kept_as_text_when_asked() {
 #[test]
 fn qemu_log_file_gets_every_line() {
     let peer = common::qemu();
-    let log_path = peer.path().join("traffic.log");
-    let opts = ClientOptions {
-        log: Some(Box::new(std::fs::File::create(&log_path).unwrap())),
-        ..ClientOptions::default()
-    };
-    let client = Client::connect(&Address::Unix(peer.socket.clone()), opts).unwrap();
+    let (client, log_path) = logged_client(&peer);
     client.execute("query-status", None, T).unwrap();
     let mut msg = command("query-name", None);
     msg.insert("id".into(), Value::from(7));
