@@ -17,8 +17,9 @@ use crate::schema::{Mark, Schema, WARNED_FEATURES};
 
 /// The version of the JSON form; another version is ignored (2: the
 /// names of every command and event as one string each, the facts of the
-/// few that have any apart).
-const FORMAT: u64 = 2;
+/// few that have any apart; 3: the names apart by spaces, which JSON
+/// strings hold unescaped, so reading them is one copy).
+const FORMAT: u64 = 3;
 
 /// One of [`WARNED_FEATURES`] (a name of its own for the derived reading
 /// of [`Command`], which would otherwise ask its input to be `'static`).
@@ -57,41 +58,62 @@ pub struct Facts {
     events: BTreeMap<String, &'static str>,
 }
 
-/// A set of names kept as one sorted string, a name per line: read from
-/// the cache at the cost of one string (a one-command session reads it at
-/// every start), looked up by binary search.
+/// A set of names kept as one sorted string, the names apart by
+/// [`Names::SEP`]: read from the cache at the cost of one string (a
+/// one-command session reads it at every start), looked up by binary
+/// search.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Names {
     text: String,
-    /// Where each line starts.
+    /// Where each name starts.
     starts: Vec<u32>,
 }
 
 impl Names {
-    /// The set of `names`, sorted and without duplicates.
+    /// What separates the names: a space, which no QMP name has (QAPI
+    /// names are letters, digits, `-`, `_` and `.`) and which a JSON
+    /// string holds as is.
+    const SEP: u8 = b' ';
+
+    /// The set of `names`, sorted and without duplicates; a name with a
+    /// space in it (which no QEMU has) is left out.
     fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Names {
-        let mut names: Vec<&str> = names.into_iter().collect();
+        let mut names: Vec<&str> = names
+            .into_iter()
+            .filter(|n| !n.as_bytes().contains(&Names::SEP))
+            .collect();
         names.sort_unstable();
         names.dedup();
-        Names::from_text(names.join("\n")).unwrap_or_default()
+        Names::from_text(names.join(" ")).unwrap_or_default()
     }
 
-    /// The names of `text`, one per line; `None` unless they are sorted,
-    /// without duplicates or empty lines.
+    /// The names of `text`, apart by [`Names::SEP`]; `None` unless they
+    /// are sorted, without duplicates or empty names.
     fn from_text(text: String) -> Option<Names> {
         if text.is_empty() {
             return Some(Names::default());
         }
-        let mut starts = Vec::new();
+        let bytes = text.as_bytes();
+        let mut starts = Vec::with_capacity(bytes.len() / 16);
         let mut at = 0;
-        let mut last: Option<&str> = None;
-        for line in text.split('\n') {
-            if line.is_empty() || last.is_some_and(|l| l >= line) {
+        let mut last: &[u8] = &[];
+        loop {
+            let end = bytes[at..]
+                .iter()
+                .position(|b| *b == Names::SEP)
+                .map_or(bytes.len(), |n| at + n);
+            let name = &bytes[at..end];
+            // Sorted and non-empty: each name above the one before (the
+            // first above the empty one).
+            if name <= last {
                 return None;
             }
             starts.push(u32::try_from(at).ok()?);
-            at += line.len() + 1;
-            last = Some(line);
+            last = name;
+            if end == bytes.len() {
+                break;
+            }
+            at = end + 1;
         }
         Some(Names { text, starts })
     }
@@ -272,10 +294,10 @@ impl Facts {
 #[derive(Deserialize)]
 pub(crate) struct FactsJson {
     format: u64,
-    /// Every command, a name per line, sorted.
+    /// Every command, sorted, apart by spaces.
     commands: String,
     marked: BTreeMap<String, Command>,
-    /// Every event, a name per line, sorted.
+    /// Every event, sorted, apart by spaces.
     events: String,
     marked_events: BTreeMap<String, Feature>,
 }
@@ -286,10 +308,20 @@ struct Feature(&'static str);
 
 impl<'de> Deserialize<'de> for Feature {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Feature, D::Error> {
-        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        feature(&name)
-            .map(Feature)
-            .ok_or_else(|| serde::de::Error::custom("not a feature"))
+        // Looked at where it lies, never copied.
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = Feature;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a feature name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Feature, E> {
+                feature(name)
+                    .map(Feature)
+                    .ok_or_else(|| E::custom("not a feature"))
+            }
+        }
+        d.deserialize_str(Name)
     }
 }
 
@@ -421,15 +453,15 @@ mod tests {
         )
         .is_none());
         let form = |commands: &str, marked: Value| {
-            json!({"format": 2, "commands": commands, "marked": marked,
-                   "events": "A\nB", "marked_events": {"B": "deprecated"}})
+            json!({"format": 3, "commands": commands, "marked": marked,
+                   "events": "A B", "marked_events": {"B": "deprecated"}})
         };
-        let read = Facts::from_json(&form("a\nb", json!({"b": {"oob": true}}))).unwrap();
+        let read = Facts::from_json(&form("a b", json!({"b": {"oob": true}}))).unwrap();
         assert!(read.knows("a") && read.knows("b") && !read.knows("c") && !read.knows(""));
         assert!(read.allows_oob("b") && !read.allows_oob("a"));
         assert!(read.knows_event("A") && read.event_mark("B") == Some("deprecated"));
         // Unsorted names, facts of a command there is not, a strange mark.
-        assert!(Facts::from_json(&form("b\na", json!({}))).is_none());
+        assert!(Facts::from_json(&form("b a", json!({}))).is_none());
         assert!(Facts::from_json(&form("a", json!({"z": {"oob": true}}))).is_none());
         assert!(Facts::from_json(&form("a", json!({"a": {"mark": "odd"}}))).is_none());
         assert!(Facts::from_json(&json!([])).is_none());
@@ -437,16 +469,23 @@ mod tests {
 
     #[test]
     fn names_are_found_by_binary_search() {
-        let names = Names::new(["query-status", "add-fd", "yank", "query-status", "b"]);
-        assert_eq!(names.text, "add-fd\nb\nquery-status\nyank");
+        let names = Names::new(["query-status", "add-fd", "yank", "query-status", "b", "x y"]);
+        assert_eq!(names.text, "add-fd b query-status yank");
         for n in ["add-fd", "b", "query-status", "yank"] {
             assert!(names.contains(n), "{n}");
         }
-        for n in ["", "a", "add", "add-fd\nb", "query", "z"] {
+        for n in ["", "a", "add", "add-fd b", "query", "x y", "x", "z"] {
             assert!(!names.contains(n), "{n}");
         }
         assert!(!Names::default().contains("x"));
-        assert_eq!(Names::from_text("a\n\nb".into()), None);
-        assert_eq!(Names::from_text("a\na".into()), None);
+        assert_eq!(Names::from_text("a  b".into()), None);
+        assert_eq!(Names::from_text("a a".into()), None);
+        assert_eq!(Names::from_text(" a".into()), None);
+        assert_eq!(Names::from_text("a ".into()), None);
+        assert_eq!(Names::from_text("b a".into()), None);
+        assert_eq!(
+            Names::from_text("ab".into()).map(|n| n.starts),
+            Some(vec![0])
+        );
     }
 }

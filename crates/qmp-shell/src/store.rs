@@ -62,7 +62,7 @@ pub const SCHEMA_LOOKUP: Duration = Duration::from_secs(10);
 pub const MAX_BUILDS: usize = 4;
 
 /// The version of the cache file's JSON form; another version is ignored.
-const FORMAT: u64 = 2;
+const FORMAT: u64 = 3;
 
 /// What is known about the server, fetched once.
 #[derive(Default)]
@@ -721,7 +721,7 @@ mod tests {
             0o600
         );
         assert!(builds_from_json(&json!({"format": 1, "builds": []})).is_none());
-        assert!(builds_from_json(&json!({"format": 2, "builds": [{"commands": "x"}]})).is_none());
+        assert!(builds_from_json(&json!({"format": 3, "builds": [{"commands": "x"}]})).is_none());
     }
 
     #[test]
