@@ -178,6 +178,8 @@ fn connect_with(
             on_greeting: interrupt
                 .is_some()
                 .then(|| Box::new(crate::store::prefetch) as qmp_client::GreetingHook),
+            // Without out-of-band execution, commands go without ids.
+            in_order: true,
             ..client_options(common.timeout, negotiate, log.as_ref())
         };
         match target {

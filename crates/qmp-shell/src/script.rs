@@ -367,7 +367,14 @@ fn drive(mut engine: Engine, mut input: Input) -> i32 {
         bell.wait(seen, engine.deadline());
     }
     input.close();
-    engine.exit_code()
+    let code = engine.exit_code();
+    if !engine.config().fan_out {
+        // The process ends with this session, its output flushed: what the
+        // engine holds needs no freeing (a fan-out's targets end one by
+        // one, and their output keeps its last partial line until dropped).
+        std::mem::forget(engine);
+    }
+    code
 }
 
 #[cfg(test)]

@@ -272,8 +272,8 @@ fn negotiation_refused() {
         let (_, id) = c.read_command().unwrap();
         c.send(
             format!(
-                "{{\"id\": {id}, \"error\": {{\"class\": \"CommandNotFound\", \
-                 \"desc\": \"The command qmp_capabilities has not been found\"}}}}\r\n"
+                "{{\"error\": {{\"class\": \"CommandNotFound\", \
+                 \"desc\": \"The command qmp_capabilities has not been found\"}}{id}}}\r\n"
             )
             .as_bytes(),
         );
@@ -430,7 +430,7 @@ fn nesting_200000_levels_deep() {
         let mut msg = String::from("{\"return\": ");
         msg.push_str(&"[".repeat(DEPTH));
         msg.push_str(&"]".repeat(DEPTH));
-        msg.push_str(&format!(", \"id\": {id}}}\r\n"));
+        msg.push_str(&format!("{id}}}\r\n"));
         c.send(msg.as_bytes());
         let (_, id) = c.read_command().unwrap();
         c.reply(&id, "[[[[[[[[[[1]]]]]]]]]]");
@@ -453,7 +453,7 @@ fn reply_dripped_one_byte_at_a_time() {
     let server = serve(move |c| {
         c.handshake();
         let (_, id) = c.read_command().unwrap();
-        let msg = format!("{{\"return\": {{\"text\": \"{text}\"}}, \"id\": {id}}}\r\n");
+        let msg = format!("{{\"return\": {{\"text\": \"{text}\"}}{id}}}\r\n");
         for b in msg.as_bytes() {
             c.send(&[*b]);
             thread::sleep(Duration::from_micros(200));
@@ -478,7 +478,7 @@ fn twenty_thousand_events_before_a_reply() {
                  \"event\": \"TICK\", \"data\": {{\"i\": {i}}}}}\r\n"
             ));
         }
-        burst.push_str(&format!("{{\"return\": {{}}, \"id\": {id}}}\r\n"));
+        burst.push_str(&format!("{{\"return\": {{}}{id}}}\r\n"));
         c.send(burst.as_bytes());
         c.drain();
     });
@@ -529,7 +529,7 @@ fn error_replies_with_fields_missing() {
         c.handshake();
         for body in bodies {
             let (_, id) = c.read_command().unwrap();
-            c.send(format!("{{\"error\": {body}, \"id\": {id}}}\r\n").as_bytes());
+            c.send(format!("{{\"error\": {body}{id}}}\r\n").as_bytes());
         }
         c.drain();
     };
@@ -606,7 +606,7 @@ fn reply_of_64_mib_with_bounded_memory() {
         let mut msg = Vec::with_capacity(SIZE + 64);
         msg.extend_from_slice(b"{\"return\": \"");
         msg.resize(msg.len() + SIZE, b'a');
-        msg.extend_from_slice(format!("\", \"id\": {id}}}\r\n").as_bytes());
+        msg.extend_from_slice(format!("\"{id}}}\r\n").as_bytes());
         c.send(&msg);
         drop(msg);
         c.drain();
@@ -668,7 +668,7 @@ fn reply_one_byte_over_256_mib_is_refused() {
         c.handshake();
         let (_, id) = c.read_command().unwrap();
         let head = b"{\"return\": \"".to_vec();
-        let tail = format!("\", \"id\": {id}}}");
+        let tail = format!("\"{id}}}");
         // The message (without its line end) is CAP + 1 bytes.
         let mut fill = CAP + 1 - head.len() - tail.len();
         c.send(&head);
@@ -744,7 +744,7 @@ fn event_queue_keeps_the_last_100000() {
             burst.push_str(&event(i));
             burst.push_str("\r\n");
         }
-        burst.push_str(&format!("{{\"return\": {{}}, \"id\": {id}}}\r\n"));
+        burst.push_str(&format!("{{\"return\": {{}}{id}}}\r\n"));
         c.send(burst.as_bytes());
         c.drain();
     });
@@ -785,7 +785,7 @@ fn event_queue_is_bounded_by_memory() {
             burst.push_str(&event(i));
             burst.push_str("\r\n");
         }
-        burst.push_str(&format!("{{\"return\": {{}}, \"id\": {id}}}\r\n"));
+        burst.push_str(&format!("{{\"return\": {{}}{id}}}\r\n"));
         c.send(burst.as_bytes());
         c.drain();
     });
@@ -817,8 +817,9 @@ fn event_queue_is_bounded_by_memory() {
 // ---------------------------------------------------------------------------
 
 /// QEMU 7.2 sends the late reply of a client that disconnected (here a
-/// `query-qmp-schema` without an id) to the next client. The shell's own
-/// requests all carry ids, so that reply is no answer of its own: the
+/// `query-qmp-schema` without an id) to the next client, before its reply
+/// to that client's `qmp_capabilities`, which carries an id (the command
+/// of `-c` goes without one), so that reply is no answer of its own: the
 /// negotiation and the command get theirs, and one warning says what was
 /// dropped (before, it was taken for the reply to `qmp_capabilities`, and
 /// the real one drew `ignoring reply with unknown id 1`).
@@ -1060,10 +1061,8 @@ fn exit_0_at_end_of_input() {
         c.handshake();
         let (_, id) = c.read_command().unwrap();
         c.send(
-            format!(
-                "{{\"id\": {id}, \"error\": {{\"class\": \"GenericError\", \"desc\": \"no\"}}}}\r\n"
-            )
-            .as_bytes(),
+            format!("{{\"error\": {{\"class\": \"GenericError\", \"desc\": \"no\"}}{id}}}\r\n")
+                .as_bytes(),
         );
         c.drain();
     });
@@ -1309,10 +1308,13 @@ fn a_signal_while_warnings_wait_for_a_silent_fetch_ends_the_shell_at_once() {
             let msg: serde_json::Value = serde_json::from_str(&line).unwrap();
             match msg["execute"].as_str().unwrap_or_default() {
                 "query-status" => conn.reply(
-                    &msg["id"],
+                    &hostile_server::Id(msg.get("id").cloned()),
                     r#"{"status": "running", "singlestep": false, "running": true}"#,
                 ),
-                "query-commands" => conn.reply(&msg["id"], r#"[{"name": "query-status"}]"#),
+                "query-commands" => conn.reply(
+                    &hostile_server::Id(msg.get("id").cloned()),
+                    r#"[{"name": "query-status"}]"#,
+                ),
                 // The schema, for the facts: never answered.
                 "query-qmp-schema" => {
                     let _ = fetched.send(());

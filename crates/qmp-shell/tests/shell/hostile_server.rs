@@ -48,25 +48,25 @@ impl Conn {
         }
     }
 
-    /// Read one command: its `execute` name and its `id` (JSON `null` if none).
+    /// Read one command: its `execute` name and its `id`.
     ///
     /// The look-ups the shell makes on its own before its first command
     /// (`query-commands`, `query-qmp-schema`, for the deprecation checks)
     /// are answered here, as a server without introspection would
     /// (`CommandNotFound`), and not returned: scenarios see the user's
     /// commands only.
-    pub fn read_command(&mut self) -> Option<(String, Value)> {
+    pub fn read_command(&mut self) -> Option<(String, Id)> {
         loop {
             let line = self.read_line()?;
             let v: Value = serde_json::from_str(&line)
                 .unwrap_or_else(|e| panic!("hostile server: client sent non-JSON {line:?}: {e}"));
             let name = v["execute"].as_str().unwrap_or_default().to_string();
-            let id = v.get("id").cloned().unwrap_or(Value::Null);
+            let id = Id(v.get("id").cloned());
             if matches!(name.as_str(), "query-commands" | "query-qmp-schema") {
                 self.send(
                     format!(
-                        "{{\"id\": {id}, \"error\": {{\"class\": \"CommandNotFound\", \
-                         \"desc\": \"The command {name} has not been found\"}}}}\r\n"
+                        "{{\"error\": {{\"class\": \"CommandNotFound\", \
+                         \"desc\": \"The command {name} has not been found\"}}{id}}}\r\n"
                     )
                     .as_bytes(),
                 );
@@ -84,9 +84,10 @@ impl Conn {
         self.reply(&id, "{}");
     }
 
-    /// Send `{"return": RET, "id": ID}` as QEMU would.
-    pub fn reply(&mut self, id: &Value, ret: &str) {
-        self.send(format!("{{\"return\": {ret}, \"id\": {id}}}\r\n").as_bytes());
+    /// Send `{"return": RET, "id": ID}` as QEMU would (without the id
+    /// when the command had none).
+    pub fn reply(&mut self, id: &Id, ret: &str) {
+        self.send(format!("{{\"return\": {ret}{id}}}\r\n").as_bytes());
     }
 
     /// Another handle on the connection's socket (see [`client_gone`]).
@@ -101,6 +102,21 @@ impl Conn {
             .get_ref()
             .set_read_timeout(Some(Duration::from_secs(60)));
         let _ = self.reader.read_to_end(&mut Vec::new());
+    }
+}
+
+/// A command's `id`, as its reply carries it: shown as the reply's last
+/// member (`, "id": ID`), or as nothing when the command had none (QEMU
+/// answers in order, and the shell sends ids only where they are needed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Id(pub Option<Value>);
+
+impl std::fmt::Display for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(id) => write!(f, ", \"id\": {id}"),
+            None => Ok(()),
+        }
     }
 }
 

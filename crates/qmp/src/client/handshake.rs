@@ -174,6 +174,8 @@ impl Client {
             if enable_oob {
                 client.oob = true;
                 client.shared.update(|p| p.set_window(OOB_INBAND_WINDOW));
+            } else if opts.in_order {
+                client.shared.update(|p| p.set_in_order(true));
             }
         }
         Ok(self)

@@ -77,6 +77,8 @@ struct Waiter {
     seq: u64,
     id: Value,
     assigned: bool,
+    /// Whether `id` went on the wire (see [`Protocol::set_in_order`]).
+    id_sent: bool,
     oob: bool,
     logged: bool,
     /// The reply may be kept as text ([`Request::text_reply`]).
@@ -182,6 +184,8 @@ pub(crate) struct Protocol {
     unlogged: usize,
     /// Whether file descriptors may be attached to requests.
     passes_fds: bool,
+    /// See [`Protocol::set_in_order`].
+    in_order: bool,
     next_id: u64,
     next_seq: u64,
     wake: Wake,
@@ -214,6 +218,7 @@ impl Protocol {
             syncing,
             unlogged: 0,
             passes_fds,
+            in_order: false,
             next_id: 1,
             next_seq: 1,
             wake: Wake::default(),
@@ -289,19 +294,25 @@ impl Protocol {
         if matches!(self.run, Runstate::Draining | Runstate::Closed { .. }) {
             return Err(Error::Disconnected);
         }
-        let (id, assigned) = match msg.get("id") {
-            Some(id) => (id.clone(), false),
+        let (id, assigned, id_sent) = match msg.get("id") {
+            Some(id) => (id.clone(), false, true),
             None => {
                 let id = Value::from(self.next_id);
                 self.next_id += 1;
-                msg.insert("id".to_owned(), id.clone());
-                (id, true)
+                // Answered in order, an in-band request needs no id: its
+                // reply's place says whose it is.
+                let id_sent = oob || !self.in_order;
+                if id_sent {
+                    msg.insert("id".to_owned(), id.clone());
+                }
+                (id, true, id_sent)
             }
         };
         self.waiting.push_back(Waiter {
             seq,
             id: id.clone(),
             assigned,
+            id_sent,
             oob,
             logged,
             text,
@@ -437,6 +448,15 @@ impl Protocol {
         self.window = Some(window);
     }
 
+    /// With `in_order`, the server answers in-band requests in the order it
+    /// got them (a QMP monitor without out-of-band execution): from now on
+    /// the in-band requests the client numbers go without their id, and a
+    /// reply without an id answers the oldest of them. Ids the caller gave
+    /// still go, and route as ever.
+    pub(crate) fn set_in_order(&mut self, in_order: bool) {
+        self.in_order = in_order;
+    }
+
     // ---- Results
 
     /// The result of request `seq`, if it arrived (once).
@@ -498,13 +518,18 @@ impl Protocol {
     }
 
     /// Index in `waiting` of the request a reply with `id` answers: the
-    /// oldest written one with that id. A reply without an id answers none
-    /// (every request carries one): see [`STRAY_REPLY`].
+    /// oldest written one that went with that id. A reply without an id
+    /// answers the oldest written one that went without
+    /// ([`Protocol::set_in_order`]); with none, no request: see
+    /// [`STRAY_REPLY`].
     fn waiter_for(&self, id: Option<&Value>) -> Option<usize> {
-        let id = id?;
-        self.waiting
-            .iter()
-            .position(|w| w.written && same_id(&w.id, id))
+        match id {
+            Some(id) => self
+                .waiting
+                .iter()
+                .position(|w| w.written && w.id_sent && same_id(&w.id, id)),
+            None => self.waiting.iter().position(|w| w.written && !w.id_sent),
+        }
     }
 
     // ---- The queue
@@ -826,6 +851,74 @@ mod tests {
             p.submit(Request::new(command("d", None)), None),
             Err(Error::Disconnected)
         ));
+    }
+
+    /// In order (a monitor without out-of-band execution), the numbers the
+    /// client gives in-band requests stay off the wire, and replies
+    /// without an id answer those requests in turn, an abandoned one
+    /// keeping its place; a caller's id and an out-of-band request's still
+    /// go and route, and a number the client kept to itself routes nothing.
+    #[test]
+    fn in_order_requests_go_without_ids_and_replies_answer_them_in_turn() {
+        let warned = |p: &mut Protocol, start: &str| matches!(p.pop_incoming(), Some(Incoming::Warning(w)) if w.starts_with(start));
+        let mut p = Protocol::new(false, None, false);
+        let caps = submit(&mut p, command("qmp_capabilities", None));
+        assert_eq!(sent(&mut p), r#"{"execute":"qmp_capabilities","id":1}"#);
+        // What comes before its reply without an id is no answer of ours.
+        feed(&mut p, r#"{"return": "left over"}"#);
+        assert!(warned(&mut p, STRAY_REPLY));
+        feed(&mut p, r#"{"return": {}, "id": 1}"#);
+        assert!(p.take_result(caps).unwrap().is_ok());
+
+        p.set_in_order(true);
+        let a = submit(&mut p, command("a", None));
+        let mut mine = command("b", None);
+        mine.insert("id".into(), "mine".into());
+        let b = submit(&mut p, mine);
+        let c = submit(&mut p, command("c", None));
+        let mut oob = Object::new();
+        oob.insert("exec-oob".into(), "x".into());
+        let d = submit(&mut p, oob);
+        // Out-of-band first, as ever.
+        assert_eq!(sent(&mut p), r#"{"exec-oob":"x","id":4}"#);
+        assert_eq!(sent(&mut p), r#"{"execute":"a"}"#);
+        assert_eq!(sent(&mut p), r#"{"execute":"b","id":"mine"}"#);
+        assert_eq!(sent(&mut p), r#"{"execute":"c"}"#);
+        feed(&mut p, r#"{"return": "no", "id": 2}"#);
+        assert!(warned(&mut p, "ignoring reply with unknown id 2"));
+        feed(&mut p, r#"{"return": "D", "id": 4}"#);
+        feed(&mut p, r#"{"return": "A"}"#);
+        feed(&mut p, r#"{"return": "B", "id": "mine"}"#);
+        feed(&mut p, r#"{"return": "C"}"#);
+        for (seq, want, assigned) in [
+            (a, "A", true),
+            (b, "B", false),
+            (c, "C", true),
+            (d, "D", true),
+        ] {
+            let r = p.take_result(seq).unwrap().unwrap();
+            assert_eq!(
+                (r.ret(), r.assigned_id),
+                (Some(&Value::from(want)), assigned)
+            );
+        }
+        assert_eq!(p.in_flight(), 0);
+
+        // A request given up on keeps its place: the next reply is its.
+        let e = submit(&mut p, command("e", None));
+        let f = submit(&mut p, command("f", None));
+        assert_eq!(sent(&mut p), r#"{"execute":"e"}"#);
+        assert_eq!(sent(&mut p), r#"{"execute":"f"}"#);
+        p.abandon(e, false);
+        feed(&mut p, r#"{"return": "E"}"#);
+        feed(&mut p, r#"{"return": "F"}"#);
+        assert!(p.take_result(e).is_none());
+        let r = p.take_result(f).unwrap().unwrap();
+        assert_eq!(r.ret(), Some(&Value::from("F")));
+        // With none left that went without an id, one more is a stray.
+        feed(&mut p, r#"{"return": {}}"#);
+        assert!(warned(&mut p, STRAY_REPLY));
+        assert!(p.pop_incoming().is_none());
     }
 
     /// With a window of 2: out-of-band requests go first, in-band ones

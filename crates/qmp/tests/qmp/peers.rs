@@ -116,6 +116,65 @@ fn qemu_pipelining_100_requests() {
     }
 }
 
+/// Without out-of-band execution and with `in_order`, QEMU gets the
+/// client's in-band requests without the ids the client gives them, and
+/// answers them in order: a hundred pipelined requests (some with the
+/// caller's ids, some failing) each get their own reply; on the wire, ids
+/// only on `qmp_capabilities` and where the caller gave one.
+#[test]
+fn qemu_in_order_requests_go_without_ids() {
+    let peer = common::qemu();
+    let log_path = peer.path().join("in-order.log");
+    let opts = ClientOptions {
+        oob: false,
+        in_order: true,
+        log: Some(Box::new(std::fs::File::create(&log_path).unwrap())),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(&Address::Unix(peer.socket.clone()), opts).unwrap();
+    assert!(!client.oob_enabled());
+    let mine = |i: usize| Value::from(format!("mine-{i}"));
+    let mut pending = Vec::new();
+    for i in 0..100 {
+        let mut msg = match i % 3 {
+            0 => command("query-status", None),
+            1 => command("query-name", None),
+            _ => command("no-such-command", None),
+        };
+        if i % 7 == 0 {
+            msg.insert("id".into(), mine(i));
+        }
+        pending.push((i, client.send(msg).unwrap()));
+    }
+    for (i, p) in pending {
+        let reply = p.wait(T).unwrap();
+        assert_eq!(reply.assigned_id, i % 7 != 0, "{i}");
+        assert_eq!(reply.id(), (i % 7 == 0).then(|| mine(i)).as_ref(), "{i}");
+        match i % 3 {
+            0 => assert!(
+                reply.ret().is_some_and(|r| r.get("status").is_some()),
+                "{i}"
+            ),
+            1 => assert!(
+                reply.ret().is_some_and(|r| r.get("status").is_none()),
+                "{i}"
+            ),
+            _ => assert_eq!(reply.error_class(), Some("CommandNotFound"), "{i}"),
+        }
+    }
+    assert!(client.drain_notices().is_empty());
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let sent: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("{\"execute\""))
+        .collect();
+    assert_eq!(sent.len(), 101, "{text}");
+    assert_eq!(sent[0], r#"{"execute":"qmp_capabilities","id":1}"#);
+    for (i, line) in sent[1..].iter().enumerate() {
+        assert_eq!(line.contains("\"id\""), i % 7 == 0, "{line}");
+    }
+}
+
 #[test]
 fn qemu_shared_between_threads() {
     let peer = common::qemu();
