@@ -34,6 +34,9 @@ struct Rings {
     count: u64,
     /// The thread inside the pump, waiting (see [`Doorbell::drive_with`]).
     pumping: Option<ThreadId>,
+    /// Threads asleep on the condition variable (none when driven): a
+    /// ring wakes them, and spares the system call when there are none.
+    sleepers: usize,
 }
 
 /// The pump of a driven doorbell, and the pipe that wakes it.
@@ -81,7 +84,9 @@ impl Doorbell {
         let wake_pump = {
             let mut r = self.rings();
             r.count = r.count.wrapping_add(1);
-            self.cond.notify_all();
+            if r.sleepers > 0 {
+                self.cond.notify_all();
+            }
             // The pumping thread rings itself while routing: it looks at
             // the count when the pump returns.
             r.pumping.is_some_and(|t| t != thread::current().id())
@@ -107,20 +112,21 @@ impl Doorbell {
         }
         let mut r = self.rings();
         while r.count == seen {
-            match deadline {
-                None => r = self.cond.wait(r).unwrap_or_else(|e| e.into_inner()),
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return;
+            }
+            r.sleepers += 1;
+            r = match deadline {
+                None => self.cond.wait(r).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return;
-                    }
-                    r = self
-                        .cond
+                    self.cond
                         .wait_timeout(r, d - now)
                         .unwrap_or_else(|e| e.into_inner())
-                        .0;
+                        .0
                 }
-            }
+            };
+            r.sleepers -= 1;
         }
     }
 
