@@ -282,16 +282,36 @@ pub(crate) const SHELL_USAGE: &str =
 impl ShellArgs {
     /// Parse the process's arguments; on a usage error, print it as
     /// [`usage_error`] does and exit 2. See
-    /// [`ShellArgs::try_parse_args_from`].
+    /// [`ShellArgs::parse_with_parser`].
     pub(crate) fn parse_args() -> ShellArgs {
-        ShellArgs::try_parse_args_from(std::env::args_os())
-            .unwrap_or_else(|e| exit_on_clap_error("qmp-shell", SHELL_USAGE, &e))
+        match ShellArgs::parse_with_parser(std::env::args_os()) {
+            Ok((args, parser)) => {
+                // Kept for the life of the process, which ends soon after a
+                // one-command session: freeing it would only take time.
+                std::mem::forget(parser);
+                args
+            }
+            Err(e) => exit_on_clap_error("qmp-shell", SHELL_USAGE, &e),
+        }
+    }
+
+    /// [`ShellArgs::parse_with_parser`] without the parser.
+    #[cfg(test)]
+    pub(crate) fn try_parse_args_from<I, T>(args: I) -> Result<ShellArgs, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        ShellArgs::parse_with_parser(args).map(|(parsed, _)| parsed)
     }
 
     /// Parse `args`, then settle what clap alone cannot: `--domain` and
     /// `--list` do not go with an address on the command line, but win over
-    /// one from `$QMP_SOCKET` (which is then ignored).
-    pub(crate) fn try_parse_args_from<I, T>(args: I) -> Result<ShellArgs, clap::Error>
+    /// one from `$QMP_SOCKET` (which is then ignored). With the parser and
+    /// its matches, for the caller to drop or keep.
+    fn parse_with_parser<I, T>(
+        args: I,
+    ) -> Result<(ShellArgs, (clap::Command, clap::ArgMatches)), clap::Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
@@ -313,7 +333,7 @@ impl ShellArgs {
             .common
             .check()
             .map_err(|msg| cmd.error(ErrorKind::ArgumentConflict, msg))?;
-        Ok(parsed)
+        Ok((parsed, (cmd, matches)))
     }
 }
 
