@@ -52,6 +52,9 @@ pub(crate) fn run_session(
     let interactive = is_interactive(common, &commands);
     let style = style(common);
     let scripted = !commands.is_empty();
+    // The one session of qmp-shell (qmp-shell-wrap goes on to stop its
+    // QEMU).
+    let ends_process = qemu_command.is_none();
     let cfg = Config {
         hmp: common.hmp,
         verbose: common.verbose,
@@ -66,6 +69,7 @@ pub(crate) fn run_session(
         progress_bars: interactive && !common.json && std::io::stderr().is_terminal(),
         qemu_command,
         fan_out: false,
+        ends_process,
     };
     let out = Box::new(StdOutput::stdio(style, common.json));
     let doorbell = Arc::new(Doorbell::new());
@@ -230,6 +234,7 @@ fn fan_out(args: ShellArgs, targets: Vec<(String, Target)>) -> i32 {
         progress_bars: false,
         qemu_command: None,
         fan_out: true,
+        ends_process: false,
     };
     let retry = Retry {
         count: args.retry,
@@ -346,6 +351,10 @@ pub fn main() -> i32 {
         }
         Target::Domain { .. } => false,
     };
+    // QEMU accepts and greets while the rest is set up.
+    let early = inline
+        .then(|| crate::connect::connect_early(&target))
+        .flatten();
     let interrupt = if inline {
         signals::install_inline()
     } else {
@@ -373,8 +382,11 @@ pub fn main() -> i32 {
             &args.common,
             banner,
             retry,
-            interrupt,
-            oob,
+            crate::connect::InlineStart {
+                interrupt,
+                oob,
+                early,
+            },
         ))
     } else {
         let (target, common, agent) = (

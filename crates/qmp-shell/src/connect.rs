@@ -4,6 +4,7 @@
 //! same whatever the target: the engine only sees the [`Client`].
 
 use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -135,23 +136,50 @@ pub fn connect(
     banner: bool,
     retry: Retry,
 ) -> Result<Connected, String> {
-    connect_with(target, common, guest_agent, banner, retry, None, true)
+    connect_with(target, common, guest_agent, banner, retry, None)
+}
+
+/// How [`connect_inline`] starts a session.
+pub struct InlineStart {
+    /// A signal's self-pipe: it ends the client's waits, the start
+    /// included.
+    pub interrupt: Interrupt,
+    /// Enable out-of-band execution when the server offers it.
+    pub oob: bool,
+    /// A connection made already ([`connect_early`]), for the first
+    /// attempt.
+    pub early: Option<UnixStream>,
 }
 
 /// [`connect`] to a QMP monitor, the client inline
 /// ([`ClientOptions::inline`]): it starts no thread, and does its I/O on
-/// the thread that waits for it; `interrupt` (a signal's self-pipe) ends
-/// its waits, the start included. `oob`: enable out-of-band execution when
-/// the server offers it.
+/// the thread that waits for it.
 pub fn connect_inline(
     target: &Target,
     common: &Common,
     banner: bool,
     retry: Retry,
-    interrupt: Interrupt,
-    oob: bool,
+    start: InlineStart,
 ) -> Result<Connected, String> {
-    connect_with(target, common, false, banner, retry, Some(interrupt), oob)
+    connect_with(target, common, false, banner, retry, Some(start))
+}
+
+/// Connect to a UNIX socket target at once, without waiting: the server
+/// accepts and greets while the caller sets up the rest of the session
+/// (signal handlers, input). `None` when that cannot be done without
+/// waiting (the server not taking connections yet, or not at all) or the
+/// target is of another kind: the attempts of [`connect_inline`] then
+/// connect, wait and retry as ever, and say what went wrong.
+pub fn connect_early(target: &Target) -> Option<UnixStream> {
+    match target {
+        Target::Address {
+            address: Address::Unix(path),
+            ..
+        } => qmp_client::transport::stream::connect_unix(path, Some(Duration::from_micros(1)))
+            .ok()
+            .flatten(),
+        _ => None,
+    }
 }
 
 fn connect_with(
@@ -160,14 +188,17 @@ fn connect_with(
     guest_agent: bool,
     banner: bool,
     retry: Retry,
-    interrupt: Option<Interrupt>,
-    oob: bool,
+    inline: Option<InlineStart>,
 ) -> Result<Connected, String> {
     let log = match &common.logfile {
         Some(path) => Some(SharedLog::open(path)?),
         None => None,
     };
     let negotiate = !guest_agent;
+    let (interrupt, oob, mut early) = match inline {
+        Some(start) => (Some(start.interrupt), start.oob, start.early),
+        None => (None, true, None),
+    };
     with_retry(retry, || {
         let opts = ClientOptions {
             oob,
@@ -183,7 +214,10 @@ fn connect_with(
             ..client_options(common.timeout, negotiate, log.as_ref())
         };
         match target {
-            Target::Address { text, address } => connect_address(text, address, opts),
+            Target::Address { text, address } => match early.take() {
+                Some(stream) => connected(text, Client::from_unix_stream(stream, opts)),
+                None => connected(text, Client::connect(address, opts)),
+            },
             Target::Domain { domain, uri } => {
                 connect_domain(domain, uri.as_deref(), guest_agent, banner, opts)
             }
@@ -216,12 +250,9 @@ fn with_retry<T>(
 }
 
 /// A QMP socket: UNIX, TCP, or through ssh.
-fn connect_address(
-    text: &str,
-    address: &Address,
-    opts: ClientOptions,
-) -> Result<Connected, Failure> {
-    match Client::connect(address, opts) {
+/// The outcome of an attempt to reach the socket `text`.
+fn connected(text: &str, attempt: Result<Client, QmpError>) -> Result<Connected, Failure> {
+    match attempt {
         Ok(client) => Ok(Connected {
             client,
             notice: None,

@@ -368,10 +368,10 @@ fn drive(mut engine: Engine, mut input: Input) -> i32 {
     }
     input.close();
     let code = engine.exit_code();
-    if !engine.config().fan_out {
-        // The process ends with this session, its output flushed: what the
-        // engine holds needs no freeing (a fan-out's targets end one by
-        // one, and their output keeps its last partial line until dropped).
+    if engine.config().ends_process {
+        // What dropping it would do that matters: the output's buffer
+        // written out (a stopped session's too). The rest is the exit's.
+        engine.flush_buffered();
         std::mem::forget(engine);
     }
     code

@@ -118,6 +118,10 @@ pub struct Config {
     /// makes sense once, not once per target (`/record`), is refused,
     /// said once for all.
     pub fan_out: bool,
+    /// The process ends with this session (the one session of a
+    /// `qmp-shell` process): what the engine holds is left to the exit,
+    /// not freed, once its output is flushed.
+    pub ends_process: bool,
 }
 
 /// One thing to print, in input order.
@@ -901,6 +905,13 @@ impl Engine {
             self.stop = Some(code);
         }
         self.drop_queue();
+    }
+
+    /// Write out what the output still buffers, as dropping it would, even
+    /// once the session stopped (a write error then changes nothing): for
+    /// an engine that is not dropped ([`Config::ends_process`]).
+    pub fn flush_buffered(&mut self) {
+        let _ = self.out.flush();
     }
 
     /// The exit status: the one the session stopped with, or 3 when
