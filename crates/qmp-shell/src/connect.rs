@@ -249,8 +249,8 @@ fn with_retry<T>(
     }
 }
 
-/// A QMP socket: UNIX, TCP, or through ssh.
-/// The outcome of an attempt to reach the socket `text`.
+/// The outcome of an attempt to reach the QMP socket `text` (UNIX, TCP,
+/// or through ssh).
 fn connected(text: &str, attempt: Result<Client, QmpError>) -> Result<Connected, Failure> {
     match attempt {
         Ok(client) => Ok(Connected {
