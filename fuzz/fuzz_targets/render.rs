@@ -5,7 +5,9 @@
 //! one; unless a float overflows (rendered `Infinity`, as Python does), each
 //! rendering is valid JSON that parses back to a value rendering to the same
 //! text (so numbers are compared as rendered: `1.50` and `1.5` are one float);
-//! and the compact rendering of the pretty one's value is the sorted value.
+//! and the compact rendering of the pretty one's value is the sorted value
+//! (not checked for values with serde_json's reserved raw-value key, which
+//! serde_json itself may not read back).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -42,6 +44,30 @@ fn has_overflowing_float(v: &Value) -> bool {
     false
 }
 
+/// The key serde_json reserves for its raw values (the client reads
+/// replies with its `raw_value` feature): an object whose first key it is
+/// reads as a raw value, not an object, so a pretty rendering (keys sorted,
+/// `$` before letters) of an object that has it may not parse back.
+const RESERVED_KEY: &str = "$serde_json::private::RawValue";
+
+/// Whether some object in `v` has [`RESERVED_KEY`].
+fn has_reserved_key(v: &Value) -> bool {
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => {
+                if map.contains_key(RESERVED_KEY) {
+                    return true;
+                }
+                stack.extend(map.values());
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 fuzz_target!(|data: &[u8]| {
     let Ok(v) = serde_json::from_slice::<Value>(data) else {
         return;
@@ -69,6 +95,9 @@ fuzz_target!(|data: &[u8]| {
 
     if has_overflowing_float(&v) {
         assert!(compact.contains("Infinity"));
+        return;
+    }
+    if has_reserved_key(&v) {
         return;
     }
     let back: Value = match serde_json::from_str(&compact) {
