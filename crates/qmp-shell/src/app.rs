@@ -48,9 +48,14 @@ pub(crate) fn run_session(
     guest_agent: bool,
     qemu_command: Option<Vec<String>>,
     ahead: Option<script::Prefetched>,
+    io: SessionIo,
 ) -> i32 {
     let interactive = is_interactive(common, &commands);
-    let style = style(common);
+    let SessionIo {
+        style,
+        out,
+        doorbell,
+    } = io;
     let scripted = !commands.is_empty();
     // The one session of qmp-shell (qmp-shell-wrap goes on to stop its
     // QEMU).
@@ -71,8 +76,6 @@ pub(crate) fn run_session(
         fan_out: false,
         ends_process,
     };
-    let out = Box::new(StdOutput::stdio(style, common.json));
-    let doorbell = Arc::new(Doorbell::new());
     if client.is_inline() {
         // The engine's waits do the client's I/O.
         let client = Arc::downgrade(&client);
@@ -184,6 +187,33 @@ fn list(args: &ShellArgs) -> i32 {
 }
 
 /// The style of JSON output for the common flags.
+/// What a session needs besides its client (its output and its doorbell),
+/// made before connecting where it can be: QEMU accepts and greets
+/// meanwhile.
+pub(crate) struct SessionIo {
+    style: Style,
+    out: Box<StdOutput>,
+    doorbell: Arc<Doorbell>,
+}
+
+impl SessionIo {
+    /// The output `common` asks for, and a doorbell; `inline`: one that an
+    /// inline client will drive ([`Doorbell::drivable`]).
+    pub(crate) fn new(common: &Common, inline: bool) -> std::io::Result<SessionIo> {
+        let style = style(common);
+        let doorbell = if inline {
+            Doorbell::drivable()?
+        } else {
+            Doorbell::new()
+        };
+        Ok(SessionIo {
+            style,
+            out: Box::new(StdOutput::stdio(style, common.json)),
+            doorbell: Arc::new(doorbell),
+        })
+    }
+}
+
 fn style(common: &Common) -> Style {
     let color = match common.color {
         ColorChoice::Always => true,
@@ -367,6 +397,10 @@ pub fn main() -> i32 {
     if interrupt.is_none() {
         signals::install(!is_interactive(&args.common, &args.commands));
     }
+    let io = match SessionIo::new(&args.common, interrupt.is_some()) {
+        Ok(io) => io,
+        Err(err) => return die_as("OSError", &format!("cannot start the session: {err}")),
+    };
     let retry = Retry {
         count: args.retry,
         delay: args.retry_delay,
@@ -414,6 +448,7 @@ pub fn main() -> i32 {
         args.targets.skip_negotiation,
         None,
         ahead,
+        io,
     );
     if matches!(target, Target::Address { .. }) {
         client.close();

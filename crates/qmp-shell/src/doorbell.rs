@@ -19,6 +19,9 @@ pub struct Doorbell {
     rings: Mutex<Rings>,
     cond: Condvar,
     driver: OnceLock<Driver>,
+    /// The pipe for [`Doorbell::drive_with`], made ahead by
+    /// [`Doorbell::drivable`].
+    pipe: Mutex<Option<(OwnedFd, OwnedFd)>>,
 }
 
 impl std::fmt::Debug for Doorbell {
@@ -64,12 +67,24 @@ impl Doorbell {
         Doorbell::default()
     }
 
+    /// A doorbell with the pipe of [`Doorbell::drive_with`] made already
+    /// (before connecting, say: the system call is then out of the way).
+    pub fn drivable() -> std::io::Result<Doorbell> {
+        let bell = Doorbell::default();
+        *bell.pipe.lock().unwrap_or_else(|e| e.into_inner()) = Some(wake_pipe()?);
+        Ok(bell)
+    }
+
     /// From now on, the waiter does not sleep but runs `pump` (an inline
     /// client's I/O), which returns when something happened; a ring from
     /// another thread wakes it through a pipe. Once only: a second driver
     /// is refused.
     pub fn drive_with(&self, pump: Pump) -> std::io::Result<()> {
-        let (read, write) = wake_pipe()?;
+        let ahead = self.pipe.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (read, write) = match ahead {
+            Some(pipe) => pipe,
+            None => wake_pipe()?,
+        };
         self.driver
             .set(Driver { pump, read, write })
             .map_err(|_| std::io::Error::other("the doorbell is driven already"))
@@ -187,7 +202,13 @@ mod tests {
     /// wake pipe alone) and a ring from another thread ends it.
     #[test]
     fn a_driven_doorbell_pumps_until_another_thread_rings() {
-        let bell = Arc::new(Doorbell::new());
+        // Its pipe made when it is driven, or ahead.
+        pumps_until_another_thread_rings(Doorbell::new());
+        pumps_until_another_thread_rings(Doorbell::drivable().unwrap());
+    }
+
+    fn pumps_until_another_thread_rings(bell: Doorbell) {
+        let bell = Arc::new(bell);
         let pumped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let p = Arc::clone(&pumped);
         bell.drive_with(Box::new(move |_, fds: &[RawFd]| {

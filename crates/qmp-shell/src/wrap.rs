@@ -30,7 +30,7 @@ use clap::{CommandFactory as _, Parser as _};
 use qmp_client::router::RouterOptions;
 use qmp_client::{Client, Listener};
 
-use crate::app::{die, die_as, is_interactive, run_session};
+use crate::app::{die, die_as, is_interactive, run_session, SessionIo};
 use crate::cli::{self, WrapArgs, SHELL_ONLY_OPTIONS};
 use crate::connect::{client_options, SharedLog};
 use crate::proxy::share;
@@ -379,6 +379,10 @@ pub fn main() -> i32 {
             },
             None => None,
         };
+        let io = match SessionIo::new(&args.common, c.is_inline()) {
+            Ok(io) => io,
+            Err(err) => return die_as("OSError", &format!("cannot start the session: {err}")),
+        };
         let code = run_session(
             c,
             &args.common,
@@ -386,6 +390,7 @@ pub fn main() -> i32 {
             false,
             Some(argv.clone()),
             None,
+            io,
         );
         // Before QEMU is stopped: the other clients are disconnected and
         // the socket removed.
