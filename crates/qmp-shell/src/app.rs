@@ -83,7 +83,7 @@ pub(crate) fn run_session(
             client.upgrade().is_some_and(|c| c.drive(deadline, watch))
         };
         if let Err(err) = doorbell.drive_with(Box::new(pump)) {
-            return die_as("OSError", &format!("cannot start the session: {err}"));
+            return cannot_start(&err);
         }
     }
     let engine = Engine::new(client, cfg, out, doorbell);
@@ -101,13 +101,14 @@ pub(crate) fn run_session(
         let first = ahead.unwrap_or_else(script::prefetch_stdin);
         let read = std::io::Cursor::new(first.bytes);
         if first.whole {
-            script::run_inline(engine, script::reader_lines(read))
-        } else if file {
-            let rest = std::io::Read::chain(read, std::io::stdin());
-            script::run_inline(engine, script::reader_lines(std::io::BufReader::new(rest)))
+            return script::run_inline(engine, script::reader_lines(read));
+        }
+        let rest = std::io::Read::chain(read, std::io::stdin());
+        let lines = script::reader_lines(std::io::BufReader::new(rest));
+        if file {
+            script::run_inline(engine, lines)
         } else {
-            let rest = std::io::Read::chain(read, std::io::stdin());
-            script::run(engine, script::reader_lines(std::io::BufReader::new(rest)))
+            script::run(engine, lines)
         }
     }
 }
@@ -186,7 +187,6 @@ fn list(args: &ShellArgs) -> i32 {
     }
 }
 
-/// The style of JSON output for the common flags.
 /// What a session needs besides its client (its output and its doorbell),
 /// made before connecting where it can be: QEMU accepts and greets
 /// meanwhile.
@@ -194,6 +194,11 @@ pub(crate) struct SessionIo {
     style: Style,
     out: Box<StdOutput>,
     doorbell: Arc<Doorbell>,
+}
+
+/// The session could not be set up (`err`, from the OS): say so, exit 1.
+pub(crate) fn cannot_start(err: &std::io::Error) -> i32 {
+    die_as("OSError", &format!("cannot start the session: {err}"))
 }
 
 impl SessionIo {
@@ -214,6 +219,7 @@ impl SessionIo {
     }
 }
 
+/// The style of JSON output for the common flags.
 fn style(common: &Common) -> Style {
     let color = match common.color {
         ColorChoice::Always => true,
@@ -399,7 +405,7 @@ pub fn main() -> i32 {
     }
     let io = match SessionIo::new(&args.common, interrupt.is_some()) {
         Ok(io) => io,
-        Err(err) => return die_as("OSError", &format!("cannot start the session: {err}")),
+        Err(err) => return cannot_start(&err),
     };
     let retry = Retry {
         count: args.retry,

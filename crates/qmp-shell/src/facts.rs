@@ -73,18 +73,18 @@ impl Names {
     /// What separates the names: a space, which no QMP name has (QAPI
     /// names are letters, digits, `-`, `_` and `.`) and which a JSON
     /// string holds as is.
-    const SEP: u8 = b' ';
+    const SEP: char = ' ';
 
     /// The set of `names`, sorted and without duplicates; a name with a
     /// space in it (which no QEMU has) is left out.
     fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Names {
         let mut names: Vec<&str> = names
             .into_iter()
-            .filter(|n| !n.as_bytes().contains(&Names::SEP))
+            .filter(|n| !n.contains(Names::SEP))
             .collect();
         names.sort_unstable();
         names.dedup();
-        Names::from_text(names.join(" ")).unwrap_or_default()
+        Names::from_text(names.join(Names::SEP.encode_utf8(&mut [0; 4]))).unwrap_or_default()
     }
 
     /// The names of `text`, apart by [`Names::SEP`]; `None` unless they
@@ -100,7 +100,7 @@ impl Names {
         loop {
             let end = bytes[at..]
                 .iter()
-                .position(|b| *b == Names::SEP)
+                .position(|b| *b == Names::SEP as u8)
                 .map_or(bytes.len(), |n| at + n);
             let name = &bytes[at..end];
             // Sorted and non-empty: each name above the one before (the

@@ -544,7 +544,7 @@ static PREFETCHED: Mutex<Option<Cached>> = Mutex::new(None);
 /// that starts: while the capabilities negotiation is on its way, rather
 /// than before the first command is sent.
 pub fn prefetch(greeting: &Greeting) {
-    let cached = Cached::read_file(greeting);
+    let cached = Cached::read_file(cache_path(greeting));
     *PREFETCHED.lock().unwrap_or_else(|e| e.into_inner()) = Some(cached);
 }
 
@@ -552,15 +552,16 @@ impl Cached {
     /// The cache file for `greeting`, read (empty when there is none, or it
     /// is damaged or of another format), or as [`prefetch`] read it.
     fn read(greeting: &Greeting) -> Cached {
+        let path = cache_path(greeting);
         let ahead = PREFETCHED.lock().unwrap_or_else(|e| e.into_inner()).take();
         match ahead {
-            Some(cached) if cached.path == cache_path(greeting) => cached,
-            _ => Cached::read_file(greeting),
+            Some(cached) if cached.path == path => cached,
+            _ => Cached::read_file(path),
         }
     }
 
-    fn read_file(greeting: &Greeting) -> Cached {
-        let path = cache_path(greeting);
+    /// The cache file at `path` (none: no cache), read.
+    fn read_file(path: Option<PathBuf>) -> Cached {
         let builds = path
             .as_deref()
             .and_then(|p| fs::read(p).ok())

@@ -30,7 +30,7 @@ use clap::{CommandFactory as _, Parser as _};
 use qmp_client::router::RouterOptions;
 use qmp_client::{Client, Listener};
 
-use crate::app::{die, die_as, is_interactive, run_session, SessionIo};
+use crate::app::{cannot_start, die, die_as, is_interactive, run_session, SessionIo};
 use crate::cli::{self, WrapArgs, SHELL_ONLY_OPTIONS};
 use crate::connect::{client_options, SharedLog};
 use crate::proxy::share;
@@ -381,7 +381,7 @@ pub fn main() -> i32 {
         };
         let io = match SessionIo::new(&args.common, c.is_inline()) {
             Ok(io) => io,
-            Err(err) => return die_as("OSError", &format!("cannot start the session: {err}")),
+            Err(err) => return cannot_start(&err),
         };
         let code = run_session(
             c,

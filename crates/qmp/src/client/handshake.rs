@@ -158,25 +158,21 @@ impl Client {
         if let Some(token) = sync_token {
             client.guest_sync(token, opts.greeting_timeout);
         }
-        let mut on_greeting = opts.on_greeting;
-        if !(opts.negotiate && handshake == Handshake::Server) {
-            if let (Some(f), Some(g)) = (on_greeting.take(), &client.greeting) {
-                f(g);
-            }
-        }
         if opts.negotiate && handshake == Handshake::Server {
             let offered = client
                 .greeting
                 .as_ref()
                 .is_some_and(|g| g.capabilities().iter().any(|c| c == "oob"));
             let enable_oob = opts.oob && offered;
-            client.negotiate(enable_oob, opts.greeting_timeout, on_greeting)?;
+            client.negotiate(enable_oob, opts.greeting_timeout, opts.on_greeting)?;
             if enable_oob {
                 client.oob = true;
                 client.shared.update(|p| p.set_window(OOB_INBAND_WINDOW));
             } else if opts.in_order {
                 client.shared.update(|p| p.set_in_order(true));
             }
+        } else if let (Some(f), Some(g)) = (opts.on_greeting, &client.greeting) {
+            f(g);
         }
         Ok(self)
     }
