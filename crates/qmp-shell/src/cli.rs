@@ -11,6 +11,8 @@ use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{ArgGroup, Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
+mod quick;
+
 /// What `--version` prints after the program's name, the same for every
 /// program: the crate's version and, when built from a git checkout (or a
 /// crate packaged from one), the commit: `0.1.0 (rev 0123456789)`.
@@ -65,7 +67,7 @@ pub enum ColorChoice {
 }
 
 /// Options shared by `qmp-shell` and `qmp-shell-wrap`.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone, Default, PartialEq)]
 pub struct Common {
     /// Use HMP interface (commands go through human-monitor-command)
     #[arg(short = 'H', long = "hmp")]
@@ -117,7 +119,7 @@ pub struct Common {
 /// (sockets, `ssh://`, libvirt domains, `-N`). Flattened into a program's
 /// arguments, which must define the `libvirt` group (`--connect` requires
 /// one of its members).
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone, Default, PartialEq)]
 pub struct TargetArgs {
     /// Skip negotiate (for qemu-ga)
     #[arg(short = 'N', long = "skip-negotiation")]
@@ -197,7 +199,7 @@ impl TargetArgs {
 }
 
 /// `qmp-shell`: a low-level shell on top of QMP.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, PartialEq)]
 #[command(
     name = "qmp-shell",
     version = VERSION,
@@ -281,10 +283,15 @@ pub(crate) const SHELL_USAGE: &str =
 
 impl ShellArgs {
     /// Parse the process's arguments; on a usage error, print it as
-    /// [`usage_error`] does and exit 2. See
-    /// [`ShellArgs::parse_with_parser`].
+    /// [`usage_error`] does and exit 2. The usual command lines are read
+    /// without clap (see [`quick`]), the rest as
+    /// [`ShellArgs::parse_with_parser`] does.
     pub(crate) fn parse_args() -> ShellArgs {
-        match ShellArgs::parse_with_parser(std::env::args_os()) {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        if let Some(parsed) = quick::parse(&args) {
+            return parsed;
+        }
+        match ShellArgs::parse_with_parser(args) {
             Ok((args, parser)) => {
                 // Kept for the life of the process, which ends soon after a
                 // one-command session: freeing it would only take time.
