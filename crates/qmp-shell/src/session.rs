@@ -806,6 +806,9 @@ impl Engine {
     /// Flush standard output (before waiting for anything).
     pub fn flush(&mut self) {
         if self.stop.is_none() {
+            // The requests go first: the server works on them while the
+            // output is written.
+            self.client.send_queued();
             if let Err(err) = self.out.flush() {
                 self.output_failed(&err);
             }

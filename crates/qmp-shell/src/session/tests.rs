@@ -234,6 +234,16 @@ impl Peer {
 /// greeting and negotiation, printing to `out`. The peer's result comes
 /// from the handle once the engine is gone (it hung up).
 fn session<T: Send + 'static>(
+    cfg: Config,
+    out: &Recorded,
+    script: impl FnOnce(&mut Peer) -> T + Send + 'static,
+) -> (Engine, JoinHandle<T>) {
+    session_with(ClientOptions::default(), cfg, out, script)
+}
+
+/// [`session`] with a client made with `opts`.
+fn session_with<T: Send + 'static>(
+    opts: ClientOptions,
     mut cfg: Config,
     out: &Recorded,
     script: impl FnOnce(&mut Peer) -> T + Send + 'static,
@@ -253,7 +263,7 @@ fn session<T: Send + 'static>(
         peer.reply(&negotiate, json!({}));
         script(&mut peer)
     });
-    let client = Client::from_unix_stream(ours, ClientOptions::default()).unwrap();
+    let client = Client::from_unix_stream(ours, opts).unwrap();
     cfg.timeout = cfg.timeout.or(Some(BOUND));
     let engine = Engine::new(
         Arc::new(client),
@@ -636,6 +646,46 @@ fn a_failing_standard_output_is_reported_and_ends_the_session() {
         "{}",
         out.stderr()
     );
+}
+
+#[test]
+fn a_command_goes_to_the_server_before_the_output_is_flushed() {
+    // An inline client sends when driven, and the engine drives it when it
+    // waits; flushing the banner and the prompt comes before that wait,
+    // and sends the command first: the server works on it meanwhile.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = Recorded::new();
+    let cfg = Config {
+        prompts: true,
+        ..Config::default()
+    };
+    let opts = ClientOptions {
+        inline: true,
+        ..ClientOptions::default()
+    };
+    let (mut engine, peer) = session_with(opts, cfg, &out, move |peer| {
+        let cmd = peer.expect("query-status");
+        tx.send(()).unwrap();
+        peer.reply(&cmd, json!({"status": "running"}));
+        peer.answer_all()
+    });
+    engine.banner();
+    engine.queue_prompt();
+    engine.line("query-status");
+    engine.queue_prompt();
+    engine.pump();
+    engine.flush();
+    // Nothing drove the client since: the flush sent the command.
+    rx.recv_timeout(BOUND)
+        .expect("the command went out with the flush");
+    let texts: Vec<Out> = out.stdout();
+    assert!(
+        matches!(&texts[..], [Out::Text(banner), Out::Text(prompt)]
+            if banner.starts_with("Welcome") && prompt == "(QEMU) "),
+        "{texts:?}"
+    );
+    drop(engine);
+    assert!(peer.join().unwrap().is_empty());
 }
 
 #[test]

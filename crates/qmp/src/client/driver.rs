@@ -193,6 +193,22 @@ impl Shared {
         (waited, watched)
     }
 
+    /// Inline: send what is queued, without waiting (see
+    /// [`Client::send_queued`](super::Client::send_queued)). A request
+    /// refused or a write failing meanwhile notifies as always.
+    pub(crate) fn send_queued(&self) {
+        let Some(io) = &self.inline else {
+            return;
+        };
+        let mut io = match io.try_lock() {
+            Ok(io) => io,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            // Another thread drives, and sends.
+            Err(TryLockError::WouldBlock) => return,
+        };
+        io.send_queued(self);
+    }
+
     /// Request `seq`'s message `msg` as QEMU takes it, logged (when
     /// `logged`) as sent; `None` when QEMU would refuse it unread: the
     /// request is then refused, and the connection goes on.

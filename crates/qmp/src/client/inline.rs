@@ -169,6 +169,12 @@ impl Inline {
         Round { ready }
     }
 
+    /// Send what the protocol has, as much as the socket takes now; what
+    /// that frees (a refused request, a failed write) notifies as always.
+    pub(crate) fn send_queued(&mut self, shared: &Shared) {
+        self.flush(shared);
+    }
+
     /// Take what the protocol has to send and send as much of it as the
     /// socket takes now. Returns `true` when a request was refused or
     /// writing failed (results the caller may be waiting for).
@@ -375,6 +381,29 @@ mod tests {
             text.starts_with("{\"execute\":\"c0\",\"id\":1}\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn send_queued_puts_requests_on_the_wire_before_anyone_waits() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let client = pair(inline(no_handshake()), move |mut s| {
+            let line = read_line(&mut s);
+            let v: Value = serde_json::from_str(&line).unwrap();
+            tx.send(line).unwrap();
+            let reply = format!("{{\"return\": {}, \"id\": {}}}\r\n", v["execute"], v["id"]);
+            s.write_all(reply.as_bytes()).unwrap();
+        });
+        let pending = client.send(command("first", None)).unwrap();
+        client.send_queued();
+        // Nobody drives the client: the request went out all the same.
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(line, "{\"execute\":\"first\",\"id\":1}");
+        // Sent once: waiting for the reply sends nothing more.
+        let r = pending.wait(T).unwrap();
+        assert_eq!(r.ret(), Some(&Value::from("first")));
+        // Nothing queued: nothing to send, and no wait.
+        client.send_queued();
+        assert_eq!(client.in_flight(), 0);
     }
 
     #[test]

@@ -513,6 +513,16 @@ impl Client {
         self.shared.drive(deadline, watch).0 == Waited::Interrupted
     }
 
+    /// For an inline client ([`ClientOptions::inline`]): send what is
+    /// queued for the server now, as far as the socket takes it without
+    /// waiting, so that the server works on it while this thread does
+    /// something else before its next [`drive`](Client::drive) (writes its
+    /// output, say). Does nothing while another thread drives, nor for a
+    /// threaded client, whose writer sends at once.
+    pub fn send_queued(&self) {
+        self.shared.send_queued();
+    }
+
     /// Register a callback run (on the client's threads) whenever a reply
     /// arrives, something is queued for
     /// [`drain_incoming`](Client::drain_incoming), or the connection drops.
