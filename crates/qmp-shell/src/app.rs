@@ -30,10 +30,39 @@ pub(crate) fn die_as(class: &str, msg: &str) -> i32 {
     exit::FATAL
 }
 
-/// Whether the session will run on the terminal (line editing, live
-/// events) rather than read a pipe or run `-c` commands.
-pub(crate) fn is_interactive(common: &Common, commands: &[String]) -> bool {
-    commands.is_empty() && !common.json && std::io::stdin().is_terminal()
+/// Where a session takes its lines from, looked at once, before
+/// connecting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// `-c` commands.
+    Commands,
+    /// The terminal: line editing, live events.
+    Terminal,
+    /// Standard input, a regular file (`< FILE`): its reads never wait.
+    File,
+    /// Standard input, anything else (a pipe, say).
+    Pipe,
+}
+
+impl Source {
+    /// The source of a session given `commands` (`-c`) and `common`.
+    pub(crate) fn of(common: &Common, commands: &[String]) -> Source {
+        if !commands.is_empty() {
+            Source::Commands
+        } else if !common.json && std::io::stdin().is_terminal() {
+            Source::Terminal
+        } else if script::stdin_is_regular_file() {
+            Source::File
+        } else {
+            Source::Pipe
+        }
+    }
+
+    /// Whether the session will run on the terminal (line editing, live
+    /// events) rather than read a pipe or run `-c` commands.
+    pub(crate) fn interactive(self) -> bool {
+        self == Source::Terminal
+    }
 }
 
 /// Run a session on a connected client and return the exit status.
@@ -50,12 +79,13 @@ pub(crate) fn run_session(
     ahead: Option<script::Prefetched>,
     io: SessionIo,
 ) -> i32 {
-    let interactive = is_interactive(common, &commands);
     let SessionIo {
         style,
         out,
         doorbell,
+        source,
     } = io;
+    let interactive = source.interactive();
     let scripted = !commands.is_empty();
     // The one session of qmp-shell (qmp-shell-wrap goes on to stop its
     // QEMU).
@@ -92,7 +122,7 @@ pub(crate) fn run_session(
     } else if scripted {
         script::run_inline(engine, Box::new(commands.into_iter().map(Ok)))
     } else {
-        let file = script::stdin_is_regular_file();
+        let file = source == Source::File;
         if file && ahead.is_none() {
             let stdin = script::reader_lines(std::io::BufReader::new(std::io::stdin()));
             return script::run_inline(engine, stdin);
@@ -194,6 +224,7 @@ pub(crate) struct SessionIo {
     style: Style,
     out: Box<StdOutput>,
     doorbell: Arc<Doorbell>,
+    source: Source,
 }
 
 /// The session could not be set up (`err`, from the OS): say so, exit 1.
@@ -203,8 +234,9 @@ pub(crate) fn cannot_start(err: &std::io::Error) -> i32 {
 
 impl SessionIo {
     /// The output `common` asks for, and a doorbell; `inline`: one that an
-    /// inline client will drive ([`Doorbell::drivable`]).
-    pub(crate) fn new(common: &Common, inline: bool) -> std::io::Result<SessionIo> {
+    /// inline client will drive ([`Doorbell::drivable`]). The session
+    /// reads `source`.
+    pub(crate) fn new(common: &Common, source: Source, inline: bool) -> std::io::Result<SessionIo> {
         let style = style(common);
         let doorbell = if inline {
             Doorbell::drivable()?
@@ -215,6 +247,7 @@ impl SessionIo {
             style,
             out: Box::new(StdOutput::stdio(style, common.json)),
             doorbell: Arc::new(doorbell),
+            source,
         })
     }
 }
@@ -379,11 +412,12 @@ pub fn main() -> i32 {
     // A session that is not at a terminal, on a QMP monitor's socket, runs
     // on this thread alone: the client does its I/O while the engine
     // waits, and signals need no thread either.
+    let source = Source::of(&args.common, &args.commands);
     let inline = match &target {
         Target::Address { address, .. } => {
             !matches!(address, Address::Ssh { .. })
                 && !args.targets.skip_negotiation
-                && !is_interactive(&args.common, &args.commands)
+                && !source.interactive()
         }
         Target::Domain { .. } => false,
     };
@@ -401,9 +435,9 @@ pub fn main() -> i32 {
     let ahead = (interrupt.is_some() && args.commands.is_empty()).then(script::prefetch_stdin);
     let oob = wants_oob(&args.commands, ahead.as_ref());
     if interrupt.is_none() {
-        signals::install(!is_interactive(&args.common, &args.commands));
+        signals::install(!source.interactive());
     }
-    let io = match SessionIo::new(&args.common, interrupt.is_some()) {
+    let io = match SessionIo::new(&args.common, source, interrupt.is_some()) {
         Ok(io) => io,
         Err(err) => return cannot_start(&err),
     };

@@ -30,7 +30,7 @@ use clap::{CommandFactory as _, Parser as _};
 use qmp_client::router::RouterOptions;
 use qmp_client::{Client, Listener};
 
-use crate::app::{cannot_start, die, die_as, is_interactive, run_session, SessionIo};
+use crate::app::{cannot_start, die, die_as, run_session, SessionIo, Source};
 use crate::cli::{self, WrapArgs, SHELL_ONLY_OPTIONS};
 use crate::connect::{client_options, SharedLog};
 use crate::proxy::share;
@@ -251,7 +251,8 @@ pub fn main() -> i32 {
             );
         }
     }
-    signals::install(!is_interactive(&args.common, &args.commands));
+    let source = Source::of(&args.common, &args.commands);
+    signals::install(!source.interactive());
     // Orphans of what we start (a daemonized QEMU) become our children.
     // SAFETY: prctl(2) with plain integer arguments.
     unsafe {
@@ -379,7 +380,7 @@ pub fn main() -> i32 {
             },
             None => None,
         };
-        let io = match SessionIo::new(&args.common, c.is_inline()) {
+        let io = match SessionIo::new(&args.common, source, c.is_inline()) {
             Ok(io) => io,
             Err(err) => return cannot_start(&err),
         };
