@@ -173,6 +173,28 @@ fn fatal_desc(text: &str) -> &str {
     text.trim_end().trim_start_matches("ERROR: ")
 }
 
+/// Standard output without std's line buffer in between: [`StdOutput`]
+/// buffers it itself, so that a flush is one write(2) (a banner and a
+/// prompt, say, not a write for each line and one for the rest). Whoever
+/// else writes to standard output flushes as it goes.
+struct RawStdout;
+
+impl Write for RawStdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: write(2) from `buf`, which lives across the call.
+        let n = unsafe { libc::write(libc::STDOUT_FILENO, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Output to the process's standard output and standard error (or any two
 /// writers).
 pub struct StdOutput {
@@ -187,7 +209,7 @@ impl StdOutput {
     /// diagnostics) and standard error.
     pub fn stdio(style: Style, json: bool) -> StdOutput {
         StdOutput::new(
-            Box::new(io::BufWriter::with_capacity(16 * 1024, io::stdout())),
+            Box::new(io::BufWriter::with_capacity(16 * 1024, RawStdout)),
             Box::new(io::stderr()),
             style,
             json,

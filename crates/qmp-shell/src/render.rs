@@ -75,7 +75,10 @@ pub(crate) fn write_to<W: std::io::Write>(
     value: &Value,
     style: Style,
 ) -> std::io::Result<()> {
-    let mut out = String::with_capacity(SPILL_AT + 4096);
+    // Grown as needed: most replies are a few hundred bytes, and a buffer
+    // of SPILL_AT from the start costs a small one its growing and
+    // trimming the heap.
+    let mut out = String::new();
     let mut renderer = Renderer {
         out: &mut out,
         pretty: style.pretty,
