@@ -291,6 +291,7 @@ impl ShellArgs {
         if let Some(parsed) = quick::parse(&args) {
             return parsed;
         }
+        json_stderr_if_asked(&args);
         match ShellArgs::parse_with_parser(args) {
             Ok((args, parser)) => {
                 // Kept for the life of the process, which ends soon after a
@@ -454,6 +455,21 @@ pub fn exit_on_clap_error(program: &str, usage: &str, err: &clap::Error) -> ! {
     }
 }
 
+/// For a program with `--json`: when `args` (program name first) give it
+/// as an option (before any `--`, after which words are not options),
+/// standard error is JSON lines from now on, so that a usage error in the
+/// same command line is one too.
+pub(crate) fn json_stderr_if_asked<T: AsRef<std::ffi::OsStr>>(args: &[T]) {
+    let asked = args
+        .iter()
+        .skip(1)
+        .map_while(|a| (a.as_ref() != "--").then_some(a))
+        .any(|a| a.as_ref() == "--json");
+    if asked {
+        crate::output::set_json_stderr(true);
+    }
+}
+
 /// The message of a clap error on one line, without clap's `error: `, its
 /// usage and its pointer to `--help`, with its tips.
 pub(crate) fn clap_message(err: &clap::Error) -> String {
@@ -479,13 +495,20 @@ pub(crate) fn clap_message(err: &clap::Error) -> String {
 /// standard error (`usage: USAGE`, then `PROGRAM: error: MESSAGE`), and
 /// exit 2: every usage error of the three programs, those found by clap
 /// included ([`exit_on_clap_error`]).
+///
+/// Under `--json` ([`crate::output::set_json_stderr`]), the one line is
+/// `{"error": {"class": "UsageError", "desc": MESSAGE}}` instead.
 pub fn usage_error(program: &str, usage: &str, message: &str) -> ! {
     use std::io::Write;
-    // Never panic on a closed standard error.
-    let _ = write!(
-        std::io::stderr(),
-        "usage: {usage}\n{program}: error: {message}\n"
-    );
+    if crate::output::json_stderr() {
+        crate::output::eprint_error("UsageError", message);
+    } else {
+        // Never panic on a closed standard error.
+        let _ = write!(
+            std::io::stderr(),
+            "usage: {usage}\n{program}: error: {message}\n"
+        );
+    }
     std::process::exit(exit::USAGE)
 }
 

@@ -68,6 +68,11 @@ pub fn set_json_stderr(json: bool) {
     JSON_STDERR.store(json, Ordering::Relaxed);
 }
 
+/// Whether standard error is JSON lines ([`set_json_stderr`]).
+pub fn json_stderr() -> bool {
+    JSON_STDERR.load(Ordering::Relaxed)
+}
+
 /// Write a message (worded for people, ending with a newline) to standard
 /// error, as a JSON line ([`message_object`]) after [`set_json_stderr`].
 /// Errors writing are ignored.

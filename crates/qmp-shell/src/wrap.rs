@@ -232,12 +232,14 @@ pub fn main() -> i32 {
     if let Some(code) = crate::generate::run_if_asked(WrapArgs::command, &crate::manual::WRAP) {
         return code;
     }
-    let args = WrapArgs::try_parse()
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    cli::json_stderr_if_asked(&argv);
+    let args = WrapArgs::try_parse_from(argv)
         .unwrap_or_else(|e| cli::exit_on_clap_error("qmp-shell-wrap", USAGE, &e));
+    crate::output::set_json_stderr(args.common.json);
     if let Err(msg) = args.common.check() {
         cli::usage_error("qmp-shell-wrap", USAGE, &msg);
     }
-    crate::output::set_json_stderr(args.common.json);
     if let Some(first) = args.command.first() {
         let option = first.split('=').next().unwrap_or(first);
         if SHELL_ONLY_OPTIONS.contains(&option) {

@@ -201,6 +201,57 @@ fn missing_address_is_a_usage_error() {
 }
 
 #[test]
+fn usage_errors_under_json_are_json_lines() {
+    // Found by clap (an unknown option, a conflict) and after it (no
+    // address, a bad port, a value against another), in qmp-shell and
+    // qmp-shell-wrap.
+    let wrap = std::path::PathBuf::from(env!("CARGO_BIN_EXE_qmp-shell-wrap"));
+    let cases: [(std::path::PathBuf, &[&str], &str); 5] = [
+        (
+            ours(),
+            &["--json", "--bogus", "/tmp/s"],
+            "unexpected argument '--bogus' found",
+        ),
+        (
+            ours(),
+            &["--json"],
+            "the following arguments are required: qmp_server",
+        ),
+        (ours(), &["--json", "a:b"], "Bad port number: a:b"),
+        (
+            wrap.clone(),
+            &["--json", "-p", "--", "true"],
+            "cannot be used with '--pretty'",
+        ),
+        (
+            wrap,
+            &["--json", "--color", "always", "true"],
+            "cannot be used with '--json'",
+        ),
+    ];
+    for (bin, args, message) in cases {
+        let out = run_shell(&bin, args, "", T);
+        assert_eq!(out.status.code(), Some(2), "{args:?}\n{}", show(&out));
+        assert!(out.stdout.is_empty(), "{}", show(&out));
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{}", show(&out));
+        let line: serde_json::Value = serde_json::from_str(&err)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e})\n{}", show(&out)));
+        assert_eq!(line["error"]["class"], "UsageError", "{err}");
+        let desc = line["error"]["desc"].as_str().unwrap_or_default();
+        assert!(desc.contains(message), "{args:?}: {desc}");
+    }
+    // After `--`, `--json` is not an option: the error is worded for people.
+    let out = run_shell(&ours(), &["--bogus", "--", "--json"], "", T);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        text(&out.stderr).starts_with("usage: qmp-shell "),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
 fn bad_port_is_a_usage_error() {
     let out = run_shell(&ours(), &["a:b"], "", T);
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
@@ -227,7 +278,9 @@ fn port_out_of_range_is_a_usage_error() {
 /// every usage error looks the same: the usage line, then `PROGRAM: error:
 /// MESSAGE`, exit 2, nothing on standard output; clap's errors too (they
 /// used to print `error: ...` in clap's layout beside the argparse layout
-/// of the others). Against a live QEMU, so that options taken would show.
+/// of the others). With `--json`, the one JSON line `{"error": {"class":
+/// "UsageError", "desc": MESSAGE}}` instead. Against a live QEMU, so that
+/// options taken would show.
 #[test]
 fn conflicting_options_are_refused_and_usage_errors_look_alike() {
     let qemu = Peer::qemu_none();
@@ -347,16 +400,39 @@ fn conflicting_options_are_refused_and_usage_errors_look_alike() {
     for (bin, usage, args, message) in cases {
         let out = run_shell(&bin, &args, "", T);
         let program = bin.file_name().unwrap().to_str().unwrap();
+        let err = text(&out.stderr);
         assert_eq!(
-            (out.status.code(), text(&out.stdout), text(&out.stderr)),
-            (
-                Some(2),
-                String::new(),
-                format!("usage: {usage}\n{program}: error: {message}\n")
-            ),
+            (out.status.code(), text(&out.stdout)),
+            (Some(2), String::new()),
             "{program} {args:?}\n{}",
             show(&out)
         );
+        if args
+            .iter()
+            .take_while(|a| **a != "--")
+            .any(|a| *a == "--json")
+        {
+            // Asked for JSON lines on standard error: the usage error is one.
+            let line: serde_json::Value = serde_json::from_str(&err).unwrap_or_else(|e| {
+                panic!(
+                    "{program} {args:?}: not one JSON line ({e})\n{}",
+                    show(&out)
+                )
+            });
+            assert_eq!(
+                line,
+                serde_json::json!({"error": {"class": "UsageError", "desc": message}}),
+                "{program} {args:?}"
+            );
+            assert_eq!(err.lines().count(), 1, "{}", show(&out));
+        } else {
+            assert_eq!(
+                err,
+                format!("usage: {usage}\n{program}: error: {message}\n"),
+                "{program} {args:?}\n{}",
+                show(&out)
+            );
+        }
     }
     // Nothing was created, nothing is listening.
     assert!(std::fs::symlink_metadata(listen).is_err());
