@@ -496,7 +496,7 @@ pub(crate) fn clap_message(err: &clap::Error) -> String {
 /// exit 2: every usage error of the three programs, those found by clap
 /// included ([`exit_on_clap_error`]).
 ///
-/// Under `--json` ([`crate::output::set_json_stderr`]), the one line is
+/// Under `--json` (once standard error is JSON lines), the one line is
 /// `{"error": {"class": "UsageError", "desc": MESSAGE}}` instead.
 pub fn usage_error(program: &str, usage: &str, message: &str) -> ! {
     use std::io::Write;
