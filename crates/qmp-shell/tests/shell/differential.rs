@@ -1188,9 +1188,15 @@ fn run_wrap(
         if let (Some(side), false) = (quit_side, quit_sent) {
             let so_far = text(&stdout.lock().unwrap());
             if prompts(&so_far) > lines && wrap_monitor_disconnected(side) {
-                let replies = qmp_raw(side, &[r#"{"execute": "quit"}"#]);
-                assert!(replies[0].contains("\"return\""), "quit: {replies:?}");
-                quit_sent = true;
+                // QEMU has been seen to drop a side-monitor client right
+                // after its greeting, just after the one before it left
+                // (a write then fails with EPIPE): such a try is made
+                // again at the next turn.
+                let quit = try_qmp_raw_within(side, &[r#"{"execute": "quit"}"#], SHELL_TIMEOUT);
+                if let Ok(replies) = quit {
+                    assert!(replies[0].contains("\"return\""), "quit: {replies:?}");
+                    quit_sent = true;
+                }
             }
         }
         if start.elapsed() > SHELL_TIMEOUT {
@@ -1240,7 +1246,11 @@ fn prompts(stdout: &str) -> usize {
 /// the wrap added (`-qmp unix:...qmp-shell-wrap-PID`, the one that is not
 /// `side`) as disconnected. (Connected, QEMU names it just `unix:`.)
 fn wrap_monitor_disconnected(side: &Path) -> bool {
-    let reply = qmp_raw(side, &[r#"{"execute": "query-chardev"}"#]);
+    // A try that failed (see the quit in `run_wrap`) is made again.
+    let Ok(reply) = try_qmp_raw_within(side, &[r#"{"execute": "query-chardev"}"#], SHELL_TIMEOUT)
+    else {
+        return false;
+    };
     let v: serde_json::Value = serde_json::from_str(&reply[0]).expect("query-chardev reply");
     let side = side.to_str().unwrap();
     let others: Vec<&str> = v["return"]

@@ -955,50 +955,58 @@ pub fn qmp_raw(socket: &Path, lines: &[&str]) -> Vec<String> {
 
 /// [`qmp_raw`], failing when any read waits longer than `timeout`.
 pub fn qmp_raw_within(socket: &Path, lines: &[&str], timeout: Duration) -> Vec<String> {
-    let stream = UnixStream::connect(socket)
-        .unwrap_or_else(|e| panic!("qmp_raw: connect {}: {e}", socket.display()));
+    try_qmp_raw_within(socket, lines, timeout).unwrap_or_else(|e| panic!("qmp_raw: {e}"))
+}
+
+/// [`qmp_raw_within`], saying what went wrong instead of panicking (for a
+/// monitor whose QEMU may be on its way out).
+pub fn try_qmp_raw_within(
+    socket: &Path,
+    lines: &[&str],
+    timeout: Duration,
+) -> Result<Vec<String>, String> {
+    let at = socket.display();
+    let stream = UnixStream::connect(socket).map_err(|e| format!("connect {at}: {e}"))?;
     stream
         .set_read_timeout(Some(timeout))
-        .expect("set_read_timeout");
-    let mut writer = stream.try_clone().expect("clone stream");
+        .map_err(|e| format!("set_read_timeout: {e}"))?;
+    let mut writer = stream
+        .try_clone()
+        .map_err(|e| format!("clone stream: {e}"))?;
     let mut reader = BufReader::new(stream);
-    let greeting = read_json_line(&mut reader, socket);
-    assert!(
-        greeting.contains("\"QMP\""),
-        "qmp_raw: expected a greeting from {}, got {greeting}",
-        socket.display()
-    );
-    let mut send = |line: &str| -> String {
+    let greeting = read_json_line(&mut reader, socket)?;
+    if !greeting.contains("\"QMP\"") {
+        return Err(format!("expected a greeting from {at}, got {greeting}"));
+    }
+    let mut send = |line: &str| -> Result<String, String> {
         writer
             .write_all(line.as_bytes())
             .and_then(|_| writer.write_all(b"\n"))
-            .unwrap_or_else(|e| panic!("qmp_raw: write {line}: {e}"));
+            .map_err(|e| format!("write {line}: {e}"))?;
         loop {
-            let reply = read_json_line(&mut reader, socket);
+            let reply = read_json_line(&mut reader, socket)?;
             let is_event = serde_json::from_str::<serde_json::Value>(&reply)
                 .ok()
                 .and_then(|v| v.as_object().map(|o| o.contains_key("event")))
                 .unwrap_or(false);
-            if is_event {
-                continue;
+            if !is_event {
+                return Ok(reply);
             }
-            return reply;
         }
     };
-    let caps = send(r#"{"execute": "qmp_capabilities"}"#);
-    assert!(
-        caps.contains("\"return\""),
-        "qmp_raw: qmp_capabilities failed: {caps}"
-    );
+    let caps = send(r#"{"execute": "qmp_capabilities"}"#)?;
+    if !caps.contains("\"return\"") {
+        return Err(format!("qmp_capabilities failed: {caps}"));
+    }
     lines.iter().map(|l| send(l)).collect()
 }
 
-fn read_json_line<R: BufRead>(reader: &mut R, socket: &Path) -> String {
+fn read_json_line<R: BufRead>(reader: &mut R, socket: &Path) -> Result<String, String> {
     let mut line = String::new();
     match reader.read_line(&mut line) {
-        Ok(0) => panic!("qmp_raw: {} closed the connection", socket.display()),
-        Ok(_) => line.trim_end_matches(['\r', '\n']).to_string(),
-        Err(e) => panic!("qmp_raw: read from {}: {e}", socket.display()),
+        Ok(0) => Err(format!("{} closed the connection", socket.display())),
+        Ok(_) => Ok(line.trim_end_matches(['\r', '\n']).to_string()),
+        Err(e) => Err(format!("read from {}: {e}", socket.display())),
     }
 }
 
