@@ -200,6 +200,17 @@ fn missing_address_is_a_usage_error() {
     assert!(out.stdout.is_empty(), "{}", show(&out));
 }
 
+/// The usage error `out` printed under `--json`: exit 2, nothing on
+/// standard output, and on standard error exactly one line, a JSON value.
+#[track_caller]
+fn json_usage_error(out: &Output) -> serde_json::Value {
+    assert_eq!(out.status.code(), Some(2), "{}", show(out));
+    assert!(out.stdout.is_empty(), "{}", show(out));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{}", show(out));
+    serde_json::from_str(&err).unwrap_or_else(|e| panic!("not one JSON line ({e})\n{}", show(out)))
+}
+
 #[test]
 fn usage_errors_under_json_are_json_lines() {
     // Found by clap (an unknown option, a conflict) and after it (no
@@ -231,13 +242,8 @@ fn usage_errors_under_json_are_json_lines() {
     ];
     for (bin, args, message) in cases {
         let out = run_shell(&bin, args, "", T);
-        assert_eq!(out.status.code(), Some(2), "{args:?}\n{}", show(&out));
-        assert!(out.stdout.is_empty(), "{}", show(&out));
-        let err = text(&out.stderr);
-        assert_eq!(err.lines().count(), 1, "{}", show(&out));
-        let line: serde_json::Value = serde_json::from_str(&err)
-            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e})\n{}", show(&out)));
-        assert_eq!(line["error"]["class"], "UsageError", "{err}");
+        let line = json_usage_error(&out);
+        assert_eq!(line["error"]["class"], "UsageError", "{line}");
         let desc = line["error"]["desc"].as_str().unwrap_or_default();
         assert!(desc.contains(message), "{args:?}: {desc}");
     }
@@ -400,35 +406,25 @@ fn conflicting_options_are_refused_and_usage_errors_look_alike() {
     for (bin, usage, args, message) in cases {
         let out = run_shell(&bin, &args, "", T);
         let program = bin.file_name().unwrap().to_str().unwrap();
-        let err = text(&out.stderr);
-        assert_eq!(
-            (out.status.code(), text(&out.stdout)),
-            (Some(2), String::new()),
-            "{program} {args:?}\n{}",
-            show(&out)
-        );
         if args
             .iter()
             .take_while(|a| **a != "--")
             .any(|a| *a == "--json")
         {
             // Asked for JSON lines on standard error: the usage error is one.
-            let line: serde_json::Value = serde_json::from_str(&err).unwrap_or_else(|e| {
-                panic!(
-                    "{program} {args:?}: not one JSON line ({e})\n{}",
-                    show(&out)
-                )
-            });
             assert_eq!(
-                line,
+                json_usage_error(&out),
                 serde_json::json!({"error": {"class": "UsageError", "desc": message}}),
                 "{program} {args:?}"
             );
-            assert_eq!(err.lines().count(), 1, "{}", show(&out));
         } else {
             assert_eq!(
-                err,
-                format!("usage: {usage}\n{program}: error: {message}\n"),
+                (out.status.code(), text(&out.stdout), text(&out.stderr)),
+                (
+                    Some(2),
+                    String::new(),
+                    format!("usage: {usage}\n{program}: error: {message}\n")
+                ),
                 "{program} {args:?}\n{}",
                 show(&out)
             );
